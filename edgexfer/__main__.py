@@ -1,0 +1,3 @@
+from edgexfer.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""Process-wide settings that must be in place before TensorFlow is first imported."""
+
+from __future__ import annotations
+
+import os
+
+
+def configure_tensorflow_env(verbose: bool = False) -> None:
+    """Select Keras 2 (tfmot needs it) and silence TensorFlow's C++ logging unless verbose.
+
+    Only sets variables the user has not set, so an explicit environment always wins.
+    """
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    else:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
+def import_tf():
+    """Import TensorFlow and tf_keras with edgexfer's settings; returns ``(tf, keras)``."""
+    configure_tensorflow_env()
+    import sys
+
+    if "tensorflow" in sys.modules or verbose_logging():
+        import tensorflow as tf
+        import tf_keras as keras
+    else:
+        # TensorFlow's C++ runtime prints CUDA-probe lines to fd 2 at import, before any log
+        # level applies; hide them unless --verbose. Python errors still propagate.
+        with _stderr_silenced():
+            import tensorflow as tf
+            import tf_keras as keras
+
+    if not verbose_logging():
+        tf.get_logger().setLevel("ERROR")
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    return tf, keras
+
+
+def verbose_logging() -> bool:
+    return os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "0"
+
+
+def cache_dir() -> "os.PathLike[str]":
+    """Where converted weights and other derived files are cached (``EDGEXFER_CACHE``)."""
+    from pathlib import Path
+
+    root = os.environ.get("EDGEXFER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgexfer"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class _stderr_silenced:
+    """Redirect the process's fd 2 to /dev/null for the duration of a ``with`` block."""
+
+    def __enter__(self):
+        import sys
+
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        return False

@@ -1,0 +1,98 @@
+"""The backbone registry: what exists (a spec), apart from what to build on it (the head).
+
+A backbone builder returns a flat tf_keras functional model from a preprocessed image
+(``NHWC`` float, see ``Preprocessing``) to a pooled feature vector. Heads are added on
+``model.output`` so the whole classifier stays one flat functional graph, which tfmot can
+prune and quantize (a Model nested as a layer cannot be quantized).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from edgexfer.artifact import Preprocessing
+from edgexfer.errors import BackboneError, ConfigError
+
+# name -> spec, filled by @register_backbone at import of the family modules.
+_REGISTRY: dict[str, "BackboneSpec"] = {}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone family member.
+
+    ``build(input_size, weights, width)`` returns the headless feature model; ``weights`` is
+    ``"imagenet"``, ``"none"`` or a local file path; ``width`` is the width multiplier
+    (MobileNet's alpha) where ``widths`` lists the allowed ones, else ``None``.
+    """
+
+    name: str
+    family: str
+    default_input_size: int
+    min_input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_source: str
+    build: Callable[..., Any]
+    color: str = "RGB"
+    widths: tuple[float, ...] = ()
+    default_width: float | None = None
+    parameter_count: Callable[[], int] | None = None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def preprocessing(self, input_size: int | None = None) -> Preprocessing:
+        return Preprocessing(input_size=input_size or self.default_input_size, mean=self.mean,
+                             std=self.std, color=self.color)
+
+    def check_options(self, input_size: int, width: float | None) -> None:
+        if input_size < self.min_input_size:
+            raise ConfigError(
+                f"--img-size {input_size} is too small for {self.name}: it needs at least "
+                f"{self.min_input_size} px"
+            )
+        if width is not None and width != self.default_width and width not in self.widths:
+            allowed = ", ".join(str(w) for w in self.widths) or "none (this backbone has one width)"
+            raise ConfigError(f"--width {width} is not available for {self.name}; allowed: {allowed}")
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_families() -> None:
+    # Importing a family module registers its members.
+    from edgexfer.backbones import efficientnet_lite, keras_apps, small_cnn  # noqa: F401
+
+
+def list_backbones() -> list[BackboneSpec]:
+    _load_families()
+    return sorted(_REGISTRY.values(), key=lambda spec: (spec.family, spec.name))
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    _load_families()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" — did you mean {close[0]!r}?" if close else ""
+        raise BackboneError(
+            f"unknown backbone {name!r}{hint} Known: {', '.join(sorted(_REGISTRY))} "
+            "(see `edgexfer backbones`)"
+        ) from None
+
+
+def create_backbone(name: str, input_size: int | None = None, weights: str = "imagenet",
+                    width: float | None = None):
+    """Build the headless feature model of a registered backbone."""
+    spec = get_backbone(name)
+    size = input_size or spec.default_input_size
+    spec.check_options(size, width)
+    return spec.build(input_size=size, weights=weights, width=width if width is not None else spec.default_width)

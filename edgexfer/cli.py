@@ -1,0 +1,243 @@
+"""The typer CLI: parse options → build a config → call ``edgexfer.api`` → render. No logic here.
+
+Every ``EdgexferError`` becomes one red line on stderr and its exit code; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgexfer.config import FinetuneConfig
+from edgexfer.errors import ConfigError, EdgexferError
+
+app = typer.Typer(help="edgexfer: pretrained backbone → your domain → edge device, with numbers at every step.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Bundled real datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _default(field: str, model=FinetuneConfig) -> str:
+    info = model.model_fields[field]
+    text = info.description or ""
+    return f"{text} (default: {info.default})".strip()
+
+
+@app.callback()
+def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show TensorFlow's own logs.")) -> None:
+    from edgexfer._env import configure_tensorflow_env
+
+    configure_tensorflow_env(verbose=verbose)
+
+
+@app.command()
+def finetune(
+    data: Path = typer.Argument(..., help="Image folder: ROOT/<class>/* or ROOT/{train,val,test}/<class>/*"),
+    out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
+    backbone: Optional[str] = typer.Option(None, help=_default("backbone") + " (see `edgexfer backbones`)"),
+    weights: Optional[str] = typer.Option(None, help="imagenet | none | PATH to a weights file (default: imagenet)"),
+    width: Optional[float] = typer.Option(None, help="Width multiplier (MobileNet alpha) where the backbone has several."),
+    img_size: Optional[int] = typer.Option(None, help="Input size in pixels (default: the backbone's)"),
+    epochs: Optional[int] = typer.Option(None, help=_default("epochs")),
+    fine_tune_epochs: Optional[int] = typer.Option(None, help=_default("fine_tune_epochs")),
+    unfreeze_layers: Optional[int] = typer.Option(None, help=_default("unfreeze_layers")),
+    batch_size: Optional[int] = typer.Option(None, help=_default("batch_size")),
+    learning_rate: Optional[float] = typer.Option(None, help=_default("learning_rate")),
+    fine_tune_learning_rate: Optional[float] = typer.Option(None, help=_default("fine_tune_learning_rate")),
+    warmup_fraction: Optional[float] = typer.Option(None, help="Fraction of steps of linear warm-up before cosine decay (default: 0.1)"),
+    label_smoothing: Optional[float] = typer.Option(None, help=_default("label_smoothing")),
+    class_weights: Optional[str] = typer.Option(None, help="none | balanced (for imbalanced data) (default: none)"),
+    early_stopping: Optional[int] = typer.Option(None, "--early-stopping", help="Patience in epochs on val accuracy, best weights restored; 0 off (default: 3)"),
+    dropout: Optional[float] = typer.Option(None, help="Head dropout (default: 0.2)"),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips (default: off)"),
+    crop_zoom: Optional[float] = typer.Option(None, help="Random crop/zoom, max fraction (default: 0)"),
+    brightness: Optional[float] = typer.Option(None, help="Random brightness, max delta as fraction of 255 (default: 0)"),
+    contrast: Optional[float] = typer.Option(None, help="Random contrast, max factor delta (default: 0)"),
+    feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="Phase 1 on features computed once (default: on)"),
+    max_train_images: Optional[int] = typer.Option(None, help="Stratified subset of the training split."),
+    val_fraction: Optional[float] = typer.Option(None, help=_default("val_fraction")),
+    test_fraction: Optional[float] = typer.Option(None, help=_default("test_fraction")),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: 0)"),
+    strategy: Optional[str] = typer.Option(None, help="default | mirrored | multi-worker (tf.distribute) (default: default)"),
+    strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error instead of a warning."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of these options; flags override it."),
+) -> None:
+    """Fine-tune a pretrained backbone on an image folder (head on cached features, then the top layers)."""
+    from edgexfer import api
+    from edgexfer.config import load_config_file
+
+    flags = dict(backbone=backbone, weights=weights, width=width, img_size=img_size, epochs=epochs,
+                 fine_tune_epochs=fine_tune_epochs, unfreeze_layers=unfreeze_layers, batch_size=batch_size,
+                 learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate,
+                 warmup_fraction=warmup_fraction, label_smoothing=label_smoothing, class_weights=class_weights,
+                 early_stopping_patience=early_stopping, feature_cache=feature_cache,
+                 max_train_images=max_train_images, val_fraction=val_fraction, test_fraction=test_fraction,
+                 seed=seed, strategy=strategy, strict=strict or None)
+    values: dict[str, Any] = load_config_file(config) if config else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    nested = {"head": {"dropout": dropout}, "augment": {"flip": flip, "crop_zoom": crop_zoom,
+                                                         "brightness": brightness, "contrast": contrast}}
+    for group, options in nested.items():
+        given = {k: v for k, v in options.items() if v is not None}
+        if given:
+            values[group] = {**values.get(group, {}), **given}
+    artifact = api.finetune(data, out, progress=sys.stdout.isatty(), log=console.print,
+                            config=FinetuneConfig.build(**values))
+    _render_training_summary(artifact)
+
+
+@app.command()
+def evaluate(
+    artifact: Path = typer.Argument(..., help="An artifact directory with a Keras model."),
+    data: Path = typer.Argument(..., help="Image folder whose classes match the artifact's labels."),
+    split: str = typer.Option("all", help="all | train | val | test (of the folder's split)"),
+    top_k: int = typer.Option(5, help="k of the top-k accuracy."),
+    batch_size: int = typer.Option(64),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to FILE."),
+    confusion_png: Optional[Path] = typer.Option(None, "--confusion-png", help="Where to save the confusion matrix PNG (default: next to --json, or ./confusion.png)"),
+    strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
+) -> None:
+    """Accuracy, top-k, per-class metrics and confusion matrix of an artifact on an image folder."""
+    from edgexfer import api
+    from edgexfer.evaluate.evaluator import write_json
+
+    png = confusion_png or (json_out.with_suffix(".confusion.png") if json_out else Path("confusion.png"))
+    result = api.evaluate(artifact, data, confusion_png=png, split=split, top_k=top_k, batch_size=batch_size,
+                          strict=strict)
+    _render_evaluation(result)
+    if json_out:
+        write_json(result, json_out)
+        console.print(f"results: {json_out}")
+    console.print(f"confusion matrix: {png}")
+
+
+@app.command()
+def info(artifact: Path = typer.Argument(..., help="An artifact directory."),
+         as_json: bool = typer.Option(False, "--json", help="Print the manifest and metrics as JSON.")) -> None:
+    """Show an artifact's manifest (stage, lineage, preprocessing, dataset, versions) and metrics."""
+    from edgexfer import api
+
+    data = api.info(artifact)
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    table = Table(title=f"artifact {artifact}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    manifest = data["manifest"]
+    for key in ("stage", "backbone", "weights", "model_file", "seed", "created_at", "schema_version"):
+        table.add_row(key, str(manifest.get(key)))
+    table.add_row("labels", f"{len(manifest['label_names'])}: {', '.join(manifest['label_names'])}")
+    table.add_row("preprocessing", json.dumps(manifest["preprocessing"]))
+    if manifest.get("parent"):
+        table.add_row("parent", f"{manifest['parent']['path']} (sha256 {manifest['parent']['sha256'][:12]}…)")
+    if manifest.get("dataset"):
+        table.add_row("dataset", json.dumps(manifest["dataset"]))
+    if manifest.get("quantization"):
+        table.add_row("quantization", json.dumps(manifest["quantization"]))
+    table.add_row("versions", ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
+    for key, value in data["metrics"].items():
+        if isinstance(value, (int, float, str)) or value is None:
+            table.add_row(f"metrics.{key}", str(value))
+    console.print(table)
+
+
+@app.command()
+def backbones() -> None:
+    """List the registered backbones: parameters, default input size, weights' source."""
+    from edgexfer import api
+
+    table = Table(title="backbones")
+    for column in ("name", "family", "params", "input", "widths", "weights"):
+        table.add_column(column)
+    for spec in api.list_backbones():
+        params = spec.parameter_count() if spec.parameter_count else None
+        table.add_row(spec.name, spec.family, f"{params:,}" if params else "—", f"{spec.default_input_size}px",
+                      ", ".join(str(w) for w in spec.widths) or "—", spec.weights_source)
+    console.print(table)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The bundled real datasets: images, classes, size, license and source."""
+    from edgexfer import api
+
+    table = Table(title="bundled datasets")
+    for column in ("name", "images", "classes", "size", "license", "source"):
+        table.add_column(column)
+    for item in api.list_datasets():
+        table.add_row(item.name, f"{item.images:,}", str(item.classes), item.image_size, item.license, item.source)
+    console.print(table)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name: str = typer.Argument(..., help="mnist-5k | uci-digits | fashion-mnist"),
+    out: Path = typer.Argument(..., help="Directory to write the image folder to."),
+    source: Optional[Path] = typer.Option(None, help="Directory with the source files, where not installed."),
+    limit: Optional[int] = typer.Option(None, help="Stratified subset of the training images."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a bundled real dataset as an image folder."""
+    from edgexfer import api
+
+    summary = api.prepare_data(name, out, source=source, limit=limit, seed=seed)
+    console.print(f"[green]{name}[/green] → {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()
+                                                           if isinstance(v, (int, str))))
+
+
+def _render_training_summary(artifact) -> None:
+    metrics = artifact.metrics
+    table = Table(title=f"{artifact.manifest.stage}: {artifact.manifest.backbone} → {artifact.path}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("val_accuracy", "test_accuracy", "params", "model_bytes", "train_images_per_second", "peak_rss_mb"):
+        value = metrics.get(key)
+        if value is not None:
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) and value <= 1 else f"{value:,}")
+    for key, value in metrics.get("timings_seconds", {}).items():
+        table.add_row(key, f"{value:.1f}")
+    console.print(table)
+    if metrics.get("test"):
+        _render_per_class(metrics["test"], "test split, per class")
+
+
+def _render_evaluation(result: dict) -> None:
+    table = Table(title=f"{result['artifact']} on {result['data']} ({result['split']}, n={result['n']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if key.endswith("accuracy") or key == "macro_f1":
+            table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    _render_per_class(result, "per class")
+
+
+def _render_per_class(result: dict, title: str) -> None:
+    table = Table(title=title)
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="right" if column != "class" else "left")
+    for name, row in result["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    console.print(table)
+
+
+def main() -> None:
+    """Console entry point: runs the app and maps errors to one line and an exit code.
+
+    Typer's standalone mode already handles usage errors (exit 2) and Ctrl-C; stages write
+    artifacts atomically, so an interrupted run leaves nothing half-written.
+    """
+    try:
+        app()
+    except EdgexferError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,139 @@
+"""Stage configs: frozen pydantic models, validated on construction.
+
+Keep apart what exists (the backbone spec, in the registry), what to build on it (head
+options) and how to train (hyper-parameters). Validation errors become one-line
+``ConfigError``s that name the field, the value received and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgexfer.errors import ConfigError
+
+Strategy = Literal["default", "mirrored", "multi-worker"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def build(cls, **values: Any):
+        """Construct, turning pydantic's multi-line report into one ``ConfigError`` line."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc, cls.__name__)) from None
+
+
+def describe_validation_error(exc: ValidationError, where: str) -> str:
+    error = exc.errors()[0]
+    field = ".".join(str(part) for part in error["loc"]) or where
+    received = error.get("input")
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown option {field!r}" + _did_you_mean(field, exc.title)
+    return f"{where}: {field}={received!r} is invalid: {message}"
+
+
+def _did_you_mean(name: str, model_name: str) -> str:
+    import difflib
+
+    model = _MODELS.get(model_name)
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(name, list(model.model_fields), n=1)
+    return f" — did you mean {close[0]!r}?" if close else ""
+
+
+class AugmentOptions(_Frozen):
+    """Training-time augmentation of uint8 images (off by default: digits must not flip)."""
+
+    flip: bool = False
+    crop_zoom: float = Field(0.0, ge=0.0, lt=0.5, description="max fraction zoomed in")
+    brightness: float = Field(0.0, ge=0.0, le=1.0, description="max brightness delta, fraction of 255")
+    contrast: float = Field(0.0, ge=0.0, lt=1.0, description="max contrast factor delta")
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or self.crop_zoom > 0 or self.brightness > 0 or self.contrast > 0
+
+
+class HeadOptions(_Frozen):
+    """The classifier put on the backbone's pooled features."""
+
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    hidden_units: int = Field(0, ge=0, description="0: a single Dense layer")
+
+
+class FinetuneConfig(_Frozen):
+    """How to fine-tune: phase 1 trains the head on cached features, phase 2 the top layers."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    width: float | None = None
+    img_size: int | None = Field(None, ge=8, le=1024)
+    head: HeadOptions = HeadOptions()
+    augment: AugmentOptions = AugmentOptions()
+    epochs: int = Field(10, ge=1, description="phase 1 (head) epochs")
+    fine_tune_epochs: int = Field(5, ge=0, description="phase 2 epochs; 0 skips phase 2")
+    unfreeze_layers: int = Field(30, ge=0, description="top layers unfrozen in phase 2")
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    fine_tune_learning_rate: float = Field(1e-4, gt=0, le=1.0)
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weights: Literal["none", "balanced"] = "none"
+    early_stopping_patience: int = Field(3, ge=0, description="0: off")
+    feature_cache: bool = True
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    max_train_images: int | None = Field(None, ge=2)
+    seed: int = 0
+    deterministic: bool = True
+    strategy: Strategy = "default"
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _phase_two_needs_layers(self):
+        if self.fine_tune_epochs > 0 and self.unfreeze_layers == 0:
+            raise ValueError("fine_tune_epochs > 0 needs unfreeze_layers > 0 "
+                             "(or set fine_tune_epochs=0 to train the head only)")
+        return self
+
+
+class EvaluateConfig(_Frozen):
+    batch_size: int = Field(64, ge=1)
+    top_k: int = Field(5, ge=1)
+    split: Literal["all", "train", "val", "test"] = "all"
+    strict: bool = False
+
+
+_MODELS = {model.__name__: model for model in (AugmentOptions, HeadOptions, FinetuneConfig, EvaluateConfig)}
+
+
+def load_config_file(path) -> dict[str, Any]:
+    """A YAML or TOML mapping of options (``--config FILE``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {str(path)!r}: no such file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml and tomllib raise their own error types
+        raise ConfigError(f"--config {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: "
+                          f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {str(path)!r} must hold a mapping of option: value")
+    return data

@@ -1,0 +1,48 @@
+"""Evaluating a Keras artifact on an image folder whose classes match its labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgexfer.artifact import Artifact
+from edgexfer.config import EvaluateConfig
+
+
+def predict_samples(model, samples: list, preprocessing, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of a Keras model over ``samples`` (streamed, not cached), and their labels."""
+    from edgexfer.data import make_dataset
+
+    images = make_dataset(samples, preprocessing, batch_size=batch_size, cache=False, return_labels=False)
+    probs = model.predict(images, verbose=0)
+    return probs, np.array([s.label for s in samples], dtype=int)
+
+
+def evaluate_artifact(artifact_path: str | Path, data_dir: str | Path, config: EvaluateConfig,
+                      confusion_png: str | Path | None = None) -> dict[str, Any]:
+    """Accuracy, top-k, per-class metrics and the confusion matrix of a Keras artifact."""
+    from edgexfer.data import scan_image_folder
+    from edgexfer.evaluate.metrics import classification_metrics, save_confusion_png
+
+    artifact = Artifact(artifact_path)
+    manifest = artifact.manifest
+    dataset = scan_image_folder(data_dir, class_names=manifest.label_names, strict=config.strict,
+                                seed=manifest.seed or 0)
+    samples = dataset.all_samples() if config.split == "all" else dataset.split(config.split)
+    model = artifact.load_keras()
+    probs, labels = predict_samples(model, samples, manifest.preprocessing, config.batch_size)
+    result = classification_metrics(labels, probs, manifest.label_names, top_k=config.top_k)
+    result.update(artifact=str(artifact.path), data=str(Path(data_dir)), split=config.split,
+                  skipped_files=[str(p) for p, _ in dataset.skipped])
+    if confusion_png:
+        save_confusion_png(result["confusion_matrix"], manifest.label_names, confusion_png,
+                           title=f"{manifest.backbone} on {Path(data_dir).name} ({config.split})")
+        result["confusion_png"] = str(confusion_png)
+    return result
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")

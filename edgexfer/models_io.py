@@ -1,0 +1,71 @@
+"""Building classifiers on backbones, and saving/loading Keras models the way tfmot needs.
+
+Models are saved as ``.h5`` without the optimizer: QAT/pruned models do not round-trip
+through ``.keras`` ("expected 5 variables, but received 3"), and ``.h5`` with the optimizer
+is ~2.7× larger (DESIGN.md, compatibility facts).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgexfer.errors import ArtifactError
+
+MODEL_FILE = "model.h5"
+
+
+def build_head_layers(num_classes: int, dropout: float, hidden_units: int = 0):
+    """The head's layers, created once so they can be trained on cached features and then
+    applied to the backbone's output with the same weights."""
+    from edgexfer._env import import_tf
+
+    _, keras = import_tf()
+    layers = []
+    if hidden_units:
+        layers.append(keras.layers.Dense(hidden_units, activation="relu", name="head_hidden"))
+    if dropout > 0:
+        layers.append(keras.layers.Dropout(dropout, name="head_dropout"))
+    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="head_dense"))
+    return layers
+
+
+def apply_layers(x, layers):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def build_classifier(backbone, head_layers, name: str = "classifier"):
+    """A FLAT functional classifier: the head on ``backbone.output`` (a nested Model could
+    not be quantized by tfmot)."""
+    from edgexfer._env import import_tf
+
+    _, keras = import_tf()
+    return keras.Model(backbone.input, apply_layers(backbone.output, head_layers), name=name)
+
+
+def save_keras_model(model, path: Path) -> Path:
+    model.save(str(path), include_optimizer=False, save_format="h5")
+    return path
+
+
+def load_keras_model(path: Path):
+    """Load ``.h5``/``.keras``/SavedModel, inside tfmot's scopes so QAT and pruned models load."""
+    from edgexfer._env import import_tf
+
+    _, keras = import_tf()
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"model file {str(path)!r} does not exist; re-run the stage that wrote it")
+    import tensorflow_model_optimization as tfmot
+
+    try:
+        with tfmot.quantization.keras.quantize_scope(), tfmot.sparsity.keras.prune_scope():
+            return keras.models.load_model(str(path), compile=False)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"cannot load Keras model {str(path)!r}: {first_line}") from None
+
+
+def count_params(model) -> int:
+    return int(sum(int(w.shape.num_elements()) for w in model.weights))
