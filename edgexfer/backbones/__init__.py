@@ -1,0 +1,1 @@
+"""Pretrained image backbones (see ``registry``)."""

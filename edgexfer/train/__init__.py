@@ -1,0 +1,1 @@
+"""Training stages: fine-tuning (and later distillation, adaptation, fusion)."""
