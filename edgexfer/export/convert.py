@@ -1,0 +1,185 @@
+"""The export stage: a Keras artifact → a ``.tflite`` / ``.onnx`` / SavedModel artifact.
+
+``export_model`` converts an in-memory Keras model into a directory; ``export_artifact``
+is the stage (read an artifact, write a new one atomically with manifest and metrics).
+The exported file embeds its labels and preprocessing, so it also works copied on its own.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifact
+from edgexfer.errors import ArtifactError, ConfigError
+from edgexfer.export._onnx import OPSET_RANGE
+from edgexfer.export.formats import check_format_quant
+from edgexfer.runtime.images import list_image_files, load_images, normalize
+from edgexfer.runtime.metadata import EmbeddedInfo
+
+MIN_CALIBRATION_IMAGES = 10
+DEFAULT_MAX_CALIBRATION_IMAGES = 300
+KERAS_SUFFIXES = (".keras", ".h5")
+_QUANTIZE_LAYER_CLASSES = {"QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV2"}
+
+CalibrationSource = np.ndarray | str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def export_model(keras_model, manifest: Manifest, dest_dir: str | os.PathLike[str], fmt: str,
+                 quant: str = "none", *, calibration: np.ndarray | None = None, opset: int = 15,
+                 is_qat: bool = False) -> dict[str, Any]:
+    """Convert ``keras_model`` into ``dest_dir/<model file>`` and describe the result.
+
+    ``calibration`` holds preprocessed float32 images (``N×H×W×C``, N ≥ 10); int8 needs it
+    unless the model is QAT (its fake-quant layers carry the ranges). Returns ``format``, ``quant``, ``model_file``,
+    ``quantization`` (mode, int8 input/output scale and zero point, fp32 tensor count …),
+    ``warnings``, ``conversion_seconds``, ``size_bytes`` and ``gzip_bytes``.
+    """
+    row = check_format_quant(fmt, quant)
+    if fmt == "onnx" and not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
+        raise ConfigError(f"--opset {opset} is not supported by tf2onnx here; allowed: "
+                          f"{OPSET_RANGE[0]}–{OPSET_RANGE[1]}")
+    input_shape = tuple(keras_model.input_shape[1:])
+    _check_calibration(calibration, quant, fmt, is_qat, input_shape)
+    if quant != "int8":
+        calibration = None  # only int8 calibrates; ignore images given for other modes
+
+    info = EmbeddedInfo(manifest.label_names, manifest.preprocessing, {
+        "stage": "export", "format": fmt, "quant": quant, "source_stage": manifest.stage,
+        "backbone": manifest.backbone, "weights": manifest.weights})
+    dest = Path(dest_dir) / row.model_file
+    start = time.perf_counter()
+    result = row.converter(keras_model, dest, quant, info, calibration=calibration,
+                           opset=opset if fmt == "onnx" else None, is_qat=is_qat)
+    seconds = time.perf_counter() - start
+    size, gzip_size = _sizes(dest)
+    return {"format": fmt, "quant": quant, "model_file": row.model_file,
+            "quantization": result["quantization"], "warnings": result.get("warnings", []),
+            "conversion_seconds": round(seconds, 3), "size_bytes": size, "gzip_bytes": gzip_size}
+
+
+def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
+                    quant: str = "none", calibration_images: CalibrationSource | None = None, *,
+                    opset: int = 15, max_calibration_images: int = DEFAULT_MAX_CALIBRATION_IMAGES,
+                    is_qat: bool | None = None) -> Artifact:
+    """The export stage: read the Keras artifact at ``artifact_path``, write an export artifact
+    at ``out`` (``model.tflite`` / ``model.onnx`` / ``saved_model``) and return it.
+
+    ``calibration_images`` (int8 only): uint8 pixels ``N×H×W×C`` (preprocessed here with the
+    artifact's preprocessing), already preprocessed float32 images, an image folder, or a list
+    of image files; at most ``max_calibration_images`` are used. ``is_qat`` defaults to what
+    the manifest and the model say.
+    """
+    check_format_quant(fmt, quant)  # fail on a bad combination before loading anything
+    source = Artifact(artifact_path)
+    if Path(out).resolve() == source.path.resolve():
+        raise ConfigError(f"--out {str(out)!r} is the input artifact; a stage never changes its "
+                          "input, choose another directory")
+    model_path = source.model_path
+    if model_path.suffix not in KERAS_SUFFIXES:
+        raise ArtifactError(f"artifact {str(source.path)!r} holds {model_path.name}, not a Keras "
+                            f"model ({', '.join(KERAS_SUFFIXES)}); export from a training or "
+                            "compression stage's artifact")
+    manifest = source.manifest
+    calibration = None
+    if quant == "int8" and calibration_images is not None:
+        calibration = calibration_array(calibration_images, manifest.preprocessing, max_calibration_images)
+
+    keras_model = source.load_keras()
+    qat = is_qat if is_qat is not None else _manifest_says_qat(manifest) or has_quantize_layers(keras_model)
+
+    with writing_artifact(out) as writer:
+        info = export_model(keras_model, manifest, writer.tmp, fmt, quant, calibration=calibration,
+                            opset=opset, is_qat=qat)
+        quantization = dict(info["quantization"])
+        if manifest.quantization:
+            quantization["source"] = manifest.quantization
+        config = {"format": fmt, "quant": quant,
+                  "calibration_images": 0 if calibration is None else int(len(calibration))}
+        if fmt == "onnx":
+            config["opset"] = opset
+        source_size = _sizes(model_path, with_gzip=False)[0]
+        exported = Manifest(
+            stage="export", label_names=list(manifest.label_names), preprocessing=manifest.preprocessing,
+            backbone=manifest.backbone, weights=manifest.weights, config=config,
+            model_file=info["model_file"], parent=source.parent_ref(), dataset=manifest.dataset,
+            seed=manifest.seed, quantization=quantization,
+            extra={"warnings": info["warnings"]} if info["warnings"] else {})
+        metrics = {"format": fmt, "quant": quant, "size_bytes": info["size_bytes"],
+                   "gzip_bytes": info["gzip_bytes"], "source_size_bytes": source_size,
+                   "size_ratio": round(info["size_bytes"] / source_size, 4) if source_size else None,
+                   "conversion_seconds": info["conversion_seconds"]}
+        for key in ("fp32_tensor_count", "fp32_weight_count"):
+            if key in quantization:
+                metrics[key] = quantization[key]
+        return writer.commit(exported, metrics)
+
+
+def calibration_array(images: CalibrationSource, preprocessing: Preprocessing,
+                      max_images: int = DEFAULT_MAX_CALIBRATION_IMAGES) -> np.ndarray:
+    """Preprocessed float32 calibration images from pixels, a folder or a list of files.
+
+    A folder or list longer than ``max_images`` is subsampled evenly (sorted order), so
+    every class folder contributes.
+    """
+    if isinstance(images, np.ndarray):
+        array = images if images.dtype != np.uint8 else normalize(images, preprocessing)
+        array = array.astype(np.float32, copy=False)
+        if len(array) > max_images:
+            array = array[np.linspace(0, len(array) - 1, max_images).round().astype(int)]
+        return array
+    files = list_image_files(images) if isinstance(images, (str, os.PathLike)) else [Path(p) for p in images]
+    if len(files) > max_images:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, max_images).round().astype(int)]
+    return normalize(load_images(files, preprocessing), preprocessing)
+
+
+def has_quantize_layers(keras_model) -> bool:
+    """Whether the model carries tfmot fake-quant layers (a QAT model)."""
+    return any(type(layer).__name__ in _QUANTIZE_LAYER_CLASSES for layer in keras_model.layers)
+
+
+def _manifest_says_qat(manifest: Manifest) -> bool:
+    quantization = manifest.quantization or {}
+    return str(quantization.get("mode", "")).lower() in ("qat", "pqat") or quantization.get("qat") is True
+
+
+def _missing_calibration_message(fmt: str) -> str:
+    return (f"--quant int8 for {fmt} needs calibration images (a representative dataset, at least "
+            f"{MIN_CALIBRATION_IMAGES}); pass --calibration <image folder>, e.g. the training folder")
+
+
+def _check_calibration(calibration: np.ndarray | None, quant: str, fmt: str, is_qat: bool,
+                       input_shape: tuple) -> None:
+    if quant != "int8":
+        return
+    if calibration is None:
+        if is_qat:
+            return  # a QAT model carries its own ranges
+        raise ConfigError(_missing_calibration_message(fmt))
+    if not isinstance(calibration, np.ndarray) or calibration.ndim != 4:
+        raise ConfigError("calibration must be a float32 array of preprocessed images N×H×W×C, got "
+                          f"{type(calibration).__name__} {getattr(calibration, 'shape', '')}")
+    if tuple(calibration.shape[1:]) != tuple(input_shape):
+        raise ConfigError(f"calibration images have shape {tuple(calibration.shape[1:])}, the model "
+                          f"takes {tuple(input_shape)}")
+    if np.issubdtype(calibration.dtype, np.integer):
+        raise ConfigError("calibration images must be preprocessed float32 ((x - mean) / std), got "
+                          f"{calibration.dtype}; export_artifact preprocesses uint8 pixels for you")
+    if len(calibration) < MIN_CALIBRATION_IMAGES:
+        raise ConfigError(f"calibration has {len(calibration)} images; int8 needs at least "
+                          f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)")
+
+
+def _sizes(path: Path, with_gzip: bool = True) -> tuple[int, int | None]:
+    """Bytes on disk and gzip-compressed bytes of a file or of a directory's files."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    size = sum(f.stat().st_size for f in files)
+    if not with_gzip:
+        return size, None
+    return size, sum(len(gzip.compress(f.read_bytes(), compresslevel=9)) for f in files)
