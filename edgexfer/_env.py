@@ -38,7 +38,23 @@ def import_tf():
         import absl.logging
 
         absl.logging.set_verbosity(absl.logging.ERROR)
+    _split_cpu(tf)
     return tf, keras
+
+
+def _split_cpu(tf) -> None:
+    """Split the CPU into ``EDGEXFER_LOGICAL_CPUS`` logical devices, so MirroredStrategy can
+    be exercised on a machine without GPUs. Only possible before TensorFlow's runtime starts."""
+    wanted = int(os.environ.get("EDGEXFER_LOGICAL_CPUS", "0") or 0)
+    if wanted < 2:
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        if len(tf.config.get_logical_device_configuration(cpus[0]) or []) != wanted:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(wanted)])
+    except RuntimeError:
+        pass  # the runtime already started; make_strategy reports what it found
 
 
 def verbose_logging() -> bool:

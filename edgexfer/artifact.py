@@ -218,6 +218,7 @@ class ArtifactWriter:
                 "choose an empty or new directory so nothing of yours is overwritten"
             )
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self.tmp.chmod(0o755)  # mkdtemp makes it 0700; a finished artifact should be readable
 
     def file(self, name: str) -> Path:
         return self.tmp / name

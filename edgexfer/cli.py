@@ -33,9 +33,17 @@ def _default(field: str, model=FinetuneConfig) -> str:
 
 @app.callback()
 def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show TensorFlow's own logs.")) -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
     from edgexfer._env import configure_tensorflow_env
 
     configure_tensorflow_env(verbose=verbose)
+    # Warnings from the library (e.g. skipped corrupt images) reach the user on stderr.
+    handler = RichHandler(console=err_console, show_time=False, show_path=False)
+    logging.getLogger("edgexfer").addHandler(handler)
+    logging.getLogger("edgexfer").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @app.command()
@@ -228,6 +236,20 @@ def _render_per_class(result: dict, title: str) -> None:
     for name, row in result["per_class"].items():
         table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
     console.print(table)
+
+
+# Modules that add stage commands with ``register(app)``; each keeps its commands thin too.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_command_modules() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+_register_command_modules()
 
 
 def main() -> None:

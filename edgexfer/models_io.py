@@ -45,7 +45,11 @@ def build_classifier(backbone, head_layers, name: str = "classifier"):
 
 
 def save_keras_model(model, path: Path) -> Path:
-    model.save(str(path), include_optimizer=False, save_format="h5")
+    import warnings
+
+    with warnings.catch_warnings():  # .h5 is a deliberate choice here, not legacy use
+        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)
+        model.save(str(path), include_optimizer=False, save_format="h5")
     return path
 
 

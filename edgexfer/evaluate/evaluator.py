@@ -31,9 +31,13 @@ def evaluate_artifact(artifact_path: str | Path, data_dir: str | Path, config: E
     manifest = artifact.manifest
     dataset = scan_image_folder(data_dir, class_names=manifest.label_names, strict=config.strict,
                                 seed=manifest.seed or 0)
-    samples = dataset.all_samples() if config.split == "all" else dataset.split(config.split)
+    splits = ("train", "val", "test") if config.split == "all" else (config.split,)
+    samples = [sample for name in splits for sample in dataset.split(name)]
+    from edgexfer.data.pipeline import data_errors
+
     model = artifact.load_keras()
-    probs, labels = predict_samples(model, samples, manifest.preprocessing, config.batch_size)
+    with data_errors():
+        probs, labels = predict_samples(model, samples, manifest.preprocessing, config.batch_size)
     result = classification_metrics(labels, probs, manifest.label_names, top_k=config.top_k)
     result.update(artifact=str(artifact.path), data=str(Path(data_dir)), split=config.split,
                   skipped_files=[str(p) for p, _ in dataset.skipped])

@@ -17,12 +17,9 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     labels = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
-    k = min(top_k, len(class_names))
     result: dict[str, Any] = {
         "n": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else float("nan"),
-        f"top{k}_accuracy": float(top_k_accuracy_score(y_true, probs, k=k, labels=labels))
-        if len(class_names) > 2 else float((y_pred == y_true).mean()),
         "macro_f1": float(np.mean(f1)),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]),
@@ -31,6 +28,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+    if 1 < top_k < len(class_names):  # top-k with k >= classes is trivially 1.0
+        result[f"top{top_k}_accuracy"] = float(top_k_accuracy_score(y_true, probs, k=top_k, labels=labels))
     return result
 
 

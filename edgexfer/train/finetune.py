@@ -28,6 +28,7 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
     from edgexfer._env import import_tf
     from edgexfer.backbones.registry import create_backbone, get_backbone
     from edgexfer.data import scan_image_folder
+    from edgexfer.data.pipeline import data_errors
 
     spec = get_backbone(config.backbone)
     input_size = config.img_size or spec.default_input_size
@@ -48,7 +49,7 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    with writing_artifact(out) as writer:
+    with data_errors(), writing_artifact(out) as writer:
         with strategy.scope():
             backbone = create_backbone(config.backbone, input_size, config.weights, config.width)
             backbone.trainable = False
