@@ -164,11 +164,10 @@ def backbones() -> None:
     from edgexfer import api
 
     table = Table(title="backbones")
-    for column in ("name", "family", "params", "input", "widths", "weights"):
-        table.add_column(column)
+    for column in ("name", "params", "input", "widths", "weights"):
+        table.add_column(column, no_wrap=column == "name")
     for spec in api.list_backbones():
-        params = spec.parameter_count() if spec.parameter_count else None
-        table.add_row(spec.name, spec.family, f"{params:,}" if params else "—", f"{spec.default_input_size}px",
+        table.add_row(spec.name, f"{spec.count_parameters():,}", f"{spec.default_input_size}px",
                       ", ".join(str(w) for w in spec.widths) or "—", spec.weights_source)
     console.print(table)
 
@@ -179,10 +178,11 @@ def data_list() -> None:
     from edgexfer import api
 
     table = Table(title="bundled datasets")
-    for column in ("name", "images", "classes", "size", "license", "source"):
-        table.add_column(column)
+    for column in ("name", "images", "classes", "size", "license", "install"):
+        table.add_column(column, no_wrap=column == "name")
     for item in api.list_datasets():
-        table.add_row(item.name, f"{item.images:,}", str(item.classes), item.image_size, item.license, item.source)
+        table.add_row(item.name, f"{item.images:,}", str(item.classes), f"{item.image_size}px", item.license,
+                      item.install)
     console.print(table)
 
 
@@ -198,8 +198,28 @@ def data_prepare(
     from edgexfer import api
 
     summary = api.prepare_data(name, out, source=source, limit=limit, seed=seed)
-    console.print(f"[green]{name}[/green] → {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()
-                                                           if isinstance(v, (int, str))))
+    state = "already prepared" if summary.get("reused") else "written"
+    console.print(f"[green]{name}[/green]: {summary.get('images')} images {state} at {out} "
+                  f"({summary.get('layout')} layout; source {summary.get('source')})")
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("runs/demo"), help="Where data, artifacts and the report go."),
+    full: bool = typer.Option(False, "--full", help="Larger input and more epochs (slower, more accurate)."),
+) -> None:
+    """The main job on bundled real data: mnist-5k → fine-tune EfficientNet-Lite0 → evaluate on uci-digits."""
+    from edgexfer.demo import run_demo
+
+    summary = run_demo(workdir, full=full, progress=sys.stdout.isatty(), log=console.print)
+    table = Table(title=f"edgexfer demo ({summary['profile']}, {summary['wall_seconds']:.0f} s)")
+    for column in ("artifact", "domain", "accuracy", "params", "size"):
+        table.add_column(column, justify="left" if column in ("artifact", "domain") else "right")
+    for row in summary["rows"]:
+        table.add_row(row["artifact"], row["domain"], f"{row['accuracy']:.4f}", f"{row['params']:,}",
+                      f"{row['bytes'] / 1e6:.1f} MB")
+    console.print(table)
+    console.print(f"report: {summary['report']}")
 
 
 def _render_training_summary(artifact) -> None:

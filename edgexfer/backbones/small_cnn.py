@@ -52,6 +52,6 @@ for _name, _stages in _STAGES.items():
     register_backbone(BackboneSpec(
         name=_name, family="small_cnn", default_input_size=32, min_input_size=2 ** len(_stages),
         mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5),
-        weights_source="none (train from scratch or distill)", build=_builder(_name, _stages),
+        weights_source="none: train or distill", build=_builder(_name, _stages),
         widths=(0.5, 1.0, 2.0), default_width=1.0,
     ))
