@@ -259,7 +259,7 @@ def _render_per_class(result: dict, title: str) -> None:
 
 
 # Modules that add stage commands with ``register(app)``; each keeps its commands thin too.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("edgexfer.cli_deploy",)
 
 
 def _register_command_modules() -> None:

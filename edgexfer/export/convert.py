@@ -66,14 +66,15 @@ def export_model(keras_model, manifest: Manifest, dest_dir: str | os.PathLike[st
 def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
                     quant: str = "none", calibration_images: CalibrationSource | None = None, *,
                     opset: int = 15, max_calibration_images: int = DEFAULT_MAX_CALIBRATION_IMAGES,
-                    is_qat: bool | None = None) -> Artifact:
+                    is_qat: bool | None = None, calibration_source: str | None = None) -> Artifact:
     """The export stage: read the Keras artifact at ``artifact_path``, write an export artifact
     at ``out`` (``model.tflite`` / ``model.onnx`` / ``saved_model``) and return it.
 
     ``calibration_images`` (int8 only): uint8 pixels ``N×H×W×C`` (preprocessed here with the
     artifact's preprocessing), already preprocessed float32 images, an image folder, or a list
     of image files; at most ``max_calibration_images`` are used. ``is_qat`` defaults to what
-    the manifest and the model say.
+    the manifest and the model say. ``calibration_source`` (a description of where the
+    calibration images came from) is recorded in the manifest's config.
     """
     check_format_quant(fmt, quant)  # fail on a bad combination before loading anything
     source = Artifact(artifact_path)
@@ -101,6 +102,8 @@ def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLik
             quantization["source"] = manifest.quantization
         config = {"format": fmt, "quant": quant,
                   "calibration_images": 0 if calibration is None else int(len(calibration))}
+        if calibration is not None and calibration_source:
+            config["calibration_source"] = calibration_source
         if fmt == "onnx":
             config["opset"] = opset
         source_size = _sizes(model_path, with_gzip=False)[0]

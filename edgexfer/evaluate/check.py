@@ -1,0 +1,659 @@
+"""``check``: prove an exported model with numbers — parity with its Keras parent, size and
+latency — and gate on them; ``benchmark``: latency, throughput and size across formats.
+
+``check_artifacts`` compares every exported file (``.tflite``, ``.onnx``, SavedModel) with
+the nearest Keras model in its lineage on a labelled image folder: accuracy, top-1
+agreement, max/mean absolute difference of the probabilities and per-class agreement. It
+times LiteRT (XNNPACK) and onnxruntime (CPU, and CUDA where available) at batch 1 and batch
+N for each thread count, and the Keras parent in TensorFlow as the float baseline. With
+thresholds it is a gate: the result says which candidates failed and why. ``check.json`` and
+``check.md`` are always written before a caller raises on a failed gate.
+
+TensorFlow is imported only to run Keras parents and SavedModels.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgexfer.artifact import MANIFEST, Artifact, library_versions, sha256_path
+from edgexfer.errors import ArtifactError, ConfigError, ParityError
+from edgexfer.evaluate import latency as lat
+from edgexfer.evaluate.parity import check_thresholds, gate_failures, parity_metrics
+
+CHECK_JSON = "check.json"
+CHECK_MD = "check.md"
+BENCHMARK_JSON = "benchmark.json"
+BENCHMARK_MD = "benchmark.md"
+KERAS_SUFFIXES = (".keras", ".h5")
+SPLITS = ("all", "train", "val", "test")
+_KIND_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
+
+Log = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    return None
+
+
+@dataclass
+class _Candidate:
+    artifact: Artifact
+    kind: str                 # tflite | onnx | saved_model
+    parent: Artifact          # nearest Keras ancestor
+    name: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def model_path(self) -> Path:
+        return self.artifact.model_path
+
+
+# --------------------------------------------------------------------------------- check
+
+
+def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.PathLike[str], *,
+                    out: str | os.PathLike[str] | None = None, split: str = "all",
+                    min_agreement: float | None = None, max_acc_drop: float | None = None,
+                    latency: lat.LatencySettings | None = None, measure_latency: bool = True,
+                    max_images: int | None = None, batch_size: int = 64, strict: bool = False,
+                    raise_on_failure: bool = False, log: Log | None = None) -> dict[str, Any]:
+    """Check exported artifacts against their Keras parents on the image folder ``data``.
+
+    ``split``: all | train | val | test of the folder (``all`` for a dedicated test folder).
+    ``min_agreement`` / ``max_acc_drop`` make it a gate; a candidate failing either is marked
+    ``passed: false`` with its ``failures``. ``check.json`` and ``check.md`` are written to
+    ``out`` (default: ``<first artifact>/../check``) in every case; ``raise_on_failure``
+    then raises ``ParityError`` (exit code 3) when any candidate failed, with the result as
+    its ``result`` attribute. Returns the result dict (what ``check.json`` holds).
+    """
+    log = log or _quiet
+    if not artifacts:
+        raise ConfigError("check needs at least one export artifact (the --out of edgexfer export)")
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r} is not a split; allowed: {', '.join(SPLITS)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if max_images is not None and max_images < 1:
+        raise ConfigError(f"--max-images must be at least 1, got {max_images}")
+    check_thresholds(min_agreement, max_acc_drop)
+    settings = latency or lat.LatencySettings()
+    out_dir = Path(out) if out is not None else Path(artifacts[0]).parent / "check"
+
+    candidates = [_candidate(path) for path in artifacts]
+    _name_uniquely(candidates)
+    label_names = candidates[0].artifact.manifest.label_names
+    for candidate in candidates[1:]:
+        if candidate.artifact.manifest.label_names != label_names:
+            raise ConfigError(f"{str(candidate.artifact.path)!r} has other classes than "
+                              f"{str(candidates[0].artifact.path)!r}; check models of one task together")
+
+    samples, dataset = _test_samples(data, candidates[0].artifact, split, strict, max_images)
+    log(f"test data: {len(samples)} images of {len(label_names)} classes from {data} ({split})")
+    pixels = _PixelCache(samples)
+    labels = np.array([s.label for s in samples], dtype=int)
+
+    # Runtime candidates first: they need no TensorFlow.
+    probs: dict[int, np.ndarray] = {}
+    threads0 = lat.resolve_threads(settings.threads[0])
+    for index, candidate in enumerate(candidates):
+        if candidate.kind in ("tflite", "onnx"):
+            log(f"predicting with {candidate.name} ({candidate.kind})")
+            from edgexfer.runtime import load_model
+
+            model = load_model(candidate.artifact.path, num_threads=threads0)
+            probs[index] = model.predict_proba(pixels.uint8(model.preprocessing), batch_size)
+
+    tf_threads = lat.set_tensorflow_threads(settings.threads[0]) if measure_latency else None
+    parents: dict[Path, dict[str, Any]] = {}
+    keras_models: dict[Path, Any] = {}
+    for candidate in candidates:
+        key = candidate.parent.path.resolve()
+        if key in parents:
+            continue
+        log(f"predicting with the Keras parent {candidate.parent.path}")
+        keras_model = candidate.parent.load_keras()
+        keras_models[key] = keras_model
+        preprocessing = candidate.parent.manifest.preprocessing
+        parent_probs = keras_model.predict(pixels.normalized(preprocessing), batch_size=batch_size, verbose=0)
+        parents[key] = {"artifact": candidate.parent, "probs": np.asarray(parent_probs, np.float32)}
+    for index, candidate in enumerate(candidates):
+        if candidate.kind == "saved_model":
+            log(f"predicting with {candidate.name} (SavedModel, TensorFlow)")
+            serve = lat.load_saved_model_signature(candidate.model_path)
+            x = pixels.normalized(candidate.artifact.manifest.preprocessing)
+            probs[index] = np.concatenate([_first_output(serve(x[i:i + batch_size]))
+                                           for i in range(0, len(x), batch_size)])
+
+    rows = []
+    for index, candidate in enumerate(candidates):
+        parent = parents[candidate.parent.path.resolve()]
+        parity = parity_metrics(parent["probs"], probs[index], labels, label_names)
+        failures = gate_failures(parity, min_agreement=min_agreement, max_acc_drop=max_acc_drop)
+        rows.append(_candidate_row(candidate, parity, failures))
+
+    parent_rows = []
+    for key, parent in parents.items():
+        accuracy = float((parent["probs"].argmax(1) == labels).mean()) if len(labels) else float("nan")
+        parent_rows.append({"name": parent["artifact"].path.name, "artifact": str(parent["artifact"].path),
+                            "stage": parent["artifact"].manifest.stage, "accuracy": accuracy,
+                            **_size(parent["artifact"].model_path, parent["artifact"]), "latency": []})
+
+    if measure_latency:
+        for index, candidate in enumerate(candidates):
+            x = pixels.normalized(candidate.artifact.manifest.preprocessing)
+            rows[index]["latency"] = _latency_rows(candidate.kind, candidate.model_path, x, settings,
+                                                   model=candidate.name, log=log)
+        for row, (key, parent) in zip(parent_rows, parents.items()):
+            x = pixels.normalized(parent["artifact"].manifest.preprocessing)
+            log(f"timing the Keras parent {row['name']}")
+            row["latency"] = lat.measure(lat.keras_runs(keras_models[key]), x, settings, model=row["name"],
+                                         runtime="keras-tensorflow", threads=tf_threads,
+                                         threads_used=tf_threads or lat.resolve_threads(0))
+        for row in rows:
+            parent_row = next(p for p in parent_rows if p["artifact"] == row["parent"]["path"])
+            _add_speedups(row["latency"], parent_row["latency"])
+
+    gated = min_agreement is not None or max_acc_drop is not None
+    result = {
+        "passed": all(row["passed"] for row in rows),
+        "gated": gated,
+        "thresholds": {"min_agreement": min_agreement, "max_acc_drop": max_acc_drop},
+        "failed": [row["name"] for row in rows if not row["passed"]],
+        "data": str(Path(data)), "split": split, "n": int(len(labels)),
+        "skipped_files": [str(p) for p, _ in dataset.skipped],
+        "label_names": list(label_names),
+        "candidates": rows,
+        "parents": parent_rows,
+        "latency_settings": settings.to_dict() if measure_latency else None,
+        "environment": _environment(tf_threads),
+        "created_at": _now(),
+    }
+    result["report"] = _write_reports(result, out_dir, CHECK_JSON, CHECK_MD, render_check_markdown)
+    log(f"wrote {result['report']['json']} and {result['report']['markdown']}")
+    if raise_on_failure:
+        error = gate_error(result)
+        if error is not None:
+            raise error
+    return result
+
+
+def gate_error(result: dict[str, Any]) -> ParityError | None:
+    """The ``ParityError`` (exit code 3) for a failed check result, else ``None``."""
+    if result.get("passed", True):
+        return None
+    parts = [f"{row['name']}: {'; '.join(row['failures'])}" for row in result["candidates"] if not row["passed"]]
+    error = ParityError(f"check failed for {len(parts)} of {len(result['candidates'])} model(s) — "
+                        + " | ".join(parts) + f" (report: {result['report']['markdown']})")
+    error.result = result  # type: ignore[attr-defined]
+    return error
+
+
+def _candidate(path: str | os.PathLike[str]) -> _Candidate:
+    path = Path(path)
+    if path.is_file() and (path.parent / MANIFEST).is_file():
+        path = path.parent  # a model file inside an export artifact
+    if path.is_file():
+        raise ArtifactError(f"{str(path)!r} is a bare model file; check compares an export artifact "
+                            "with its Keras parent: pass the --out directory of edgexfer export")
+    artifact = Artifact(path)
+    model_path = artifact.model_path
+    if model_path.suffix in KERAS_SUFFIXES:
+        raise ArtifactError(f"{str(artifact.path)!r} holds a Keras model ({model_path.name}); check compares "
+                            "exported models with their Keras parent: pass export artifacts "
+                            "(edgexfer export ARTIFACT --format tflite --out DIR)")
+    kind = _KIND_BY_SUFFIX.get(model_path.suffix.lower()) or ("saved_model" if model_path.is_dir() else None)
+    if kind is None:
+        raise ArtifactError(f"{str(artifact.path)!r} holds {model_path.name}, which check cannot run; "
+                            "export to tflite, onnx or saved_model")
+    parent, warnings = keras_ancestor(artifact)
+    return _Candidate(artifact, kind, parent, warnings=warnings)
+
+
+def keras_ancestor(artifact: Artifact) -> tuple[Artifact, list[str]]:
+    """The nearest artifact in ``artifact``'s lineage that holds a Keras model, and warnings
+    for every link whose recorded sha256 no longer matches the parent's model file."""
+    if not artifact.manifest.parent:
+        raise ArtifactError(f"{str(artifact.path)!r} records no parent (manifest.parent); check needs the "
+                            "Keras artifact it was exported from")
+    warnings = []
+    chain = artifact.lineage()
+    for child, parent in zip(chain, chain[1:]):
+        recorded = (child.manifest.parent or {}).get("sha256")
+        try:
+            actual = sha256_path(parent.model_path)
+        except ArtifactError:
+            actual = None
+        if recorded and actual and recorded != actual:
+            warnings.append(f"{parent.path} changed since {child.path.name} was made from it (sha256 "
+                            f"{actual[:12]}… ≠ recorded {recorded[:12]}…); parity is against the current file")
+        try:
+            is_keras = parent.model_path.suffix in KERAS_SUFFIXES
+        except ArtifactError:
+            is_keras = False
+        if is_keras:
+            return parent, warnings
+    last = chain[-1].manifest.parent
+    gone = last and not (Path(last["path"]) / MANIFEST).is_file()
+    where = f" (its parent {last['path']!r} no longer exists)" if gone else ""
+    raise ArtifactError(f"no Keras model in the lineage of {str(artifact.path)!r}{where}; check compares "
+                        "exported models with the Keras model they came from")
+
+
+def _name_uniquely(candidates: list[_Candidate]) -> None:
+    names = [c.artifact.path.name for c in candidates]
+    for candidate, name in zip(candidates, names):
+        candidate.name = name if names.count(name) == 1 else f"{candidate.artifact.path.parent.name}/{name}"
+
+
+def _test_samples(data, artifact: Artifact, split: str, strict: bool, max_images: int | None):
+    from edgexfer.data import scan_image_folder
+
+    manifest = artifact.manifest
+    dataset = scan_image_folder(data, class_names=manifest.label_names, strict=strict, seed=manifest.seed or 0)
+    names = ("train", "val", "test") if split == "all" else (split,)
+    samples = sorted((s for name in names for s in dataset.split(name)), key=lambda s: str(s.path))
+    if not samples:
+        raise ConfigError(f"split {split!r} of {str(data)!r} has no images; use --split all")
+    if max_images and len(samples) > max_images:
+        from edgexfer.export.stage import stratified_subset
+
+        samples = stratified_subset(samples, max_images, seed=manifest.seed or 0)
+    return samples, dataset
+
+
+class _PixelCache:
+    """Decoded uint8 images and preprocessed input per preprocessing spec (usually one)."""
+
+    def __init__(self, samples):
+        self.samples = samples
+        self._uint8: dict[str, np.ndarray] = {}
+        self._float: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def _key(preprocessing) -> str:
+        return json.dumps(preprocessing.to_dict(), sort_keys=True)
+
+    def uint8(self, preprocessing) -> np.ndarray:
+        from edgexfer.data import load_arrays
+
+        key = json.dumps([preprocessing.input_size, preprocessing.resize, preprocessing.color])
+        if key not in self._uint8:
+            self._uint8[key] = load_arrays(self.samples, preprocessing)[0]
+        return self._uint8[key]
+
+    def normalized(self, preprocessing) -> np.ndarray:
+        from edgexfer.runtime import normalize
+
+        key = self._key(preprocessing)
+        if key not in self._float:
+            self._float[key] = normalize(self.uint8(preprocessing), preprocessing)
+        return self._float[key]
+
+
+def _first_output(outputs: dict) -> np.ndarray:
+    return np.asarray(next(iter(outputs.values())).numpy(), dtype=np.float32)
+
+
+def _candidate_row(candidate: _Candidate, parity: dict[str, Any], failures: list[str]) -> dict[str, Any]:
+    manifest = candidate.artifact.manifest
+    config = manifest.config or {}
+    quantization = manifest.quantization or {}
+    size = _size(candidate.model_path, candidate.artifact)
+    parent_size = _size(candidate.parent.model_path, candidate.parent)["size_bytes"]
+    return {
+        "name": candidate.name,
+        "artifact": str(candidate.artifact.path),
+        "format": config.get("format", candidate.kind),
+        "quant": config.get("quant", quantization.get("mode", "none")),
+        "model_file": candidate.model_path.name,
+        "parent": {"path": str(candidate.parent.path), "stage": candidate.parent.manifest.stage,
+                   "model_file": candidate.parent.model_path.name},
+        "parity": parity,
+        **size,
+        "parent_size_bytes": parent_size,
+        "size_ratio": round(size["size_bytes"] / parent_size, 4) if parent_size else None,
+        "passed": not failures,
+        "failures": failures,
+        "warnings": candidate.warnings + list((manifest.extra or {}).get("warnings", [])),
+        "latency": [],
+    }
+
+
+def _size(path: Path, artifact: Artifact | None = None) -> dict[str, int]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    size = sum(f.stat().st_size for f in files)
+    recorded = (artifact.metrics if artifact is not None else {}).get("gzip_bytes")
+    if recorded and (artifact.metrics.get("size_bytes") == size):
+        gz = int(recorded)
+    else:
+        gz = sum(len(gzip.compress(f.read_bytes(), compresslevel=6)) for f in files)
+    return {"size_bytes": int(size), "gzip_bytes": int(gz)}
+
+
+def _latency_rows(kind: str, model_path: Path, x: np.ndarray, settings: lat.LatencySettings, *,
+                  model: str, log: Log) -> list[dict[str, Any]]:
+    """Latency rows of one exported model: every thread count on its CPU runtime, plus
+    onnxruntime CUDA where available; SavedModels run in TensorFlow."""
+    rows: list[dict[str, Any]] = []
+    if kind == "saved_model":
+        log(f"timing {model} (TensorFlow)")
+        threads = lat.set_tensorflow_threads(settings.threads[0])
+        return lat.measure(lat.saved_model_runs(model_path), x, settings, model=model,
+                           runtime="saved_model-tensorflow", threads=threads,
+                           threads_used=threads or lat.resolve_threads(0))
+    for threads in settings.threads:
+        label = lat.runtime_label(kind)
+        log(f"timing {model} on {label}, {threads or 'all'} thread(s)")
+        runs = lat.runtime_runs(model_path, kind, threads)
+        rows += lat.measure(runs, x, settings, model=model, runtime=label, threads=threads,
+                            threads_used=lat.resolve_threads(threads))
+    if kind == "onnx" and lat.ORT_CUDA in lat.ort_providers():
+        log(f"timing {model} on onnxruntime CUDA")
+        try:
+            runs = lat.runtime_runs(model_path, kind, 0, provider=lat.ORT_CUDA)
+        except ArtifactError:  # the session failed to start on the GPU
+            runs = None
+        if runs is None:
+            log("onnxruntime's CUDA provider is installed but did not start (no usable GPU?); skipped")
+        else:
+            rows += lat.measure(runs, x, settings, model=model, runtime=lat.runtime_label(kind, lat.ORT_CUDA),
+                                threads=None, threads_used=None)
+    return rows
+
+
+def _add_speedups(rows: list[dict[str, Any]], keras_rows: list[dict[str, Any]]) -> None:
+    """``speedup_vs_keras``: Keras p50 / this p50 at the same batch size (same process)."""
+    by_batch = {row["batch"]: row for row in keras_rows}
+    for row in rows:
+        base = by_batch.get(row["batch"])
+        if base and row["p50_ms"] > 0:
+            row["speedup_vs_keras"] = round(base["p50_ms"] / row["p50_ms"], 3)
+
+
+def _environment(tf_threads: int | None) -> dict[str, Any]:
+    try:
+        providers = lat.ort_providers()
+    except ImportError:
+        providers = []
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpus_usable": lat.resolve_threads(0), "onnxruntime_providers": providers,
+            "tensorflow_intra_op_threads": tf_threads, "versions": library_versions()}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_reports(result: dict[str, Any], out_dir: Path, json_name: str, md_name: str,
+                   render: Callable[[dict[str, Any]], str]) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / json_name, out_dir / md_name
+    report = {"json": str(json_path), "markdown": str(md_path)}
+    _atomic_write(json_path, json.dumps({**result, "report": report}, indent=2, default=_json_default) + "\n")
+    _atomic_write(md_path, render({**result, "report": report}))
+    return report
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def benchmark_models(models: Sequence[str | os.PathLike[str]], *, out: str | os.PathLike[str] | None = None,
+                     latency: lat.LatencySettings | None = None, seed: int = 0,
+                     log: Log | None = None) -> dict[str, Any]:
+    """Latency (p50/p90/p99), throughput (images/s at batch 1 and N) and size of models.
+
+    ``models``: ``.tflite``/``.onnx`` files or artifact directories (export artifacts, or
+    Keras ones timed in TensorFlow). Input is random pixels at each model's input size,
+    preprocessed with its own preprocessing. Every thread count of ``latency.threads``
+    (0 = all cores) is measured on LiteRT/onnxruntime; onnxruntime CUDA is added where
+    available. Writes ``benchmark.json`` and ``benchmark.md`` to ``out`` (default:
+    ``<first model's artifact>/../benchmark``).
+    """
+    log = log or _quiet
+    if not models:
+        raise ConfigError("benchmark needs at least one model (.tflite/.onnx file or artifact directory)")
+    settings = latency or lat.LatencySettings()
+    entries = [_benchmark_entry(Path(m)) for m in models]
+    names = [e["name"] for e in entries]
+    for entry in entries:
+        if names.count(entry["name"]) > 1:
+            entry["name"] = f"{entry['where'].parent.name}/{entry['name']}"
+    out_dir = Path(out) if out is not None else entries[0]["where"].parent / "benchmark"
+
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    sizes: list[dict[str, Any]] = []
+    tf_threads = None
+    for entry in entries:
+        pre = entry["preprocessing"]
+        from edgexfer.runtime import normalize
+
+        pixels = rng.integers(0, 256, (settings.batch_size, pre.input_size, pre.input_size, pre.channels),
+                              dtype=np.uint8)
+        x = normalize(pixels, pre)
+        sizes.append({"model": entry["name"], "path": str(entry["model_path"]), "format": entry["format"],
+                      "quant": entry["quant"], **_size(entry["model_path"], entry.get("artifact"))})
+        if entry["kind"] == "keras":
+            tf_threads = lat.set_tensorflow_threads(settings.threads[0])
+            log(f"timing {entry['name']} (Keras, TensorFlow)")
+            keras_model = entry["artifact"].load_keras()
+            measured = lat.measure(lat.keras_runs(keras_model), x, settings, model=entry["name"],
+                                   runtime="keras-tensorflow", threads=tf_threads,
+                                   threads_used=tf_threads or lat.resolve_threads(0))
+        else:
+            if entry["kind"] == "saved_model":
+                tf_threads = lat.set_tensorflow_threads(settings.threads[0])
+            measured = _latency_rows(entry["kind"], entry["model_path"], x, settings, model=entry["name"], log=log)
+        for row in measured:
+            row.update(format=entry["format"], quant=entry["quant"], size_bytes=sizes[-1]["size_bytes"])
+        rows += measured
+
+    result = {"models": [{k: str(v) if isinstance(v, Path) else v for k, v in e.items()
+                          if k in ("name", "model_path", "format", "quant", "kind")} for e in entries],
+              "rows": rows, "sizes": sizes, "latency_settings": settings.to_dict(),
+              "environment": _environment(tf_threads), "created_at": _now()}
+    result["report"] = _write_reports(result, out_dir, BENCHMARK_JSON, BENCHMARK_MD, render_benchmark_markdown)
+    log(f"wrote {result['report']['json']} and {result['report']['markdown']}")
+    return result
+
+
+def _benchmark_entry(path: Path) -> dict[str, Any]:
+    from edgexfer.runtime import load_model
+
+    artifact = None
+    if path.is_dir():
+        artifact = Artifact(path)
+    elif path.is_file() and (path.parent / MANIFEST).is_file() and path.suffix.lower() in _KIND_BY_SUFFIX:
+        artifact = Artifact(path.parent)
+        if artifact.model_path.resolve() != path.resolve():
+            artifact = None  # a model file that is not the artifact's own: take it alone
+    if artifact is not None:
+        model_path = artifact.model_path
+        manifest = artifact.manifest
+        config = manifest.config or {}
+        if model_path.suffix in KERAS_SUFFIXES:
+            kind, fmt, quant = "keras", "keras", "none"
+        else:
+            kind = _KIND_BY_SUFFIX.get(model_path.suffix.lower()) or "saved_model"
+            fmt, quant = config.get("format", kind), config.get("quant", "none")
+        return {"name": artifact.path.name, "where": artifact.path, "model_path": model_path, "kind": kind,
+                "format": fmt, "quant": quant, "preprocessing": manifest.preprocessing, "artifact": artifact}
+    model = load_model(path)  # a bare file: the runtime checks it is a model and reads its metadata
+    return {"name": path.name, "where": path.parent / path.stem, "model_path": path, "kind": model.backend,
+            "format": model.manifest.get("format", model.backend), "quant": model.manifest.get("quant", "?"),
+            "preprocessing": model.preprocessing}
+
+
+# ------------------------------------------------------------------------------- reports
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "—"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "—"
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value} B"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_RUNTIME_SHORT = {"litert-xnnpack": "litert", "onnxruntime-cpu": "ort-cpu", "onnxruntime-cuda": "ort-cuda",
+                  "keras-tensorflow": "keras", "saved_model-tensorflow": "tf"}
+
+
+def _ms(value: float | None) -> str:
+    """Milliseconds with 3 significant digits (tiny models run in microseconds)."""
+    if value is None or value != value:
+        return "—"
+    return f"{value:.3g}" if value < 100 else f"{value:,.0f}"
+
+
+def latency_table_rows(rows: Sequence[dict[str, Any]], short: bool = False) -> list[list[str]]:
+    """Latency rows as strings: model, runtime, threads, batch, p50, p90, p99, images/s, ×Keras
+    (``short``: abbreviated runtime names, for a terminal)."""
+    out = []
+    for row in rows:
+        threads = "—" if row.get("threads_used") is None else (
+            f"{row['threads_used']}" + ("*" if row.get("threads") == 0 else ""))
+        runtime = _RUNTIME_SHORT.get(row["runtime"], row["runtime"]) if short else row["runtime"]
+        speedup = row.get("speedup_vs_keras")
+        out.append([row["model"], runtime, threads, str(row["batch"]), _ms(row["p50_ms"]), _ms(row["p90_ms"]),
+                    _ms(row["p99_ms"]), f"{row['images_per_second']:,.0f}",
+                    f"{speedup:.2f}×" if speedup else "—"])
+    return out
+
+
+LATENCY_HEADER = ("model", "runtime", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "×Keras p50")
+PARITY_HEADER = ("model", "format", "accuracy", "Δacc", "agreement", "max|Δp|", "mean|Δp|", "size", "gate")
+PARITY_HEADER_SHORT = ("model", "format", "acc", "Δacc", "agree", "max|Δp|", "mean|Δp|", "size", "gate")
+
+
+def parity_table_rows(result: dict[str, Any], short: bool = False) -> list[list[str]]:
+    """One row per Keras parent and per candidate: model, format/quant, accuracy, Δacc against
+    the parent, agreement, max and mean |Δp|, size (and ratio to the parent), gate with the
+    failure reasons (``short``: for a terminal; no ratio, no reasons)."""
+    rows = []
+    for parent in result["parents"]:
+        rows.append([f"{parent['name']} (Keras)", "keras", _fmt(parent["accuracy"]), "—", "—", "—", "—",
+                     _bytes(parent["size_bytes"]), "—"])
+    for row in result["candidates"]:
+        p = row["parity"]
+        if not result["gated"]:
+            gate = "—"
+        elif row["passed"]:
+            gate = "PASS"
+        else:
+            gate = "FAIL" + ("" if short else ": " + "; ".join(row["failures"]))
+        delta = p["accuracy"] - p["reference_accuracy"] + 0.0  # + 0.0: no "-0.0000"
+        ratio = f" ({row['size_ratio']:.2f}×)" if row.get("size_ratio") is not None and not short else ""
+        rows.append([row["name"], f"{row['format']}/{row['quant']}", _fmt(p["accuracy"]),
+                     f"{delta:+.4f}" if abs(delta) >= 5e-5 else "0",
+                     _fmt(p["agreement"]), f"{p['max_abs_diff']:.1e}", f"{p['mean_abs_diff']:.1e}",
+                     _bytes(row["size_bytes"]) + ratio, gate])
+    return rows
+
+
+def per_class_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["class", "n"] + [row["name"] for row in result["candidates"]]
+    rows = []
+    for name in result["label_names"]:
+        first = result["candidates"][0]["parity"]["per_class"][name]
+        rows.append([name, str(first["n"])] + [_fmt(row["parity"]["per_class"][name]["agreement"])
+                                               for row in result["candidates"]])
+    return header, rows
+
+
+def render_check_markdown(result: dict[str, Any]) -> str:
+    thresholds = result["thresholds"]
+    status = ("PASSED" if result["passed"] else f"FAILED ({', '.join(result['failed'])})") if result["gated"] \
+        else "no gate (pass --min-agreement / --max-acc-drop)"
+    lines = [f"# edgexfer check — {status}", "",
+             f"Test data: `{result['data']}` ({result['split']}, {result['n']} images, "
+             f"{len(result['label_names'])} classes). Thresholds: min agreement "
+             f"{_fmt(thresholds['min_agreement'])}, max accuracy drop {_fmt(thresholds['max_acc_drop'])}.",
+             "", "## Parity with the Keras parent", "",
+             "Δacc: accuracy minus the Keras parent's; agreement: fraction of images with the parent's "
+             "top-1 class; |Δp|: absolute difference of the probabilities; size: bytes on disk (× the parent's).",
+             "", _md_table(PARITY_HEADER, parity_table_rows(result)), ""]
+    header, rows = per_class_rows(result)
+    lines += ["## Per-class top-1 agreement (over each true class)", "", _md_table(header, rows), ""]
+    latency_rows = [r for row in result["parents"] for r in row["latency"]] + \
+                   [r for row in result["candidates"] for r in row["latency"]]
+    if latency_rows:
+        settings = result["latency_settings"]
+        lines += ["## Latency", "",
+                  f"{settings['warmup']} warm-up runs, then up to {settings['runs']} timed runs per row "
+                  f"(time.perf_counter); {settings['cpu_count']} CPUs on this machine. Compare rows of this "
+                  "report with each other, not with other runs. Threads marked * are all usable cores "
+                  "(--threads 0).", "",
+                  _md_table(LATENCY_HEADER, latency_table_rows(latency_rows)), ""]
+    warnings = [f"{row['name']}: {w}" for row in result["candidates"] for w in row["warnings"]]
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    lines += ["## Lineage", ""] + [f"- `{row['name']}` ({row['artifact']}) ← Keras `{row['parent']['path']}` "
+                                   f"({row['parent']['stage']})" for row in result["candidates"]] + [""]
+    return "\n".join(lines)
+
+
+BENCHMARK_HEADER = ("model", "format", "runtime", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
+                    "size")
+
+
+def benchmark_table_rows(result: dict[str, Any], short: bool = False) -> list[list[str]]:
+    out = []
+    for row, text in zip(result["rows"], latency_table_rows(result["rows"], short=short)):
+        out.append([text[0], f"{row['format']}/{row['quant']}", *text[1:8], _bytes(row["size_bytes"])])
+    return out
+
+
+def render_benchmark_markdown(result: dict[str, Any]) -> str:
+    settings = result["latency_settings"]
+    lines = ["# edgexfer benchmark", "",
+             f"{settings['warmup']} warm-up runs, then up to {settings['runs']} timed runs per row "
+             f"(time.perf_counter), random input; {settings['cpu_count']} CPUs on this machine "
+             f"({result['environment']['processor']}). Throughput is images per second at the median (p50) latency.",
+             "", _md_table(BENCHMARK_HEADER, benchmark_table_rows(result)), "", "## Size", "",
+             _md_table(("model", "format", "quant", "bytes", "gzip bytes"),
+                       [[s["model"], s["format"], s["quant"], f"{s['size_bytes']:,}", f"{s['gzip_bytes']:,}"]
+                        for s in result["sizes"]]), ""]
+    return "\n".join(lines)
