@@ -203,6 +203,44 @@ def data_prepare(
                   f"({summary.get('layout')} layout; source {summary.get('source')})")
 
 
+@app.command("run")
+def run_pipeline(
+    pipeline: Path = typer.Argument(..., help="Pipeline YAML file (see models/)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where the stages' artifacts go (default: the file's run_dir, or runs/<name>)."),
+    from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and every later one."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run only this stage (its inputs must exist)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE override, e.g. finetune.epochs=3 (repeatable)."),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Write TensorBoard logs of every training stage under DIR."),
+) -> None:
+    """Run a pipeline of stages from a YAML file; resumes where it stopped, re-running only what changed."""
+    from edgexfer.pipeline import run_pipeline as run
+
+    summary = run(pipeline, overrides=overrides or [], run_dir=run_dir, from_stage=from_stage, only=only,
+                  progress=sys.stdout.isatty(), log=console.print, tensorboard=tensorboard)
+    _render_run(summary)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory of `edgexfer run`.")) -> None:
+    """(Re)build report.md and report.html of a run from the files its stages wrote."""
+    from edgexfer.pipeline import rebuild_report
+
+    paths = rebuild_report(run_dir)
+    console.print(f"report: {paths['report']}\nhtml:   {paths['report_html']}")
+
+
+def _render_run(summary: dict) -> None:
+    table = Table(title=f"pipeline {summary['pipeline']} ({summary['wall_seconds']:.0f} s) → {summary['run_dir']}")
+    for column in ("stage", "status", "seconds"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for name, result in summary["stages"].items():
+        seconds = result.get("seconds")
+        table.add_row(name, result["status"], f"{seconds:.1f}" if seconds is not None else "—")
+    console.print(table)
+    if summary.get("report"):
+        console.print(f"report: {summary['report']} (and {summary.get('report_html')})")
+
+
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path("runs/demo"), help="Where data, artifacts and the report go."),

@@ -6,6 +6,7 @@ import contextlib
 import os
 import resource
 import time
+from pathlib import Path
 from typing import Iterator
 
 from edgexfer.errors import ConfigError
@@ -48,6 +49,34 @@ def make_strategy(name: str):
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"--strategy {name!r} is unknown; allowed: default, mirrored, multi-worker")
+
+
+# The directory training stages log TensorBoard events to, while ``tensorboard_logging`` is active.
+_TENSORBOARD_DIR: list[Path] = []
+
+
+@contextlib.contextmanager
+def tensorboard_logging(log_dir: Path | None) -> Iterator[None]:
+    """Training stages run inside this block add a TensorBoard callback writing to ``log_dir``."""
+    if log_dir is None:
+        yield
+        return
+    _TENSORBOARD_DIR.append(Path(log_dir))
+    try:
+        yield
+    finally:
+        _TENSORBOARD_DIR.pop()
+
+
+def tensorboard_callbacks(phase: str) -> list:
+    """A TensorBoard callback for ``phase`` when ``tensorboard_logging`` is active, else none."""
+    if not _TENSORBOARD_DIR:
+        return []
+    from edgexfer._env import import_tf
+
+    _, keras = import_tf()
+    return [keras.callbacks.TensorBoard(log_dir=str(_TENSORBOARD_DIR[-1] / phase), histogram_freq=0,
+                                        write_graph=False, profile_batch=0)]
 
 
 def peak_rss_mb() -> float:

@@ -233,7 +233,8 @@ def _compile(model, strategy, learning_rate: float, total_steps: int, config: Fi
 
 
 def _callbacks(config: FinetuneConfig, description: str, epochs: int, steps: int, progress: bool) -> list:
-    callbacks = [common.rich_progress_callback(description, epochs, steps, enabled=progress)]
+    callbacks = [common.rich_progress_callback(description, epochs, steps, enabled=progress),
+                 *common.tensorboard_callbacks(description.split()[0])]
     if config.early_stopping_patience:
         callbacks.append(common.restore_best_early_stopping(config.early_stopping_patience))
     return callbacks

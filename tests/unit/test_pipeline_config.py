@@ -1,0 +1,97 @@
+"""Pipeline files: validation with line numbers and did-you-mean, overrides, hashes."""
+
+import textwrap
+
+import pytest
+
+from edgexfer.errors import ConfigError
+from edgexfer.pipeline import load_pipeline, stage_hash
+
+GOOD = """\
+name: tiny
+data:
+  colors: {path: DATA}
+stages:
+  finetune:
+    data: colors
+    backbone: cnn_tiny
+    weights: none
+    img_size: 16
+  export:
+    parent: finetune
+    format: tflite
+    quant: none
+  check:
+    artifacts: [export]
+    data: colors
+"""
+
+
+def write(tmp_path, text, name="p.yaml"):
+    (tmp_path / "DATA").mkdir(exist_ok=True)
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).replace("DATA", str(tmp_path / "DATA")))
+    return path
+
+
+def test_a_good_file_loads_in_order(tmp_path):
+    pipeline = load_pipeline(write(tmp_path, GOOD))
+    assert [s.name for s in pipeline.stages] == ["finetune", "export", "check"]
+    assert pipeline.stage("export").refs == {"parent": "finetune"}
+    assert pipeline.stage("check").refs["artifacts"] == ["export"]
+    assert pipeline.run_dir.as_posix() == "runs/tiny"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (GOOD.replace("    img_size: 16", "    img_sise: 16"), r"p.yaml:5: stage 'finetune'.*unknown option 'img_sise' — did you mean 'img_size'"),
+    (GOOD.replace("  export:\n", "  exprot:\n"), r"p.yaml:10: stage 'exprot': unknown stage type 'exprot' — did you mean 'export'"),
+    (GOOD.replace("parent: finetune", "parent: finetuen"), r"p.yaml:11: .*parent='finetuen' is not an earlier stage — did you mean 'finetune'"),
+    (GOOD.replace("quant: none", "quant: fp16").replace("format: tflite", "format: onnx"), r"fp16 is not available for onnx"),
+    (GOOD.replace("    data: colors\n    backbone", "    data: colours\n    backbone"), r"p.yaml:6: .*'colours' is neither a dataset .* did you mean 'colors'"),
+    (GOOD.replace("name: tiny", "name: tiny\nstagse: {}"), r"p.yaml:2: unknown key 'stagse' — did you mean 'stages'"),
+    (GOOD.replace("    img_size: 16", "    img_size: -3"), r"img_size=-3 is invalid"),
+    ("name: x\nstages: [a, b]\n", r"'stages' must map stage names"),
+    ("name: x\nstages:\n  finetune: {data: a\n", r"p.yaml:4: not valid YAML \(expected .,. or .}."),
+])
+def test_bad_files_get_one_line_errors_with_line_numbers(tmp_path, bad, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_pipeline(write(tmp_path, bad))
+    assert "\n" not in str(info.value)
+
+
+def test_a_stage_may_not_read_a_later_stage(tmp_path):
+    text = GOOD.replace("  check:\n    artifacts: [export]", "  check:\n    artifacts: [export, later]")
+    with pytest.raises(ConfigError, match="'later' is not an earlier stage"):
+        load_pipeline(write(tmp_path, text))
+
+
+def test_overrides_change_options_and_are_validated(tmp_path):
+    path = write(tmp_path, GOOD)
+    pipeline = load_pipeline(path, ["finetune.epochs=3", "stages.export.quant=fp16"])
+    assert pipeline.stage("finetune").options["epochs"] == 3
+    assert pipeline.stage("export").options["quant"] == "fp16"
+    with pytest.raises(ConfigError, match="epochs=0 is invalid"):
+        load_pipeline(path, ["finetune.epochs=0"])
+    with pytest.raises(ConfigError, match="use KEY=VALUE"):
+        load_pipeline(path, ["finetune.epochs"])
+    with pytest.raises(ConfigError, match="no 'finetun' — did you mean 'finetune'"):
+        load_pipeline(path, ["stages.finetun.epochs=3"])
+
+
+def test_stage_hash_changes_with_options_and_upstream(tmp_path):
+    path = write(tmp_path, GOOD)
+
+    def hashes(overrides=()):
+        pipeline = load_pipeline(path, list(overrides))
+        result = {}
+        for stage in pipeline.stages:
+            result[stage.name] = stage_hash(pipeline, stage, result)
+        return result
+
+    base = hashes()
+    assert hashes() == base
+    changed = hashes(["export.quant=fp16"])
+    assert changed["finetune"] == base["finetune"] and changed["export"] != base["export"]
+    assert changed["check"] != base["check"]  # downstream of a changed stage
+    upstream = hashes(["finetune.epochs=2"])
+    assert all(upstream[name] != base[name] for name in base)
