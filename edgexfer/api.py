@@ -50,3 +50,81 @@ def list_backbones():
     from edgexfer.backbones.registry import list_backbones as listing
 
     return listing()
+
+
+# The other stages live next to their implementation; the API names them in one place.
+def distill(teacher, data, out, **options):
+    """Knowledge distillation of a teacher artifact into a student (``DistillConfig`` options)."""
+    from edgexfer.compress.api import distill as run
+
+    return run(teacher, data, out, **options)
+
+
+def prune(model, data, out, **options):
+    """Magnitude pruning while fine-tuning (``PruneConfig`` options)."""
+    from edgexfer.compress.api import prune as run
+
+    return run(model, data, out, **options)
+
+
+def quantize(model, data, out, **options):
+    """QAT (pruning-preserving on a pruned input) or PTQ settings (``QuantizeConfig`` options)."""
+    from edgexfer.compress.api import quantize as run
+
+    return run(model, data, out, **options)
+
+
+def adapt(model, source, target, out, method=None, **options):
+    """Unsupervised domain adaptation: adabn | coral | dann | pseudo-label (``AdaptConfig`` options)."""
+    from edgexfer.train.adapt import adapt as run
+
+    return run(model, source, target, out, method, **options)
+
+
+def fuse(source, finetuned, out, alpha=None, **options):
+    """θ = α·θ_source + (1−α)·θ_finetuned; ``alpha="auto"`` sweeps it on ``val_data``."""
+    from edgexfer.train.fuse import fuse as run
+
+    return run(source, finetuned, out, alpha, **options)
+
+
+def evaluate_domains(artifact, domains, **options):
+    """Accuracy on several domains ({name: folder}) and the gap to the first."""
+    from edgexfer.evaluate.domains import evaluate_domains as run
+
+    return run(artifact, domains, **options)
+
+
+def export(artifact, out, fmt, quant=None, **options):
+    """Export to tflite | onnx | saved_model with labels and preprocessing embedded."""
+    from edgexfer.export.stage import export_stage
+
+    return export_stage(artifact, out, fmt, quant, **options)
+
+
+def check(artifacts, data, **options):
+    """Parity with the Keras parent, size and latency of exported artifacts; a gate."""
+    from edgexfer.evaluate.check import check_artifacts
+
+    return check_artifacts(artifacts, data, **options)
+
+
+def benchmark(models, **options):
+    """Latency, throughput and size across formats and thread counts."""
+    from edgexfer.evaluate.check import benchmark_models
+
+    return benchmark_models(models, **options)
+
+
+def predict(model, inputs, **options):
+    """On-device inference (no TensorFlow) on image files or folders; top-k per image."""
+    from edgexfer.runtime.predict import predict_paths
+
+    return predict_paths(model, inputs, **options)
+
+
+def run_pipeline(pipeline, **options):
+    """Run or resume a YAML pipeline (``edgexfer run``)."""
+    from edgexfer.pipeline import run_pipeline as run
+
+    return run(pipeline, **options)

@@ -141,7 +141,7 @@ def _plot_pareto(rows: list[dict], path: Path) -> None:
             continue
         area = 40 + 400 * ((row["latency_ms"] or 0) / biggest)
         ax.scatter(row["size"] / 1e6, row["accuracy"], s=area, alpha=0.6)
-        label = row["name"] + (f"\n{row['latency_ms']:.2f} ms" if row["latency_ms"] else "")
+        label = row["name"] + (f"\n{row['latency_ms']:.3g} ms" if row["latency_ms"] else "")
         ax.annotate(label, (row["size"] / 1e6, row["accuracy"]), fontsize=8, xytext=(6, 4),
                     textcoords="offset points")
     ax.set_xscale("log")

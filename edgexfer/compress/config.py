@@ -1,0 +1,164 @@
+"""Configs of the compression stages: distill, prune, quantize.
+
+Frozen pydantic models like ``edgexfer.config``'s, validated on construction; ``.build(**kw)``
+turns a validation error into one ``ConfigError`` line that names the field, the value
+received and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from edgexfer.config import _MODELS, AugmentOptions, HeadOptions, _Frozen, describe_validation_error
+from edgexfer.errors import ConfigError
+
+# Fewer representative images than this make int8 ranges noise (same floor as export).
+MIN_CALIBRATION_IMAGES = 10
+
+
+class _StageConfig(_Frozen):
+    @classmethod
+    def build(cls, **values):
+        """Construct, turning pydantic's report into one ``ConfigError`` line (a check across
+        fields names no single field, so its message stands alone)."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            if error["type"] == "missing":
+                field = ".".join(str(part) for part in error["loc"])
+                raise ConfigError(f"{cls.__name__}: {field} is required "
+                                  f"(--{field.replace('_', '-')})") from None
+            if not error["loc"]:
+                raise ConfigError(f"{cls.__name__}: {_plain(error['msg'])}") from None
+            raise ConfigError(_plain(describe_validation_error(exc, cls.__name__))) from None
+
+
+def _plain(message: str) -> str:
+    return message.replace("Value error, ", "")
+
+
+class DistillConfig(_StageConfig):
+    """Hinton knowledge distillation of a teacher artifact into a registered student backbone.
+
+    ``loss = alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(y, softmax(s))``:
+    ``alpha`` weighs the soft targets, ``1 − alpha`` the hard labels.
+    """
+
+    student: str = Field(..., description="registered backbone name of the student")
+    student_weights: str | None = Field(None, description="imagenet | none | PATH; default: imagenet where "
+                                                          "the backbone has it, else none")
+    student_width: float | None = Field(None, description="width multiplier (MobileNet alpha)")
+    student_img_size: int | None = Field(None, ge=1, le=1024, description="student input size; default: the "
+                                                                         "teacher's")
+    bn_momentum: float | None = Field(0.99, gt=0.0, lt=1.0, description="BatchNorm momentum of the student; "
+                                      "keras.applications use 0.999, whose moving statistics lag behind a "
+                                      "short from-scratch schedule (MobileNetV2 stayed at chance in inference "
+                                      "mode); None keeps the backbone's")
+    head: HeadOptions = HeadOptions()
+    temperature: float = Field(4.0, gt=0.0, le=100.0, description="softmax temperature T of the soft targets")
+    alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the soft-target loss; 1 - alpha weighs "
+                                                          "the hard labels")
+    baseline: bool = Field(False, description="also train the same student without distillation")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Off by default: a distilled student learns more slowly than its baseline (the soft targets
+    # regularise), and stopping on a small validation split cut it short (mnist-5k, cnn_small).
+    early_stopping_patience: int = Field(0, ge=0, description="patience on val accuracy, best weights "
+                                                              "restored; 0: off")
+    augment: AugmentOptions = AugmentOptions()
+    max_train_images: int | None = Field(None, ge=2)
+    seed: int = 0
+    deterministic: bool = True
+    strict: bool = False
+
+
+class PruneConfig(_StageConfig):
+    """tfmot magnitude pruning while fine-tuning, then ``strip_pruning``."""
+
+    sparsity: float | None = Field(None, description="target fraction of zero weights in the prunable "
+                                                     "layers, in [0, 1); 2:4 implies 0.5")
+    structure: Literal["unstructured", "2:4"] = "unstructured"
+    schedule: Literal["constant", "polynomial"] = "polynomial"
+    initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="polynomial schedule: sparsity at "
+                                                                     "the first step")
+    end_fraction: float = Field(0.7, gt=0.0, le=1.0, description="polynomial schedule: fraction of the "
+                                                                 "steps after which the target is reached")
+    frequency: int | None = Field(None, ge=1, description="steps between mask updates; default: about "
+                                                          "10 updates over the schedule")
+    epochs: int = Field(4, ge=1, description="fine-tuning epochs while pruning")
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(3e-4, gt=0.0, le=1.0)
+    augment: AugmentOptions = AugmentOptions()
+    measure_tflite: bool = Field(True, description="also convert to float TFLite to measure its (gzip) size")
+    max_train_images: int | None = Field(None, ge=2)
+    seed: int = 0
+    deterministic: bool = True
+    strict: bool = False
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_range(cls, value):
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError("sparsity is the fraction of weights set to zero: it must be in [0, 1) "
+                             "(0.5 prunes half of them)")
+        return value
+
+    @model_validator(mode="after")
+    def _structure_needs(self):
+        if self.structure == "unstructured" and self.sparsity is None:
+            raise ValueError("unstructured pruning needs a target sparsity, e.g. --sparsity 0.5")
+        if self.structure == "2:4" and self.sparsity not in (None, 0.5):
+            raise ValueError(f"2:4 pruning zeroes exactly 2 of every 4 weights (sparsity 0.5), got "
+                             f"sparsity {self.sparsity}; pass --sparsity 0.5 or leave it out")
+        if self.schedule == "polynomial" and self.sparsity is not None and self.initial_sparsity > self.sparsity:
+            raise ValueError(f"initial_sparsity {self.initial_sparsity} is above the target sparsity "
+                             f"{self.sparsity}")
+        return self
+
+    @property
+    def target_sparsity(self) -> float:
+        return 0.5 if self.structure == "2:4" else float(self.sparsity)
+
+
+class QuantizeConfig(_StageConfig):
+    """QAT (tfmot fake-quant fine-tuning, int8) or PTQ settings (int8 | fp16 | dynamic) for export."""
+
+    mode: Literal["qat", "ptq"] = "qat"
+    type: Literal["int8", "fp16", "dynamic"] = Field("int8", description="PTQ kind; QAT is int8")
+    calibration_images: int = Field(200, description="representative images drawn from the training split "
+                                                     "(int8)")
+    epochs: int = Field(2, ge=1, description="QAT fine-tuning epochs")
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    warmup_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    preserve_sparsity: bool | None = Field(None, description="pruning-preserving QAT; default: when the "
+                                                             "input artifact is pruned")
+    compare_ptq: bool = Field(True, description="QAT: also measure PTQ int8 of the input model")
+    augment: AugmentOptions = AugmentOptions()
+    max_train_images: int | None = Field(None, ge=2)
+    seed: int = 0
+    deterministic: bool = True
+    strict: bool = False
+
+    @field_validator("calibration_images")
+    @classmethod
+    def _enough_calibration(cls, value):
+        if value < MIN_CALIBRATION_IMAGES:
+            raise ValueError(f"a calibration set of {value} images is too small: int8 ranges need at least "
+                             f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)")
+        return value
+
+    @model_validator(mode="after")
+    def _qat_is_int8(self):
+        if self.mode == "qat" and self.type != "int8":
+            raise ValueError(f"QAT trains for int8; --type {self.type} is a PTQ setting (use --mode ptq)")
+        return self
+
+
+# Let edgexfer.config's "did you mean" hints find these fields too.
+_MODELS.update({model.__name__: model for model in (DistillConfig, PruneConfig, QuantizeConfig)})

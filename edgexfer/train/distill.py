@@ -1,0 +1,320 @@
+"""Knowledge distillation (Hinton et al., 2015) of a fine-tuned teacher into a small student.
+
+``loss = alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(y, s)``, where ``t``
+and ``s`` are the teacher's and the student's logits. The T² keeps the soft-target
+gradients on the scale of the hard-label ones whatever the temperature.
+
+The teacher artifact is a softmax classifier; its logits are the ``head_dense`` layer's
+pre-activation (a linear copy of that layer), or its log-probabilities where the head is
+not a plain Dense (valid logits up to a constant, which softmax ignores). Teacher and
+student may differ in input size and normalisation: each sees the images through its own
+preprocessing from its manifest. Without augmentation the teacher's logits are computed
+once and cached, aligned with the training samples; with augmentation both models see the
+same augmented image every step, so the teacher runs online.
+
+``baseline=True`` trains the same student (same initialisation, data order, schedule)
+with ``alpha = 0``, so the gain from distillation is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifact
+from edgexfer.compress import common
+from edgexfer.compress.config import DistillConfig
+from edgexfer.errors import ConfigError
+from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, save_keras_model
+from edgexfer.train import common as train_common
+
+_SHUFFLE_BUFFER_BYTES = 256 << 20
+
+
+def student_settings(config: DistillConfig, teacher_preprocessing: Preprocessing):
+    """The student's spec, input size, weights and preprocessing; ``ConfigError`` for an
+    input size or width the student cannot take."""
+    from edgexfer.backbones.registry import get_backbone
+
+    spec = get_backbone(config.student)
+    size = config.student_img_size or teacher_preprocessing.input_size
+    if size < spec.min_input_size:
+        given = f"--student-img-size {size}" if config.student_img_size else f"{size} px, the teacher's input size"
+        raise ConfigError(f"student input size ({given}) is too small for {spec.name}: it needs at "
+                          f"least {spec.min_input_size} px; pass --student-img-size {spec.min_input_size} or more")
+    width = config.student_width
+    if width is not None and width != spec.default_width and width not in spec.widths:
+        allowed = ", ".join(str(w) for w in spec.widths) or "none (this backbone has one width)"
+        raise ConfigError(f"--student-width {width} is not available for {spec.name}; allowed: {allowed}")
+    weights = config.student_weights or ("none" if spec.weights_source.startswith("none") else "imagenet")
+    return spec, size, weights, spec.preprocessing(size)
+
+
+def teacher_logits_model(teacher):
+    """``teacher``'s input → logits: a linear copy of its ``head_dense`` layer, or log-probabilities."""
+    from edgexfer._env import import_tf
+
+    tf, keras = import_tf()
+    try:
+        dense = teacher.get_layer("head_dense")
+    except ValueError:
+        dense = None
+    if isinstance(dense, keras.layers.Dense) and getattr(dense.activation, "__name__", "") == "softmax":
+        linear = keras.layers.Dense(dense.units, activation=None, use_bias=dense.use_bias, name="teacher_logits")
+        logits = linear(dense.input)
+        linear.set_weights(dense.get_weights())
+        return keras.Model(teacher.input, logits, name="teacher_logits_model"), "head_dense pre-activation"
+    log_probs = keras.layers.Lambda(lambda p: tf.math.log(tf.maximum(p, 1e-12)), name="teacher_log_probs")(
+        teacher.output)
+    return keras.Model(teacher.input, log_probs, name="teacher_logits_model"), "log-probabilities"
+
+
+def _distiller(student, dense, teacher, temperature: float, alpha: float, online: bool):
+    """A Keras model whose ``fit`` trains ``student`` on the distillation loss."""
+    from edgexfer._env import import_tf
+
+    tf, keras = import_tf()
+
+    class Distiller(keras.Model):
+        def __init__(self):
+            super().__init__(name="distiller")
+            self.student = student
+            self.features = keras.Model(student.input, dense.input)
+            self.dense = dense
+            self.teacher = teacher
+            self.loss_tracker = keras.metrics.Mean(name="loss")
+            self.soft_tracker = keras.metrics.Mean(name="soft_loss")
+            self.hard_tracker = keras.metrics.Mean(name="hard_loss")
+            self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker, self.soft_tracker, self.hard_tracker, self.accuracy]
+
+        def call(self, inputs, training=False):
+            return self.student(inputs, training=training)
+
+        def train_step(self, data):
+            (x, extra), y = data
+            teacher_logits = None
+            if alpha > 0:
+                teacher_logits = self.teacher(extra, training=False) if online else extra
+            with tf.GradientTape() as tape:
+                features = self.features(x, training=True)
+                logits = tf.matmul(features, self.dense.kernel)
+                if self.dense.use_bias:
+                    logits = logits + self.dense.bias
+                hard = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+                if alpha > 0:
+                    t_log = tf.nn.log_softmax(tf.cast(teacher_logits, logits.dtype) / temperature)
+                    s_log = tf.nn.log_softmax(logits / temperature)
+                    soft = tf.reduce_mean(tf.reduce_sum(tf.exp(t_log) * (t_log - s_log), axis=-1))
+                    soft = soft * (temperature ** 2)
+                else:
+                    soft = tf.constant(0.0)
+                loss = alpha * soft + (1.0 - alpha) * hard
+                if self.student.losses:
+                    loss = loss + tf.add_n(self.student.losses)
+            variables = self.student.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            self.loss_tracker.update_state(loss)
+            self.soft_tracker.update_state(soft)
+            self.hard_tracker.update_state(hard)
+            self.accuracy.update_state(y, logits)
+            return {m.name: m.result() for m in self.metrics}
+
+        def test_step(self, data):
+            x, y = data
+            probs = self.student(x, training=False)
+            self.loss_tracker.update_state(tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probs)))
+            self.accuracy.update_state(y, probs)
+            return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy.result()}
+
+    return Distiller()
+
+
+def _normalise(tf, images, preprocessing: Preprocessing, from_size: int):
+    """float 0–255 RGB images at ``from_size`` → a model's input (resize, colour order, mean/std)."""
+    from edgexfer.data.preprocess import normalisation_constants
+
+    x = images
+    if preprocessing.input_size != from_size:
+        method = {"nearest": "nearest", "bicubic": "bicubic", "area": "area", "lanczos": "lanczos3"}.get(
+            preprocessing.resize, "bilinear")
+        x = tf.image.resize(x, [preprocessing.input_size] * 2, method=method, antialias=True)
+    if preprocessing.color == "BGR":
+        x = x[..., ::-1]
+    mean, std = normalisation_constants(preprocessing)
+    return (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def _cached_dataset(train, student_pre: Preprocessing, logits: np.ndarray, config: DistillConfig):
+    """``((student images, cached teacher logits), labels)``: samples and logits permuted
+    together once (no shuffle before the zip), then the zipped pairs are shuffled."""
+    from edgexfer._env import import_tf
+    from edgexfer.data import make_dataset
+
+    tf, _ = import_tf()
+    order = np.random.default_rng(config.seed).permutation(len(train))
+    samples = [train[i] for i in order]
+    images = make_dataset(samples, student_pre, batch_size=256, cache=True).unbatch()
+    teacher = tf.data.Dataset.from_tensor_slices(logits[order].astype(np.float32))
+    size = student_pre.input_size
+    buffer = int(min(len(samples), max(1024, _SHUFFLE_BUFFER_BYTES // (size * size * 3 * 4))))
+    return (tf.data.Dataset.zip((images, teacher))
+            .map(lambda pair, t: ((pair[0], t), pair[1]))
+            .shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True)
+            .batch(config.batch_size)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def _online_dataset(train, student_pre: Preprocessing, teacher_pre: Preprocessing, config: DistillConfig):
+    """``((student images, teacher images), labels)`` of the SAME augmented image, decoded at
+    the larger of the two input sizes and resized for each model."""
+    from edgexfer._env import import_tf
+    from edgexfer.data import AugmentConfig, make_dataset
+
+    tf, _ = import_tf()
+    size = max(student_pre.input_size, teacher_pre.input_size)
+    raw = Preprocessing(input_size=size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize=student_pre.resize)
+    ds = make_dataset(train, raw, batch_size=config.batch_size, shuffle=True, seed=config.seed,
+                      augment=AugmentConfig(**config.augment.model_dump()), cache=True)
+    return ds.map(lambda x, y: ((_normalise(tf, x, student_pre, size), _normalise(tf, x, teacher_pre, size)), y),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _train_student(config: DistillConfig, spec_name: str, size: int, weights: str, num_classes: int, train_ds,
+                   val_ds, steps: int, teacher, alpha: float, online: bool, description: str, progress: bool):
+    from edgexfer._env import import_tf
+    from edgexfer.backbones.registry import create_backbone
+    from edgexfer.data import data_errors
+
+    _, keras = import_tf()
+    train_common.seed_everything(config.seed, config.deterministic)  # same init for student and baseline
+    backbone = create_backbone(spec_name, size, weights, config.student_width)
+    backbone.trainable = True
+    if config.bn_momentum is not None:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = config.bn_momentum
+    head = build_head_layers(num_classes, config.head.dropout, config.head.hidden_units)
+    student = build_classifier(backbone, head, name=f"{spec_name}_student")
+    distiller = _distiller(student, head[-1], teacher, config.temperature, alpha, online)
+    total = steps * config.epochs
+    distiller.compile(optimizer=keras.optimizers.Adam(
+        train_common.cosine_with_warmup(config.learning_rate, total, config.warmup_fraction)))
+    callbacks = [train_common.rich_progress_callback(description, config.epochs, steps, enabled=progress)]
+    if config.early_stopping_patience:
+        callbacks.append(train_common.restore_best_early_stopping(config.early_stopping_patience))
+    with data_errors():
+        history = distiller.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0,
+                                callbacks=callbacks)
+    return student, {key: [round(float(v), 5) for v in values] for key, values in history.history.items()}
+
+
+def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool = True, log=print) -> Artifact:
+    """Distill the Keras teacher artifact ``teacher_dir`` into ``config.student`` on ``data_dir``."""
+    from edgexfer._env import import_tf
+    from edgexfer.data import data_errors, make_dataset
+
+    source = common.keras_artifact(teacher_dir, "TEACHER")
+    common.check_out(out, source)
+    teacher_manifest = source.manifest
+    teacher_pre = teacher_manifest.preprocessing
+    spec, size, weights, student_pre = student_settings(config, teacher_pre)
+    dataset, split = common.scan_data(source, data_dir, strict=config.strict, role="teacher")
+    train = common.limit_samples(dataset.split("train"), config.max_train_images, config.seed)
+    val = dataset.split("val")
+    if not val:
+        raise ConfigError(f"{data_dir}: the validation split is empty; add images to the folder")
+    eval_split, eval_samples = common.evaluation_samples(dataset)
+    num_classes = teacher_manifest.num_classes
+
+    tf, keras = import_tf()
+    train_common.seed_everything(config.seed, config.deterministic)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    teacher = source.load_keras()
+    logits_model, logits_source = teacher_logits_model(teacher)
+    x_eval_teacher, y_eval = common.load_uint8(eval_samples, teacher_pre)
+    teacher_accuracy = common.accuracy(common.keras_probs(teacher, x_eval_teacher, teacher_pre), y_eval)
+    del x_eval_teacher
+
+    online = config.augment.enabled
+    steps = max(1, math.ceil(len(train) / config.batch_size))
+    if online:
+        train_ds = _online_dataset(train, student_pre, teacher_pre, config)
+        logits_note = "online (augmentation on: the teacher sees each augmented image)"
+    else:
+        with train_common.timed(timings, "teacher_logits_seconds"), data_errors():
+            images = make_dataset(train, teacher_pre, batch_size=256, cache=False, return_labels=False)
+            logits = logits_model.predict(images, verbose=0)
+        train_ds = _cached_dataset(train, student_pre, logits, config)
+        logits_note = f"cached ({len(logits)} × {logits.shape[1]}, computed once)"
+    val_ds = make_dataset(val, student_pre, batch_size=config.batch_size, cache=True)
+    log(f"distilling {teacher_manifest.backbone} ({teacher_pre.input_size}px) into {spec.name} at {size}px "
+        f"(weights {weights}, T={config.temperature}, alpha={config.alpha}) on {len(train)} images; teacher "
+        f"logits {logits_note}")
+
+    with train_common.timed(timings, "distill_seconds"):
+        student, history = _train_student(config, spec.name, size, weights, num_classes, train_ds, val_ds, steps,
+                                          logits_model if online else None, config.alpha, online, f"distill → {spec.name}", progress)
+    x_eval, _ = common.load_uint8(eval_samples, student_pre)
+    x_val, y_val = common.load_uint8(val, student_pre)
+    student_accuracy = common.accuracy(common.keras_probs(student, x_eval, student_pre), y_eval)
+    student_val = common.accuracy(common.keras_probs(student, x_val, student_pre), y_val)
+
+    baseline = None
+    if config.baseline:
+        log(f"baseline: the same {spec.name} without distillation (alpha 0, same init, data and schedule)")
+        with train_common.timed(timings, "baseline_seconds"):
+            plain, plain_history = _train_student(config, spec.name, size, weights, num_classes, train_ds, val_ds,
+                                                  steps, None, 0.0, online, f"baseline {spec.name}", progress)
+        baseline = {"accuracy": common.accuracy(common.keras_probs(plain, x_eval, student_pre), y_eval),
+                    "val_accuracy": common.accuracy(common.keras_probs(plain, x_val, student_pre), y_val),
+                    "history": plain_history}
+
+    with writing_artifact(out) as writer:
+        model_path = writer.file(MODEL_FILE)
+        save_keras_model(student, model_path)
+        teacher_stats = common.weight_stats(teacher)
+        student_stats = common.weight_stats(student)
+        size_before = common.file_sizes(source.model_path)
+        size_after = common.file_sizes(model_path)
+        timings["total_seconds"] = round(time.perf_counter() - started, 3)
+        metrics: dict[str, Any] = {
+            "eval_split": eval_split, "eval_images": int(len(y_eval)),
+            "teacher_accuracy": teacher_accuracy, "accuracy_before": teacher_accuracy,
+            "accuracy_after": student_accuracy, "student_accuracy": student_accuracy,
+            f"{eval_split}_accuracy": student_accuracy, "val_accuracy": student_val,
+            "accuracy_gap_to_teacher": round(teacher_accuracy - student_accuracy, 6),
+            "params_teacher": teacher_stats["params"], "params_before": teacher_stats["params"],
+            "params": student_stats["params"], "params_after": student_stats["params"],
+            "params_ratio": round(teacher_stats["params"] / student_stats["params"], 2),
+            "size_bytes_before": size_before["size_bytes"], "size_bytes_after": size_after["size_bytes"],
+            "gzip_bytes_before": size_before["gzip_bytes"], "gzip_bytes_after": size_after["gzip_bytes"],
+            "model_bytes": size_after["size_bytes"],
+            "sparsity_before": teacher_stats["sparsity"], "sparsity_after": student_stats["sparsity"],
+            "teacher_logits": "online" if online else "cached", "teacher_logits_source": logits_source,
+            "temperature": config.temperature, "alpha": config.alpha,
+            "history": history, "timings_seconds": timings,
+            "splits": {"train": len(train), "val": len(val), eval_split: int(len(y_eval))},
+            "peak_rss_mb": round(train_common.peak_rss_mb(), 1),
+        }
+        if baseline is not None:
+            metrics.update(baseline_accuracy=baseline["accuracy"], baseline_val_accuracy=baseline["val_accuracy"],
+                           distillation_gain=round(student_accuracy - baseline["accuracy"], 6),
+                           baseline_history=baseline["history"])
+        manifest = Manifest(
+            stage="distill", label_names=list(teacher_manifest.label_names), preprocessing=student_pre,
+            backbone=spec.name, weights=f"imagenet: {spec.weights_source}" if weights == "imagenet" else weights,
+            config=config.model_dump(), model_file=MODEL_FILE, parent=source.parent_ref(),
+            dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}, seed=config.seed,
+            extra={"width": config.student_width, "split": split,
+                   "teacher": {"path": str(source.path.resolve()), "backbone": teacher_manifest.backbone,
+                               "input_size": teacher_pre.input_size, "params": teacher_stats["params"]}})
+        return writer.commit(manifest, metrics)

@@ -1,0 +1,264 @@
+"""Pruning, QAT / pruning-preserving QAT and PTQ on a tiny teacher, measured as TFLite."""
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.compress import api as capi
+from edgexfer.errors import ConfigError
+
+pytestmark = pytest.mark.integration
+
+PRUNE = dict(epochs=4, batch_size=8, learning_rate=1e-3, seed=1)
+QAT = dict(mode="qat", epochs=1, batch_size=8, learning_rate=1e-4, calibration_images=20, seed=1)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from test_distill import shared_teacher
+
+    return shared_teacher(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("compress")
+
+
+@pytest.fixture(scope="module")
+def pruned(teacher, runs):
+    artifact, data = teacher
+    return capi.prune(artifact.path, data, runs / "pruned", sparsity=0.5, **PRUNE)
+
+
+@pytest.fixture(scope="module")
+def qat(teacher, runs):
+    artifact, data = teacher
+    return capi.quantize(artifact.path, data, runs / "qat", **QAT)
+
+
+def test_prune_reaches_the_sparsity_and_shrinks_the_gzip_size(pruned, teacher):
+    m = pruned.metrics
+    assert m["pruned_layers_sparsity"] >= 0.45
+    assert set(m["layers"]) == {"stage0_conv", "stage1_conv", "stage2_conv", "stage3_conv", "head_dense"}
+    assert all(entry["sparsity"] >= 0.45 for entry in m["layers"].values())
+    assert m["gzip_bytes_after"] < m["gzip_bytes_before"] and m["gzip_ratio"] > 1.2
+    assert m["tflite_fp32"]["gzip_bytes_after"] < m["tflite_fp32"]["gzip_bytes_before"]
+    assert m["accuracy_after"] >= 0.8 and m["accuracy_before"] >= 0.8
+    assert m["params_nonzero_after"] < m["params_nonzero_before"]
+    assert {d["class"] for d in m["dense_layers"]} == {"BatchNormalization"}
+    assert pruned.manifest.extra["pruning"]["sparsity"] == m["pruned_layers_sparsity"]
+    # the stripped model has no pruning wrappers and the input artifact is untouched
+    model = pruned.load_keras()
+    assert not any("prune_low_magnitude" in layer.name for layer in model.layers)
+    assert (model.get_layer("stage2_conv").kernel.numpy() == 0).mean() >= 0.45
+    original = teacher[0].load_keras()
+    assert (original.get_layer("stage2_conv").kernel.numpy() == 0).mean() == 0.0
+
+
+def test_two_four_structured_pruning(teacher, runs):
+    artifact, data = teacher
+    result = capi.prune(artifact.path, data, runs / "two_four", structure="2:4", measure_tflite=False,
+                        **{**PRUNE, "epochs": 2})
+    m = result.metrics
+    assert m["structure"] == "2:4" and m["target_sparsity"] == 0.5
+    assert m["layers"] and all(entry["pattern_2_4"] for entry in m["layers"].values())
+    assert m["pattern_2_4_layers"] == len(m["layers"])
+    reasons = {d["layer"]: d["reason"] for d in m["dense_layers"]}
+    assert "divisible by 4 (it has 3)" in reasons["stage0_conv"]
+
+
+def test_prune_lists_layers_tfmot_cannot_prune():
+    from edgexfer._env import import_tf
+    from edgexfer.compress.prune import plan_pruning
+
+    _, keras = import_tf()
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.PReLU(shared_axes=[1, 2], name="prelu")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    plan = plan_pruning(keras.Model(inputs, keras.layers.Dense(2, name="dense")(x)))
+    assert plan.pruned == ["conv", "dense"]
+    assert plan.dense == [
+        {"layer": "prelu", "class": "PReLU", "params": 4, "reason": "tfmot cannot prune PReLU layers"},
+        {"layer": "bn", "class": "BatchNormalization", "params": 16,
+         "reason": "tfmot's prune registry lists no prunable weights for BatchNormalization"}]
+
+
+def test_qat_converts_to_a_fully_int8_tflite(qat, teacher, tmp_path):
+    from edgexfer.export import export_artifact
+    from edgexfer.runtime import load_model
+
+    m = qat.metrics
+    q = qat.manifest.quantization
+    assert q["mode"] == "qat" and q["type"] == "int8" and q["whole_model"] is True and q["float_layers"] == []
+    assert m["tflite_qat_int8"]["fp32_tensor_count"] == 0 and m["tflite_qat_int8"]["input_dtype"] == "int8"
+    for key in ("float_accuracy", "qat_keras_accuracy", "qat_int8_tflite_accuracy", "ptq_int8_tflite_accuracy"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["qat_int8_tflite_accuracy"] >= 0.8
+    calibration = np.load(qat.path / q["calibration_file"])
+    assert calibration.shape == (20, 16, 16, 3) and calibration.dtype == np.uint8
+    # the exporter recognises the QAT artifact and uses the stored calibration images
+    exported = export_artifact(qat.path, tmp_path / "int8", "tflite", "int8", calibration_images=calibration)
+    assert exported.metrics["fp32_tensor_count"] == 0
+    assert exported.manifest.quantization["from_qat"] is True
+    model = load_model(exported.path)
+    probs = model.predict_proba(calibration[:4])
+    assert probs.shape == (4, 3)
+
+
+def test_pruning_preserving_qat_keeps_the_sparsity_in_the_converted_model(pruned, teacher, runs):
+    _, data = teacher
+    result = capi.quantize(pruned.path, data, runs / "pqat", compare_ptq=False, **QAT)
+    check = result.metrics["sparsity_check"]
+    assert result.manifest.quantization["mode"] == "pqat" and result.metrics["pqat"] is True
+    assert check["kept"] is True and check["tflite_sparsity"] >= 0.45
+    assert set(check["layers"]) == set(pruned.metrics["layers"])
+    assert all(entry["tflite"] >= 0.45 for entry in check["layers"].values())
+    assert result.metrics["tflite_qat_int8"]["fp32_tensor_count"] == 0
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp16", "dynamic"])
+def test_ptq_records_its_settings_and_measures_the_converted_model(kind, teacher, runs):
+    artifact, data = teacher
+    result = capi.quantize(artifact.path, data, runs / f"ptq_{kind}", mode="ptq", type=kind, calibration_images=12)
+    q = result.manifest.quantization
+    m = result.metrics
+    assert q["mode"] == "ptq" and q["type"] == kind
+    assert m[f"ptq_{kind}_tflite_accuracy"] >= 0.8 and m["accuracy_after"] == m[f"ptq_{kind}_tflite_accuracy"]
+    assert (result.path / "model.h5").read_bytes() == artifact.model_path.read_bytes()
+    if kind == "int8":
+        assert q["calibration_images"] == 12 and np.load(result.path / "calibration.npy").shape[0] == 12
+        assert m["tflite_ptq_int8"]["fp32_tensor_count"] == 0
+    else:
+        assert q["calibration_images"] == 0 and not (result.path / "calibration.npy").exists()
+
+
+def _keras_artifact(path, model, labels=("blue", "green", "red"), size=16, backbone="custom"):
+    from edgexfer.backbones.registry import get_backbone
+    from edgexfer.models_io import MODEL_FILE, save_keras_model
+
+    preprocessing = get_backbone(backbone).preprocessing(size) if backbone != "custom" else None
+    from edgexfer.artifact import Preprocessing
+
+    with writing_artifact(path) as writer:
+        save_keras_model(model, writer.file(MODEL_FILE))
+        return writer.commit(Manifest(stage="finetune", label_names=list(labels),
+                                      preprocessing=preprocessing or Preprocessing(input_size=size),
+                                      backbone=backbone, weights="none", model_file=MODEL_FILE))
+
+
+def test_check_lists_what_stays_float_in_mobilenet_v3(tmp_path):
+    from edgexfer.backbones.registry import create_backbone
+    from edgexfer.cli import app
+    from edgexfer.models_io import build_classifier, build_head_layers
+
+    model = build_classifier(create_backbone("mobilenet_v3_small", 32, "none"), build_head_layers(3, 0.2))
+    artifact = _keras_artifact(tmp_path / "v3", model, size=32, backbone="mobilenet_v3_small")
+    report = capi.quantize_check(artifact.path)
+    assert report["whole_model"] is False and report["pqat"] is False
+    classes = {entry["class"] for entry in report["float_layers"]}
+    assert {"TFOpLambda", "Multiply"} <= classes
+    assert report["quantizable"] > 20 and report["counts"]["int8"] > 20
+    assert "error" not in report
+    result = CliRunner().invoke(app, ["quantize", "--check", str(artifact.path)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "stay float under QAT" in result.output and "TFOpLambda" in result.output
+
+
+def test_qat_on_a_model_with_no_quantizable_layer_is_an_error(teacher, tmp_path):
+    from edgexfer._env import import_tf
+
+    _, keras = import_tf()
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    artifact = _keras_artifact(tmp_path / "none", keras.Model(inputs, keras.layers.Activation("softmax")(x)))
+    report = capi.quantize_check(artifact.path)
+    assert report["quantizable"] == 0 and "QAT needs at least one layer" in report["error"]
+    with pytest.raises(ConfigError, match="QAT needs at least one layer.*LayerNormalization.*--mode ptq"):
+        capi.quantize(artifact.path, teacher[1], tmp_path / "out", **QAT)
+    assert not (tmp_path / "out").exists()
+
+
+def test_quantizing_a_qat_model_again_is_refused(qat, teacher, tmp_path):
+    with pytest.raises(ConfigError, match="already quantization-aware"):
+        capi.quantize(qat.path, teacher[1], tmp_path / "again", **QAT)
+    with pytest.raises(ConfigError, match="quantization-aware"):
+        capi.prune(qat.path, teacher[1], tmp_path / "pruned", sparsity=0.5)
+
+
+def test_cli_prune_and_quantize_render_tables(pruned, teacher, tmp_path):
+    from edgexfer.cli import app
+
+    _, data = teacher
+    runner = CliRunner()
+    result = runner.invoke(app, ["quantize", str(pruned.path), str(data), "--out", str(tmp_path / "ptq"),
+                                 "--mode", "ptq", "--type", "dynamic"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "fp32 tensors" in result.output and "PTQ dynamic" in result.output.split("quantize (ptq dynamic)")[1]
+    result = runner.invoke(app, ["prune", str(pruned.path), str(data), "--out", str(tmp_path / "pr"),
+                                 "--sparsity", "0.6", "--schedule", "constant", "--epochs", "1",
+                                 "--no-measure-tflite"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "sparsity reached per pruned layer" in result.output and "stay dense" in result.output
+    assert Artifact(tmp_path / "pr").metrics["pruned_layers_sparsity"] >= 0.55
+
+
+def test_range_calibration_covers_activations_beyond_tfmot_s_initial_six():
+    """tfmot starts activation ranges at ±6 (EMA 0.999); calibration sets them from data."""
+    from edgexfer._env import import_tf
+    from edgexfer.compress.quantize import _range_variables, build_qat_model, calibrate_ranges
+
+    _, keras = import_tf()
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(3, activation="softmax", kernel_initializer=keras.initializers.Constant(10.0),
+                                 name="head_dense")(inputs)
+    model = keras.Model(inputs, outputs)
+    qat, _ = build_qat_model(model)
+    x = np.random.default_rng(0).uniform(0, 1, (40, 4)).astype("float32")
+    before = {v.name: float(np.max(v.numpy())) for v in _range_variables(qat) if v.name.endswith("max:0")}
+    assert calibrate_ranges(qat, x, batch_size=16) == len(_range_variables(qat))
+    after = {v.name: float(np.max(v.numpy())) for v in _range_variables(qat) if v.name.endswith("max:0")}
+    pre_activation = next(name for name in after if "pre_activation_max" in name)
+    assert before[pre_activation] == pytest.approx(6.0)
+    logits_max = float((x @ np.full((4, 3), 10.0)).max())
+    assert 0.8 * logits_max <= after[pre_activation] <= logits_max + 1e-4
+    np.testing.assert_allclose(qat.get_layer("quant_head_dense").layer.kernel.numpy(), 10.0)
+
+
+def test_all_zero_output_channels_keep_a_weight_range_so_int8_matches_keras(teacher):
+    """A pruned-away channel must not get a [0, 0] weight range (its folded bias would be lost)."""
+    from edgexfer.compress.quantize import build_qat_model, calibrate_ranges, fix_degenerate_weight_ranges
+    from edgexfer.export._tflite import tflite_bytes
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgexfer.runtime.images import load_images, normalize
+
+    artifact, data = teacher
+    model = artifact.load_keras()
+    kernel = model.get_layer("stage3_conv").kernel
+    values = kernel.numpy()
+    values[..., :5] = 0.0  # five output channels pruned away entirely
+    kernel.assign(values)
+    qat, _ = build_qat_model(model)
+    pre = artifact.manifest.preprocessing
+    x = normalize(load_images(sorted(data.rglob("*.png"))[::6], pre), pre)
+    calibrate_ranges(qat, x)
+    qat(x[:8], training=True)  # a training step records the weight ranges, [0, 0] for the dead channels
+    ranges = {v.name: v.numpy() for v in qat.weights if "stage3_conv" in v.name and "kernel_m" in v.name}
+    assert any((np.abs(value) < 1e-8).sum() >= 5 for value in ranges.values())
+    assert fix_degenerate_weight_ranges(qat) == 5
+    keras_pred = qat.predict(x, verbose=0).argmax(1)
+    interpreter = Interpreter(model_content=tflite_bytes(qat, "int8", x))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    preds = []
+    for row in np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8):
+        interpreter.set_tensor(inp["index"], row[None])
+        interpreter.invoke()
+        preds.append(interpreter.get_tensor(out["index"])[0].argmax())
+    assert (np.array(preds) == keras_pred).mean() >= 0.9

@@ -1,0 +1,108 @@
+"""Distillation end to end on generated images with tiny CNNs (seconds, not minutes)."""
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgexfer import api
+from edgexfer.artifact import Artifact
+from edgexfer.compress import api as capi
+from edgexfer.errors import DataError
+
+pytestmark = pytest.mark.integration
+
+TEACHER = dict(backbone="cnn_small", weights="none", img_size=16, epochs=15, fine_tune_epochs=0, batch_size=16,
+               learning_rate=0.05, early_stopping_patience=0, seed=1)
+STUDENT = dict(student="cnn_tiny", epochs=8, batch_size=16, learning_rate=0.01, early_stopping_patience=0, seed=1)
+
+
+def shared_teacher(tmp_path_factory):
+    """One tiny teacher (and its image folder) per test session, shared by the compress tests."""
+    from test_finetune import make_color_folder
+
+    root = tmp_path_factory.getbasetemp() / "compress-shared"
+    if not (root / "teacher" / "manifest.json").is_file():
+        data = root / "data"
+        if not data.exists():
+            make_color_folder(data, per_class=30, size=20)
+        api.finetune(data, root / "teacher", **TEACHER)
+    return Artifact(root / "teacher"), root / "data"
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return shared_teacher(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher, tmp_path_factory):
+    artifact, data = teacher
+    return capi.distill(artifact.path, data, tmp_path_factory.mktemp("distill") / "student", baseline=True, **STUDENT)
+
+
+def test_distilled_student_is_smaller_accurate_and_measured_against_a_baseline(distilled, teacher):
+    metrics = distilled.metrics
+    assert metrics["teacher_accuracy"] >= 0.8
+    assert metrics["student_accuracy"] >= 0.8
+    assert metrics["params_ratio"] >= 5 and metrics["params_teacher"] > 5 * metrics["params"]
+    assert metrics["teacher_logits"] == "cached" and metrics["teacher_logits_source"] == "head_dense pre-activation"
+    assert {"baseline_accuracy", "baseline_val_accuracy", "distillation_gain", "baseline_history"} <= set(metrics)
+    assert metrics["distillation_gain"] == pytest.approx(metrics["student_accuracy"] - metrics["baseline_accuracy"])
+    assert {"soft_loss", "hard_loss", "val_accuracy"} <= set(metrics["history"])
+    for key in ("accuracy_before", "accuracy_after", "params_before", "params_after", "size_bytes_before",
+                "size_bytes_after", "sparsity_before", "sparsity_after"):
+        assert key in metrics
+    manifest = distilled.manifest
+    assert manifest.stage == "distill" and manifest.backbone == "cnn_tiny" and manifest.weights == "none"
+    assert manifest.label_names == teacher[0].manifest.label_names
+    assert manifest.parent["path"] == str(teacher[0].path.resolve())
+    assert manifest.extra["teacher"]["backbone"] == "cnn_small"
+    assert manifest.extra["split"] == {"seed": 1, "val_fraction": 0.1, "test_fraction": 0.1}
+    model = distilled.load_keras()
+    assert model.output_shape == (None, 3)
+    assert model.get_layer("head_dense").activation.__name__ == "softmax"
+
+
+def test_teacher_logits_are_the_pre_softmax_output(teacher):
+    from edgexfer._env import import_tf
+    from edgexfer.train.distill import teacher_logits_model
+
+    tf, _ = import_tf()
+    model = teacher[0].load_keras()
+    logits_model, source = teacher_logits_model(model)
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(tf.nn.softmax(logits_model(x)).numpy(), model(x).numpy(), atol=1e-5)
+    assert source == "head_dense pre-activation"
+
+
+def test_augmented_distillation_runs_the_teacher_online_at_its_own_input_size(teacher, tmp_path):
+    artifact, data = teacher
+    student = capi.distill(artifact.path, data, tmp_path / "online",
+                           **{**STUDENT, "epochs": 3, "student_img_size": 24,
+                              "augment": {"crop_zoom": 0.1, "brightness": 0.05}})
+    assert student.metrics["teacher_logits"] == "online"
+    assert student.manifest.preprocessing.input_size == 24
+    assert artifact.manifest.preprocessing.input_size == 16
+    assert student.load_keras().input_shape == (None, 24, 24, 3)
+    assert 0.0 <= student.metrics["student_accuracy"] <= 1.0
+
+
+def test_distill_refuses_data_whose_classes_differ_from_the_teacher(teacher, tmp_path):
+    from test_finetune import make_color_folder
+
+    other = make_color_folder(tmp_path / "other", per_class=4, size=8)
+    (other / "green").rename(other / "yellow")
+    with pytest.raises(DataError, match="teacher's classes.*yellow"):
+        capi.distill(teacher[0].path, other, tmp_path / "out", **STUDENT)
+
+
+def test_cli_distill_renders_the_comparison(teacher, tmp_path):
+    from edgexfer.cli import app
+
+    artifact, data = teacher
+    result = CliRunner().invoke(app, ["distill", str(artifact.path), str(data), "--student", "cnn_tiny", "--out",
+                                      str(tmp_path / "cli"), "--epochs", "1", "--batch-size", "16",
+                                      "--learning-rate", "0.01", "--baseline", "--early-stopping", "0"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "params ratio" in result.output and "gain from distillation" in result.output
+    assert Artifact(tmp_path / "cli").manifest.config["baseline"] is True
