@@ -74,6 +74,13 @@ def quantize(model, data, out, **options):
     return run(model, data, out, **options)
 
 
+def quantize_check(model, **options):
+    """QAT preflight before any training: per layer, what will be quantized and what stays float."""
+    from edgexfer.compress.api import quantize_check as run
+
+    return run(model, **options)
+
+
 def adapt(model, source, target, out, method=None, **options):
     """Unsupervised domain adaptation: adabn | coral | dann | pseudo-label (``AdaptConfig`` options)."""
     from edgexfer.train.adapt import adapt as run

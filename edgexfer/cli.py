@@ -105,7 +105,13 @@ def finetune(
 @app.command()
 def evaluate(
     artifact: Path = typer.Argument(..., help="An artifact directory with a Keras model."),
-    data: Path = typer.Argument(..., help="Image folder whose classes match the artifact's labels."),
+    data: Optional[Path] = typer.Argument(None, help="Image folder whose classes match the artifact's labels "
+                                                     "(or use --data NAME=DIR, repeatable, for several domains)."),
+    domains: Optional[list[str]] = typer.Option(None, "--data", help="NAME=DIR, repeatable: evaluate on several "
+                                                                     "domains; the table shows each accuracy and "
+                                                                     "the gap to the first domain."),
+    class_map: Optional[str] = typer.Option(None, "--class-map", help="With --data: rename folder classes to the "
+                                                                      "model's, 'seven=7,eight=8' or a file."),
     split: str = typer.Option("all", help="all | train | val | test (of the folder's split)"),
     top_k: int = typer.Option(5, help="k of the top-k accuracy."),
     batch_size: int = typer.Option(64),
@@ -113,10 +119,27 @@ def evaluate(
     confusion_png: Optional[Path] = typer.Option(None, "--confusion-png", help="Where to save the confusion matrix PNG (default: next to --json, or ./confusion.png)"),
     strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
 ) -> None:
-    """Accuracy, top-k, per-class metrics and confusion matrix of an artifact on an image folder."""
+    """Accuracy, top-k, per-class metrics and confusion matrix of an artifact on an image folder,
+    or on several domains at once (--data NAME=DIR ...): each domain's accuracy and the gap."""
     from edgexfer import api
     from edgexfer.evaluate.evaluator import write_json
 
+    if domains:
+        if data is not None:
+            raise ConfigError("pass either DATA or --data NAME=DIR (repeatable), not both")
+        from edgexfer.evaluate.domains import evaluate_domains, parse_domains
+
+        result = evaluate_domains(artifact, parse_domains(domains), class_map=class_map, split=split, top_k=top_k,
+                                  batch_size=batch_size, strict=strict)
+        _render_domains(result)
+        if json_out:
+            write_json(result, json_out)
+            console.print(f"results: {json_out}")
+        return
+    if data is None:
+        raise ConfigError("pass the image folder DATA, or --data NAME=DIR (repeatable) for several domains")
+    if class_map:
+        raise ConfigError("--class-map goes with --data NAME=DIR")
     png = confusion_png or (json_out.with_suffix(".confusion.png") if json_out else Path("confusion.png"))
     result = api.evaluate(artifact, data, confusion_png=png, split=split, top_k=top_k, batch_size=batch_size,
                           strict=strict)
@@ -125,6 +148,17 @@ def evaluate(
         write_json(result, json_out)
         console.print(f"results: {json_out}")
     console.print(f"confusion matrix: {png}")
+
+
+def _render_domains(result: dict) -> None:
+    table = Table(title=f"{result['artifact']} ({result['stage']}) on {len(result['domains'])} domains "
+                        f"({result['split']}); gap = {result['reference']} accuracy − this domain's")
+    for column in ("domain", "data", "n", "accuracy", "macro_f1", "gap"):
+        table.add_column(column, justify="left" if column in ("domain", "data") else "right")
+    for name, row in result["domains"].items():
+        gap = "—" if name == result["reference"] else f"{row['gap'] * 100:+.1f} pts"
+        table.add_row(name, row["data"], str(row["n"]), f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}", gap)
+    console.print(table)
 
 
 @app.command()
@@ -243,21 +277,24 @@ def _render_run(summary: dict) -> None:
 
 @app.command()
 def demo(
-    workdir: Path = typer.Option(Path("runs/demo"), help="Where data, artifacts and the report go."),
-    full: bool = typer.Option(False, "--full", help="Larger input and more epochs (slower, more accurate)."),
+    run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="Where data, artifacts and the report go."),
+    full: bool = typer.Option(False, "--full", help="Larger input and longer training (slower, more accurate)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE override of models/digits.yaml."),
 ) -> None:
-    """The main job on bundled real data: mnist-5k → fine-tune EfficientNet-Lite0 → evaluate on uci-digits."""
+    """The main job on bundled real data: MNIST → UCI digits, Lite0 → adapted → int8 student → checked."""
     from edgexfer.demo import run_demo
 
-    summary = run_demo(workdir, full=full, progress=sys.stdout.isatty(), log=console.print)
-    table = Table(title=f"edgexfer demo ({summary['profile']}, {summary['wall_seconds']:.0f} s)")
-    for column in ("artifact", "domain", "accuracy", "params", "size"):
-        table.add_column(column, justify="left" if column in ("artifact", "domain") else "right")
-    for row in summary["rows"]:
-        table.add_row(row["artifact"], row["domain"], f"{row['accuracy']:.4f}", f"{row['params']:,}",
-                      f"{row['bytes'] / 1e6:.1f} MB")
+    summary = run_demo(run_dir, full=full, progress=sys.stdout.isatty(), log=console.print, overrides=overrides)
+    _render_run(summary)
+    table = Table(title="headline: accuracy, size and latency of each model")
+    for column in ("model", "mnist acc", "uci-digits acc", "size", "p50 ms (batch 1, 1 thread)"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in summary["headline"]:
+        cell = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
+        table.add_row(row["model"], cell(row["source_accuracy"], ".4f"), cell(row["target_accuracy"], ".4f"),
+                      "—" if row["bytes"] is None else f"{row['bytes'] / 1e6:.2f} MB", cell(row["latency_ms"], ".3f"))
     console.print(table)
-    console.print(f"report: {summary['report']}")
+    console.print(f"report: {summary.get('report')}")
 
 
 def _render_training_summary(artifact) -> None:
@@ -297,7 +334,7 @@ def _render_per_class(result: dict, title: str) -> None:
 
 
 # Modules that add stage commands with ``register(app)``; each keeps its commands thin too.
-_COMMAND_MODULES: tuple[str, ...] = ("edgexfer.cli_compress", "edgexfer.cli_deploy")
+_COMMAND_MODULES: tuple[str, ...] = ("edgexfer.cli_compress", "edgexfer.cli_deploy", "edgexfer.cli_crossdomain")
 
 
 def _register_command_modules() -> None:

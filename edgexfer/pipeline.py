@@ -142,6 +142,12 @@ def _validator(model_path: str, *, drop: tuple[str, ...] = ()):
         module, name = model_path.rsplit(".", 1)
         model = getattr(importlib.import_module(module), name)
         values = {k: v for k, v in options.items() if k not in drop}
+        # Data references resolved by the pipeline that the config also declares (fuse's
+        # val_data) are validated with a stand-in folder, since they are paths only at run time.
+        for key, value in options.get("__refs__", {}).items():
+            if key in model.model_fields:
+                values[key] = value
+        values.pop("__refs__", None)
         return model.build(**values)
 
     return validate
@@ -150,6 +156,7 @@ def _validator(model_path: str, *, drop: tuple[str, ...] = ()):
 def _validate_export(options: dict) -> None:
     from edgexfer.export.formats import FORMATS, check_format_quant
 
+    options = {k: v for k, v in options.items() if k != "__refs__"}
     if "format" not in options:
         raise ConfigError(f"export needs 'format' ({', '.join(FORMATS)})")
     unknown = set(options) - {"format", "quant", "calibration_images", "opset"}
@@ -161,14 +168,14 @@ def _validate_export(options: dict) -> None:
 
 def _validate_check(options: dict) -> None:
     allowed = {"split", "min_agreement", "max_acc_drop", "max_images", "batch_size", "strict", "measure_latency"}
-    unknown = set(options) - allowed
+    unknown = set(options) - allowed - {"__refs__"}
     if unknown:
         raise ConfigError(f"check: unknown option {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(allowed))}, "
                           "artifacts, data")
 
 
 def _validate_evaluate(options: dict) -> None:
-    unknown = set(options) - {"split", "batch_size", "top_k", "strict", "class_map"}
+    unknown = set(options) - {"split", "batch_size", "top_k", "strict", "class_map", "__refs__"}
     if unknown:
         raise ConfigError(f"evaluate: unknown option {sorted(unknown)[0]!r}; allowed: split, batch_size, top_k, "
                           "strict, class_map, parent, domains")
@@ -324,7 +331,9 @@ def _parse_stage(name: str, options: Any, earlier: list[Stage], data: dict, line
     if type_name == "fuse" and "source_model" not in refs and "source_model_spec" not in options:
         raise ConfigError(f"{here}: fuse needs 'source_model': an earlier stage or imagenet:<backbone>")
     try:
-        stage_type.validate(options)
+        stand_ins = {key: "<folder>" for key in stage_type.data_keys if key in refs}
+        stand_ins.update({key: dict.fromkeys(refs[key], "<folder>") for key in stage_type.data_map_keys if key in refs})
+        stage_type.validate({**options, "__refs__": stand_ins})
     except ConfigError as exc:
         raise ConfigError(f"{here}: {exc}") from None
     return Stage(name=name, type=stage_type, options=options, refs=refs, line=line)

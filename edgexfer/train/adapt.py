@@ -1,0 +1,803 @@
+"""The adapt stage: unsupervised domain adaptation of a classifier artifact to a target domain.
+
+``adapt`` reads labelled SOURCE images (the domain the model was trained on) and TARGET
+images whose labels, if the folder has any, are never read. Methods:
+
+- ``adabn`` (Li et al. 2016): every BatchNorm's statistics re-estimated on target images.
+- ``coral`` (Deep CORAL, Sun & Saenko 2016): cross-entropy on the labelled source plus a
+  CORAL loss aligning the covariances of source and target penultimate features.
+- ``dann`` (Ganin et al. 2016): a domain classifier on the penultimate features behind a
+  gradient-reversal layer; the features learn to fool it while classifying the source.
+- ``pseudo-label`` (self-training): rounds of training on target images whose prediction is
+  at least ``threshold`` confident, with their predicted labels, beside the labelled
+  source; optionally after another method (``after``).
+
+BatchNorm statistics. In tf_keras a BN layer with ``trainable=False`` runs in inference
+mode even when called with ``training=True``, and ``finetune`` keeps BN frozen: a fine-tuned
+model carries its *pretraining* (ImageNet) statistics, which its weights were fitted under.
+Swapping them for target statistics (a naive AdaBN) puts weights that never saw source
+statistics under target statistics. So with ``bn="domain"`` (the default) the statistics
+are estimated per domain (PreciseBN: averaged batch moments over the whole domain): the
+layers are trained with SOURCE statistics on source batches and TARGET statistics on target
+batches, and the written model carries the target statistics (or the source ones with
+``output_stats="source"``: the source-statistics baseline). AdaBN with ``epochs > 0``
+first re-fits the trained layers on the source under source statistics, then swaps in the
+target statistics; with ``epochs=0`` it is the paper's pure re-estimation, right for a
+model whose statistics already are source statistics. ``bn="frozen"`` keeps the model's own
+statistics everywhere (the method alone, no AdaBN underneath).
+
+Speed: only the top ``train_layers`` weighted layers and the head are trained, everything
+below them is frozen, so the frozen part runs once per image (its output is cached, like
+``finetune``'s feature cache) and each epoch costs only the top of the network.
+
+The written model has exactly the input model's architecture (layer names, weight shapes);
+the domain classifier of DANN is a training-only head and is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.config import _Frozen
+from edgexfer.errors import ConfigError
+from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model
+
+METHODS = ("adabn", "coral", "dann", "pseudo-label")
+Method = Literal["adabn", "coral", "dann", "pseudo-label"]
+
+# Per-method defaults, tuned on mnist-5k → uci-digits (EfficientNet-Lite0, 64 px); ``None``
+# in the config means "this method's default".
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "adabn": {"epochs": 10},
+    "coral": {"epochs": 10},
+    "dann": {"epochs": 10},
+    "pseudo-label": {"epochs": 3},  # per round
+}
+
+
+class _Config(_Frozen):
+    @classmethod
+    def build(cls, **values: Any):
+        """As ``_Frozen.build``, with a suggestion for a misspelt option."""
+        import difflib
+
+        for name in values:
+            if name not in cls.model_fields:
+                close = difflib.get_close_matches(name, list(cls.model_fields), n=1)
+                raise ConfigError(f"{cls.__name__}: unknown option {name!r}"
+                                  + (f" — did you mean {close[0]!r}?" if close else ""))
+        return super().build(**values)
+
+
+class AdaptConfig(_Config):
+    """How to adapt. ``epochs``/``after`` of ``None`` take the method's defaults."""
+
+    method: Method = "adabn"
+    after: Literal["none", "adabn", "coral", "dann"] | None = Field(
+        None, description="pseudo-label only: run this method first, then self-train (default: adabn with "
+                          "bn='domain', none with bn='frozen')")
+    bn: Literal["domain", "frozen"] = Field(
+        "domain", description="domain: per-domain BatchNorm statistics (source for source batches, target for "
+                              "target batches; AdaBN underneath every method); frozen: the model's own statistics")
+    output_stats: Literal["target", "source"] = Field(
+        "target", description="BatchNorm statistics the written model carries (source: the source-statistics baseline)")
+    epochs: int | None = Field(None, ge=0, description="training epochs over the source (pseudo-label: per round)")
+    train_layers: int = Field(30, ge=0, description="top weighted layers trained besides the head; 0: head only")
+    batch_size: int = Field(64, ge=2)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    coral_weight: float = Field(1.0, ge=0, description="weight of the CORAL loss (Deep CORAL's lambda)")
+    dann_weight: float = Field(0.3, ge=0, description="largest gradient-reversal coefficient (ramped up from 0)")
+    dann_hidden: int = Field(256, ge=1, description="units of the domain classifier's hidden layer")
+    threshold: float = Field(0.9, gt=0.0, lt=1.0, description="pseudo-label: minimum confidence")
+    rounds: int = Field(3, ge=1, description="pseudo-label: rounds of re-labelling")
+    pseudo_weight: float = Field(1.0, gt=0, description="pseudo-label: weight of the target loss")
+    class_balance: bool = Field(True, description="pseudo-label: keep at most as many pseudo-labels of a class "
+                                                   "as the target has images per class on average")
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="source images held out to report source accuracy")
+    max_source_images: int | None = Field(None, ge=2)
+    max_target_images: int | None = Field(None, ge=2)
+    class_map: dict[str, str] = Field(default_factory=dict, description="target folder class → model class")
+    seed: int = 0
+    deterministic: bool = True
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.after not in (None, "none") and self.method != "pseudo-label":
+            raise ValueError(f"after={self.after!r} is for method pseudo-label (self-training after another "
+                             f"method); with method {self.method!r} leave it out")
+        if self.method == "adabn" and self.bn == "frozen":
+            raise ValueError("method adabn re-estimates BatchNorm statistics; bn='frozen' contradicts it")
+        return self
+
+    @property
+    def first_method(self) -> str | None:
+        """The method pseudo-labelling runs after. By default AdaBN's re-fit under domain BN: the
+        first pseudo-labels then come from a model whose statistics match its weights."""
+        if self.method != "pseudo-label" or self.after == "none":
+            return None
+        if self.after is None:
+            return "adabn" if self.bn == "domain" else None
+        return self.after
+
+    def epochs_for(self, method: str) -> int:
+        if method == self.method and self.epochs is not None:
+            return self.epochs
+        return METHOD_DEFAULTS[method]["epochs"]
+
+
+# ----------------------------------------------------------------------------- losses (unit-tested)
+
+def coral_loss(source, target):
+    """Deep CORAL: ``||C_s - C_t||_F^2 / (4 d^2)`` of the feature covariances (unbiased)."""
+    from edgexfer._env import import_tf
+
+    tf, _ = import_tf()
+    source = tf.convert_to_tensor(source, tf.float32)
+    target = tf.convert_to_tensor(target, tf.float32)
+    d = tf.cast(tf.shape(source)[1], tf.float32)
+
+    def covariance(x):
+        n = tf.cast(tf.shape(x)[0], tf.float32)
+        centred = x - tf.reduce_mean(x, axis=0, keepdims=True)
+        return tf.matmul(centred, centred, transpose_a=True) / tf.maximum(n - 1.0, 1.0)
+
+    return tf.reduce_sum(tf.square(covariance(source) - covariance(target))) / (4.0 * d * d)
+
+
+def gradient_reversal(x, coefficient=1.0):
+    """Identity forward; the gradient is multiplied by ``-coefficient`` backward (DANN's GRL)."""
+    from edgexfer._env import import_tf
+
+    tf, _ = import_tf()
+    coefficient = tf.convert_to_tensor(coefficient, tf.float32)
+
+    @tf.custom_gradient
+    def reverse(value, coef):
+        def grad(upstream):
+            return -coef * upstream, tf.zeros_like(coef)
+
+        return tf.identity(value), grad
+
+    return reverse(x, coefficient)
+
+
+def dann_coefficient(progress: float, weight: float) -> float:
+    """The paper's ramp ``weight * (2 / (1 + exp(-10 p)) - 1)`` for training progress ``p`` in [0, 1]."""
+    return float(weight * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0))
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def adapt(model: str | Path, source: str | Path, target: str | Path, out: str | Path, method: str | None = None, *,
+          progress: bool = False, log: Callable[..., Any] | None = None, config: AdaptConfig | None = None,
+          **options: Any) -> Artifact:
+    """Adapt the Keras artifact ``model`` from the labelled ``source`` image folder to the
+    ``target`` images (a folder of images, or an image folder whose labels are ignored) and
+    write the adapted artifact at ``out``. ``method``: adabn | coral | dann | pseudo-label;
+    ``options`` are :class:`AdaptConfig` fields (``class_map`` may be ``"a=x,b=y"``)."""
+    from edgexfer.train.class_map import parse_class_map
+
+    if config is None:
+        if "class_map" in options and not isinstance(options["class_map"], dict):
+            options["class_map"] = parse_class_map(options["class_map"])
+        config = AdaptConfig.build(**({"method": method} if method else {}), **options)
+    elif method is not None and method != config.method or options:
+        raise ConfigError("pass either config=AdaptConfig(...) or method/options, not both")
+    return run_adapt(model, source, target, out, config, progress=progress, log=log or (lambda *_: None))
+
+
+def run_adapt(model_dir: str | Path, source: str | Path, target: str | Path, out: str | Path, config: AdaptConfig, *,
+              progress: bool = False, log: Callable[..., Any] = print) -> Artifact:
+    """The adapt stage with a built config (see :func:`adapt`)."""
+    from edgexfer.train.class_map import scan_labelled, scan_unlabelled
+
+    parent = Artifact(model_dir)
+    if Path(out).resolve() == parent.path.resolve():
+        raise ConfigError(f"--out {str(out)!r} is the input artifact; a stage never changes its input, "
+                          "choose another directory")
+    manifest = parent.manifest
+    labels = manifest.label_names
+    preprocessing = manifest.preprocessing
+    started = time.perf_counter()
+
+    source_data = scan_labelled(source, labels, {}, val_fraction=config.val_fraction, seed=config.seed,
+                                strict=config.strict, source_domain=True)
+    target_data = scan_unlabelled(target, labels, config.class_map, strict=config.strict)
+    if target_data.had_labels:
+        log(f"target {target}: has class folders ({', '.join(target_data.class_folders[:10])}"
+            f"{' …' if len(target_data.class_folders) > 10 else ''}); their labels are ignored — adapt uses "
+            "only the images")
+    source_train = _subset(source_data.split("train"), config.max_source_images, config.seed)
+    source_val = source_data.split("val")
+    target_paths = _subset(target_data.paths, config.max_target_images, config.seed)
+
+    from edgexfer._env import import_tf
+    from edgexfer.data import Sample, data_errors, load_arrays
+    from edgexfer.train import common
+
+    tf, keras = import_tf()
+    common.seed_everything(config.seed, config.deterministic)
+    timings: dict[str, float] = {}
+    images = len(source_train) + len(source_val) + len(target_paths)
+    gigabytes = images * preprocessing.input_size ** 2 * 3 * 5 / 1e9  # uint8 pixels + float32 batches/caches
+    if gigabytes > 4:
+        log(f"note: adapt holds the {images} images in memory (about {gigabytes:.0f} GB at "
+            f"{preprocessing.input_size}px); --max-source-images / --max-target-images lower it")
+    with data_errors(), writing_artifact(out) as writer:
+        with common.timed(timings, "load_seconds"):
+            xs, ys = load_arrays(source_train, preprocessing)
+            xv, yv = load_arrays(source_val, preprocessing)
+            xt, _ = load_arrays([Sample(p, -1) for p in target_paths], preprocessing)
+        log(f"adapt ({_describe(config)}): {len(xs)} labelled source / {len(xv)} source val / "
+            f"{len(xt)} unlabelled target images at {preprocessing.input_size}px")
+        model = parent.load_keras()
+        adapter = _Adapter(model, preprocessing, config, xs, ys, xv, yv, xt, log=log, progress=progress)
+        metrics_before = adapter.report("input")
+        with common.timed(timings, "adapt_seconds"):
+            history = adapter.run()
+        adapter.finish()
+        metrics_after = adapter.report("output")
+        save_keras_model(model, writer.file(MODEL_FILE))
+        timings["total_seconds"] = round(time.perf_counter() - started, 3)
+
+        metrics = {
+            "method": config.method, "after": config.first_method, "bn": config.bn,
+            "output_stats": config.output_stats,
+            "source_val_accuracy": metrics_after["source_val_accuracy"],
+            "input": metrics_before, "output": metrics_after,
+            "source_stats_source_val_accuracy": adapter.source_stats_accuracy,
+            "target_labels_used": False, "target_had_labels": target_data.had_labels,
+            "images": {"source_train": len(xs), "source_val": len(xv), "target": len(xt)},
+            "trained_layers": adapter.trained_layer_names, "cut": adapter.cut_name,
+            "history": history, "params": count_params(model),
+            "model_bytes": writer.file(MODEL_FILE).stat().st_size,
+            "timings_seconds": timings, "peak_rss_mb": round(common.peak_rss_mb(), 1),
+        }
+        child = Manifest(
+            stage="adapt", label_names=list(labels), preprocessing=preprocessing, backbone=manifest.backbone,
+            weights=manifest.weights, config=config.model_dump(), model_file=MODEL_FILE,
+            parent=parent.parent_ref(), seed=config.seed,
+            # ``path`` is the target domain: the one the model is deployed on (export calibrates int8 on it).
+            dataset={"path": str(Path(target).resolve()), "domain": "target", **target_data.fingerprint(),
+                     "source": {"path": str(Path(source).resolve()), **source_data.fingerprint()}},
+            extra={**manifest.extra, "adapt": {"method": config.method, "after": config.first_method,
+                                               "bn": config.bn, "output_stats": config.output_stats,
+                                               "target_labels_used": False}},
+        )
+        return writer.commit(child, metrics)
+
+
+def _describe(config: AdaptConfig) -> str:
+    method = config.method if not config.first_method else f"{config.first_method} → {config.method}"
+    return f"{method}, BatchNorm {config.bn}"
+
+
+def _subset(items: list, limit: int | None, seed: int) -> list:
+    if not limit or len(items) <= limit:
+        return list(items)
+    order = np.random.default_rng(seed).permutation(len(items))[:limit]
+    return [items[i] for i in sorted(order)]
+
+
+# ----------------------------------------------------------------------------- the model's anatomy
+
+def find_features_layer(model):
+    """The layer whose output is the penultimate feature (the classifier head's input): the
+    last global pooling/flatten layer, else the input of the last Dense layer's producer."""
+    from edgexfer._env import import_tf
+
+    _, keras = import_tf()
+    pools = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
+    for layer in reversed(model.layers):
+        if isinstance(layer, pools):
+            return layer
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    if not dense:
+        raise ConfigError(f"model {model.name!r} has no pooling or Dense layer: cannot find its penultimate "
+                          "features to adapt")
+    producer = dense[-1]._inbound_nodes[0].inbound_layers
+    return producer if not isinstance(producer, list) else producer[0]
+
+
+def build_top(model, cut_layer, features_layer):
+    """The part of ``model`` above ``cut_layer`` as a model from the cut tensor to
+    ``[features, probabilities]``, sharing the layers (and weights) of ``model``; and the
+    input tensor of each of its layers in its own graph."""
+    from edgexfer._env import import_tf
+
+    tf, keras = import_tf()
+    layers = model.layers
+    start = layers.index(cut_layer) + 1
+    nodes = {id(layer): layer._inbound_nodes[0] for layer in layers}
+    cut_tensor = _flat(nodes[id(cut_layer)].outputs)[0]
+    inputs = keras.Input(shape=tuple(cut_tensor.shape[1:]), name="adapt_cut")
+    tensors = {id(cut_tensor): inputs}
+    layer_inputs = {}
+    for layer in layers[start:]:
+        node = nodes[id(layer)]
+        mapped = lambda t: tensors.get(id(t), t)  # noqa: E731
+        args = tf.nest.map_structure(mapped, node.call_args)
+        kwargs = tf.nest.map_structure(mapped, node.call_kwargs)
+        layer_inputs[layer.name] = tf.nest.map_structure(mapped, node.input_tensors)
+        outputs = layer(*args, **kwargs)
+        for old, new in zip(_flat(node.outputs), _flat(outputs)):
+            tensors[id(old)] = new
+    features = tensors[id(_flat(nodes[id(features_layer)].outputs)[0])]
+    if features is inputs:
+        features = keras.layers.Activation("linear", name="adapt_features")(inputs)
+    probabilities = tensors[id(_flat(model.outputs)[0])]
+    return keras.Model(inputs, [features, probabilities], name="adapt_top"), layer_inputs
+
+
+def batchnorm_layers(model) -> list:
+    from edgexfer._env import import_tf
+
+    _, keras = import_tf()
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def _flat(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def find_cut(model, first_trainable: int):
+    """The last layer before ``first_trainable`` (an index into ``model.layers``) whose output
+    is the only tensor the rest of the network reads: the frozen part below it can run once
+    per image. ``None`` when there is none (the whole model is then the trained part)."""
+    layers = model.layers
+    try:
+        last_use: dict[int, int] = {}
+        for index, layer in enumerate(layers):
+            if len(layer._inbound_nodes) != 1:
+                return None  # a layer called more than once: keep it simple, no cut
+            if index == 0:
+                continue
+            for tensor in _flat(layer.input):
+                last_use[id(tensor)] = index
+        for tensor in _flat(model.output):
+            last_use[id(tensor)] = len(layers)
+        live: set[int] = set()
+        best = None
+        for index, layer in enumerate(layers[:first_trainable]):
+            live = {t for t in live if last_use.get(t, -1) > index}
+            for tensor in _flat(layer.output):
+                if last_use.get(id(tensor), -1) > index:
+                    live.add(id(tensor))
+            if len(live) == 1 and index > 0:
+                best = layer
+        return best
+    except AttributeError:  # a layer without a single well-defined input/output
+        return None
+
+
+# ----------------------------------------------------------------------------- BatchNorm statistics
+
+class _BatchNormStats:
+    """Per-domain moving statistics of a list of BN layers, estimated PreciseBN-style: a pass
+    in training mode over the domain, averaging the batch moments of every BN layer's input."""
+
+    def __init__(self, part, layers, inputs, batch_size: int):
+        from edgexfer._env import import_tf
+
+        tf, keras = import_tf()
+        self.layers = layers
+        self.batch_size = batch_size
+        self._probe = None
+        if layers:
+            probe = keras.Model(part.inputs, list(inputs))
+            axes = [[a for a in range(len(t.shape)) if a != (_axis(layer) % len(t.shape))]
+                    for layer, t in zip(layers, inputs)]
+
+            @tf.function(reduce_retracing=True)
+            def moments(x):
+                outputs = _flat(probe(x, training=True))
+                sums = [tf.reduce_sum(o, axis=ax) for o, ax in zip(outputs, axes)]
+                squares = [tf.reduce_sum(tf.square(o), axis=ax) for o, ax in zip(outputs, axes)]
+                counts = [tf.cast(tf.size(o), tf.float32) / tf.cast(tf.shape(o)[-1], tf.float32) for o in outputs]
+                return sums, squares, counts
+
+            self._probe = moments
+
+    def current(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy()) for layer in self.layers]
+
+    def assign(self, stats) -> None:
+        for layer, (mean, var) in zip(self.layers, stats):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(var)
+
+    def estimate(self, batches) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Statistics of the BN inputs over all ``batches`` (the model's weights are not changed;
+        the moving statistics are restored afterwards)."""
+        if not self.layers:
+            return []
+        saved = self.current()
+        flags = [layer.trainable for layer in self.layers]
+        for layer in self.layers:
+            layer.trainable = True  # a frozen BN layer ignores training=True in tf_keras
+        totals = None
+        try:
+            for batch in batches:
+                if len(batch) < 2:
+                    continue
+                sums, squares, counts = self._probe(batch)
+                values = [(s.numpy().astype(np.float64), q.numpy().astype(np.float64), float(c.numpy()))
+                          for s, q, c in zip(sums, squares, counts)]
+                if totals is None:
+                    totals = values
+                else:
+                    totals = [(a + s, b + q, n + c) for (a, b, n), (s, q, c) in zip(totals, values)]
+        finally:
+            for layer, flag in zip(self.layers, flags):
+                layer.trainable = flag
+            self.assign(saved)
+        if totals is None:
+            raise ConfigError("too few images to estimate BatchNorm statistics (need at least 2)")
+        stats = []
+        for total, square, count in totals:
+            mean = total / count
+            var = np.maximum(square / count - mean * mean, 0.0) * count / max(count - 1.0, 1.0)
+            stats.append((mean.astype(np.float32), var.astype(np.float32)))
+        return stats
+
+
+def _axis(layer) -> int:
+    axis = layer.axis
+    return axis[0] if isinstance(axis, (list, tuple)) else axis
+
+
+# ----------------------------------------------------------------------------- the adapter
+
+class _Adapter:
+    def __init__(self, model, preprocessing, config: AdaptConfig, xs, ys, xv, yv, xt, *, log, progress):
+        from edgexfer._env import import_tf
+
+        tf, keras = import_tf()
+        self.tf, self.keras = tf, keras
+        self.model, self.config, self.log, self.progress = model, config, log, progress
+        self.mean = np.asarray(preprocessing.mean, np.float32)
+        self.std = np.asarray(preprocessing.std, np.float32)
+        self.xs, self.ys, self.xv, self.yv, self.xt = xs, ys.astype(np.int32), xv, yv.astype(np.int32), xt
+        self.rng = np.random.default_rng(config.seed)
+        self.num_classes = int(model.output_shape[-1])
+        self.original_trainable = {layer.name: layer.trainable for layer in model.layers}
+        self.source_stats_accuracy: float | None = None
+
+        # Trained layers: the head (everything after the features) and the top weighted non-BN layers.
+        features_layer = find_features_layer(model)
+        index = {layer.name: i for i, layer in enumerate(model.layers)}
+        feat_index = index[features_layer.name]
+        bns = set(id(layer) for layer in batchnorm_layers(model))
+        for layer in model.layers:
+            layer.trainable = False
+        trained = [layer for layer in model.layers[feat_index + 1:] if layer.weights]
+        budget = config.train_layers
+        for layer in reversed(model.layers[:feat_index]):
+            if budget <= 0:
+                break
+            if layer.weights and id(layer) not in bns:
+                trained.append(layer)
+                budget -= 1
+        for layer in trained:
+            layer.trainable = True
+        self.trained_layer_names = sorted((layer.name for layer in trained), key=index.get)
+        first = min((index[layer.name] for layer in trained), default=feat_index + 1)
+        first = min(first, feat_index + 1)
+        cut_layer = find_cut(model, first)
+        self.cut_name = cut_layer.name if cut_layer is not None else None
+        all_bns = batchnorm_layers(model)
+        bn_inputs = [layer.input for layer in all_bns]  # before the top part adds nodes to the layers
+        features = features_layer.output
+        if cut_layer is None:
+            self.bottom = None
+            self.top = keras.Model(model.inputs, [features, model.output], name="adapt_top")
+            top_inputs = {layer.name: t for layer, t in zip(all_bns, bn_inputs)}
+        else:
+            self.bottom = keras.Model(model.inputs, cut_layer.output, name="adapt_bottom")
+            self.top, top_inputs = build_top(model, cut_layer, features_layer)
+        self.top_bns = [layer for layer in all_bns if layer.name in top_inputs]
+        self.bottom_bns = [layer for layer in all_bns if layer.name not in top_inputs]
+        if all_bns != self.bottom_bns + self.top_bns:
+            raise ConfigError("cannot split this model's BatchNorm layers into a frozen and a trained part")
+        self.variables = [v for layer in trained for v in layer.trainable_weights]
+
+        self._full_stats = _BatchNormStats(model, all_bns, bn_inputs, config.batch_size)
+        self._top_stats = _BatchNormStats(self.top, self.top_bns, [top_inputs[l.name] for l in self.top_bns],
+                                          config.batch_size)
+        self._infer_bottom = self._compile(self.bottom) if self.bottom is not None else None
+        self._infer_top = self._compile(self.top)
+        self._infer_model = self._compile(model)
+
+        self.domain = config.bn == "domain"
+        self.stats_input = self._full_stats.current()
+        if self.domain:
+            self.log("estimating BatchNorm statistics of each domain (source, target)")
+            self.stats_source = self._full_stats.estimate(self._batches(self.xs, images=True))
+            self.stats_target = self._full_stats.estimate(self._batches(self.xt, images=True))
+        else:
+            self.stats_source = self.stats_target = self.stats_input
+        # Cache what the frozen bottom computes, each domain under its own statistics.
+        self._full_stats.assign(self.stats_source)
+        self.zs = self._run_bottom(self.xs)
+        self.zv = self._run_bottom(self.xv)
+        self._full_stats.assign(self.stats_target)
+        self.zt = self._run_bottom(self.xt)
+        n_bottom = len(self.bottom_bns)
+        self.top_source = [tuple(map(np.copy, s)) for s in self.stats_source[n_bottom:]]
+        self.top_target = [tuple(map(np.copy, s)) for s in self.stats_target[n_bottom:]]
+        self._full_stats.assign(self.stats_input)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _compile(self, part):
+        tf = self.tf
+
+        @tf.function(reduce_retracing=True)
+        def infer(x):
+            return part(x, training=False)
+
+        return infer
+
+    def _normalise(self, images: np.ndarray) -> np.ndarray:
+        return (images.astype(np.float32) - self.mean) / self.std
+
+    def _batches(self, array: np.ndarray, images: bool, batch_size: int | None = None):
+        size = batch_size or max(self.config.batch_size, 128)
+        for start in range(0, len(array), size):
+            chunk = array[start:start + size]
+            yield self._normalise(chunk) if images else chunk
+
+    def _run_bottom(self, images: np.ndarray) -> np.ndarray:
+        if self.bottom is None:
+            return self._normalise(images) if len(images) else images.astype(np.float32)
+        if not len(images):
+            return np.zeros((0, *self.bottom.output_shape[1:]), np.float32)
+        return np.concatenate([self._infer_bottom(b).numpy() for b in self._batches(images, images=True)])
+
+    def _run_top(self, cached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feats, probs = [], []
+        for batch in self._batches(cached, images=False):
+            f, p = self._infer_top(batch)
+            feats.append(f.numpy())
+            probs.append(p.numpy())
+        return np.concatenate(feats), np.concatenate(probs)
+
+    def _set_top(self, stats) -> None:
+        self._top_stats.assign(stats)
+
+    def _refresh_top_stats(self) -> None:
+        """Re-estimate the statistics of the BN layers in the trained part (their inputs change
+        as the layers below them train)."""
+        if self.domain and self.top_bns:
+            self.top_source = self._top_stats.estimate(self._batches(self.zs, images=False))
+            self.top_target = self._top_stats.estimate(self._batches(self.zt, images=False))
+
+    def _accuracy(self, probs: np.ndarray, labels: np.ndarray) -> float | None:
+        return float((probs.argmax(1) == labels).mean()) if len(labels) else None
+
+    def _target_summary(self) -> dict[str, Any]:
+        """Label-free diagnostics of the model on the target domain."""
+        self._set_top(self.top_target)
+        _, probs = self._run_top(self.zt)
+        confidence = probs.max(1)
+        counts = np.bincount(probs.argmax(1), minlength=self.num_classes) / max(len(probs), 1)
+        entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum() / math.log(self.num_classes))
+        return {"target_mean_confidence": round(float(confidence.mean()), 4),
+                "target_confident_fraction": round(float((confidence >= self.config.threshold).mean()), 4),
+                "target_predicted_class_entropy": round(entropy, 4)}
+
+    # -- reports ------------------------------------------------------------------------------
+    def report(self, which: str) -> dict[str, Any]:
+        """Source-val accuracy (labels known) and label-free target diagnostics of the model as
+        it is (``input``: before adapting; ``output``: the written model)."""
+        probs = np.concatenate([self._infer_model(b).numpy() for b in self._batches(self.xv, images=True)]) \
+            if len(self.xv) else np.zeros((0, self.num_classes))
+        result: dict[str, Any] = {"source_val_accuracy": self._accuracy(probs, self.yv)}
+        xt_probs = np.concatenate([self._infer_model(b).numpy() for b in self._batches(self.xt, images=True)])
+        if which == "input":
+            self.input_target_probs = xt_probs
+        confidence = xt_probs.max(1)
+        result.update(target_mean_confidence=round(float(confidence.mean()), 4),
+                      target_confident_fraction=round(float((confidence >= self.config.threshold).mean()), 4))
+        return result
+
+    def _source_stats_val_accuracy(self) -> float | None:
+        self._set_top(self.top_source)
+        _, probs = self._run_top(self.zv)
+        return self._accuracy(probs, self.yv)
+
+    # -- training -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        history: dict[str, Any] = {}
+        stages = ([config.first_method] if config.first_method else []) + [config.method]
+        for method in stages:
+            epochs = config.epochs_for(method)
+            if method == "pseudo-label":
+                history[method] = self._pseudo_label(epochs)
+            else:
+                history[method] = self._train(method, epochs)
+        self.source_stats_accuracy = self._source_stats_val_accuracy()
+        return history
+
+    def finish(self) -> None:
+        """Put the written model's statistics in place and restore its trainable flags."""
+        n_bottom = len(self.bottom_bns)
+        if self.config.output_stats == "target":
+            stats = self.stats_target[:n_bottom] + list(self.top_target)
+        else:
+            stats = self.stats_source[:n_bottom] + list(self.top_source)
+        self._full_stats.assign(stats)
+        for layer in self.model.layers:
+            layer.trainable = self.original_trainable.get(layer.name, layer.trainable)
+
+    def _train(self, method: str, epochs: int, pseudo: tuple[np.ndarray, np.ndarray] | None = None,
+               label: str | None = None) -> dict[str, Any]:
+        if epochs <= 0:
+            self._refresh_top_stats()
+            return {"epochs": 0}
+        tf, keras = self.tf, self.keras
+        config = self.config
+        batch = config.batch_size
+        steps = max(1, math.ceil(len(self.zs) / batch))
+        total = steps * epochs
+        uses_target = method in ("coral", "dann") or pseudo is not None
+        if uses_target and not len(self.zt):
+            raise ConfigError(f"method {method} needs target images; the target folder has none")
+        discriminator = None
+        if method == "dann":
+            discriminator = keras.Sequential([
+                keras.layers.Dense(config.dann_hidden, activation="relu", name="domain_hidden"),
+                keras.layers.Dense(1, name="domain_logit")], name="domain_classifier")
+            discriminator.build((None, int(self.top.output_shape[0][-1])))
+        variables = list(self.variables) + (list(discriminator.trainable_variables) if discriminator else [])
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
+        optimizer = keras.optimizers.Adam(schedule)
+        source_stats = [tf.constant(v) for pair in self.top_source for v in pair]
+        target_stats = [tf.constant(v) for pair in self.top_target for v in pair]
+        bn_vars = [v for layer in self.top_bns for v in (layer.moving_mean, layer.moving_variance)]
+        domain = self.domain and bool(bn_vars)
+        ce = keras.losses.SparseCategoricalCrossentropy(reduction="none")
+        bce = keras.losses.BinaryCrossentropy(from_logits=True)
+        top = self.top
+
+        def assign(values):
+            for var, value in zip(bn_vars, values):
+                var.assign(value)
+
+        @tf.function
+        def step(zs, ys, zt, yt, wt, coefficient, s_stats, t_stats):
+            with tf.GradientTape() as tape:
+                if domain:
+                    assign(s_stats)
+                fs, ps = top(zs, training=True)
+                classification = tf.reduce_mean(ce(ys, ps))
+                loss = classification
+                extra = tf.constant(0.0)
+                if uses_target:
+                    if domain:
+                        assign(t_stats)
+                    ft, pt = top(zt, training=True)
+                    if method == "coral":
+                        extra = coral_loss(fs, ft)
+                        loss += config.coral_weight * extra
+                    if method == "dann":
+                        reversed_features = gradient_reversal(tf.concat([fs, ft], 0), coefficient)
+                        logits = discriminator(reversed_features, training=True)
+                        domains = tf.concat([tf.zeros([tf.shape(fs)[0], 1]), tf.ones([tf.shape(ft)[0], 1])], 0)
+                        extra = bce(domains, logits)
+                        loss += extra  # the reversal coefficient scales what reaches the features
+                    if pseudo is not None:
+                        extra = tf.reduce_sum(ce(yt, pt) * wt) / tf.maximum(tf.reduce_sum(wt), 1.0)
+                        loss += config.pseudo_weight * extra
+            gradients = tape.gradient(loss, variables)
+            optimizer.apply_gradients([(g, v) for g, v in zip(gradients, variables) if g is not None])
+            return classification, extra
+
+        target_pool = np.arange(len(self.zt)) if pseudo is None else pseudo[0]
+        target_labels = np.zeros(len(self.zt), np.int32) if pseudo is None else None
+        if pseudo is not None:
+            target_labels = np.zeros(len(self.zt), np.int32)
+            target_labels[pseudo[0]] = pseudo[1]
+        history: dict[str, list[float]] = {"loss": [], "extra_loss": []}
+        description = label or f"adapt {method}"
+        done = 0
+        with _progress_bar(description, total, self.progress) as advance:
+            for epoch in range(epochs):
+                order = self.rng.permutation(len(self.zs))
+                if len(order) < steps * batch:  # fixed batch shapes: one trace for the whole run
+                    order = np.concatenate([order, self.rng.choice(len(self.zs), steps * batch - len(order))])
+                target_order = self._cycle(target_pool, steps * batch) if uses_target else None
+                losses, extras = [], []
+                for s in range(steps):
+                    idx = order[s * batch:(s + 1) * batch]
+                    if uses_target:
+                        tidx = target_order[s * batch:(s + 1) * batch]
+                        zt, yt = self.zt[tidx], target_labels[tidx]
+                    else:
+                        zt, yt = self.zs[idx[:2]], self.ys[idx[:2]]  # unused placeholders
+                    wt = np.ones(len(yt), np.float32)
+                    coefficient = dann_coefficient(done / max(total - 1, 1), config.dann_weight)
+                    cls, extra = step(self.zs[idx], self.ys[idx], zt, yt, wt, np.float32(coefficient),
+                                      source_stats, target_stats)
+                    losses.append(float(cls))
+                    extras.append(float(extra))
+                    done += 1
+                    advance()
+                if domain:
+                    self._refresh_top_stats()
+                    source_stats = [tf.constant(v) for pair in self.top_source for v in pair]
+                    target_stats = [tf.constant(v) for pair in self.top_target for v in pair]
+                history["loss"].append(round(float(np.mean(losses)), 5))
+                history["extra_loss"].append(round(float(np.mean(extras)), 5))
+        if domain:
+            self._set_top(self.top_target)
+        history["source_val_accuracy_source_stats"] = self._source_stats_val_accuracy()
+        history.update(self._target_summary())
+        self.log(f"  {description}: {epochs} epochs, loss {history['loss'][-1]:.4f}, source val accuracy "
+                 f"(source statistics) {history['source_val_accuracy_source_stats']:.4f}, target confident "
+                 f"{history['target_confident_fraction']:.2%}")
+        return history
+
+    def _cycle(self, pool: np.ndarray, count: int) -> np.ndarray:
+        reps = math.ceil(count / max(len(pool), 1))
+        return np.concatenate([self.rng.permutation(pool) for _ in range(reps)])[:count]
+
+    def _pseudo_label(self, epochs: int) -> dict[str, Any]:
+        config = self.config
+        rounds = []
+        for round_index in range(config.rounds):
+            if round_index == 0 and config.first_method is None:
+                probs = self.input_target_probs  # the input model, with its own statistics, is the teacher
+            else:
+                self._set_top(self.top_target)
+                _, probs = self._run_top(self.zt)
+            confidence, predicted = probs.max(1), probs.argmax(1)
+            chosen = np.flatnonzero(confidence >= config.threshold)
+            if config.class_balance and len(chosen):
+                cap = int(math.ceil(len(self.zt) / self.num_classes))
+                kept = []
+                for c in range(self.num_classes):
+                    members = chosen[predicted[chosen] == c]
+                    kept.extend(members[np.argsort(-confidence[members])][:cap])
+                chosen = np.array(sorted(kept), dtype=int)
+            info = {"round": round_index + 1, "pseudo_labels": int(len(chosen)),
+                    "fraction": round(len(chosen) / max(len(self.zt), 1), 4),
+                    "per_class": np.bincount(predicted[chosen], minlength=self.num_classes).tolist()}
+            self.log(f"  pseudo-label round {round_index + 1}/{config.rounds}: {len(chosen)} of {len(self.zt)} "
+                     f"target images at confidence ≥ {config.threshold}")
+            if len(chosen) == 0:
+                info["skipped"] = "no target image reached the threshold"
+                rounds.append(info)
+                break
+            info.update(self._train("pseudo-label", epochs, pseudo=(chosen, predicted[chosen].astype(np.int32)),
+                                    label=f"adapt pseudo-label round {round_index + 1}"))
+            rounds.append(info)
+        return {"rounds": rounds}
+
+
+class _progress_bar:
+    """A rich progress bar over training steps; ``advance()`` per step; silent when disabled."""
+
+    def __init__(self, description: str, total: int, enabled: bool):
+        self.description, self.total, self.enabled = description, total, enabled
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), disable=not self.enabled, transient=False)
+        self.bar.start()
+        task = self.bar.add_task(self.description, total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        return False

@@ -1,0 +1,344 @@
+"""The fuse stage: weight-space interpolation of a source model and a fine-tuned model.
+
+    θ = α · θ_source + (1 − α) · θ_finetuned
+
+α is the weight of the SOURCE model: α = 0 gives the fine-tuned model unchanged, α = 1 the
+source weights (on the layers the two share). Interpolating back toward the source keeps
+some of its robustness to other domains (WiSE-FT, Wortsman et al. 2022) at some cost in the
+fine-tuned domain; ``alpha="auto"`` sweeps α on a labelled validation folder from whichever
+domain the user chooses and keeps the best, writing the curve as JSON and PNG.
+
+The source is another artifact of the same architecture, or ``imagenet:<backbone>`` (the
+pretrained backbone, e.g. the one the fine-tuned model started from). Layers are matched by
+name and weight shapes. Where the source has a different head (ImageNet's 1000 classes, or
+no head at all), only the shared layers are interpolated and the fine-tuned head is kept.
+A backbone layer of the fine-tuned model that the source lacks or shapes differently means
+the architectures differ: an error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.errors import ArtifactError, ConfigError
+from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model
+from edgexfer.train.adapt import _Config
+
+ALPHA_MEANING = ("theta = alpha * theta_source + (1 - alpha) * theta_finetuned: alpha is the weight of the "
+                 "source model; 0 keeps the fine-tuned model, 1 takes the source weights (shared layers only; "
+                 "the fine-tuned head is kept where the source's differs)")
+CURVE_JSON = "alpha_curve.json"
+CURVE_PNG = "alpha_curve.png"
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+class FuseConfig(_Config):
+    alpha: float | Literal["auto"] = Field(
+        "auto", description="weight of the source model in [0, 1] (0: fine-tuned, 1: source), or auto")
+    alphas: tuple[float, ...] = Field(DEFAULT_ALPHAS, description="the grid auto sweeps")
+    val_data: str | None = Field(None, description="labelled image folder that auto selects alpha on")
+    curve_data: dict[str, str] = Field(default_factory=dict, description="more labelled folders to draw curves for")
+    class_map: dict[str, str] = Field(default_factory=dict)
+    bn_reset: str | None = Field(None, description="images (labels unused) to re-estimate BatchNorm statistics "
+                                                   "on after interpolating, at every alpha")
+    split: Literal["all", "train", "val", "test"] = "all"
+    batch_size: int = Field(64, ge=1)
+    max_images: int | None = Field(None, ge=2, description="at most this many images per folder (seeded)")
+    seed: int = 0
+    strict: bool = False
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_range(cls, value):
+        if value != "auto" and not 0.0 <= float(value) <= 1.0:
+            raise ValueError("alpha must be in [0, 1] (0: the fine-tuned model, 1: the source) or 'auto'")
+        return value
+
+    @field_validator("alphas")
+    @classmethod
+    def _grid(cls, value):
+        if not value or any(not 0.0 <= a <= 1.0 for a in value):
+            raise ValueError("alphas must be a non-empty list of values in [0, 1]")
+        return tuple(sorted(set(float(a) for a in value)))
+
+    @model_validator(mode="after")
+    def _auto_needs_data(self):
+        if self.alpha == "auto" and not self.val_data:
+            raise ValueError("alpha 'auto' selects alpha on a labelled validation folder: pass val_data "
+                             "(--val-data DIR, from the source or the target domain — your choice)")
+        return self
+
+
+def load_source_model(source: str | Path, finetuned: Artifact):
+    """The source model and a description of it: an artifact directory, or
+    ``imagenet[:<backbone>]`` (the pretrained backbone at the fine-tuned model's input size)."""
+    text = str(source)
+    if text == "imagenet" or text.startswith("imagenet:"):
+        from edgexfer.backbones.registry import create_backbone
+
+        name = text.split(":", 1)[1] if ":" in text else finetuned.manifest.backbone
+        model = create_backbone(name, finetuned.manifest.preprocessing.input_size, "imagenet")
+        return model, {"kind": "pretrained", "spec": f"imagenet:{name}", "backbone": name}
+    artifact = Artifact(source)
+    return artifact.load_keras(), {"kind": "artifact", **artifact.parent_ref()}
+
+
+def match_layers(source_model, finetuned_model) -> tuple[list[str], list[str]]:
+    """``(shared, kept)``: the fine-tuned model's weighted layers the source has by name and
+    weight shapes, and the head layers kept from the fine-tuned model. ``ConfigError`` when a
+    layer below the head differs: the two are not the same architecture."""
+    from edgexfer.train.adapt import find_features_layer
+
+    by_name = {layer.name: layer for layer in source_model.layers}
+    names = [layer.name for layer in finetuned_model.layers]
+    head_start = names.index(find_features_layer(finetuned_model).name) + 1
+    shared, kept, differing = [], [], []
+    for index, layer in enumerate(finetuned_model.layers):
+        if not layer.weights:
+            continue
+        other = by_name.get(layer.name)
+        same = other is not None and [tuple(w.shape) for w in other.weights] == [tuple(w.shape) for w in layer.weights]
+        if same:
+            shared.append(layer.name)
+        elif index >= head_start:
+            kept.append(layer.name)
+        else:
+            found = "missing" if other is None else (
+                f"weights {[tuple(w.shape) for w in other.weights]} vs {[tuple(w.shape) for w in layer.weights]}")
+            differing.append(f"{layer.name} ({found})")
+    if differing:
+        raise ConfigError(
+            f"fuse needs two models of the same architecture; {len(differing)} backbone layer(s) of the fine-tuned "
+            f"model differ in the source: {'; '.join(differing[:4])}{' …' if len(differing) > 4 else ''}. "
+            "Fuse a model with the source it was fine-tuned from (same backbone, e.g. imagenet:<backbone>)")
+    if not shared:
+        raise ConfigError("the source and fine-tuned models share no layer: nothing to interpolate")
+    return shared, kept
+
+
+class Interpolator:
+    """Sets a model's shared layers to ``alpha * source + (1 - alpha) * finetuned``."""
+
+    def __init__(self, source_model, finetuned_model, shared: list[str]):
+        self.model = finetuned_model
+        self.layers = [finetuned_model.get_layer(name) for name in shared]
+        self.source = [[np.asarray(w) for w in source_model.get_layer(name).get_weights()] for name in shared]
+        self.finetuned = [[np.asarray(w) for w in layer.get_weights()] for layer in self.layers]
+
+    def set(self, alpha: float) -> None:
+        for layer, src, ft in zip(self.layers, self.source, self.finetuned):
+            layer.set_weights([(alpha * s + (1.0 - alpha) * f).astype(f.dtype) for s, f in zip(src, ft)])
+
+
+def fuse(source: str | Path, finetuned: str | Path, out: str | Path, alpha: float | str | None = None, *,
+         log: Callable[..., Any] | None = None, progress: bool = False, config: FuseConfig | None = None,
+         **options: Any) -> Artifact:
+    """Interpolate ``source`` (an artifact, or ``imagenet:<backbone>``) and the ``finetuned``
+    artifact: θ = α·θ_source + (1−α)·θ_finetuned (α = 0: fine-tuned, 1: source; shared layers
+    only, the fine-tuned head is kept where the source's differs). ``alpha="auto"`` sweeps
+    ``alphas`` on ``val_data`` (``"[NAME=]DIR"``, labelled, from either domain) and writes the
+    curve (``alpha_curve.json``/``.png``, also for ``curve_data={name: dir}``).
+    ``options`` are :class:`FuseConfig` fields."""
+    from edgexfer.train.class_map import parse_class_map
+
+    if config is None:
+        if "class_map" in options and not isinstance(options["class_map"], dict):
+            options["class_map"] = parse_class_map(options["class_map"])
+        if alpha is not None:
+            options["alpha"] = alpha
+        config = FuseConfig.build(**options)
+    elif alpha is not None or options:
+        raise ConfigError("pass either config=FuseConfig(...) or alpha/options, not both")
+    return run_fuse(source, finetuned, out, config, log=log or (lambda *_: None), progress=progress)
+
+
+def run_fuse(source: str | Path, finetuned: str | Path, out: str | Path, config: FuseConfig, *,
+             log: Callable[..., Any] = print, progress: bool = False) -> Artifact:
+    """The fuse stage with a built config (see :func:`fuse`)."""
+    started = time.perf_counter()
+    target_artifact = Artifact(finetuned)
+    if Path(out).resolve() in (target_artifact.path.resolve(), Path(str(source)).resolve()):
+        raise ConfigError(f"--out {str(out)!r} is an input artifact; a stage never changes its input, "
+                          "choose another directory")
+    manifest = target_artifact.manifest
+    source_model, source_info = load_source_model(source, target_artifact)
+    model = target_artifact.load_keras()
+    shared, kept = match_layers(source_model, model)
+    if kept:
+        log(f"the source has a different head: {len(shared)} shared layers interpolated, the fine-tuned "
+            f"{', '.join(kept)} kept")
+    interpolator = Interpolator(source_model, model, shared)
+    del source_model
+    reset = _BatchNormReset(model, config, manifest) if config.bn_reset else None
+    if reset is not None:
+        log(f"BatchNorm statistics re-estimated on {len(reset.images)} images of {config.bn_reset} at every alpha")
+
+    datasets = _load_datasets(config, manifest)
+    curves: dict[str, list[float]] = {}
+    selection = next(iter(datasets), None) if config.val_data else None
+    if config.alpha == "auto":
+        alphas = list(config.alphas)
+    else:
+        alphas = sorted({0.0, 1.0, float(config.alpha)}) if datasets else []
+    from edgexfer.data import data_errors
+
+    with data_errors():
+        for alpha in alphas:
+            interpolator.set(alpha)
+            if reset is not None:
+                reset()
+            for name, (images, labels) in datasets.items():
+                probs = model.predict(images, batch_size=config.batch_size, verbose=0)
+                curves.setdefault(name, []).append(float((probs.argmax(1) == labels).mean()))
+            if datasets:
+                log(f"  alpha {alpha:.2f}: " + ", ".join(f"{n} {c[-1]:.4f}" for n, c in curves.items()))
+    if config.alpha == "auto":
+        scores = curves[selection]
+        best = max(scores)
+        # Ties go to the smallest alpha: the model closest to the fine-tuned one.
+        alpha = alphas[min(i for i, s in enumerate(scores) if s >= best - 1e-12)]
+    else:
+        alpha = float(config.alpha)
+    interpolator.set(alpha)
+    if reset is not None:
+        reset()
+
+    with writing_artifact(out) as writer:
+        save_keras_model(model, writer.file(MODEL_FILE))
+        metrics: dict[str, Any] = {"alpha": alpha, "alpha_meaning": ALPHA_MEANING,
+                                   "interpolated_layers": len(shared), "kept_from_finetuned": kept,
+                                   "bn_reset": config.bn_reset,
+                                   "params": count_params(model),
+                                   "model_bytes": writer.file(MODEL_FILE).stat().st_size}
+        if curves:
+            at = {name: {f"alpha={a:g}": acc for a, acc in zip(alphas, accs) if a in (0.0, 1.0, alpha)}
+                  for name, accs in curves.items()}
+            metrics["accuracy"] = {name: accs[alphas.index(alpha)] for name, accs in curves.items()}
+            metrics["accuracy_at"] = at
+            curve = {"alpha_meaning": ALPHA_MEANING, "alphas": alphas, "curves": curves,
+                     "selected_on": selection, "chosen_alpha": alpha,
+                     "data": {name: str(path) for name, path in _named_data(config).items()}}
+            writer.write_json(CURVE_JSON, curve)
+            _plot_curve(curve, writer.file(CURVE_PNG))
+            metrics["curve_json"], metrics["curve_png"] = CURVE_JSON, CURVE_PNG
+        metrics["seconds"] = round(time.perf_counter() - started, 3)
+        child = Manifest(
+            stage="fuse", label_names=list(manifest.label_names), preprocessing=manifest.preprocessing,
+            backbone=manifest.backbone, weights=manifest.weights, config=config.model_dump(),
+            model_file=MODEL_FILE, parent=target_artifact.parent_ref(), dataset=manifest.dataset,
+            seed=manifest.seed,
+            extra={**manifest.extra, "fuse": {"alpha": alpha, "alpha_meaning": ALPHA_MEANING,
+                                              "source": source_info, "interpolated_layers": len(shared),
+                                              "kept_from_finetuned": kept}},
+        )
+        return writer.commit(child, metrics)
+
+
+class _BatchNormReset:
+    """Re-estimates every BatchNorm's statistics on ``config.bn_reset`` images (labels unused).
+
+    Interpolating two models whose BN statistics differ (an adapted model carries target
+    statistics, its source model ImageNet ones) averages statistics that neither set of
+    weights was fitted under; re-estimating them after interpolating (as AdaBN does, and
+    REPAIR for model merging) keeps the interpolated model's activations normalised."""
+
+    def __init__(self, model, config: FuseConfig, manifest):
+        from edgexfer.data import Sample, load_arrays
+        from edgexfer.train.adapt import _BatchNormStats, batchnorm_layers
+        from edgexfer.train.class_map import scan_unlabelled
+
+        found = scan_unlabelled(config.bn_reset, strict=config.strict)
+        paths = found.paths
+        if config.max_images and len(paths) > config.max_images:
+            order = np.random.default_rng(config.seed).permutation(len(paths))[:config.max_images]
+            paths = [paths[i] for i in sorted(order)]
+        pixels, _ = load_arrays([Sample(p, -1) for p in paths], manifest.preprocessing)
+        mean = np.asarray(manifest.preprocessing.mean, np.float32)
+        std = np.asarray(manifest.preprocessing.std, np.float32)
+        self.images = (pixels.astype(np.float32) - mean) / std
+        self.batch = max(config.batch_size, 128)
+        layers = batchnorm_layers(model)
+        if not layers:
+            raise ConfigError("--bn-reset: the model has no BatchNorm layer to re-estimate")
+        self.stats = _BatchNormStats(model, layers, [layer.input for layer in layers], self.batch)
+
+    def __call__(self) -> None:
+        batches = (self.images[i:i + self.batch] for i in range(0, len(self.images), self.batch))
+        self.stats.assign(self.stats.estimate(batches))
+
+
+def _named_data(config: FuseConfig) -> dict[str, str]:
+    """``name → folder`` of the validation folder (first) and the curve folders."""
+    from edgexfer.evaluate.domains import parse_domain
+
+    named: dict[str, str] = {}
+    if config.val_data:
+        name, path = parse_domain(config.val_data)
+        named[name] = path
+    for name, path in config.curve_data.items():
+        if name in named:
+            raise ConfigError(f"data name {name!r} is used twice; give each folder its own NAME (NAME=DIR)")
+        named[name] = path
+    return named
+
+
+def _load_datasets(config: FuseConfig, manifest) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``name → (preprocessed float32 images, labels)`` of the validation and curve folders."""
+    from edgexfer.data import load_arrays
+    from edgexfer.train.class_map import check_map_used, scan_labelled
+
+    named = _named_data(config)
+    result = {}
+    folder_classes: set[str] = set()
+    mean = np.asarray(manifest.preprocessing.mean, np.float32)
+    std = np.asarray(manifest.preprocessing.std, np.float32)
+    for name, path in named.items():
+        dataset = scan_labelled(path, manifest.label_names, config.class_map, seed=manifest.seed or 0,
+                                strict=config.strict, strict_keys=False)
+        folder_classes.update(dataset.folder_class_names)
+        splits = ("train", "val", "test") if config.split == "all" else (config.split,)
+        samples = [s for split in splits for s in dataset.split(split)]
+        if config.max_images and len(samples) > config.max_images:
+            order = np.random.default_rng(config.seed).permutation(len(samples))[:config.max_images]
+            samples = [samples[i] for i in sorted(order)]
+        images, labels = load_arrays(samples, manifest.preprocessing)
+        result[name] = (((images.astype(np.float32) - mean) / std), labels)
+    if named:
+        check_map_used(config.class_map, folder_classes)
+    return result
+
+
+def _plot_curve(curve: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in curve["curves"].items():
+        ax.plot(curve["alphas"], values, marker="o", label=name + (" (selection)" if name == curve["selected_on"] else ""))
+    ax.axvline(curve["chosen_alpha"], color="grey", linestyle="--", linewidth=1,
+               label=f"chosen alpha = {curve['chosen_alpha']:g}")
+    ax.set_xlabel("alpha  (0: fine-tuned  →  1: source)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("θ = α·θ_source + (1−α)·θ_finetuned")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def read_curve(artifact: str | Path) -> dict:
+    path = Path(artifact) / CURVE_JSON
+    if not path.is_file():
+        raise ArtifactError(f"{str(artifact)!r} has no {CURVE_JSON}; run fuse with --alpha auto or --val-data")
+    return json.loads(path.read_text())
