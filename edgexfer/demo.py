@@ -35,7 +35,7 @@ def run_demo(run_dir: str | Path = "runs/demo", *, full: bool = False, progress:
 def headline_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Accuracy on both domains, size and batch-1 latency of the teacher and the deployed student."""
     evaluations = {name: _read(run_dir / name / "evaluate.json") for name in ("source_only", "adapted", "student")}
-    check = _read(run_dir / "check" / "check.json")
+    checks = [_read(run_dir / name / "check.json") for name in ("check_adapted", "check")]
     rows = []
     for name, label in (("source_only", "teacher (fine-tuned Lite0, fp32)"), ("adapted", "teacher adapted"),
                         ("student", "student (distilled, pruned, QAT; Keras)")):
@@ -49,18 +49,23 @@ def headline_rows(run_dir: Path) -> list[dict[str, Any]]:
                      "target_accuracy": domains.get("target", {}).get("accuracy"),
                      "bytes": (artifact / "model.h5").stat().st_size if (artifact / "model.h5").is_file() else None,
                      "params": metrics.get("params"), "latency_ms": None})
-    for candidate in check.get("candidates", []):
-        latency = [r for r in candidate.get("latency", []) if r.get("batch") == 1 and r.get("threads") == 1]
-        rows.append({"model": f"deployed {candidate['format']} {candidate['quant']}", "source_accuracy": None,
-                     "target_accuracy": candidate["parity"]["accuracy"], "bytes": candidate["size_bytes"],
-                     "params": None, "latency_ms": latency[0]["p50_ms"] if latency else None})
-    for parent in check.get("parents", []):
-        latency = [r for r in parent.get("latency", []) if r.get("batch") == 1 and r.get("threads") == 1]
-        if latency:
+    for check, domain, who in zip(checks, ("target_accuracy", "source_accuracy"), ("adapted teacher", "student")):
+        for candidate in check.get("candidates", []):
+            rows.append({"model": f"deployed {who}: {candidate['format']} {candidate['quant']}",
+                         "source_accuracy": None, "target_accuracy": None, domain: candidate["parity"]["accuracy"],
+                         "bytes": candidate["size_bytes"], "params": None,
+                         "latency_ms": _batch1_thread1(candidate.get("latency", []))})
+        for parent in check.get("parents", []):
+            latency = _batch1_thread1(parent.get("latency", []))
             for row in rows:
-                if row["model"].startswith("student"):
-                    row["latency_ms"] = latency[0]["p50_ms"]
+                if row["model"].startswith(("teacher adapted" if who == "adapted teacher" else "student")):
+                    row["latency_ms"] = row["latency_ms"] or latency
     return rows
+
+
+def _batch1_thread1(latency: list[dict]) -> float | None:
+    rows = [r for r in latency if r.get("batch") == 1 and r.get("threads") == 1]
+    return rows[0]["p50_ms"] if rows else None
 
 
 def _read(path: Path) -> dict[str, Any]:

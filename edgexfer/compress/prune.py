@@ -193,7 +193,8 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
         f"fine-tuning {config.epochs} epochs on {len(train)} images; {len(plan.dense)} layers with weights "
         "stay dense")
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep(),
-                 train_common.rich_progress_callback(f"prune ({what})", config.epochs, steps, enabled=progress)]
+                 train_common.rich_progress_callback(f"prune ({what})", config.epochs, steps, enabled=progress),
+                 *train_common.tensorboard_callbacks("prune")]
     from edgexfer.data import data_errors
 
     with train_common.timed(timings, "prune_seconds"), data_errors():

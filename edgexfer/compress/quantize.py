@@ -449,7 +449,8 @@ def _train_qat(qat_model, train, val, preprocessing, config: QuantizeConfig, mas
     train_ds = make_dataset(train, preprocessing, batch_size=config.batch_size, shuffle=True, seed=config.seed,
                             augment=augment, cache=True)
     val_ds = make_dataset(val, preprocessing, batch_size=config.batch_size, cache=True) if val else None
-    callbacks = [train_common.rich_progress_callback("QAT", config.epochs, steps, enabled=progress)]
+    callbacks = [train_common.rich_progress_callback("QAT", config.epochs, steps, enabled=progress),
+                 *train_common.tensorboard_callbacks("qat")]
     if masks:
         callbacks.append(_keep_zeros_callback(masks))
     with train_common.timed(timings, "qat_seconds"), data_errors():

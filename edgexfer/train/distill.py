@@ -207,7 +207,8 @@ def _train_student(config: DistillConfig, spec_name: str, size: int, weights: st
     total = steps * config.epochs
     distiller.compile(optimizer=keras.optimizers.Adam(
         train_common.cosine_with_warmup(config.learning_rate, total, config.warmup_fraction)))
-    callbacks = [train_common.rich_progress_callback(description, config.epochs, steps, enabled=progress)]
+    callbacks = [train_common.rich_progress_callback(description, config.epochs, steps, enabled=progress),
+                 *train_common.tensorboard_callbacks(description.split()[0])]
     if config.early_stopping_patience:
         callbacks.append(train_common.restore_best_early_stopping(config.early_stopping_patience))
     with data_errors():

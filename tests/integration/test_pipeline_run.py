@@ -79,12 +79,13 @@ def test_a_failed_stage_keeps_earlier_artifacts_and_the_report_says_where(tmp_pa
     # An impossible gate makes the last stage fail (exit code 3 on the CLI).
     path = write(tmp_path, colors, PIPELINE.replace("min_agreement: 0.99", "min_agreement: 0.99\n    max_acc_drop: -0.5"))
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "edgexfer", "run", str(path), "--run-dir", str(run_dir)],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "edgexfer", "run", str(path), "--run-dir", str(run_dir),
+                             "--tensorboard", str(tmp_path / "tb")], capture_output=True, text=True)
     assert result.returncode == 3, result.stderr[-1500:]
     assert "Traceback" not in result.stderr and "check failed" in result.stderr
     assert (run_dir / "finetune" / "model.h5").is_file() and (run_dir / "export" / "model.tflite").is_file()
     assert "Stopped at stage `check`" in (run_dir / "report.md").read_text()
+    assert list((tmp_path / "tb" / "finetune").rglob("events.out.tfevents.*"))  # TensorBoard logs per stage
     assert events(run_dir)[-1] == {**events(run_dir)[-1], "event": "run_end", "failed_stage": "check"}
 
 
