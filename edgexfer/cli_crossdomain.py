@@ -33,10 +33,13 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option(..., "--method", help="adabn | coral | dann | pseudo-label"),
         out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
         after: Optional[str] = typer.Option(None, help="pseudo-label only: first run adabn | coral | dann, then "
-                                                       "self-train; none: the input model labels the first round (default: adabn with --bn domain, else none)"),
+                                                       "self-train; none: the input model labels the first round "
+                                                       "(default: coral)"),
         bn: Optional[str] = typer.Option(None, help="domain: BatchNorm statistics per domain (source batches use "
-                                                    "source statistics, target batches target ones; AdaBN under "
-                                                    "every method); frozen: the model's own (default: domain)"),
+                                                    "source statistics, target batches target ones, the written "
+                                                    "model carries the target's: AdaBN under the method); frozen: "
+                                                    "the model's own statistics throughout (default: adabn, dann "
+                                                    "domain; coral, pseudo-label frozen)"),
         output_stats: Optional[str] = typer.Option(None, help="BatchNorm statistics of the written model: target | "
                                                               "source (the source-statistics baseline) "
                                                               "(default: target)"),

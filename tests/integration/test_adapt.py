@@ -64,6 +64,7 @@ def model(domains, tmp_path_factory):
     ("dann", {}),
     ("pseudo-label", {"after": "adabn", "rounds": 1, "threshold": 0.5}),
     ("pseudo-label", {"after": "none", "rounds": 1, "threshold": 0.34}),
+    ("pseudo-label", {"rounds": 1, "threshold": 0.5}),  # the default: after coral, frozen statistics
 ])
 def test_each_method_writes_an_artifact_with_the_input_architecture(method, extra, model, domains, tmp_path):
     source, _, flat = domains
@@ -74,6 +75,9 @@ def test_each_method_writes_an_artifact_with_the_input_architecture(method, extr
     assert adapted.manifest.extra["adapt"]["method"] == method
     assert adapted.metrics["target_labels_used"] is False and adapted.metrics["images"]["target"] == 48
     assert architecture(adapted.load_keras()) == architecture(model.load_keras())  # no extra heads
+    if adapted.metrics["bn"] == "frozen":  # the model's own statistics, untouched
+        for old, new in zip(batchnorm_layers(model.load_keras()), batchnorm_layers(adapted.load_keras())):
+            np.testing.assert_array_equal(old.moving_mean.numpy(), new.moving_mean.numpy())
     assert Artifact(adapted.path).model_path.name == "model.h5"
 
 

@@ -13,13 +13,19 @@ from edgexfer.train.fuse import ALPHA_MEANING, DEFAULT_ALPHAS, FuseConfig
 
 def test_adapt_config_defaults_and_method_epochs():
     config = AdaptConfig.build(method="coral")
-    assert config.bn == "domain" and config.output_stats == "target"
+    assert config.bn_mode == "frozen" and config.output_stats == "target"
+    assert AdaptConfig.build(method="adabn").bn_mode == "domain"
+    assert AdaptConfig.build(method="dann").bn_mode == "domain"
+    assert AdaptConfig.build(method="coral", bn="domain").bn_mode == "domain"
     assert config.epochs_for("coral") == METHOD_DEFAULTS["coral"]["epochs"]
     assert AdaptConfig.build(method="coral", epochs=2).epochs_for("coral") == 2
     assert AdaptConfig.build(method="pseudo-label", after="dann").first_method == "dann"
     assert AdaptConfig.build(method="pseudo-label", after="none").first_method is None
-    assert AdaptConfig.build(method="pseudo-label").first_method == "adabn"  # statistics re-fitted first
-    assert AdaptConfig.build(method="pseudo-label", bn="frozen").first_method is None
+    default = AdaptConfig.build(method="pseudo-label")
+    assert (default.first_method, default.bn_mode) == ("coral", "frozen")
+    assert AdaptConfig.build(method="pseudo-label", bn="domain").first_method == "adabn"
+    assert AdaptConfig.build(method="pseudo-label", after="adabn").bn_mode == "domain"
+    assert AdaptConfig.build(method="pseudo-label", after="dann").bn_mode == "domain"
     assert AdaptConfig.build(method="coral").first_method is None
 
 
@@ -27,6 +33,7 @@ def test_adapt_config_defaults_and_method_epochs():
     (dict(method="mmd"), "method"),
     (dict(method="coral", after="adabn"), "pseudo-label"),
     (dict(method="adabn", bn="frozen"), "contradicts"),
+    (dict(method="pseudo-label", after="adabn", bn="frozen"), "contradicts"),
     (dict(method="pseudo-label", threshold=1.5), "threshold"),
     (dict(method="dann", epochs=-1), "epochs"),
     (dict(method="dann", learning_rte=0.1), "did you mean 'learning_rate'"),
