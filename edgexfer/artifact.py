@@ -225,7 +225,7 @@ class ArtifactWriter:
 
     def write_json(self, name: str, data: Any) -> Path:
         path = self.tmp / name
-        path.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        path.write_text(json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
         return path
 
     def commit(self, manifest: Manifest, metrics: dict[str, Any] | None = None) -> Artifact:
@@ -261,7 +261,7 @@ def writing_artifact(out: str | os.PathLike[str]) -> Iterator[ArtifactWriter]:
             writer.abort()
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """numpy scalars and arrays, Paths and tuples in metrics become plain JSON."""
     if hasattr(value, "tolist"):
         return value.tolist()

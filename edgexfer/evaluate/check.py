@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgexfer.artifact import MANIFEST, Artifact, library_versions, sha256_path
+from edgexfer.artifact import MANIFEST, Artifact, json_default, library_versions, sha256_path
 from edgexfer.errors import ArtifactError, ConfigError, ParityError
 from edgexfer.evaluate import latency as lat
 from edgexfer.evaluate.parity import check_thresholds, gate_failures, parity_metrics
@@ -400,7 +400,7 @@ def _write_reports(result: dict[str, Any], out_dir: Path, json_name: str, md_nam
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / json_name, out_dir / md_name
     report = {"json": str(json_path), "markdown": str(md_path)}
-    _atomic_write(json_path, json.dumps({**result, "report": report}, indent=2, default=_json_default) + "\n")
+    _atomic_write(json_path, json.dumps({**result, "report": report}, indent=2, default=json_default) + "\n")
     _atomic_write(md_path, render({**result, "report": report}))
     return report
 
@@ -409,14 +409,6 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 # ----------------------------------------------------------------------------- benchmark
