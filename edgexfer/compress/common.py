@@ -81,6 +81,23 @@ def scan_data(artifact: Artifact, data, *, strict: bool, role: str = "model"):
     return dataset, split
 
 
+def stage_inputs(model_dir, data_dir, out, config) -> tuple:
+    """What prune and quantize read first: the Keras artifact (``--out`` checked against it),
+    its manifest and preprocessing, the scanned data and its train/val/evaluation samples.
+
+    Returns ``(source, manifest, preprocessing, dataset, split, train, val, eval_split,
+    eval_samples)``.
+    """
+    source = keras_artifact(model_dir, "MODEL")
+    check_out(out, source)
+    manifest = source.manifest
+    dataset, split = scan_data(source, data_dir, strict=config.strict)
+    train = limit_samples(dataset.split("train"), config.max_train_images, config.seed)
+    eval_split, eval_samples = evaluation_samples(dataset)
+    return (source, manifest, manifest.preprocessing, dataset, split, train, dataset.split("val"),
+            eval_split, eval_samples)
+
+
 def limit_samples(samples: Sequence, limit: int | None, seed: int) -> list:
     """A stratified, seeded subset of at most ``limit`` samples (random when stratifying is impossible)."""
     samples = list(samples)

@@ -149,14 +149,8 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     from edgexfer.data import make_dataset
     from edgexfer.export.convert import has_quantize_layers
 
-    source = common.keras_artifact(model_dir, "MODEL")
-    common.check_out(out, source)
-    manifest = source.manifest
-    preprocessing = manifest.preprocessing
-    dataset, split = common.scan_data(source, data_dir, strict=config.strict)
-    train = common.limit_samples(dataset.split("train"), config.max_train_images, config.seed)
-    val = dataset.split("val")
-    eval_split, eval_samples = common.evaluation_samples(dataset)
+    source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = \
+        common.stage_inputs(model_dir, data_dir, out, config)
 
     tf, keras = import_tf()
     import tensorflow_model_optimization as tfmot

@@ -323,14 +323,8 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
     from edgexfer.export.convert import has_quantize_layers
     from edgexfer.runtime.images import normalize
 
-    source = common.keras_artifact(model_dir, "MODEL")
-    common.check_out(out, source)
-    manifest = source.manifest
-    preprocessing = manifest.preprocessing
-    dataset, split = common.scan_data(source, data_dir, strict=config.strict)
-    train = common.limit_samples(dataset.split("train"), config.max_train_images, config.seed)
-    val = dataset.split("val")
-    eval_split, eval_samples = common.evaluation_samples(dataset)
+    source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = \
+        common.stage_inputs(model_dir, data_dir, out, config)
     calibration_samples = common.pick_calibration(dataset.split("train"), config.calibration_images, config.seed) \
         if config.mode == "qat" or config.type == "int8" else []
 
