@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgexfer.errors import ConfigError
+from edgexfer.evaluate.latency import batch1_p50
 
 RECIPE = Path(__file__).resolve().parents[1] / "models" / "digits.yaml"
 # --full: a larger input, longer training; slower, more accurate.
@@ -32,12 +33,15 @@ def run_demo(run_dir: str | Path = "runs/demo", *, full: bool = False, progress:
     return summary
 
 
+TEACHER = "teacher (fine-tuned Lite0, fp32)"
+
+
 def headline_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Accuracy on both domains, size and batch-1 latency of the teacher and the deployed student."""
     evaluations = {name: _read(run_dir / name / "evaluate.json") for name in ("source_only", "adapted", "student")}
     checks = [_read(run_dir / name / "check.json") for name in ("check_adapted", "check")]
     rows = []
-    for name, label in (("source_only", "teacher (fine-tuned Lite0, fp32)"), ("adapted", "teacher adapted"),
+    for name, label in (("source_only", TEACHER), ("adapted", "teacher adapted"),
                         ("student", "student (distilled, pruned, QAT; Keras)")):
         result = evaluations[name]
         if not result:
@@ -48,24 +52,24 @@ def headline_rows(run_dir: Path) -> list[dict[str, Any]]:
         rows.append({"model": label, "source_accuracy": domains.get("source", {}).get("accuracy"),
                      "target_accuracy": domains.get("target", {}).get("accuracy"),
                      "bytes": (artifact / "model.h5").stat().st_size if (artifact / "model.h5").is_file() else None,
-                     "params": metrics.get("params"), "latency_ms": None})
+                     "params": metrics.get("params"), "latency_ms": None, "artifact": str(artifact.resolve())})
+    keras_latency = {}
     for check, domain, who in zip(checks, ("target_accuracy", "source_accuracy"), ("adapted teacher", "student")):
         for candidate in check.get("candidates", []):
             rows.append({"model": f"deployed {who}: {candidate['format']} {candidate['quant']}",
                          "source_accuracy": None, "target_accuracy": None, domain: candidate["parity"]["accuracy"],
                          "bytes": candidate["size_bytes"], "params": None,
-                         "latency_ms": _batch1_thread1(candidate.get("latency", []))})
+                         "latency_ms": batch1_p50(candidate.get("latency", []))})
         for parent in check.get("parents", []):
-            latency = _batch1_thread1(parent.get("latency", []))
-            for row in rows:
-                if row["model"].startswith(("teacher adapted" if who == "adapted teacher" else "student")):
-                    row["latency_ms"] = row["latency_ms"] or latency
+            keras_latency[str(Path(parent["artifact"]).resolve())] = batch1_p50(parent.get("latency", []))
+    for row in rows:
+        if "artifact" in row:
+            row["latency_ms"] = keras_latency.get(row.pop("artifact"))
+    by_model = {row["model"]: row for row in rows}
+    if TEACHER in by_model and "teacher adapted" in by_model and by_model[TEACHER]["latency_ms"] is None:
+        # Adaptation keeps the graph (same layers, same shapes), so the fp32 teacher costs what the adapted one does.
+        by_model[TEACHER]["latency_ms"] = by_model["teacher adapted"]["latency_ms"]
     return rows
-
-
-def _batch1_thread1(latency: list[dict]) -> float | None:
-    rows = [r for r in latency if r.get("batch") == 1 and r.get("threads") == 1]
-    return rows[0]["p50_ms"] if rows else None
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -251,3 +251,10 @@ def set_tensorflow_threads(threads: int) -> int:
     except RuntimeError:
         pass  # the runtime already started: report what it uses
     return int(tf.config.threading.get_intra_op_parallelism_threads())
+
+
+def batch1_p50(latency: list[dict]) -> float | None:
+    """The batch-1 p50 of a latency table, on 1 thread where measured (else the runtime's own count)."""
+    rows = [r for r in latency if r.get("batch") == 1]
+    rows.sort(key=lambda r: r.get("threads") != 1)
+    return rows[0]["p50_ms"] if rows else None

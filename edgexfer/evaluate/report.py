@@ -14,6 +14,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from edgexfer.evaluate.latency import batch1_p50
+
 REPORT_DIR = "report"
 # Metric names that mean "accuracy of this artifact", most specific first.
 ACCURACY_KEYS = ("test_accuracy", "accuracy_after", "target_accuracy", "accuracy", "val_accuracy")
@@ -117,17 +119,12 @@ def _metrics_details(row: dict) -> str:
 
 
 def _pareto_rows(result: dict) -> list[dict[str, Any]]:
-    def batch1_thread1(latency: list[dict]) -> float | None:
-        rows = [r for r in latency if r.get("batch") == 1]
-        rows.sort(key=lambda r: (r.get("threads") != 1, r.get("runtime") != "litert"))
-        return rows[0]["p50_ms"] if rows else None
-
     rows = [{"name": f"{p['name']} (Keras)", "format": "keras", "accuracy": p.get("accuracy"), "agreement": None,
-             "size": p["size_bytes"], "latency_ms": batch1_thread1(p.get("latency", []))}
+             "size": p["size_bytes"], "latency_ms": batch1_p50(p.get("latency", []))}
             for p in result.get("parents", [])]
     rows += [{"name": c["name"], "format": f"{c['format']}/{c['quant']}", "accuracy": c["parity"]["accuracy"],
               "agreement": c["parity"]["agreement"], "size": c["size_bytes"],
-              "latency_ms": batch1_thread1(c.get("latency", []))} for c in result.get("candidates", [])]
+              "latency_ms": batch1_p50(c.get("latency", []))} for c in result.get("candidates", [])]
     return rows
 
 

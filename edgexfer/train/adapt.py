@@ -52,6 +52,7 @@ from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.config import _Frozen
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model
+from edgexfer.train import common as train_common
 
 METHODS = ("adabn", "coral", "dann", "pseudo-label")
 Method = Literal["adabn", "coral", "dann", "pseudo-label"]
@@ -728,6 +729,7 @@ class _Adapter:
         history: dict[str, list[float]] = {"loss": [], "extra_loss": []}
         description = label or f"adapt {method}"
         done = 0
+        writer = train_common.tensorboard_writer(description.replace(" ", "_"))
         with _progress_bar(description, total, self.progress) as advance:
             for epoch in range(epochs):
                 order = self.rng.permutation(len(self.zs))
@@ -756,6 +758,13 @@ class _Adapter:
                     target_stats = [tf.constant(v) for pair in self.top_target for v in pair]
                 history["loss"].append(round(float(np.mean(losses)), 5))
                 history["extra_loss"].append(round(float(np.mean(extras)), 5))
+                if writer is not None:
+                    with writer.as_default(step=epoch):
+                        tf.summary.scalar("classification_loss", history["loss"][-1])
+                        tf.summary.scalar(f"{method}_loss" if method in ("coral", "dann") else "pseudo_label_loss",
+                                          history["extra_loss"][-1])
+        if writer is not None:
+            writer.close()
         if domain:
             self._set_top(self.top_target)
         history["source_val_accuracy_source_stats"] = self._source_stats_val_accuracy()

@@ -79,6 +79,16 @@ def tensorboard_callbacks(phase: str) -> list:
                                         write_graph=False, profile_batch=0)]
 
 
+def tensorboard_writer(phase: str):
+    """A ``tf.summary`` writer for custom training loops (no Keras callback), or None when not logging."""
+    if not _TENSORBOARD_DIR:
+        return None
+    from edgexfer._env import import_tf
+
+    tf, _ = import_tf()
+    return tf.summary.create_file_writer(str(_TENSORBOARD_DIR[-1] / phase))
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

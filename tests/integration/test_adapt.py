@@ -81,6 +81,20 @@ def test_each_method_writes_an_artifact_with_the_input_architecture(method, extr
     assert Artifact(adapted.path).model_path.name == "model.h5"
 
 
+def test_adapt_writes_tensorboard_scalars_per_epoch(model, domains, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from edgexfer.train.common import tensorboard_logging
+
+    source, _, flat = domains
+    with tensorboard_logging(tmp_path / "tb"):
+        adapt(model.path, source, flat, tmp_path / "a", method="coral", **{**FAST, "epochs": 2})
+    events = EventAccumulator(str(tmp_path / "tb" / "adapt_coral")).Reload()
+    tags = events.Tags()["tensors"]
+    assert {"classification_loss", "coral_loss"} <= set(tags)
+    assert [e.step for e in events.Tensors("coral_loss")] == [0, 1]
+
+
 def test_adabn_changes_batchnorm_statistics_and_pure_adabn_trains_nothing(model, domains, tmp_path):
     source, target, _ = domains
     before = model.load_keras()
