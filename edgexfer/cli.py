@@ -70,6 +70,7 @@ def finetune(
     brightness: Optional[float] = typer.Option(None, help="Random brightness, max delta as fraction of 255 (default: 0)"),
     contrast: Optional[float] = typer.Option(None, help="Random contrast, max factor delta (default: 0)"),
     feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="Phase 1 on features computed once (default: on)"),
+    image_cache: Optional[str] = typer.Option(None, "--image-cache", help="auto | memory | disk | none: where decoded images and phase-1 features stay between epochs; disk and none keep memory flat as the data grows; auto: memory up to 1 GiB, else disk under EDGEXFER_CACHE (default: auto)"),
     max_train_images: Optional[int] = typer.Option(None, help="Stratified subset of the training split."),
     val_fraction: Optional[float] = typer.Option(None, help=_default("val_fraction")),
     test_fraction: Optional[float] = typer.Option(None, help=_default("test_fraction")),
@@ -86,7 +87,7 @@ def finetune(
                  fine_tune_epochs=fine_tune_epochs, unfreeze_layers=unfreeze_layers, batch_size=batch_size,
                  learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate,
                  warmup_fraction=warmup_fraction, label_smoothing=label_smoothing, class_weights=class_weights,
-                 early_stopping_patience=early_stopping, feature_cache=feature_cache,
+                 early_stopping_patience=early_stopping, feature_cache=feature_cache, image_cache=image_cache,
                  max_train_images=max_train_images, val_fraction=val_fraction, test_fraction=test_fraction,
                  seed=seed, strategy=strategy, strict=strict or None)
     values: dict[str, Any] = load_config_file(config) if config else {}
@@ -308,6 +309,9 @@ def _render_training_summary(artifact) -> None:
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) and value <= 1 else f"{value:,}")
     for key, value in metrics.get("timings_seconds", {}).items():
         table.add_row(key, f"{value:.1f}")
+    if metrics.get("data_cache"):
+        cache = metrics["data_cache"]
+        table.add_row("image cache / features", f"{cache['images']} / {cache['features']} ({cache['mode']})")
     console.print(table)
     if metrics.get("test"):
         _render_per_class(metrics["test"], "test split, per class")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edgexfer.errors import ConfigError
 
 Strategy = Literal["default", "mirrored", "multi-worker"]
+ImageCache = Literal["auto", "memory", "disk", "none"]
 
 
 class _Frozen(BaseModel):
@@ -88,6 +89,9 @@ class FinetuneConfig(_Frozen):
     class_weights: Literal["none", "balanced"] = "none"
     early_stopping_patience: int = Field(3, ge=0, description="0: off")
     feature_cache: bool = True
+    # Where the decoded images (and phase 1's features) live between epochs: auto = memory
+    # up to a budget, else disk (edgexfer.train.finetune.MEMORY_CACHE_BUDGET_BYTES).
+    image_cache: ImageCache = "auto"
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     max_train_images: int | None = Field(None, ge=2)

@@ -123,3 +123,55 @@ def test_mirrored_strategy_over_two_logical_cpus(color_folder, tmp_path):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2 and out["acc"] >= 0.8
     assert Artifact(tmp_path / "mirrored").manifest.extra["strategy"] == "mirrored"
+
+
+@pytest.fixture()
+def run_dir_contents(monkeypatch):
+    """What each finetune's private cache directory held just before it was removed."""
+    from edgexfer.train import finetune as module
+
+    seen: list[list[str]] = []
+    close = module._RunFiles.close
+
+    def recording_close(self):
+        if self.path is not None:
+            seen.append(sorted(p.name for p in self.path.iterdir()))
+        close(self)
+
+    monkeypatch.setattr(module._RunFiles, "close", recording_close)
+    return seen
+
+
+@pytest.mark.parametrize("image_cache", ["disk", "none", "auto-over-budget"])
+def test_streaming_image_caches_reach_the_memory_accuracy(color_folder, tiny_artifact, tmp_path, monkeypatch,
+                                                          run_dir_contents, image_cache):
+    from edgexfer._env import cache_dir
+    from edgexfer.train import finetune as module
+
+    assert tiny_artifact.metrics["data_cache"]["images"] == "memory"  # small data stays in memory under auto
+    if image_cache == "auto-over-budget":
+        monkeypatch.setattr(module, "MEMORY_CACHE_BUDGET_BYTES", 1024)
+    messages = []
+    mode = image_cache.split("-")[0]
+    artifact = api.finetune(color_folder, tmp_path / mode, log=messages.append, **{**TINY, "image_cache": mode})
+    metrics = artifact.metrics
+    expected = {"disk": "disk", "none": "none", "auto": "disk"}[mode]
+    assert (metrics["data_cache"]["mode"], metrics["data_cache"]["images"]) == (mode, expected)
+    assert metrics["data_cache"]["features"] == "disk"
+    assert f"image cache {expected}, features disk" in messages[0]
+    if mode == "auto":
+        assert "> budget" in messages[0]
+    assert abs(metrics["test_accuracy"] - tiny_artifact.metrics["test_accuracy"]) <= 1 / metrics["splits"]["test"]
+    assert metrics["test_accuracy"] >= 0.8
+    # The run's disk files were written (tf.data cache files for disk, feature files always) and then removed.
+    written = run_dir_contents[0]
+    assert {"features-train.f32", "features-val.f32"} <= set(written)
+    assert any(name.startswith("edgexfer-cache-") for name in written) == (expected == "disk")
+    assert not any((cache_dir() / "finetune-runs").iterdir())
+
+
+def test_cli_image_cache_rejects_unknown_values(tmp_path, color_folder):
+    result = subprocess.run([sys.executable, "-m", "edgexfer", "finetune", str(color_folder), "--out",
+                             str(tmp_path / "out"), "--image-cache", "ram"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "image_cache='ram'" in result.stderr and "'auto', 'memory', 'disk' or 'none'" in result.stderr

@@ -17,6 +17,7 @@ def test_defaults_are_valid():
     ({"epocs": 3}, "did you mean 'epochs'"),
     ({"fine_tune_epochs": 2, "unfreeze_layers": 0}, "needs unfreeze_layers > 0"),
     ({"augment": {"crop_zoom": 0.9}}, "augment.crop_zoom=0.9"),
+    ({"image_cache": "ram"}, "image_cache='ram' is invalid: Input should be 'auto', 'memory', 'disk' or 'none'"),
 ])
 def test_bad_values_give_one_line_errors(values, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -34,3 +35,27 @@ def test_config_files(tmp_path):
         load_config_file(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="no such file"):
         load_config_file(tmp_path / "missing.yaml")
+
+
+def test_image_cache_defaults_to_auto():
+    assert FinetuneConfig.build().image_cache == "auto"
+    assert FinetuneConfig.build(image_cache="none").image_cache == "none"
+
+
+def test_auto_image_cache_is_memory_under_the_budget_and_disk_over_it(monkeypatch):
+    from edgexfer.train import finetune
+
+    sizes = dict(images=1000, input_size=96, feature_dim=1280, cache_images=True, cache_features=True)
+    held = 1000 * (96 * 96 * 3 + 1280 * 4)
+    plan = finetune.plan_data_cache("auto", **sizes)
+    assert (plan["images"], plan["features"], plan["memory_bytes_if_cached"]) == ("memory", "memory", held)
+    monkeypatch.setattr(finetune, "MEMORY_CACHE_BUDGET_BYTES", held - 1)
+    plan = finetune.plan_data_cache("auto", **sizes)
+    assert (plan["images"], plan["features"], plan["budget_bytes"]) == ("disk", "disk", held - 1)
+    assert finetune.plan_data_cache("memory", **sizes)["images"] == "memory"  # explicit modes win
+    none = finetune.plan_data_cache("none", **sizes)
+    assert (none["images"], none["features"]) == ("none", "disk")  # features are a cache by definition
+    head_only = finetune.plan_data_cache("disk", **{**sizes, "cache_images": False})
+    assert (head_only["images"], head_only["features"]) == ("unused", "disk")
+    with pytest.raises(ConfigError, match="allowed: auto, memory, disk, none"):
+        finetune.plan_data_cache("ram", **sizes)
