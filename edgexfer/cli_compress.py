@@ -85,6 +85,8 @@ def distill(
     baseline: Optional[bool] = typer.Option(None, "--baseline/--no-baseline",
                                             help="Also train the same student without distillation, to measure "
                                                  "the gain (default: off)"),
+    unlabelled: Optional[Path] = typer.Option(None, help=_help(DistillConfig, "unlabelled")),
+    max_unlabelled_images: Optional[int] = typer.Option(None, help=_help(DistillConfig, "max_unlabelled_images")),
     epochs: Optional[int] = typer.Option(None, help=_help(DistillConfig, "epochs")),
     batch_size: Optional[int] = typer.Option(None, help=_help(DistillConfig, "batch_size")),
     learning_rate: Optional[float] = typer.Option(None, help=_help(DistillConfig, "learning_rate")),
@@ -107,6 +109,8 @@ def distill(
     values = _values(config, dict(student=student, student_weights=student_weights, student_width=student_width,
                                   student_img_size=student_img_size, temperature=temperature, alpha=alpha,
                                   baseline=baseline, epochs=epochs, batch_size=batch_size,
+                                  unlabelled=str(unlabelled) if unlabelled else None,
+                                  max_unlabelled_images=max_unlabelled_images,
                                   learning_rate=learning_rate, warmup_fraction=warmup_fraction,
                                   early_stopping_patience=early_stopping, max_train_images=max_train_images,
                                   seed=seed, strict=strict or None),

@@ -89,6 +89,8 @@ def _fuse(refs, options, out, ctx):
 def _distill(refs, options, out, ctx):
     from edgexfer.compress import api as compress
 
+    if refs.get("unlabelled"):
+        options = {**options, "unlabelled": str(refs["unlabelled"])}
     return compress.distill(refs["teacher"], refs["data"], out, progress=ctx.progress, log=ctx.log, **options)
 
 
@@ -192,7 +194,8 @@ STAGE_TYPES: dict[str, StageType] = {stage.name: stage for stage in (
               required=("finetuned",),
               summary="weight-space interpolation of a source and a fine-tuned model"),
     StageType("distill", _distill, _validator("edgexfer.compress.config.DistillConfig"), stage_keys=("teacher",),
-              data_keys=("data",), required=("teacher", "data"), summary="knowledge distillation into a student"),
+              data_keys=("data", "unlabelled"), required=("teacher", "data"),
+              summary="knowledge distillation into a student"),
     StageType("prune", _prune, _validator("edgexfer.compress.config.PruneConfig"), stage_keys=("parent",),
               data_keys=("data",), required=("parent", "data"), summary="magnitude pruning while fine-tuning"),
     StageType("quantize", _quantize, _validator("edgexfer.compress.config.QuantizeConfig"), stage_keys=("parent",),

@@ -12,6 +12,11 @@ preprocessing from its manifest. Without augmentation the teacher's logits are c
 once and cached, aligned with the training samples; with augmentation both models see the
 same augmented image every step, so the teacher runs online.
 
+``unlabelled`` adds images whose labels are not used — typically the target domain after
+``adapt`` — that the student learns from the teacher's soft targets alone (their hard-label
+loss is masked out): a source-domain student then also inherits the adapted teacher's
+target-domain behaviour.
+
 ``baseline=True`` trains the same student (same initialisation, data order, schedule)
 with ``alpha = 0``, so the gain from distillation is measured, not assumed.
 """
@@ -108,7 +113,10 @@ def _distiller(student, dense, teacher, temperature: float, alpha: float, online
                 logits = tf.matmul(features, self.dense.kernel)
                 if self.dense.use_bias:
                     logits = logits + self.dense.bias
-                hard = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+                # Unlabelled images (label -1) carry only the soft loss: mask them out of the hard loss.
+                labelled = tf.cast(y >= 0, logits.dtype)
+                per_image = keras.losses.sparse_categorical_crossentropy(tf.maximum(y, 0), logits, from_logits=True)
+                hard = tf.reduce_sum(per_image * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
                 if alpha > 0:
                     t_log = tf.nn.log_softmax(tf.cast(teacher_logits, logits.dtype) / temperature)
                     s_log = tf.nn.log_softmax(logits / temperature)
@@ -124,7 +132,7 @@ def _distiller(student, dense, teacher, temperature: float, alpha: float, online
             self.loss_tracker.update_state(loss)
             self.soft_tracker.update_state(soft)
             self.hard_tracker.update_state(hard)
-            self.accuracy.update_state(y, logits)
+            self.accuracy.update_state(tf.maximum(y, 0), logits, sample_weight=labelled)
             return {m.name: m.result() for m in self.metrics}
 
         def test_step(self, data):
@@ -217,6 +225,24 @@ def _train_student(config: DistillConfig, spec_name: str, size: int, weights: st
     return student, {key: [round(float(v), 5) for v in values] for key, values in history.history.items()}
 
 
+def _unlabelled_samples(config: DistillConfig, label_names, log) -> list:
+    """The ``unlabelled`` folder's images as samples with label -1 (labels there are ignored)."""
+    if not config.unlabelled:
+        return []
+    from edgexfer.data import Sample
+    from edgexfer.train.class_map import scan_unlabelled
+
+    images = scan_unlabelled(config.unlabelled, label_names, {}, strict=config.strict)
+    paths = images.paths
+    if config.max_unlabelled_images and len(paths) > config.max_unlabelled_images:
+        chosen = np.random.default_rng(config.seed).choice(len(paths), config.max_unlabelled_images, replace=False)
+        paths = [paths[i] for i in sorted(chosen)]
+    if images.had_labels:
+        log(f"unlabelled {config.unlabelled}: its class folders are ignored; the student learns these "
+            f"{len(paths)} images from the teacher's soft targets only")
+    return [Sample(Path(p), -1) for p in paths]
+
+
 def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool = True, log=print) -> Artifact:
     """Distill the Keras teacher artifact ``teacher_dir`` into ``config.student`` on ``data_dir``."""
     from edgexfer._env import import_tf
@@ -229,6 +255,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     spec, size, weights, student_pre = student_settings(config, teacher_pre)
     dataset, split = common.scan_data(source, data_dir, strict=config.strict, role="teacher")
     train = common.limit_samples(dataset.split("train"), config.max_train_images, config.seed)
+    unlabelled = _unlabelled_samples(config, teacher_manifest.label_names, log)
     val = dataset.split("val")
     if not val:
         raise ConfigError(f"{data_dir}: the validation split is empty; add images to the folder")
@@ -246,6 +273,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     del x_eval_teacher
 
     online = config.augment.enabled
+    labelled_count, train = len(train), train + unlabelled
     steps = max(1, math.ceil(len(train) / config.batch_size))
     if online:
         train_ds = _online_dataset(train, student_pre, teacher_pre, config)
@@ -258,8 +286,8 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
         logits_note = f"cached ({len(logits)} × {logits.shape[1]}, computed once)"
     val_ds = make_dataset(val, student_pre, batch_size=config.batch_size, cache=True)
     log(f"distilling {teacher_manifest.backbone} ({teacher_pre.input_size}px) into {spec.name} at {size}px "
-        f"(weights {weights}, T={config.temperature}, alpha={config.alpha}) on {len(train)} images; teacher "
-        f"logits {logits_note}")
+        f"(weights {weights}, T={config.temperature}, alpha={config.alpha}) on {labelled_count} images"
+        f"{f' + {len(unlabelled)} unlabelled' if unlabelled else ''}; teacher logits {logits_note}")
 
     with train_common.timed(timings, "distill_seconds"):
         student, history = _train_student(config, spec.name, size, weights, num_classes, train_ds, val_ds, steps,
@@ -303,7 +331,8 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             "teacher_logits": "online" if online else "cached", "teacher_logits_source": logits_source,
             "temperature": config.temperature, "alpha": config.alpha,
             "history": history, "timings_seconds": timings,
-            "splits": {"train": len(train), "val": len(val), eval_split: int(len(y_eval))},
+            "splits": {"train": labelled_count, "val": len(val), eval_split: int(len(y_eval))},
+            "unlabelled_images": len(unlabelled),
             "peak_rss_mb": round(train_common.peak_rss_mb(), 1),
         }
         if baseline is not None:
