@@ -1,6 +1,7 @@
 """Pipeline files: validation with line numbers and did-you-mean, overrides, hashes."""
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,9 @@ def test_stage_hash_changes_with_options_and_upstream(tmp_path):
     assert changed["check"] != base["check"]  # downstream of a changed stage
     upstream = hashes(["finetune.epochs=2"])
     assert all(upstream[name] != base[name] for name in base)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "models").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_pipelines_validate(path):
+    pipeline = load_pipeline(path)
+    assert pipeline.stages, f"{path.name} has no stages"
