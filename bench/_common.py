@@ -41,3 +41,29 @@ def run_in_subprocess(code: str) -> dict:
     """Run python code in a fresh process (fresh peak RSS) and parse the JSON it prints last."""
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_python(code: str, env: dict | None = None) -> dict:
+    """Like ``run_in_subprocess`` (a fresh process, its own peak RSS; the JSON it prints last is
+    returned), but the child's stderr (its progress log) goes to this terminal, so a long arm
+    shows where it is and a failing one shows its traceback; ``env`` is added to its environment."""
+    out = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, **{k: str(v) for k, v in (env or {}).items()}})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def call_in_subprocess(script: str, function: str, spec: dict, env: dict | None = None) -> dict:
+    """Run ``function(spec)`` of the bench script ``script`` (a file in bench/) in a fresh process
+    (``run_python``); the function prints its JSON result last."""
+    bench = str(Path(__file__).parent)
+    module = Path(script).stem
+    return run_python(f"import json, sys; sys.path.insert(0, {bench!r}); import {module}; "
+                      f"{module}.{function}(json.loads({json.dumps(spec)!r}))", env)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table; ``None`` cells print as an em dash."""
+    cell = lambda v: "—" if v is None else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
