@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import RESULTS, run_in_subprocess, save
+from _common import RESULTS, markdown_table, run_in_subprocess, save
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -230,12 +230,6 @@ def _remove_links(folder: Path) -> None:
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def markdown_table(header: list, rows: list[list]) -> str:
-    cell = lambda v: "—" if v is None else str(v)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
 
 
 def _pyplot():
