@@ -312,6 +312,8 @@ def main() -> None:
         parser.error(f"--arms {args.arms!r}: choose from {', '.join(ARMS)}")
     if "edgexfer" not in arms and args.budget_seconds is None and set(arms) & {"vgg16", "lite0"}:
         parser.error("without the edgexfer arm, pass --budget-seconds for the recipes")
+    if "vgg16" in arms and args.vgg_weights == "imagenet":
+        _check_vgg_imagenet(parser)
     bundled, folder, limit, pipeline, cross = DATASETS[args.dataset]
     root = Path(args.data_root)
     data = prepare(root, bundled, folder, limit)
@@ -325,8 +327,26 @@ def main() -> None:
     work = work_root / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
     results: dict[str, dict] = {}
+    name = args.name or f"tutorial_{args.dataset}"
+
+    def record(complete: bool) -> dict:
+        summary = _summary(results, bundled)
+        table = _table(results, domains, bundled, cross) if results else ""
+        save(name, {
+            "complete": complete, "dataset": args.dataset, "data": data, "domains": domains, "arms": results,
+            "vgg16_weights": args.vgg_weights if "vgg16" in arms else None,
+            "budget_seconds": budget, "budget_source": "--budget-seconds" if args.budget_seconds is not None
+            else "the edgexfer arm's measured training time",
+            "road": road, "pipeline": pipeline,
+            "recipe": {"img_size": args.recipe_img_size, "batch_size": args.recipe_batch_size,
+                       "optimizer": "Adam(1e-3)", "head": "Flatten → Dense(256, relu) → Dense(classes, softmax)",
+                       "input": "[0, 1] (VGG16); the backbone's own scaling (Lite0)",
+                       "max_epochs": args.recipe_max_epochs or "until the budget is spent"},
+            "summary": summary, "table": table, "kept_artifacts": str(work) if args.work else None})
+        return {"summary": summary, "table": table}
+
+    budget = args.budget_seconds
     try:
-        budget = args.budget_seconds
         for arm in arms:
             log(f"arm {arm}")
             if arm == "edgexfer":
@@ -350,23 +370,27 @@ def main() -> None:
                 results[arm]["vgg16_weights"] = args.vgg_weights
             if arm == "lite0":
                 results[arm]["backbone_weights"] = "imagenet (EfficientNet-Lite0, edgexfer's offline registry)"
+            if arm != arms[-1]:
+                record(complete=False)  # a later arm that fails does not lose this one
     finally:
         if not args.work:
             shutil.rmtree(work_root, ignore_errors=True)
+    final = record(complete=True)
+    print(final["table"])
+    print(json.dumps(final["summary"], indent=1))
 
-    summary = _summary(results, bundled)
-    table = _table(results, domains, bundled, cross)
-    print(table)
-    print(json.dumps(summary, indent=1))
-    save(args.name or f"tutorial_{args.dataset}", {
-        "dataset": args.dataset, "data": data, "domains": domains, "arms": results,
-        "vgg16_weights": args.vgg_weights if "vgg16" in arms else None,
-        "budget_seconds": budget, "budget_source": "--budget-seconds" if args.budget_seconds is not None
-        else "the edgexfer arm's measured training time",
-        "road": road, "pipeline": pipeline,
-        "recipe": {"img_size": args.recipe_img_size, "batch_size": args.recipe_batch_size, "optimizer": "Adam(1e-3)",
-                   "head": "Flatten → Dense(256, relu) → Dense(classes, softmax)", "max_epochs": args.recipe_max_epochs},
-        "summary": summary, "table": table, "kept_artifacts": str(work) if args.work else None})
+
+def _check_vgg_imagenet(parser) -> None:
+    """Fail before any training when Keras cannot get VGG16's ImageNet weights (offline)."""
+    code = ("from edgexfer._env import import_tf; _, keras = import_tf(); "
+            "keras.applications.VGG16(include_top=False, weights='imagenet', input_shape=(32, 32, 3))")
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        why = (done.stderr.strip().splitlines() or ["?"])[-1]
+        parser.error(f"--vgg-weights imagenet: Keras cannot get VGG16's ImageNet weights here ({why}); "
+                     "pass --vgg-weights none (random frozen features) or --vgg-weights PATH")
 
 
 def _summary(results: dict, in_domain: str) -> dict:
