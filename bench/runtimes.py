@@ -128,8 +128,8 @@ def main() -> None:
     if args.make and not args.data:
         parser.error("--make needs --data")
 
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_runtimes_"))
-    work = work / time.strftime("%Y%m%d-%H%M%S")
+    root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_runtimes_"))
+    work = root / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True)
     made, exported, warnings = None, {}, []
     try:
@@ -164,7 +164,7 @@ def main() -> None:
         agreement = _agreement(timings)
     finally:
         if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
 
     rows = [dict(row, file=key) for key, t in timings.items() for row in t["rows"]]
     table = _table(rows, timings)
