@@ -155,15 +155,20 @@ def sweep_images(args, by_class, tmp: Path) -> tuple[dict, str]:
             points.append({"images": images, "image_cache": mode, **point})
             print(f"  {_summary(points[-1])}", file=sys.stderr, flush=True)
         _remove_links(folder)
-    header = ["image_cache", "images", "train", "cache used (images / features)", "train s", "ms / image·epoch",
+    _plot(points, "images", "images in the fine-tuned folder", args.png, log_x=True, series="image_cache",
+          title=f"{args.backbone} at {args.img_size or 'default'} px, {args.epochs}+{args.fine_tune_epochs} epochs")
+    return {"points": points}, _finetune_table(points, "images", "images")
+
+
+def _finetune_table(points: list[dict], key: str, label: str) -> str:
+    """One row per fine-tuning point: ``key`` (images or img_size) is the swept column."""
+    header = ["image_cache", label, "train", "cache used (images / features)", "train s", "ms / image·epoch",
               "setup RSS MB", "peak RSS MB", "RSS growth MB", "test acc"]
-    rows = [[p["image_cache"], p["images"], p.get("splits", {}).get("train"), _cache_used(p),
+    rows = [[p["image_cache"], p[key], p.get("splits", {}).get("train"), _cache_used(p),
              p.get("timings_seconds", {}).get("total_train_seconds"), p.get("train_ms_per_image_epoch"),
              p.get("peak_rss_mb_after", {}).get("setup"), p.get("peak_rss_mb"), p.get("rss_growth_mb"),
              p.get("test_accuracy")] for p in points]
-    _plot(points, "images", "images in the fine-tuned folder", args.png, log_x=True, series="image_cache",
-          title=f"{args.backbone} at {args.img_size or 'default'} px, {args.epochs}+{args.fine_tune_epochs} epochs")
-    return {"points": points}, markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def sweep_sizes(args, by_class, tmp: Path) -> tuple[dict, str]:
@@ -176,15 +181,9 @@ def sweep_sizes(args, by_class, tmp: Path) -> tuple[dict, str]:
             point = finetune_point(folder, finetune_options(args, image_cache=mode) | {"img_size": size})
             points.append({"img_size": size, "images": images, "image_cache": mode, **point})
             print(f"  {_summary(points[-1])}", file=sys.stderr, flush=True)
-    header = ["image_cache", "input px", "train", "cache used (images / features)", "train s", "ms / image·epoch",
-              "setup RSS MB", "peak RSS MB", "RSS growth MB", "test acc"]
-    rows = [[p["image_cache"], p["img_size"], p.get("splits", {}).get("train"), _cache_used(p),
-             p.get("timings_seconds", {}).get("total_train_seconds"), p.get("train_ms_per_image_epoch"),
-             p.get("peak_rss_mb_after", {}).get("setup"), p.get("peak_rss_mb"), p.get("rss_growth_mb"),
-             p.get("test_accuracy")] for p in points]
     _plot(points, "img_size", "input size (px)", args.png, log_x=False, series="image_cache",
           title=f"{args.backbone}, {images} images, {args.epochs}+{args.fine_tune_epochs} epochs")
-    return {"points": points}, markdown_table(header, rows)
+    return {"points": points}, _finetune_table(points, "img_size", "input px")
 
 
 def sweep_export(args, by_class, tmp: Path) -> tuple[dict, str]:
