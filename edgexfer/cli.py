@@ -288,7 +288,7 @@ def demo(
     summary = run_demo(run_dir, full=full, progress=sys.stdout.isatty(), log=console.print, overrides=overrides)
     _render_run(summary)
     table = Table(title="headline: accuracy, size and latency of each model")
-    for column in ("model", "mnist acc", "uci-digits acc", "size", "p50 ms (batch 1, 1 thread)"):
+    for column in ("model", "mnist acc", "uci-digits acc", "size", "p50 ms, batch 1 (deployed: 1 thread)"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in summary["headline"]:
         cell = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731

@@ -39,7 +39,10 @@ TEACHER = "teacher (fine-tuned Lite0, fp32)"
 def headline_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Accuracy on both domains, size and batch-1 latency of the teacher and the deployed student."""
     evaluations = {name: _read(run_dir / name / "evaluate.json") for name in ("source_only", "adapted", "student")}
-    checks = [_read(run_dir / name / "check.json") for name in ("check_adapted", "check")]
+    # (check stage, the headline column its accuracy fills, whose files it checks)
+    checks = [(_read(run_dir / name / "check.json"), column, who) for name, column, who in (
+        ("check_adapted", "target_accuracy", "adapted teacher"), ("check", "source_accuracy", "student"),
+        ("check_target", "target_accuracy", "student"))]
     rows = []
     for name, label in (("source_only", TEACHER), ("adapted", "teacher adapted"),
                         ("student", "student (distilled, pruned, QAT; Keras)")):
@@ -54,14 +57,17 @@ def headline_rows(run_dir: Path) -> list[dict[str, Any]]:
                      "bytes": (artifact / "model.h5").stat().st_size if (artifact / "model.h5").is_file() else None,
                      "params": metrics.get("params"), "latency_ms": None, "artifact": str(artifact.resolve())})
     keras_latency = {}
-    for check, domain, who in zip(checks, ("target_accuracy", "source_accuracy"), ("adapted teacher", "student")):
+    deployed: dict[str, dict[str, Any]] = {}  # one row per deployed file, filled by the checks on each domain
+    for check, column, who in checks:
         for candidate in check.get("candidates", []):
-            rows.append({"model": f"deployed {who}: {candidate['format']} {candidate['quant']}",
-                         "source_accuracy": None, "target_accuracy": None, domain: candidate["parity"]["accuracy"],
-                         "bytes": candidate["size_bytes"], "params": None,
-                         "latency_ms": batch1_p50(candidate.get("latency", []))})
+            model = f"deployed {who}: {candidate['format']} {candidate['quant']}"
+            row = deployed.setdefault(model, {"model": model, "source_accuracy": None, "target_accuracy": None,
+                                              "bytes": candidate["size_bytes"], "params": None, "latency_ms": None})
+            row[column] = candidate["parity"]["accuracy"]
+            row["latency_ms"] = row["latency_ms"] or batch1_p50(candidate.get("latency", []))
         for parent in check.get("parents", []):
-            keras_latency[str(Path(parent["artifact"]).resolve())] = batch1_p50(parent.get("latency", []))
+            keras_latency.setdefault(str(Path(parent["artifact"]).resolve()), batch1_p50(parent.get("latency", [])))
+    rows += deployed.values()
     for row in rows:
         if "artifact" in row:
             row["latency_ms"] = keras_latency.get(row.pop("artifact"))

@@ -253,8 +253,14 @@ def set_tensorflow_threads(threads: int) -> int:
     return int(tf.config.threading.get_intra_op_parallelism_threads())
 
 
-def batch1_p50(latency: list[dict]) -> float | None:
-    """The batch-1 p50 of a latency table, on 1 thread where measured (else the runtime's own count)."""
+def batch1_row(latency: list[dict]) -> dict | None:
+    """The batch-1 row of a latency table, on 1 thread where measured (else the runtime's own count)."""
     rows = [r for r in latency if r.get("batch") == 1]
     rows.sort(key=lambda r: r.get("threads") != 1)
-    return rows[0]["p50_ms"] if rows else None
+    return rows[0] if rows else None
+
+
+def batch1_p50(latency: list[dict]) -> float | None:
+    """The p50 of :func:`batch1_row`."""
+    row = batch1_row(latency)
+    return row["p50_ms"] if row else None

@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from edgexfer.evaluate.latency import batch1_p50
+from edgexfer.evaluate.latency import batch1_row
 
 REPORT_DIR = "report"
 # Metric names that mean "accuracy of this artifact", most specific first.
@@ -47,13 +47,15 @@ def write_report(run_dir: str | Path, *, pipeline_name: str, stage_order: list[s
         blocks: list[Any] = []
         for name, result in checks:
             rows = _pareto_rows(result)
-            blocks.append(_table(["model", "format", "accuracy", "agreement", "size", "p50 ms (b1, 1 thread)"],
+            blocks.append(_table(["model", "format", "accuracy", "agreement", "size", "p50 ms (batch 1)", "threads"],
                                  [[r["name"], r["format"], _fmt(r["accuracy"], ".4f"), _fmt(r["agreement"], ".4f"),
-                                   _fmt_bytes(r["size"]), _fmt(r["latency_ms"], ".3f")] for r in rows]))
+                                   _fmt_bytes(r["size"]), _fmt(r["latency_ms"], ".3f"), r["threads"]] for r in rows]))
             figure = figures_dir / f"pareto_{name}.png"
-            _plot_pareto(rows, figure)
-            blocks.append(Figure(figure, f"Accuracy against size (log scale); marker area grows with batch-1 "
-                                         f"latency on 1 thread ({name})."))
+            _plot_pareto(rows, figure, title=f"{name}: {result.get('n', '?')} images of {Path(result['data']).name}")
+            blocks.append(Figure(figure, f"Accuracy against file size (log scale) for `{name}`. The dashed line "
+                                         "joins the Pareto-optimal models (none other is both smaller and more "
+                                         "accurate); marker area grows with the batch-1 p50 latency given in the "
+                                         "legend."))
         sections.append(("Accuracy, size and latency", blocks))
 
     evaluations = [(name, json.loads((run_dir / name / "evaluate.json").read_text())) for name in stage_order
@@ -119,33 +121,58 @@ def _metrics_details(row: dict) -> str:
 
 
 def _pareto_rows(result: dict) -> list[dict[str, Any]]:
+    def timing(latency: list[dict]) -> dict[str, Any]:
+        row = batch1_row(latency)
+        if row is None:
+            return {"latency_ms": None, "threads": "—"}
+        used = row.get("threads_used") or row.get("threads")
+        return {"latency_ms": row["p50_ms"], "threads": f"{used}" if row.get("threads") else f"{used} (runtime's own)"}
+
     rows = [{"name": f"{p['name']} (Keras)", "format": "keras", "accuracy": p.get("accuracy"), "agreement": None,
-             "size": p["size_bytes"], "latency_ms": batch1_p50(p.get("latency", []))}
+             "size": p["size_bytes"], **timing(p.get("latency", []))}
             for p in result.get("parents", [])]
     rows += [{"name": c["name"], "format": f"{c['format']}/{c['quant']}", "accuracy": c["parity"]["accuracy"],
-              "agreement": c["parity"]["agreement"], "size": c["size_bytes"],
-              "latency_ms": batch1_p50(c.get("latency", []))} for c in result.get("candidates", [])]
+              "agreement": c["parity"]["agreement"], "size": c["size_bytes"], **timing(c.get("latency", []))}
+             for c in result.get("candidates", [])]
     return rows
 
 
-def _plot_pareto(rows: list[dict], path: Path) -> None:
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (size, accuracy) points no other point beats on both (smaller or equal
+    size and higher or equal accuracy, one strictly), ordered by size."""
+    front = [i for i, (size, acc) in enumerate(points)
+             if not any(s <= size and a >= acc and (s, a) != (size, acc) for s, a in points)]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
+    """Accuracy against size; a legend entry per model (labels never overlap), the frontier dashed."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    rows = [r for r in rows if r["accuracy"] is not None]
     latencies = [r["latency_ms"] for r in rows if r["latency_ms"]]
     biggest = max(latencies) if latencies else 1.0
-    for row in rows:
-        if row["accuracy"] is None:
-            continue
+    markers = "osD^vP*X"
+    for index, row in enumerate(rows):
         area = 40 + 400 * ((row["latency_ms"] or 0) / biggest)
-        ax.scatter(row["size"] / 1e6, row["accuracy"], s=area, alpha=0.6)
-        label = row["name"] + (f"\n{row['latency_ms']:.3g} ms" if row["latency_ms"] else "")
-        ax.annotate(label, (row["size"] / 1e6, row["accuracy"]), fontsize=8, xytext=(6, 4),
-                    textcoords="offset points")
+        label = f"{row['name']}: {row['latency_ms']:.3g} ms" if row["latency_ms"] else row["name"]
+        ax.scatter(row["size"] / 1e6, row["accuracy"], s=area, alpha=0.65, marker=markers[index % len(markers)],
+                   label=label, edgecolors="black", linewidths=0.5)
+    points = [(r["size"] / 1e6, r["accuracy"]) for r in rows]
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="grey", linewidth=1,
+                label="Pareto front", zorder=0)
     ax.set_xscale("log")
     ax.set_xlabel("model file size (MB, log scale)")
     ax.set_ylabel("accuracy")
-    ax.set_title("accuracy vs size (marker area: batch-1 latency)")
+    low = min((a for _, a in points), default=0.0)
+    high = max((a for _, a in points), default=1.0)
+    pad = max(0.005, (high - low) * 0.15)
+    ax.set_ylim(low - pad, min(1.0, high + pad) if high < 1.0 else 1.0 + pad / 4)
+    ax.set_title(title or "accuracy vs size")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", title="batch-1 p50 latency", title_fontsize=7, markerscale=0.6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

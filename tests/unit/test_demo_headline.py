@@ -26,14 +26,21 @@ def test_every_keras_row_gets_its_batch1_latency(tmp_path):
         "parents": [{"artifact": str(run / "adapt"), "latency": keras}],
         "candidates": [{"format": "tflite", "quant": "int8", "parity": {"accuracy": 0.79}, "size_bytes": 1000,
                         "latency": device}]})
+    student_file = {"format": "tflite", "quant": "int8", "size_bytes": 100,
+                    "latency": [{"batch": 1, "threads": 1, "p50_ms": 0.005}]}
     write(run / "check" / "check.json", {
         "parents": [{"artifact": str(run / "quantize"), "latency": [{"batch": 1, "threads": 0, "p50_ms": 0.7}]}],
-        "candidates": []})
+        "candidates": [{**student_file, "parity": {"accuracy": 0.97}}]})
+    write(run / "check_target" / "check.json", {
+        "parents": [{"artifact": str(run / "quantize"), "latency": []}],
+        "candidates": [{**student_file, "parity": {"accuracy": 0.9}}]})
 
     rows = {row["model"]: row for row in headline_rows(run)}
     assert rows["teacher adapted"]["latency_ms"] == 9.0
     assert rows[TEACHER]["latency_ms"] == 9.0  # same graph as the adapted teacher
     assert rows[TEACHER]["target_accuracy"] == 0.3 and rows[TEACHER]["params"] == 3_000_000
     assert rows["student (distilled, pruned, QAT; Keras)"]["latency_ms"] == 0.7
+    student = rows["deployed student: tflite int8"]  # one row, an accuracy from each domain's check
+    assert (student["source_accuracy"], student["target_accuracy"], student["latency_ms"]) == (0.97, 0.9, 0.005)
     deployed = rows["deployed adapted teacher: tflite int8"]
     assert deployed["latency_ms"] == 0.2 and deployed["target_accuracy"] == 0.79  # 1 thread preferred
