@@ -281,9 +281,9 @@ def _plot_export(points: list[dict], formats: list[str], png: Path, title: str) 
                    label=f"check {fmt} (parity)")
         right.plot(params, [p["formats"][fmt]["check_seconds"] for p in done], "s--",
                    label=f"check {fmt} (with latency)")
-    for p, x in zip(done, params):
+    for index, (p, x) in enumerate(zip(done, params)):  # alternate above/below: neighbours never collide
         left.annotate(p["backbone"], (x, p["formats"][formats[0]]["export_seconds"]), fontsize=7,
-                      textcoords="offset points", xytext=(3, 3))
+                      textcoords="offset points", xytext=(3, 6 if index % 2 == 0 else -12))
     for axis, ylabel in ((left, "export time (s)"), (right, "check time (s)")):
         axis.set_xlabel("parameters (millions)")
         axis.set_ylabel(ylabel)
