@@ -263,6 +263,10 @@ def _plot(points: list[dict], x_key: str, x_label: str, png: Path, *, log_x: boo
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    _save_figure(plt, fig, png, title)
+
+
+def _save_figure(plt, fig, png: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
@@ -291,11 +295,7 @@ def _plot_export(points: list[dict], formats: list[str], png: Path, title: str) 
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    print(f"plot: {png}")
+    _save_figure(plt, fig, png, title)
 
 
 def main() -> None:
