@@ -65,7 +65,7 @@ class DistillConfig(_StageConfig):
     unlabelled: str | None = Field(None, description="folder of extra images with no labels used (e.g. the "
                                                     "target domain): the student learns them from the "
                                                     "teacher's soft targets alone")
-    max_unlabelled_images: int | None = Field(None, ge=1, description="stratified cap on the unlabelled images")
+    max_unlabelled_images: int | None = Field(None, ge=1, description="seeded random cap on the unlabelled images")
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
