@@ -155,3 +155,17 @@ def test_unlabelled_folder_with_other_classes_is_refused(teacher, tmp_path):
     (other / "green").rename(other / "yellow")
     with pytest.raises(DataError, match="yellow"):
         capi.distill(teacher[0].path, teacher[1], tmp_path / "out", unlabelled=str(other), **STUDENT)
+
+
+def test_unlabelled_cap_is_a_seeded_subset(tmp_path):
+    from PIL import Image
+
+    from edgexfer.compress.config import DistillConfig
+    from edgexfer.train.distill import _unlabelled_samples
+
+    for index in range(10):
+        Image.new("RGB", (8, 8), (index * 20, 0, 0)).save(tmp_path / f"{index}.png")
+    config = DistillConfig.build(student="cnn_tiny", unlabelled=str(tmp_path), max_unlabelled_images=4)
+    first = _unlabelled_samples(config, ["a", "b"], log=lambda *_: None)
+    again = _unlabelled_samples(config, ["a", "b"], log=lambda *_: None)
+    assert len(first) == 4 and first == again and {s.label for s in first} == {-1}
