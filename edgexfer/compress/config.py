@@ -19,6 +19,14 @@ MIN_CALIBRATION_IMAGES = 10
 
 
 class _StageConfig(_Frozen):
+    """What every compression stage takes: augmentation, a training subset, seed, strictness."""
+
+    augment: AugmentOptions = AugmentOptions()
+    max_train_images: int | None = Field(None, ge=2)
+    seed: int = 0
+    deterministic: bool = True
+    strict: bool = False
+
     @classmethod
     def build(cls, **values):
         """Construct, turning pydantic's report into one ``ConfigError`` line (a check across
@@ -74,11 +82,6 @@ class DistillConfig(_StageConfig):
     # regularise), and stopping on a small validation split cut it short (mnist-5k, cnn_small).
     early_stopping_patience: int = Field(0, ge=0, description="patience on val accuracy, best weights "
                                                               "restored; 0: off")
-    augment: AugmentOptions = AugmentOptions()
-    max_train_images: int | None = Field(None, ge=2)
-    seed: int = 0
-    deterministic: bool = True
-    strict: bool = False
 
 
 class PruneConfig(_StageConfig):
@@ -100,12 +103,7 @@ class PruneConfig(_StageConfig):
     epochs: int = Field(10, ge=1, description="fine-tuning epochs while pruning")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(5e-4, gt=0.0, le=1.0)
-    augment: AugmentOptions = AugmentOptions()
     measure_tflite: bool = Field(True, description="also convert to float TFLite to measure its (gzip) size")
-    max_train_images: int | None = Field(None, ge=2)
-    seed: int = 0
-    deterministic: bool = True
-    strict: bool = False
 
     @field_validator("sparsity")
     @classmethod
@@ -146,11 +144,6 @@ class QuantizeConfig(_StageConfig):
     preserve_sparsity: bool | None = Field(None, description="pruning-preserving QAT; default: when the "
                                                              "input artifact is pruned")
     compare_ptq: bool = Field(True, description="QAT: also measure PTQ int8 of the input model")
-    augment: AugmentOptions = AugmentOptions()
-    max_train_images: int | None = Field(None, ge=2)
-    seed: int = 0
-    deterministic: bool = True
-    strict: bool = False
 
     @field_validator("calibration_images")
     @classmethod
