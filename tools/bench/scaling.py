@@ -1,8 +1,8 @@
 """Scaling benchmarks of issue 7, each point in a fresh process (its own peak RSS).
 
-    python bench/scaling.py images DATA --counts 1000 5000 20000 60000 --image-cache memory none
-    python bench/scaling.py sizes  DATA --count 5000 --sizes 64 96 128 224
-    python bench/scaling.py export DATA --backbones cnn_small cnn_medium efficientnet_lite0 mobilenet_v2
+    python tools/bench/scaling.py images DATA --counts 1000 5000 20000 60000 --image-cache memory none
+    python tools/bench/scaling.py sizes  DATA --count 5000 --sizes 64 96 128 224
+    python tools/bench/scaling.py export DATA --backbones cnn_small cnn_medium efficientnet_lite0 mobilenet_v2
 
 DATA is an image folder of either layout. Each point fine-tunes on a stratified, seeded
 subset of COUNT of its images, linked into a temporary flat folder ROOT/<class>/ (finetune
@@ -21,7 +21,7 @@ extraction, phase 1, phase 2; evaluation excluded); peak RSS is the process's ru
 "setup" the peak after the model was built, before any data was read. A point that fails
 (out of memory, say) is recorded with its error and the sweep goes on.
 
-Results go to bench/results/NAME.json (with a markdown table) and NAME.png (the plot).
+Results go to tools/bench/results/NAME.json (with a markdown table) and NAME.png (the plot).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """edgexfer's default road against the common transfer-learning tutorial recipe.
 
-    python bench/tutorial.py --dataset fashion|mnist|digits [--max-train-images N] [--budget-seconds S]
+    python tools/bench/tutorial.py --dataset fashion|mnist|digits [--max-train-images N] [--budget-seconds S]
                              [--arms edgexfer,vgg16,lite0] [--vgg-weights imagenet|none|PATH]
                              [--recipe-img-size 224] [--max-test-images 2000] [--work DIR]
 
@@ -27,7 +27,7 @@ overrides it): they train, epoch after epoch, until the next batch would end pas
 Every deployed ``.tflite`` is then measured in a fresh TensorFlow-free process with LiteRT:
 batch-1 latency on 1 thread (edgexfer's latency helpers), that process's peak RSS, file size,
 and accuracy on the test split (and on uci-digits for ``--dataset digits``, trained on mnist-5k).
-Results: ``bench/results/tutorial_<dataset>.json`` and a markdown table.
+Results: ``tools/bench/results/tutorial_<dataset>.json`` and a markdown table.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def measure_deployed(spec: dict) -> None:
     from edgexfer.artifact import Preprocessing
     from edgexfer.data import load_arrays, scan_image_folder
     from edgexfer.evaluate import latency as lat
-    from edgexfer.export.stage import stratified_subset
+    from edgexfer.data.subset import stratified_subset
     from edgexfer.runtime import load_model, normalize
     from edgexfer.train.common import peak_rss_mb
 

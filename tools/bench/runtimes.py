@@ -1,8 +1,8 @@
 """onnxruntime against LiteRT on the same model, float and int8, at 1, 2 and all threads.
 
-    python bench/runtimes.py --keras ARTIFACT [--calibration-data DIR]     # export fp32 + int8 TFLite and ONNX
-    python bench/runtimes.py --make efficientnet_lite0 --data DIR [--img-size 224]   # make the Keras model first
-    python bench/runtimes.py --models FILE_OR_EXPORT_ARTIFACT ...           # already exported files
+    python tools/bench/runtimes.py --keras ARTIFACT [--calibration-data DIR]     # export fp32 + int8 TFLite and ONNX
+    python tools/bench/runtimes.py --make efficientnet_lite0 --data DIR [--img-size 224]   # make the Keras model first
+    python tools/bench/runtimes.py --models FILE_OR_EXPORT_ARTIFACT ...           # already exported files
 
 From a Keras artifact (any training or compression stage's ``--out``; ``--make`` fine-tunes a head
 on a backbone for one epoch first, enough for a real model whose latency is measured) it exports
@@ -13,7 +13,7 @@ with XNNPACK, onnxruntime's CPU provider): batch 1 and batch ``--batch``, every 
 ``--threads`` (0 = all cores). On up to ``--agreement-images`` test images of ``--data`` (default:
 the artifact's dataset) it also measures each file's accuracy and the top-1 agreement of the two
 runtimes at the same precision, so a faster runtime is not a different model.
-Results: ``bench/results/runtimes[_NAME].json`` and a markdown table.
+Results: ``tools/bench/results/runtimes[_NAME].json`` and a markdown table.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def time_model(spec: dict) -> None:
     predictions = None
     if spec.get("data"):
         from edgexfer.data import load_arrays, scan_image_folder
-        from edgexfer.export.stage import stratified_subset
+        from edgexfer.data.subset import stratified_subset
         from edgexfer.runtime import load_model
 
         model = load_model(spec["model"], num_threads=lat.resolve_threads(0))

@@ -53,7 +53,7 @@ def run_python(code: str, env: dict | None = None) -> dict:
 
 
 def call_in_subprocess(script: str, function: str, spec: dict, env: dict | None = None) -> dict:
-    """Run ``function(spec)`` of the bench script ``script`` (a file in bench/) in a fresh process
+    """Run ``function(spec)`` of the bench script ``script`` (a file in tools/bench/) in a fresh process
     (``run_python``); the function prints its JSON result last."""
     bench = str(Path(__file__).parent)
     module = Path(script).stem

@@ -1,9 +1,9 @@
 """Fine-tuning benchmarks of the foundation issue, each arm in a fresh process.
 
-    python bench/finetune.py cache   DATA          # feature cache vs frozen backbone every epoch
-    python bench/finetune.py transfer DATA [--img-size 96 ...]   # ImageNet vs --weights none, same budget
+    python tools/bench/finetune.py cache   DATA          # feature cache vs frozen backbone every epoch
+    python tools/bench/finetune.py transfer DATA [--img-size 96 ...]   # ImageNet vs --weights none, same budget
 
-Each arm records accuracy, wall time and peak RSS; results go to bench/results/*.json.
+Each arm records accuracy, wall time and peak RSS; results go to tools/bench/results/*.json.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """tf.distribute: MirroredStrategy over two logical CPU devices against the default strategy.
 
-    python bench/distributed.py DATA [--img-size 64 --epochs 10 --fine-tune-epochs 5 --unfreeze-layers 30]
+    python tools/bench/distributed.py DATA [--img-size 64 --epochs 10 --fine-tune-epochs 5 --unfreeze-layers 30]
                                      [--max-train-images N] [--arms default,mirrored[,default-split]]
 
 Each arm is ``edgexfer.api.finetune`` (EfficientNet-Lite0, ImageNet) in a fresh process, with the
@@ -16,7 +16,7 @@ same data, split, seed and options:
 Reported per arm: test and val accuracy, training time (phase 1, phase 2, total), wall time,
 peak RSS, replicas in sync; and between the arms: the accuracy difference, the top-1 agreement
 of their test predictions, and whether the difference is within two binomial standard errors of
-the test accuracy. Results: ``bench/results/distributed[_NAME].json`` and a markdown table. What
+the test accuracy. Results: ``tools/bench/results/distributed[_NAME].json`` and a markdown table. What
 a multi-GPU or multi-worker run needs is in the results' ``notes`` (and printed).
 """
 
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from _common import call_in_subprocess, markdown_table, save
+from edgexfer.models_io import load_keras_model
 
 ARMS = {  # name: (strategy, EDGEXFER_LOGICAL_CPUS)
     "default": ("default", 0),
@@ -81,7 +82,7 @@ def arm(spec: dict) -> None:
     peak = round(peak_rss_mb(), 1)
     m = artifact.metrics
     dataset = scan_image_folder(spec["data"], class_names=artifact.manifest.label_names, seed=spec["options"]["seed"])
-    probs, labels = predict_samples(artifact.load_keras(), dataset.split("test"),
+    probs, labels = predict_samples(load_keras_model(artifact.model_path), dataset.split("test"),
                                     artifact.manifest.preprocessing, 64)
     print(json.dumps({
         "strategy": spec["options"]["strategy"], "logical_cpus": os.environ.get("EDGEXFER_LOGICAL_CPUS"),
