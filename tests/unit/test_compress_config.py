@@ -63,7 +63,7 @@ def test_distill_config_errors(values, message):
 
 def test_configs_and_package_import_no_tensorflow():
     code = ("import sys, edgexfer.compress, edgexfer.compress.api, edgexfer.compress.prune, "
-            "edgexfer.compress.quantize, edgexfer.train.distill, edgexfer.cli_compress; "
+            "edgexfer.compress.quantize, edgexfer.compress.distill, edgexfer.cli.compress; "
             "print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -103,7 +103,7 @@ def _folder(root, classes=("blue", "green", "red"), per_class=4):
 
 
 def test_student_input_size_the_teacher_cannot_give_is_an_error(tmp_path):
-    from edgexfer.train.distill import student_settings
+    from edgexfer.compress.distill import student_settings
 
     teacher = Preprocessing(input_size=16)
     with pytest.raises(ConfigError, match="16 px, the teacher's input size.*too small for mobilenet_v2.*--student-img-size 32"):

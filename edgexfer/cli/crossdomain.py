@@ -22,7 +22,7 @@ def _fmt(value: Any) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from edgexfer.cli import console
+    from edgexfer.cli.main import console
 
     @app.command()
     def adapt(
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         """Adapt a model to an unlabelled target domain (target labels are never read)."""
         from edgexfer.config import load_config_file
         from edgexfer.train.adapt import AdaptConfig, run_adapt
-        from edgexfer.train.class_map import parse_class_map
+        from edgexfer.data.class_map import parse_class_map
 
         values: dict[str, Any] = load_config_file(config) if config else {}
         flags = dict(method=method, after=after, bn=bn, output_stats=output_stats, epochs=epochs,
@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
         head is kept.
         """
         from edgexfer.evaluate.domains import parse_domains
-        from edgexfer.train.class_map import parse_class_map
+        from edgexfer.data.class_map import parse_class_map
         from edgexfer.train.fuse import FuseConfig, run_fuse
 
         values: dict[str, Any] = {"batch_size": batch_size, "strict": strict}

@@ -1,7 +1,7 @@
 """CLI commands of the compression stages: ``distill``, ``prune``, ``quantize``.
 
 Thin like ``edgexfer.cli``: parse options → build a config → call ``edgexfer.compress.api``
-→ render a table. Registered through ``edgexfer.cli._COMMAND_MODULES``; errors are
+→ render a table. Registered through ``edgexfer.cli.main._COMMAND_MODULES``; errors are
 ``EdgexferError``s that ``edgexfer.cli.main`` turns into one red line.
 """
 

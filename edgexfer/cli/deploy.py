@@ -41,7 +41,7 @@ _CHECK_HELP = (
 
 
 def _consoles():
-    from edgexfer.cli import console, err_console
+    from edgexfer.cli.main import console, err_console
 
     return console, err_console
 
