@@ -192,12 +192,6 @@ class Artifact:
         return {"path": str(self.path.resolve()), "stage": self.manifest.stage,
                 "sha256": sha256_path(self.model_path)}
 
-    def load_keras(self):
-        """Load the Keras model (``.keras`` or ``.h5``, in tfmot's scopes for QAT/pruned models)."""
-        from edgexfer.models_io import load_keras_model
-
-        return load_keras_model(self.model_path)
-
     def __repr__(self) -> str:
         return f"Artifact({str(self.path)!r}, stage={self.manifest.stage!r})"
 

@@ -66,10 +66,10 @@ class StageType:
 
 
 def _finetune(refs, options, out, ctx):
-    from edgexfer import api
     from edgexfer.config import FinetuneConfig
+    from edgexfer.train.finetune import finetune
 
-    return api.finetune(refs["data"], out, config=FinetuneConfig.build(**options), progress=ctx.progress, log=ctx.log)
+    return finetune(refs["data"], out, FinetuneConfig.build(**options), progress=ctx.progress, log=ctx.log)
 
 
 def _adapt(refs, options, out, ctx):
@@ -566,7 +566,7 @@ def _data_path(ref: dict[str, str], data_paths: dict[str, str]) -> str:
 
 def _prepare_data(pipeline: Pipeline, run_dir: Path, log) -> dict[str, str]:
     """Bundled datasets are prepared under ``RUN_DIR/data`` (a no-op when already there)."""
-    from edgexfer import api
+    from edgexfer.data.bundled import prepare_dataset
 
     paths: dict[str, str] = {}
     for name, spec in pipeline.data.items():
@@ -577,7 +577,7 @@ def _prepare_data(pipeline: Pipeline, run_dir: Path, log) -> dict[str, str]:
             paths[name] = str(folder)
             continue
         folder = run_dir / "data" / name
-        summary = api.prepare_data(spec["dataset"], folder, source=spec.get("source"), limit=spec.get("limit"),
+        summary = prepare_dataset(spec["dataset"], folder, source=spec.get("source"), limit=spec.get("limit"),
                                    seed=spec.get("seed", 0))
         if not summary.get("reused"):
             log(f"prepared {spec['dataset']} → {folder} ({summary.get('images')} images)")

@@ -1,4 +1,4 @@
-"""Compression stages: distill (in ``edgexfer.train.distill``), prune, quantize (QAT/PTQ).
+"""Compression stages: distill (in ``edgexfer.compress.distill``), prune, quantize (QAT/PTQ).
 
 Importing this package imports no TensorFlow; the stages import it when they run.
 """

@@ -22,7 +22,7 @@ def distill(teacher: str | Path, data: str | Path, out: str | Path, *, progress:
             config: DistillConfig | None = None, **options: Any) -> Artifact:
     """Distill a fine-tuned teacher artifact into a student backbone (``options``: ``DistillConfig``
     fields, e.g. ``student="cnn_small", temperature=4, alpha=0.7, baseline=True``)."""
-    from edgexfer.train.distill import distill as run
+    from edgexfer.compress.distill import distill as run
 
     return run(teacher, data, out, config or DistillConfig.build(**options), progress=progress, log=log or _quiet)
 

@@ -21,7 +21,7 @@ from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.compress import common
 from edgexfer.compress.config import PruneConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, save_keras_model
+from edgexfer.models_io import MODEL_FILE, save_keras_model, load_keras_model
 from edgexfer.train import common as train_common
 
 M_BY_N = (2, 4)
@@ -158,7 +158,7 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     train_common.seed_everything(config.seed, config.deterministic)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    model = source.load_keras()
+    model = load_keras_model(source.model_path)
     if has_quantize_layers(model):
         raise ConfigError(f"MODEL {str(source.path)!r} is quantization-aware (QAT); prune the float model "
                           "first, then quantize the pruned one (pruning-preserving QAT keeps the sparsity)")

@@ -34,7 +34,7 @@ from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.compress import common
 from edgexfer.compress.config import QuantizeConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, save_keras_model
+from edgexfer.models_io import MODEL_FILE, save_keras_model, load_keras_model
 from edgexfer.train import common as train_common
 
 CALIBRATION_FILE = "calibration.npy"
@@ -289,7 +289,7 @@ def check(model_dir, *, preserve_sparsity: bool | None = None) -> dict[str, Any]
     from edgexfer.export.convert import has_quantize_layers
 
     source = common.keras_artifact(model_dir, "MODEL")
-    model = source.load_keras()
+    model = load_keras_model(source.model_path)
     report: dict[str, Any] = {"artifact": str(source.path), "stage": source.manifest.stage,
                               "backbone": source.manifest.backbone}
     if has_quantize_layers(model):
@@ -332,7 +332,7 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
     train_common.seed_everything(config.seed, config.deterministic)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    model = source.load_keras()
+    model = load_keras_model(source.model_path)
     if has_quantize_layers(model):
         raise ConfigError(f"MODEL {str(source.path)!r} is already quantization-aware (QAT); export it "
                           "directly: edgexfer export MODEL --format tflite --quant int8")

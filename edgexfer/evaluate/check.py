@@ -29,6 +29,7 @@ from edgexfer.artifact import MANIFEST, Artifact, json_default, library_versions
 from edgexfer.errors import ArtifactError, ConfigError, ParityError
 from edgexfer.evaluate import latency as lat
 from edgexfer.evaluate.parity import check_thresholds, gate_failures, parity_metrics
+from edgexfer.models_io import load_keras_model
 
 CHECK_JSON = "check.json"
 CHECK_MD = "check.md"
@@ -121,7 +122,7 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
         if key in parents:
             continue
         log(f"predicting with the Keras parent {candidate.parent.path}")
-        keras_model = candidate.parent.load_keras()
+        keras_model = load_keras_model(candidate.parent.model_path)
         keras_models[key] = keras_model
         preprocessing = candidate.parent.manifest.preprocessing
         parent_probs = keras_model.predict(pixels.normalized(preprocessing), batch_size=batch_size, verbose=0)
@@ -265,7 +266,7 @@ def _test_samples(data, artifact: Artifact, split: str, strict: bool, max_images
     if not samples:
         raise ConfigError(f"split {split!r} of {str(data)!r} has no images; use --split all")
     if max_images and len(samples) > max_images:
-        from edgexfer.export.stage import stratified_subset
+        from edgexfer.data.subset import stratified_subset
 
         samples = stratified_subset(samples, max_images, seed=manifest.seed or 0)
     return samples, dataset
@@ -453,7 +454,7 @@ def benchmark_models(models: Sequence[str | os.PathLike[str]], *, out: str | os.
         if entry["kind"] == "keras":
             tf_threads = lat.set_tensorflow_threads(settings.threads[0])
             log(f"timing {entry['name']} (Keras, TensorFlow)")
-            keras_model = entry["artifact"].load_keras()
+            keras_model = load_keras_model(entry["artifact"].model_path)
             measured = lat.measure(lat.keras_runs(keras_model), x, settings, model=entry["name"],
                                    runtime="keras-tensorflow", threads=tf_threads,
                                    threads_used=tf_threads or lat.resolve_threads(0))

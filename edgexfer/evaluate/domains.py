@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from edgexfer.errors import ConfigError
+from edgexfer.models_io import load_keras_model
 
 
 def parse_domain(spec: str) -> tuple[str, str]:
@@ -58,7 +59,7 @@ def evaluate_domains(artifact: str | os.PathLike[str], domains: Mapping[str, str
     from edgexfer.data.pipeline import data_errors
     from edgexfer.evaluate.evaluator import predict_samples
     from edgexfer.evaluate.metrics import classification_metrics
-    from edgexfer.train.class_map import check_map_used, parse_class_map, scan_labelled
+    from edgexfer.data.class_map import check_map_used, parse_class_map, scan_labelled
 
     if not domains:
         raise ConfigError("evaluate_domains needs at least one domain (name → image folder)")
@@ -75,7 +76,7 @@ def evaluate_domains(artifact: str | os.PathLike[str], domains: Mapping[str, str
         samples_of[name] = [s for part in splits for s in dataset.split(part)]
         folder_classes.update(dataset.folder_class_names)
     check_map_used(mapping, folder_classes)
-    model = loaded.load_keras()
+    model = load_keras_model(loaded.model_path)
     rows: dict[str, dict[str, Any]] = {}
     reference = next(iter(domains))
     with data_errors():

@@ -10,6 +10,7 @@ import numpy as np
 
 from edgexfer.artifact import Artifact
 from edgexfer.config import EvaluateConfig
+from edgexfer.models_io import load_keras_model
 
 
 def predict_samples(model, samples: list, preprocessing, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +36,7 @@ def evaluate_artifact(artifact_path: str | Path, data_dir: str | Path, config: E
     samples = [sample for name in splits for sample in dataset.split(name)]
     from edgexfer.data.pipeline import data_errors
 
-    model = artifact.load_keras()
+    model = load_keras_model(artifact.model_path)
     with data_errors():
         probs, labels = predict_samples(model, samples, manifest.preprocessing, config.batch_size)
     result = classification_metrics(labels, probs, manifest.label_names, top_k=config.top_k)

@@ -21,6 +21,7 @@ from edgexfer.export._onnx import OPSET_RANGE
 from edgexfer.export.formats import check_format_quant
 from edgexfer.runtime.images import list_image_files, load_images, normalize
 from edgexfer.runtime.metadata import EmbeddedInfo
+from edgexfer.models_io import load_keras_model
 
 MIN_CALIBRATION_IMAGES = 10
 DEFAULT_MAX_CALIBRATION_IMAGES = 300
@@ -91,7 +92,7 @@ def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLik
     if quant == "int8" and calibration_images is not None:
         calibration = calibration_array(calibration_images, manifest.preprocessing, max_calibration_images)
 
-    keras_model = source.load_keras()
+    keras_model = load_keras_model(source.model_path)
     qat = is_qat if is_qat is not None else _manifest_says_qat(manifest) or has_quantize_layers(keras_model)
 
     with writing_artifact(out) as writer:

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgexfer.artifact import Artifact, Manifest
 from edgexfer.errors import ArtifactError, ConfigError, DataError
+from edgexfer.data.subset import stratified_subset
 from edgexfer.export.convert import (DEFAULT_MAX_CALIBRATION_IMAGES, KERAS_SUFFIXES, MIN_CALIBRATION_IMAGES,
                                      export_artifact)
 from edgexfer.export.formats import FORMATS, check_format_quant
@@ -155,27 +156,6 @@ def calibration_from_folder(folder: str | os.PathLike[str], manifest: Manifest, 
         raise DataError(f"calibration data ({what}): {exc}") from None
     samples = stratified_subset(dataset.split("train"), max_images, seed=manifest.seed or 0)
     return load_arrays(samples, manifest.preprocessing)[0]
-
-
-def stratified_subset(samples: Sequence[Any], count: int, seed: int = 0) -> list[Any]:
-    """Up to ``count`` samples (objects with ``.label`` and ``.path``), classes in proportion:
-    round-robin over seeded per-class shuffles; sorted by path."""
-    if len(samples) <= count:
-        return sorted(samples, key=lambda s: str(s.path))
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[Any]] = {}
-    for sample in samples:
-        by_class.setdefault(sample.label, []).append(sample)
-    queues = [[members[i] for i in rng.permutation(len(members))]
-              for _, members in sorted(by_class.items())]
-    chosen: list[Any] = []
-    depth = 0
-    while len(chosen) < count:
-        for queue in queues:
-            if depth < len(queue) and len(chosen) < count:
-                chosen.append(queue[depth])
-        depth += 1
-    return sorted(chosen, key=lambda s: str(s.path))
 
 
 def _even_indices(n: int, count: int) -> np.ndarray:

@@ -51,7 +51,7 @@ from pydantic import Field, model_validator
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.config import _Frozen
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model
+from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model, load_keras_model
 from edgexfer.train import common as train_common
 
 METHODS = ("adabn", "coral", "dann", "pseudo-label")
@@ -203,7 +203,7 @@ def adapt(model: str | Path, source: str | Path, target: str | Path, out: str | 
     ``target`` images (a folder of images, or an image folder whose labels are ignored) and
     write the adapted artifact at ``out``. ``method``: adabn | coral | dann | pseudo-label;
     ``options`` are :class:`AdaptConfig` fields (``class_map`` may be ``"a=x,b=y"``)."""
-    from edgexfer.train.class_map import parse_class_map
+    from edgexfer.data.class_map import parse_class_map
 
     if config is None:
         if "class_map" in options and not isinstance(options["class_map"], dict):
@@ -217,7 +217,7 @@ def adapt(model: str | Path, source: str | Path, target: str | Path, out: str | 
 def run_adapt(model_dir: str | Path, source: str | Path, target: str | Path, out: str | Path, config: AdaptConfig, *,
               progress: bool = False, log: Callable[..., Any] = print) -> Artifact:
     """The adapt stage with a built config (see :func:`adapt`)."""
-    from edgexfer.train.class_map import scan_labelled, scan_unlabelled
+    from edgexfer.data.class_map import scan_labelled, scan_unlabelled
 
     parent = Artifact(model_dir)
     if Path(out).resolve() == parent.path.resolve():
@@ -258,7 +258,7 @@ def run_adapt(model_dir: str | Path, source: str | Path, target: str | Path, out
             xt, _ = load_arrays([Sample(p, -1) for p in target_paths], preprocessing)
         log(f"adapt ({_describe(config)}): {len(xs)} labelled source / {len(xv)} source val / "
             f"{len(xt)} unlabelled target images at {preprocessing.input_size}px")
-        model = parent.load_keras()
+        model = load_keras_model(parent.model_path)
         adapter = _Adapter(model, preprocessing, config, xs, ys, xv, yv, xt, log=log, progress=progress)
         metrics_before = adapter.report("input")
         with common.timed(timings, "adapt_seconds"):

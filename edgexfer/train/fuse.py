@@ -28,7 +28,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.errors import ArtifactError, ConfigError
-from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model
+from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model, load_keras_model
 from edgexfer.train.adapt import _Config
 
 ALPHA_MEANING = ("theta = alpha * theta_source + (1 - alpha) * theta_finetuned: alpha is the weight of the "
@@ -87,7 +87,7 @@ def load_source_model(source: str | Path, finetuned: Artifact):
         model = create_backbone(name, finetuned.manifest.preprocessing.input_size, "imagenet")
         return model, {"kind": "pretrained", "spec": f"imagenet:{name}", "backbone": name}
     artifact = Artifact(source)
-    return artifact.load_keras(), {"kind": "artifact", **artifact.parent_ref()}
+    return load_keras_model(artifact.model_path), {"kind": "artifact", **artifact.parent_ref()}
 
 
 def match_layers(source_model, finetuned_model) -> tuple[list[str], list[str]]:
@@ -146,7 +146,7 @@ def fuse(source: str | Path, finetuned: str | Path, out: str | Path, alpha: floa
     ``alphas`` on ``val_data`` (``"[NAME=]DIR"``, labelled, from either domain) and writes the
     curve (``alpha_curve.json``/``.png``, also for ``curve_data={name: dir}``).
     ``options`` are :class:`FuseConfig` fields."""
-    from edgexfer.train.class_map import parse_class_map
+    from edgexfer.data.class_map import parse_class_map
 
     if config is None:
         if "class_map" in options and not isinstance(options["class_map"], dict):
@@ -169,7 +169,7 @@ def run_fuse(source: str | Path, finetuned: str | Path, out: str | Path, config:
                           "choose another directory")
     manifest = target_artifact.manifest
     source_model, source_info = load_source_model(source, target_artifact)
-    model = target_artifact.load_keras()
+    model = load_keras_model(target_artifact.model_path)
     shared, kept = match_layers(source_model, model)
     if kept:
         log(f"the source has a different head: {len(shared)} shared layers interpolated, the fine-tuned "
@@ -252,7 +252,7 @@ class _BatchNormReset:
     def __init__(self, model, config: FuseConfig, manifest):
         from edgexfer.data import Sample, load_arrays
         from edgexfer.train.adapt import _BatchNormStats, batchnorm_layers
-        from edgexfer.train.class_map import scan_unlabelled
+        from edgexfer.data.class_map import scan_unlabelled
 
         found = scan_unlabelled(config.bn_reset, strict=config.strict)
         paths = found.paths
@@ -292,7 +292,7 @@ def _named_data(config: FuseConfig) -> dict[str, str]:
 def _load_datasets(config: FuseConfig, manifest) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``name → (preprocessed float32 images, labels)`` of the validation and curve folders."""
     from edgexfer.data import load_arrays
-    from edgexfer.train.class_map import check_map_used, scan_labelled
+    from edgexfer.data.class_map import check_map_used, scan_labelled
 
     named = _named_data(config)
     result = {}

@@ -17,6 +17,7 @@ from edgexfer.artifact import Artifact
 from edgexfer.errors import ConfigError, DataError
 from edgexfer.evaluate.domains import evaluate_domains
 from edgexfer.train.adapt import adapt, batchnorm_layers
+from edgexfer.models_io import load_keras_model
 
 pytestmark = pytest.mark.integration
 WIDE = {**os.environ, "COLUMNS": "200"}  # rich wraps at 80 columns when not on a terminal
@@ -74,9 +75,9 @@ def test_each_method_writes_an_artifact_with_the_input_architecture(method, extr
     assert adapted.manifest.preprocessing == model.manifest.preprocessing
     assert adapted.manifest.extra["adapt"]["method"] == method
     assert adapted.metrics["target_labels_used"] is False and adapted.metrics["images"]["target"] == 48
-    assert architecture(adapted.load_keras()) == architecture(model.load_keras())  # no extra heads
+    assert architecture(load_keras_model(adapted.model_path)) == architecture(load_keras_model(model.model_path))  # no extra heads
     if adapted.metrics["bn"] == "frozen":  # the model's own statistics, untouched
-        for old, new in zip(batchnorm_layers(model.load_keras()), batchnorm_layers(adapted.load_keras())):
+        for old, new in zip(batchnorm_layers(load_keras_model(model.model_path)), batchnorm_layers(load_keras_model(adapted.model_path))):
             np.testing.assert_array_equal(old.moving_mean.numpy(), new.moving_mean.numpy())
     assert Artifact(adapted.path).model_path.name == "model.h5"
 
@@ -97,9 +98,9 @@ def test_adapt_writes_tensorboard_scalars_per_epoch(model, domains, tmp_path):
 
 def test_adabn_changes_batchnorm_statistics_and_pure_adabn_trains_nothing(model, domains, tmp_path):
     source, target, _ = domains
-    before = model.load_keras()
+    before = load_keras_model(model.model_path)
     pure = adapt(model.path, source, target, tmp_path / "pure", method="adabn", epochs=0, batch_size=16)
-    after = pure.load_keras()
+    after = load_keras_model(pure.model_path)
     for old, new in zip(batchnorm_layers(before), batchnorm_layers(after)):
         assert not np.allclose(old.moving_mean.numpy(), new.moving_mean.numpy())
         assert not np.allclose(old.moving_variance.numpy(), new.moving_variance.numpy())
@@ -111,7 +112,7 @@ def test_adabn_changes_batchnorm_statistics_and_pure_adabn_trains_nothing(model,
     # The source-statistics baseline carries other statistics than the target-adapted model.
     baseline = adapt(model.path, source, target, tmp_path / "base", method="adabn", epochs=0, batch_size=16,
                      output_stats="source")
-    first = batchnorm_layers(baseline.load_keras())[0]
+    first = batchnorm_layers(load_keras_model(baseline.model_path))[0]
     assert not np.allclose(first.moving_mean.numpy(), batchnorm_layers(after)[0].moving_mean.numpy())
 
 

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.compress import api as capi
 from edgexfer.errors import ConfigError
+from edgexfer.models_io import load_keras_model
 
 pytestmark = pytest.mark.integration
 
@@ -50,10 +51,10 @@ def test_prune_reaches_the_sparsity_and_shrinks_the_gzip_size(pruned, teacher):
     assert {d["class"] for d in m["dense_layers"]} == {"BatchNormalization"}
     assert pruned.manifest.extra["pruning"]["sparsity"] == m["pruned_layers_sparsity"]
     # the stripped model has no pruning wrappers and the input artifact is untouched
-    model = pruned.load_keras()
+    model = load_keras_model(pruned.model_path)
     assert not any("prune_low_magnitude" in layer.name for layer in model.layers)
     assert (model.get_layer("stage2_conv").kernel.numpy() == 0).mean() >= 0.45
-    original = teacher[0].load_keras()
+    original = load_keras_model(teacher[0].model_path)
     assert (original.get_layer("stage2_conv").kernel.numpy() == 0).mean() == 0.0
 
 
@@ -238,7 +239,7 @@ def test_all_zero_output_channels_keep_a_weight_range_so_int8_matches_keras(teac
     from edgexfer.runtime.images import load_images, normalize
 
     artifact, data = teacher
-    model = artifact.load_keras()
+    model = load_keras_model(artifact.model_path)
     kernel = model.get_layer("stage3_conv").kernel
     values = kernel.numpy()
     values[..., :5] = 0.0  # five output channels pruned away entirely

@@ -8,6 +8,7 @@ from edgexfer import api
 from edgexfer.artifact import Artifact
 from edgexfer.compress import api as capi
 from edgexfer.errors import DataError
+from edgexfer.models_io import load_keras_model
 
 pytestmark = pytest.mark.integration
 
@@ -58,17 +59,17 @@ def test_distilled_student_is_smaller_accurate_and_measured_against_a_baseline(d
     assert manifest.parent["path"] == str(teacher[0].path.resolve())
     assert manifest.extra["teacher"]["backbone"] == "cnn_small"
     assert manifest.extra["split"] == {"seed": 1, "val_fraction": 0.1, "test_fraction": 0.1}
-    model = distilled.load_keras()
+    model = load_keras_model(distilled.model_path)
     assert model.output_shape == (None, 3)
     assert model.get_layer("head_dense").activation.__name__ == "softmax"
 
 
 def test_teacher_logits_are_the_pre_softmax_output(teacher):
     from edgexfer._env import import_tf
-    from edgexfer.train.distill import teacher_logits_model
+    from edgexfer.compress.distill import teacher_logits_model
 
     tf, _ = import_tf()
-    model = teacher[0].load_keras()
+    model = load_keras_model(teacher[0].model_path)
     logits_model, source = teacher_logits_model(model)
     x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(tf.nn.softmax(logits_model(x)).numpy(), model(x).numpy(), atol=1e-5)
@@ -83,7 +84,7 @@ def test_augmented_distillation_runs_the_teacher_online_at_its_own_input_size(te
     assert student.metrics["teacher_logits"] == "online"
     assert student.manifest.preprocessing.input_size == 24
     assert artifact.manifest.preprocessing.input_size == 16
-    assert student.load_keras().input_shape == (None, 24, 24, 3)
+    assert load_keras_model(student.model_path).input_shape == (None, 24, 24, 3)
     assert 0.0 <= student.metrics["student_accuracy"] <= 1.0
 
 
@@ -129,13 +130,13 @@ def test_unlabelled_images_teach_the_student_the_teachers_answers_there(teacher,
     assert seen.metrics["splits"]["train"] == unseen.metrics["splits"]["train"]  # the labelled set is the same
 
     paths = sorted(other_domain.iterdir())
-    teacher_pred = artifact.load_keras().predict(
+    teacher_pred = load_keras_model(artifact.model_path).predict(
         _normalised(load_arrays([Sample(p, -1) for p in paths], artifact.manifest.preprocessing)[0], artifact),
         verbose=0).argmax(1)
 
     def agreement(student):
         x = load_arrays([Sample(p, -1) for p in paths], student.manifest.preprocessing)[0]
-        return float((student.load_keras().predict(_normalised(x, student), verbose=0).argmax(1) == teacher_pred).mean())
+        return float((load_keras_model(student.model_path).predict(_normalised(x, student), verbose=0).argmax(1) == teacher_pred).mean())
 
     assert agreement(seen) >= 0.85 and agreement(seen) >= agreement(unseen) + 0.15  # measured: 0.91 vs 0.60
     assert seen.metrics["student_accuracy"] >= 0.8  # still right on the labelled domain
@@ -161,7 +162,7 @@ def test_unlabelled_cap_is_a_seeded_subset(tmp_path):
     from PIL import Image
 
     from edgexfer.compress.config import DistillConfig
-    from edgexfer.train.distill import _unlabelled_samples
+    from edgexfer.compress.distill import _unlabelled_samples
 
     for index in range(10):
         Image.new("RGB", (8, 8), (index * 20, 0, 0)).save(tmp_path / f"{index}.png")

@@ -11,6 +11,7 @@ from PIL import Image
 from edgexfer import api
 from edgexfer.artifact import Artifact
 from edgexfer.errors import DataError
+from edgexfer.models_io import load_keras_model
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ def test_finetune_writes_a_complete_artifact(tiny_artifact, color_folder):
 
 
 def test_model_is_flat_and_backbone_batchnorm_stays_frozen(tiny_artifact):
-    model = tiny_artifact.load_keras()
+    model = load_keras_model(tiny_artifact.model_path)
     from edgexfer._env import import_tf
 
     _, keras = import_tf()

@@ -12,6 +12,7 @@ from PIL import Image
 from edgexfer import api
 from edgexfer.errors import ConfigError
 from edgexfer.train.fuse import ALPHA_MEANING, fuse
+from edgexfer.models_io import load_keras_model
 
 pytestmark = pytest.mark.integration
 WIDE = {**os.environ, "COLUMNS": "200"}  # rich wraps at 80 columns when not on a terminal
@@ -44,7 +45,7 @@ def setup(tmp_path_factory):
 
 
 def weights_by_layer(artifact):
-    return {layer.name: layer.get_weights() for layer in artifact.load_keras().layers if layer.weights}
+    return {layer.name: layer.get_weights() for layer in load_keras_model(artifact.model_path).layers if layer.weights}
 
 
 def assert_layers_equal(a, b, names):

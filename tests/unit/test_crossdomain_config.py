@@ -7,7 +7,7 @@ import pytest
 from edgexfer.errors import ConfigError, DataError
 from edgexfer.evaluate.domains import parse_domain, parse_domains
 from edgexfer.train.adapt import METHOD_DEFAULTS, AdaptConfig
-from edgexfer.train.class_map import check_map_used, match_classes, parse_class_map
+from edgexfer.data.class_map import check_map_used, match_classes, parse_class_map
 from edgexfer.train.fuse import ALPHA_MEANING, DEFAULT_ALPHAS, FuseConfig
 
 

@@ -34,7 +34,7 @@ from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifac
 from edgexfer.compress import common
 from edgexfer.compress.config import DistillConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, save_keras_model
+from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, save_keras_model, load_keras_model
 from edgexfer.train import common as train_common
 
 _SHUFFLE_BUFFER_BYTES = 256 << 20
@@ -230,7 +230,7 @@ def _unlabelled_samples(config: DistillConfig, label_names, log) -> list:
     if not config.unlabelled:
         return []
     from edgexfer.data import Sample
-    from edgexfer.train.class_map import scan_unlabelled
+    from edgexfer.data.class_map import scan_unlabelled
 
     images = scan_unlabelled(config.unlabelled, label_names, {}, strict=config.strict)
     paths = images.paths
@@ -266,7 +266,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     train_common.seed_everything(config.seed, config.deterministic)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    teacher = source.load_keras()
+    teacher = load_keras_model(source.model_path)
     logits_model, logits_source = teacher_logits_model(teacher)
     x_eval_teacher, y_eval = common.load_uint8(eval_samples, teacher_pre)
     teacher_accuracy = common.accuracy(common.keras_probs(teacher, x_eval_teacher, teacher_pre), y_eval)
