@@ -7,6 +7,7 @@ options) and how to train (hyper-parameters). Validation errors become one-line
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,7 +18,9 @@ Strategy = Literal["default", "mirrored", "multi-worker"]
 ImageCache = Literal["auto", "memory", "disk", "none"]
 
 
-class _Frozen(BaseModel):
+class FrozenConfig(BaseModel):
+    """Base of every stage config: unknown keys are refused, instances are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     @classmethod
@@ -26,30 +29,45 @@ class _Frozen(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise ConfigError(describe_validation_error(exc, cls.__name__)) from None
+            raise ConfigError(describe_validation_error(exc, cls)) from None
 
 
-def describe_validation_error(exc: ValidationError, where: str) -> str:
+def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line that names the field, the value received and what is allowed (or the closest
+    known option for a misspelt one). A check across fields names no single field, so its
+    message stands alone."""
     error = exc.errors()[0]
-    field = ".".join(str(part) for part in error["loc"]) or where
-    received = error.get("input")
-    message = error["msg"]
+    where = model.__name__
+    field = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].replace("Value error, ", "")
+    if error["type"] == "missing":
+        return f"{where}: {field} is required (--{field.replace('_', '-')})"
+    if not error["loc"]:
+        return f"{where}: {message}"
     if error["type"] == "extra_forbidden":
-        return f"{where}: unknown option {field!r}" + _did_you_mean(field, exc.title)
-    return f"{where}: {field}={received!r} is invalid: {message}"
+        choices = _fields_at(model, error["loc"][:-1])
+        return f"{where}: unknown option {field!r}" + did_you_mean(str(error["loc"][-1]), choices)
+    return f"{where}: {field}={error.get('input')!r} is invalid: {message}"
 
 
-def _did_you_mean(name: str, model_name: str) -> str:
-    import difflib
+def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """The option names of the (nested) config at ``path`` below ``model``."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
 
-    model = _MODELS.get(model_name)
-    if model is None:
-        return ""
-    close = difflib.get_close_matches(name, list(model.model_fields), n=1)
+
+def did_you_mean(name: str, choices) -> str:
+    """`` — did you mean 'x'?`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
     return f" — did you mean {close[0]!r}?" if close else ""
 
 
-class AugmentOptions(_Frozen):
+class AugmentOptions(FrozenConfig):
     """Training-time augmentation of uint8 images (off by default: digits must not flip)."""
 
     flip: bool = False
@@ -62,14 +80,14 @@ class AugmentOptions(_Frozen):
         return self.flip or self.crop_zoom > 0 or self.brightness > 0 or self.contrast > 0
 
 
-class HeadOptions(_Frozen):
+class HeadOptions(FrozenConfig):
     """The classifier put on the backbone's pooled features."""
 
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     hidden_units: int = Field(0, ge=0, description="0: a single Dense layer")
 
 
-class FinetuneConfig(_Frozen):
+class FinetuneConfig(FrozenConfig):
     """How to fine-tune: phase 1 trains the head on cached features, phase 2 the top layers."""
 
     backbone: str = "efficientnet_lite0"
@@ -108,14 +126,12 @@ class FinetuneConfig(_Frozen):
         return self
 
 
-class EvaluateConfig(_Frozen):
+class EvaluateConfig(FrozenConfig):
     batch_size: int = Field(64, ge=1)
     top_k: int = Field(5, ge=1)
     split: Literal["all", "train", "val", "test"] = "all"
     strict: bool = False
 
-
-_MODELS = {model.__name__: model for model in (AugmentOptions, HeadOptions, FinetuneConfig, EvaluateConfig)}
 
 
 def load_config_file(path) -> dict[str, Any]:

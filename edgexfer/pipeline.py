@@ -22,7 +22,6 @@ options, the hashes of the stages it reads, the data it reads) changed.
 from __future__ import annotations
 
 import datetime as _dt
-import difflib
 import hashlib
 import json
 import time
@@ -33,6 +32,7 @@ from typing import Any, Callable
 
 import yaml
 
+from edgexfer.config import did_you_mean
 from edgexfer.errors import ConfigError, EdgexferError
 from edgexfer.train.common import tensorboard_logging
 
@@ -236,7 +236,7 @@ class Pipeline:
         for stage in self.stages:
             if stage.name == name:
                 return stage
-        raise ConfigError(f"no stage {name!r}{_did_you_mean(name, [s.name for s in self.stages])}; "
+        raise ConfigError(f"no stage {name!r}{did_you_mean(name, [s.name for s in self.stages])}; "
                           f"stages: {', '.join(s.name for s in self.stages)}")
 
 
@@ -261,7 +261,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir:
         _apply_override(raw, override)
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise ConfigError(f"{where(key)}: unknown key {key!r}{_did_you_mean(key, TOP_LEVEL_KEYS)}; "
+            raise ConfigError(f"{where(key)}: unknown key {key!r}{did_you_mean(key, TOP_LEVEL_KEYS)}; "
                               f"allowed: {', '.join(TOP_LEVEL_KEYS)}")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
@@ -291,7 +291,7 @@ def _parse_stage(name: str, options: Any, earlier: list[Stage], data: dict, line
     options = dict(options)
     type_name = options.pop("type", name)
     if type_name not in STAGE_TYPES:
-        raise ConfigError(f"{here}: unknown stage type {type_name!r}{_did_you_mean(type_name, STAGE_TYPES)}; "
+        raise ConfigError(f"{here}: unknown stage type {type_name!r}{did_you_mean(type_name, STAGE_TYPES)}; "
                           f"types: {', '.join(STAGE_TYPES)} (set 'type:' when the name is not a type)")
     stage_type = STAGE_TYPES[type_name]
     for key in stage_type.required:
@@ -303,7 +303,7 @@ def _parse_stage(name: str, options: Any, earlier: list[Stage], data: dict, line
     def stage_ref(key: str, value: Any) -> str:
         key_line = _line_of(lines, ("stages", name, key))
         if not isinstance(value, str) or value not in earlier_names:
-            hint = _did_you_mean(str(value), earlier_names)
+            hint = did_you_mean(str(value), earlier_names)
             raise ConfigError(f"{path}:{key_line}: stage {name!r}: {key}={value!r} is not an earlier stage{hint}; "
                               f"earlier stages: {', '.join(earlier_names) or 'none'}")
         return value
@@ -348,7 +348,7 @@ def _data_ref(value: Any, data: dict, where: str) -> dict[str, str]:
         return {"data": value}
     if isinstance(value, str) and ("/" in value or Path(value).exists()):
         return {"path": value}
-    raise ConfigError(f"{where}={value!r} is neither a dataset of 'data:'{_did_you_mean(str(value), data)} "
+    raise ConfigError(f"{where}={value!r} is neither a dataset of 'data:'{did_you_mean(str(value), data)} "
                       f"nor a folder path; datasets: {', '.join(data) or 'none'}")
 
 
@@ -357,7 +357,7 @@ def _check_data_spec(name: str, spec: Any, where: str) -> None:
         raise ConfigError(f"{where}: dataset {name!r} needs exactly one of 'dataset: NAME' (bundled) or 'path: DIR'")
     for key in spec:
         if key not in DATA_SPEC_KEYS:
-            raise ConfigError(f"{where}: dataset {name!r}: unknown key {key!r}{_did_you_mean(key, DATA_SPEC_KEYS)}")
+            raise ConfigError(f"{where}: dataset {name!r}: unknown key {key!r}{did_you_mean(key, DATA_SPEC_KEYS)}")
 
 
 def _apply_override(raw: dict, override: str) -> None:
@@ -374,7 +374,7 @@ def _apply_override(raw: dict, override: str) -> None:
             if part in target:
                 raise ConfigError(f"--set {override!r}: {part!r} is not a mapping")
             known = list(target)
-            raise ConfigError(f"--set {override!r}: no {part!r}{_did_you_mean(part, known)}; have: {', '.join(known)}")
+            raise ConfigError(f"--set {override!r}: no {part!r}{did_you_mean(part, known)}; have: {', '.join(known)}")
         target = target[part]
     target[parts[-1]] = yaml.safe_load(value)
 
@@ -399,11 +399,6 @@ def _line_of(lines: dict[tuple, int], keys: tuple) -> int:
     while keys and keys not in lines:
         keys = keys[:-1]
     return lines.get(keys, 1)
-
-
-def _did_you_mean(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" — did you mean {close[0]!r}?" if close else ""
 
 
 # ---------------------------------------------------------------------------- running

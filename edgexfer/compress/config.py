@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from edgexfer.config import _MODELS, AugmentOptions, HeadOptions, _Frozen, describe_validation_error
-from edgexfer.errors import ConfigError
+from edgexfer.config import AugmentOptions, FrozenConfig, HeadOptions
 
 # Fewer representative images than this make int8 ranges noise (same floor as export).
 MIN_CALIBRATION_IMAGES = 10
 
 
-class _StageConfig(_Frozen):
+class _StageConfig(FrozenConfig):
     """What every compression stage takes: augmentation, a training subset, seed, strictness."""
 
     augment: AugmentOptions = AugmentOptions()
@@ -26,26 +25,6 @@ class _StageConfig(_Frozen):
     seed: int = 0
     deterministic: bool = True
     strict: bool = False
-
-    @classmethod
-    def build(cls, **values):
-        """Construct, turning pydantic's report into one ``ConfigError`` line (a check across
-        fields names no single field, so its message stands alone)."""
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            if error["type"] == "missing":
-                field = ".".join(str(part) for part in error["loc"])
-                raise ConfigError(f"{cls.__name__}: {field} is required "
-                                  f"(--{field.replace('_', '-')})") from None
-            if not error["loc"]:
-                raise ConfigError(f"{cls.__name__}: {_plain(error['msg'])}") from None
-            raise ConfigError(_plain(describe_validation_error(exc, cls.__name__))) from None
-
-
-def _plain(message: str) -> str:
-    return message.replace("Value error, ", "")
 
 
 class DistillConfig(_StageConfig):
@@ -161,4 +140,3 @@ class QuantizeConfig(_StageConfig):
 
 
 # Let edgexfer.config's "did you mean" hints find these fields too.
-_MODELS.update({model.__name__: model for model in (DistillConfig, PruneConfig, QuantizeConfig)})

@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
-from edgexfer.config import _Frozen
+from edgexfer.config import FrozenConfig
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model, load_keras_model
 from edgexfer.train import common as train_common
@@ -70,21 +70,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-class _Config(_Frozen):
-    @classmethod
-    def build(cls, **values: Any):
-        """As ``_Frozen.build``, with a suggestion for a misspelt option."""
-        import difflib
-
-        for name in values:
-            if name not in cls.model_fields:
-                close = difflib.get_close_matches(name, list(cls.model_fields), n=1)
-                raise ConfigError(f"{cls.__name__}: unknown option {name!r}"
-                                  + (f" — did you mean {close[0]!r}?" if close else ""))
-        return super().build(**values)
-
-
-class AdaptConfig(_Config):
+class AdaptConfig(FrozenConfig):
     """How to adapt. ``epochs``/``after`` of ``None`` take the method's defaults."""
 
     method: Method = "adabn"

@@ -29,7 +29,7 @@ from pydantic import Field, field_validator, model_validator
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model, load_keras_model
-from edgexfer.train.adapt import _Config
+from edgexfer.config import FrozenConfig
 
 ALPHA_MEANING = ("theta = alpha * theta_source + (1 - alpha) * theta_finetuned: alpha is the weight of the "
                  "source model; 0 keeps the fine-tuned model, 1 takes the source weights (shared layers only; "
@@ -39,7 +39,7 @@ CURVE_PNG = "alpha_curve.png"
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
-class FuseConfig(_Config):
+class FuseConfig(FrozenConfig):
     alpha: float | Literal["auto"] = Field(
         "auto", description="weight of the source model in [0, 1] (0: fine-tuned, 1: source), or auto")
     alphas: tuple[float, ...] = Field(DEFAULT_ALPHAS, description="the grid auto sweeps")
