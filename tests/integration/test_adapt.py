@@ -4,6 +4,7 @@ Source: noisy red/green/blue squares. Target: the same classes with a shifted co
 and lower contrast — a domain shift that BatchNorm statistics and feature alignment see.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -18,27 +19,20 @@ from edgexfer.errors import ConfigError, DataError
 from edgexfer.evaluate.domains import evaluate_domains
 from edgexfer.train.adapt import adapt, batchnorm_layers
 from edgexfer.models_io import load_keras_model
+from kit import COLORS as KIT_COLORS
+from kit import make_color_folder
 
 pytestmark = pytest.mark.integration
 WIDE = {**os.environ, "COLUMNS": "200"}  # rich wraps at 80 columns when not on a terminal
 
-COLORS = {"blue": (30, 40, 210), "green": (30, 180, 40), "red": (200, 30, 30)}
+COLORS = dict(sorted(KIT_COLORS.items()))
 TINY = dict(backbone="cnn_tiny", weights="none", img_size=16, epochs=12, fine_tune_epochs=1, unfreeze_layers=2,
             batch_size=16, learning_rate=0.05, early_stopping_patience=0, seed=1)
 FAST = dict(epochs=1, train_layers=2, batch_size=16, seed=0)
 
 
-def make_domain(root, per_class=16, size=16, seed=0, contrast=1.0, shift=(0, 0, 0), labelled=True, names=None):
-    """Noisy coloured squares; ``contrast``/``shift`` move them to another domain."""
-    rng = np.random.default_rng(seed)
-    for name, color in COLORS.items():
-        folder = root / (names or {}).get(name, name) if labelled else root
-        folder.mkdir(parents=True, exist_ok=True)
-        for index in range(per_class):
-            pixels = np.array(color) + rng.normal(0, 40, (size, size, 3))
-            pixels = (pixels - 128) * contrast + 128 + np.array(shift)
-            Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(folder / f"{name}{index}.png")
-    return root
+# Noisy coloured squares; ``contrast``/``shift`` move them to another domain.
+make_domain = functools.partial(make_color_folder, classes=COLORS, per_class=16, size=16, prefix_names=True)
 
 
 def architecture(model):

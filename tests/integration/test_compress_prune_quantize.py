@@ -8,6 +8,7 @@ from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.compress import api as capi
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import load_keras_model
+from kit import shared_teacher
 
 pytestmark = pytest.mark.integration
 
@@ -17,8 +18,6 @@ QAT = dict(mode="qat", epochs=1, batch_size=8, learning_rate=1e-4, calibration_i
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    from test_distill import shared_teacher
-
     return shared_teacher(tmp_path_factory)
 
 

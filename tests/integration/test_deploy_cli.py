@@ -23,25 +23,14 @@ from PIL import Image
 
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.export import FORMATS, QUANT_MODES
+from kit import COLORS, make_color_folder
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
 ROOT = Path(__file__).resolve().parents[2]
-COLORS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 210)}
 ALLOWED = [(fmt, quant) for fmt, row in FORMATS.items() for quant in row.quant_modes]
 DISALLOWED = [(fmt, quant) for fmt, row in FORMATS.items() for quant in QUANT_MODES if quant not in row.quant_modes]
-
-
-def make_color_folder(root: Path, classes=COLORS, per_class=16, size=20, seed=0) -> Path:
-    """Noisy coloured squares, one folder per class."""
-    rng = np.random.default_rng(seed)
-    for name, color in classes.items():
-        (root / name).mkdir(parents=True)
-        for index in range(per_class):
-            pixels = np.clip(np.array(color) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype("uint8")
-            Image.fromarray(pixels).save(root / name / f"{index}.png")
-    return root
 
 
 def run_cli(*args: str) -> SimpleNamespace:
@@ -81,7 +70,7 @@ def tiny(tmp_path_factory):
     from edgexfer import api
 
     root = tmp_path_factory.mktemp("deploy")
-    data = make_color_folder(root / "data")
+    data = make_color_folder(root / "data", per_class=16)
     artifact = api.finetune(data, root / "ft", backbone="cnn_tiny", weights="none", img_size=16, epochs=6,
                             fine_tune_epochs=1, unfreeze_layers=2, batch_size=16, learning_rate=0.05,
                             early_stopping_patience=0, seed=1)

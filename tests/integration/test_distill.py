@@ -4,30 +4,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgexfer import api
 from edgexfer.artifact import Artifact
 from edgexfer.compress import api as capi
 from edgexfer.errors import DataError
 from edgexfer.models_io import load_keras_model
+from kit import make_color_folder, shared_teacher
 
 pytestmark = pytest.mark.integration
 
-TEACHER = dict(backbone="cnn_small", weights="none", img_size=16, epochs=15, fine_tune_epochs=0, batch_size=16,
-               learning_rate=0.05, early_stopping_patience=0, seed=1)
 STUDENT = dict(student="cnn_tiny", epochs=8, batch_size=16, learning_rate=0.01, early_stopping_patience=0, seed=1)
-
-
-def shared_teacher(tmp_path_factory):
-    """One tiny teacher (and its image folder) per test session, shared by the compress tests."""
-    from test_finetune import make_color_folder
-
-    root = tmp_path_factory.getbasetemp() / "compress-shared"
-    if not (root / "teacher" / "manifest.json").is_file():
-        data = root / "data"
-        if not data.exists():
-            make_color_folder(data, per_class=30, size=20)
-        api.finetune(data, root / "teacher", **TEACHER)
-    return Artifact(root / "teacher"), root / "data"
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +74,6 @@ def test_augmented_distillation_runs_the_teacher_online_at_its_own_input_size(te
 
 
 def test_distill_refuses_data_whose_classes_differ_from_the_teacher(teacher, tmp_path):
-    from test_finetune import make_color_folder
-
     other = make_color_folder(tmp_path / "other", per_class=4, size=8)
     (other / "green").rename(other / "yellow")
     with pytest.raises(DataError, match="teacher's classes.*yellow"):
@@ -150,8 +133,6 @@ def _normalised(uint8_images, artifact):
 
 
 def test_unlabelled_folder_with_other_classes_is_refused(teacher, tmp_path):
-    from test_finetune import make_color_folder
-
     other = make_color_folder(tmp_path / "other", per_class=2, size=8)
     (other / "green").rename(other / "yellow")
     with pytest.raises(DataError, match="yellow"):

@@ -12,22 +12,9 @@ from edgexfer import api
 from edgexfer.artifact import Artifact
 from edgexfer.errors import DataError
 from edgexfer.models_io import load_keras_model
+from kit import COLORS, make_color_folder
 
 pytestmark = pytest.mark.integration
-
-COLORS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 210)}
-
-
-def make_color_folder(root, per_class=24, size=20, seed=0):
-    """Three classes of noisy coloured squares: easy, but only if training works."""
-    rng = np.random.default_rng(seed)
-    for name, color in COLORS.items():
-        (root / name).mkdir(parents=True)
-        for index in range(per_class):
-            pixels = np.clip(np.array(color) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype("uint8")
-            Image.fromarray(pixels).save(root / name / f"{index}.png")
-    return root
-
 
 TINY = dict(backbone="cnn_tiny", weights="none", img_size=16, epochs=12, fine_tune_epochs=2, unfreeze_layers=2,
             batch_size=16, learning_rate=0.05, early_stopping_patience=0, seed=1)

@@ -1,35 +1,30 @@
 """The fuse stage (weight-space interpolation) on tiny generated data."""
 
 import json
+import functools
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from edgexfer import api
 from edgexfer.errors import ConfigError
 from edgexfer.train.fuse import ALPHA_MEANING, fuse
 from edgexfer.models_io import load_keras_model
+from kit import COLORS as KIT_COLORS
+from kit import make_color_folder
 
 pytestmark = pytest.mark.integration
 WIDE = {**os.environ, "COLUMNS": "200"}  # rich wraps at 80 columns when not on a terminal
 
-COLORS = {"blue": (30, 40, 210), "green": (30, 180, 40), "red": (200, 30, 30)}
+COLORS = dict(sorted(KIT_COLORS.items()))
 TINY = dict(backbone="cnn_tiny", weights="none", img_size=16, epochs=6, fine_tune_epochs=1, unfreeze_layers=2,
             batch_size=16, learning_rate=0.05, early_stopping_patience=0)
 
 
-def make_folder(root, classes=COLORS, per_class=12, seed=0, contrast=1.0):
-    rng = np.random.default_rng(seed)
-    for name, color in classes.items():
-        (root / name).mkdir(parents=True)
-        for index in range(per_class):
-            pixels = (np.array(color) + rng.normal(0, 40, (16, 16, 3)) - 128) * contrast + 128
-            Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(root / name / f"{index}.png")
-    return root
+make_folder = functools.partial(make_color_folder, classes=COLORS, per_class=12, size=16)
 
 
 @pytest.fixture(scope="module")

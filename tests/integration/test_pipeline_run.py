@@ -10,7 +10,7 @@ import pytest
 from edgexfer.errors import ConfigError
 from edgexfer.pipeline import EVENTS_FILE, run_pipeline
 
-from test_finetune import make_color_folder
+from kit import make_color_folder
 
 pytestmark = pytest.mark.integration
 

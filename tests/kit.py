@@ -1,0 +1,52 @@
+"""The shared test kit: synthetic image folders and the tiny shared teacher.
+
+Test files import from here (``from kit import ...``), never from each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COLORS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 210)}
+
+# A tiny teacher trains in seconds and still has to learn: the compress tests share one.
+TEACHER = dict(backbone="cnn_small", weights="none", img_size=16, epochs=15, fine_tune_epochs=0, batch_size=16,
+               learning_rate=0.05, early_stopping_patience=0, seed=1)
+
+
+def make_color_folder(root: Path, classes=COLORS, per_class=24, size=20, seed=0, *, contrast=1.0, shift=(0, 0, 0),
+                      labelled=True, names=None, prefix_names=False) -> Path:
+    """Noisy coloured squares, one folder per class: easy, but only if training works.
+
+    ``contrast``/``shift`` move them to another domain; ``labelled=False`` writes them all in
+    ``root`` (an unlabelled folder, file names prefixed by the class); ``names`` renames class
+    folders.
+    """
+    rng = np.random.default_rng(seed)
+    for name, color in classes.items():
+        folder = root / (names or {}).get(name, name) if labelled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = np.array(color) + rng.normal(0, 40, (size, size, 3))
+            if contrast != 1.0 or any(shift):
+                pixels = (pixels - 128) * contrast + 128 + np.array(shift)
+            stem = f"{name}{index}" if prefix_names or not labelled else f"{index}"
+            Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(folder / f"{stem}.png")
+    return root
+
+
+def shared_teacher(tmp_path_factory):
+    """One tiny teacher (and its image folder) per test session, shared by the compress tests."""
+    from edgexfer import api
+    from edgexfer.artifact import Artifact
+
+    root = tmp_path_factory.getbasetemp() / "compress-shared"
+    if not (root / "teacher" / "manifest.json").is_file():
+        data = root / "data"
+        if not data.exists():
+            make_color_folder(data, per_class=30, size=20)
+        api.finetune(data, root / "teacher", **TEACHER)
+    return Artifact(root / "teacher"), root / "data"
