@@ -355,10 +355,15 @@ def main() -> None:
     """Console entry point: runs the app and maps errors to one line and an exit code.
 
     Typer's standalone mode already handles usage errors (exit 2) and Ctrl-C; stages write
-    artifacts atomically, so an interrupted run leaves nothing half-written.
+    artifacts atomically, so an interrupted run leaves nothing half-written. SIGTERM (what
+    ``timeout``, ``docker stop`` and CI cancellation send) is handled like Ctrl-C, so the same
+    clean-up runs (temporary artifact folders and cache files removed); the exit code is 143.
     """
+    from edgexfer.interrupts import terminate_like_interrupt
+
     try:
-        app()
+        with terminate_like_interrupt():
+            app()
     except EdgexferError as exc:
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(exc.exit_code)
