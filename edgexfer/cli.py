@@ -123,8 +123,10 @@ def evaluate(
     """Accuracy, top-k, per-class metrics and confusion matrix of an artifact on an image folder,
     or on several domains at once (--data NAME=DIR ...): each domain's accuracy and the gap."""
     from edgexfer import api
-    from edgexfer.evaluate.evaluator import write_json
+    from edgexfer.evaluate.evaluator import check_output_file, write_json
 
+    if json_out:
+        check_output_file(json_out, "--json")
     if domains:
         if data is not None:
             raise ConfigError("pass either DATA or --data NAME=DIR (repeatable), not both")
@@ -142,6 +144,7 @@ def evaluate(
     if class_map:
         raise ConfigError("--class-map goes with --data NAME=DIR")
     png = confusion_png or (json_out.with_suffix(".confusion.png") if json_out else Path("confusion.png"))
+    check_output_file(png, "--confusion-png")
     result = api.evaluate(artifact, data, confusion_png=png, split=split, top_k=top_k, batch_size=batch_size,
                           strict=strict)
     _render_evaluation(result)
