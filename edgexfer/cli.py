@@ -40,6 +40,13 @@ def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Te
     from edgexfer._env import configure_tensorflow_env
 
     configure_tensorflow_env(verbose=verbose)
+    import warnings
+
+    from PIL import Image
+
+    # PIL warns about images over ~89 Mpx and refuses those over twice that (a one-line DataError
+    # then); the warning itself is noise in a terminal.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     # Warnings from the library (e.g. skipped corrupt images) reach the user on stderr.
     handler = RichHandler(console=err_console, show_time=False, show_path=False)
     logging.getLogger("edgexfer").addHandler(handler)
