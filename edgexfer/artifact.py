@@ -133,6 +133,16 @@ class Manifest:
                 f"{SCHEMA_VERSION}); re-create the artifact with this version of edgexfer"
             )
         data = dict(data)
+        import dataclasses
+
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [name for name, f in fields.items() if name not in data
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        unknown = sorted(set(data) - set(fields))
+        if missing or unknown:
+            what = f"no field {missing[0]!r}" if missing else f"unknown field {unknown[0]!r}"
+            raise ArtifactError(f"{where}: malformed manifest ({what}); re-create the artifact with this "
+                                "version of edgexfer")
         try:
             data["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
             manifest = cls(**data)
