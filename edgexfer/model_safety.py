@@ -134,3 +134,43 @@ def _layer_and_children(layer: dict[str, Any]) -> Iterator[tuple[str, Any, dict[
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# TensorFlow ops a SavedModel's graph must not hold: they read or write files, run Python, or
+# map files into memory when the serving function is called. The checkpoint ops (SaveV2,
+# RestoreV2, MergeV2Checkpoints) every SavedModel has in its saver functions are not listed.
+# A deny-list (not an allow-list as for Keras layers): TensorFlow has over a thousand ops and
+# which ones a graph of a registered backbone lowers to varies with the TF version.
+FORBIDDEN_TF_OPS = frozenset({
+    "WriteFile", "ReadFile", "MatchingFiles", "ImmutableConst", "PyFunc", "PyFuncStateless", "EagerPyFunc",
+    "Save", "SaveSlices", "Restore", "RestoreSlice", "WholeFileReader", "WholeFileReaderV2",
+    "TFRecordDataset", "TFRecordDatasetV2", "TextLineDataset", "FixedLengthRecordDataset",
+    "FixedLengthRecordDatasetV2", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord", "SaveDataset",
+    "SaveDatasetV2", "LoadDataset", "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary",
+    "WriteRawProtoSummary", "WriteGraphSummary", "WriteScalarSummary", "WriteHistogramSummary",
+    "WriteImageSummary", "WriteAudioSummary", "ShellCommand",
+})
+
+
+def check_saved_model(path: str | Path) -> None:
+    """Refuse a SavedModel directory whose graph holds an op that touches files or runs Python,
+    before TensorFlow loads it (``FORBIDDEN_TF_OPS``). Needs TensorFlow's protobuf classes."""
+    from edgexfer._env import import_tf
+
+    import_tf()
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = Path(path)
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    except (OSError, DecodeError) as exc:
+        raise ArtifactError(f"cannot read SavedModel {str(path)!r} ({_first_line(exc)}); re-export it") from None
+    for graph in proto.meta_graphs:
+        nodes = list(graph.graph_def.node) + [n for f in graph.graph_def.library.function for n in f.node_def]
+        for node in nodes:
+            if node.op in FORBIDDEN_TF_OPS:
+                raise ArtifactError(f"{str(path)!r}: the SavedModel's graph holds a {node.op} op ({node.name!r}), "
+                                    "which touches files or runs code; refused before loading. Re-export it "
+                                    "with edgexfer export")

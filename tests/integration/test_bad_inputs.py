@@ -163,8 +163,31 @@ def world(tmp_path_factory):
     (evil_child / "manifest.json").write_text(json.dumps(manifest))
 
     data = make_folder(root / "data")
+    evil_saved_model = _saved_model_writing_a_file(tflite, root / "evil-saved-model", marker)
     return SimpleNamespace(root=root, marker=marker, good=good, other=other, evil=evil, tflite=tflite,
-                           evil_child=evil_child, data=data, image=data / "a" / "0.png")
+                           evil_child=evil_child, evil_saved_model=evil_saved_model, data=data,
+                           image=data / "a" / "0.png")
+
+
+def _saved_model_writing_a_file(template: Path, out: Path, marker: Path) -> Path:
+    """An export artifact whose SavedModel writes ``marker`` when its serving function runs."""
+    import tensorflow as tf
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+        def serve(self, x):
+            tf.io.write_file(str(marker), "code ran")
+            return {"probabilities": tf.nn.softmax(tf.reduce_mean(x, axis=[1, 2]))}
+
+    module = Module()
+    shutil.copytree(template, out)
+    (out / "model.tflite").unlink()
+    tf.saved_model.save(module, str(out / "saved_model"), signatures={"serving_default": module.serve})
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["model_file"] = "saved_model"
+    manifest["config"] = {**manifest["config"], "format": "saved_model"}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
 
 
 @pytest.fixture
@@ -207,19 +230,22 @@ def _loading_commands(w, out):
         "fuse-finetuned": ["fuse", str(w.good), w.evil, "--alpha", "0.5", "--out", out],
         "check-parent": ["check", w.evil_child, "--data", d, "--no-latency", "--out", out],
         "benchmark": ["benchmark", w.evil, "--runs", "1", "--warmup", "0", "--out", out],
+        "benchmark-saved_model": ["benchmark", w.evil_saved_model, "--runs", "1", "--warmup", "0", "--out", out],
+        "check-saved_model": ["check", w.evil_saved_model, "--data", d, "--out", out],
     }
 
 
 LOADING = ["evaluate", "evaluate-domains", "export-tflite", "export-onnx", "export-saved_model", "distill", "prune",
            "quantize-qat", "quantize-ptq", "quantize-check", "adapt", "fuse-source", "fuse-finetuned", "check-parent",
-           "benchmark"]
+           "benchmark", "benchmark-saved_model", "check-saved_model"]
 
 
 @pytest.mark.parametrize("command", LOADING)
 def test_an_artifact_with_code_is_refused_by_every_command_that_loads_it(capsys, world, case_dir, command):
     out = case_dir / "out"
     args = _loading_commands(world, out)[command]
-    run_case(capsys, world.root, args, LAMBDA_REFUSED, out=out)
+    expected = "holds a WriteFile op" if command.endswith("saved_model") else LAMBDA_REFUSED
+    run_case(capsys, world.root, args, expected, out=out)
     assert not world.marker.exists(), f"{command}: the Lambda's code ran"
 
 
