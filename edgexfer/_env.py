@@ -73,14 +73,6 @@ def cache_dir() -> "os.PathLike[str]":
     return path
 
 
-def quiet_native_stderr():
-    """Hide what native code (LiteRT's "Created TensorFlow Lite XNNPACK delegate" line) prints
-    on fd 2 in a ``with`` block, unless --verbose; Python exceptions still propagate."""
-    import contextlib
-
-    return contextlib.nullcontext() if verbose_logging() else _stderr_silenced()
-
-
 class _stderr_silenced:
     """Redirect the process's fd 2 to /dev/null for the duration of a ``with`` block."""
 

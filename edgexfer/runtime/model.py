@@ -44,7 +44,7 @@ class _TFLiteBackend:
     def __init__(self, path: Path, num_threads: int | None):
         from ai_edge_litert.interpreter import Interpreter
 
-        from edgexfer._env import quiet_native_stderr
+        from edgexfer.runtime._quiet import quiet_native_stderr
 
         try:
             with quiet_native_stderr():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate"
