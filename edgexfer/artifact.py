@@ -50,10 +50,46 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        """From a manifest or a model's metadata (untrusted): every field checked and bounded,
+        ``ValueError`` saying which one is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"preprocessing must be an object, got {type(data).__name__}")
         data = dict(data)
-        data["mean"] = tuple(float(v) for v in data.get("mean", cls.mean))
-        data["std"] = tuple(float(v) for v in data.get("std", cls.std))
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown preprocessing field {sorted(unknown)[0]!r}")
+        data["input_size"] = _bounded_int(data.get("input_size"), "input_size", 1, MAX_INPUT_SIZE)
+        data["channels"] = _bounded_int(data.get("channels", cls.channels), "channels", 1, 4)
+        for key in ("mean", "std"):
+            values = data.get(key, getattr(cls, key))
+            if not isinstance(values, (list, tuple)) or not 1 <= len(values) <= 4 or not all(
+                    _finite_number(v) for v in values):
+                raise ValueError(f"preprocessing.{key} {values!r:.60} must be a list of 1-4 finite numbers")
+            data[key] = tuple(float(v) for v in values)
+        for key in ("resize", "layout", "color"):
+            if not isinstance(data.get(key, ""), str) or len(data.get(key, "")) > 32:
+                raise ValueError(f"preprocessing.{key} {data.get(key)!r:.60} must be a short string")
         return cls(**data)
+
+
+# The largest input side a manifest or model metadata may declare: stages accept at most
+# 1024 px (FinetuneConfig.img_size), so anything above is damage or a resource attack
+# (15000 px would make predict allocate gigabytes per image).
+MAX_INPUT_SIZE = 1024
+
+
+def _finite_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bounded_int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"preprocessing.{name} {value!r:.60} is not a whole number")
+    if not low <= int(value) <= high:
+        raise ValueError(f"preprocessing.{name} {int(value)} is outside {low}..{high}")
+    return int(value)
 
 
 @dataclass
@@ -87,6 +123,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> "Manifest":
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: malformed manifest (a JSON {type(data).__name__}, not an object); "
+                                "re-create the artifact")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ArtifactError(
@@ -94,11 +133,50 @@ class Manifest:
                 f"{SCHEMA_VERSION}); re-create the artifact with this version of edgexfer"
             )
         data = dict(data)
+        import dataclasses
+
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [name for name, f in fields.items() if name not in data
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        unknown = sorted(set(data) - set(fields))
+        if missing or unknown:
+            what = f"no field {missing[0]!r}" if missing else f"unknown field {unknown[0]!r}"
+            raise ArtifactError(f"{where}: malformed manifest ({what}); re-create the artifact with this "
+                                "version of edgexfer")
         try:
             data["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
-            return cls(**data)
-        except (KeyError, TypeError) as exc:
+            manifest = cls(**data)
+            _check_manifest_types(manifest)
+            return manifest
+        except KeyError as exc:
+            raise ArtifactError(f"{where}: malformed manifest (no field {exc}); re-create the artifact") from None
+        except (TypeError, ValueError) as exc:
             raise ArtifactError(f"{where}: malformed manifest ({exc}); re-create the artifact") from None
+
+
+def _check_manifest_types(manifest: "Manifest") -> None:
+    """The fields later code relies on have the types it expects (a manifest is untrusted)."""
+    if not isinstance(manifest.stage, str):
+        raise ValueError(f"stage {manifest.stage!r:.60} is not a string")
+    if not isinstance(manifest.label_names, list) or not all(isinstance(n, str) for n in manifest.label_names):
+        raise ValueError("label_names must be a list of strings")
+    if len(manifest.label_names) > MAX_LABELS:
+        raise ValueError(f"{len(manifest.label_names)} label names (at most {MAX_LABELS})")
+    for name in ("config", "extra", "versions"):
+        if not isinstance(getattr(manifest, name), dict):
+            raise ValueError(f"{name} must be an object")
+    for name in ("parent", "dataset", "quantization"):
+        if getattr(manifest, name) is not None and not isinstance(getattr(manifest, name), dict):
+            raise ValueError(f"{name} must be an object or null")
+    if manifest.parent is not None and not isinstance(manifest.parent.get("path", ""), str):
+        raise ValueError("parent.path must be a string")
+    model_file = manifest.model_file
+    if model_file is not None and (not isinstance(model_file, str) or model_file in ("", ".", "..")
+                                   or "/" in model_file or "\\" in model_file):
+        raise ValueError(f"model_file {model_file!r:.60} must be a file name inside the artifact")
+
+
+MAX_LABELS = 100_000
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -204,14 +282,17 @@ class ArtifactWriter:
     """
 
     def __init__(self, out: str | os.PathLike[str]):
+        from edgexfer.tempfiles import sweep_stale, tmp_prefix
+
         self.out = Path(out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        if self.out.exists() and not (self.out / MANIFEST).is_file() and any(self.out.iterdir()):
-            raise ArtifactError(
-                f"--out {str(self.out)!r} exists and is not an edgexfer artifact; "
-                "choose an empty or new directory so nothing of yours is overwritten"
-            )
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        check_out_dir(self.out)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale(self.out.parent)  # what runs killed before they could clean up left here
+            self.tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(self.out.name), dir=self.out.parent))
+        except OSError as exc:
+            raise ArtifactError(f"--out {str(self.out)!r}: cannot create a folder beside it "
+                                f"({exc.strerror or exc}); choose a writable location") from None
         self.tmp.chmod(0o755)  # mkdtemp makes it 0700; a finished artifact should be readable
 
     def file(self, name: str) -> Path:
@@ -230,7 +311,10 @@ class ArtifactWriter:
         self.write_json(MANIFEST, manifest.to_dict())
         old = None
         if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            from edgexfer.tempfiles import old_name
+
+            check_out_dir(self.out)  # still an artifact (nothing else appeared there meanwhile)
+            old = self.out.with_name(old_name(self.out.name))
             os.replace(self.out, old)
         os.replace(self.tmp, self.out)
         if old is not None:
@@ -239,6 +323,61 @@ class ArtifactWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def check_out_dir(out: Path) -> None:
+    """``ArtifactError`` unless ``out`` may receive an artifact: a new or empty folder, or one that
+    is verifiably an edgexfer artifact (only then is it replaced). Never the current folder or
+    one above it, never a file, never inside an artifact, never a folder holding another artifact."""
+    label = f"--out {str(out)!r}"
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ArtifactError(f"{label} is the current folder or one above it; name a new folder for the "
+                            "artifact, e.g. --out runs/NAME")
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{label} is a file, not a folder; name a new folder for the artifact")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ArtifactError(f"{label}: {str(blocking)!r} is a file, so no folder can be made inside it; "
+                            "name a folder elsewhere")
+    for ancestor in resolved.parents:
+        if _artifact_problem(ancestor) is None:
+            raise ArtifactError(f"{label} is inside the edgexfer artifact {str(ancestor)!r}; an artifact is "
+                                "never written into: choose a folder outside it")
+    if out.is_dir() and any(out.iterdir()):
+        problem = _artifact_problem(out)
+        if problem is not None:
+            raise ArtifactError(f"{label} exists and is not an edgexfer artifact ({problem}); only an artifact "
+                                "is replaced: choose a new or empty folder so nothing of yours is overwritten")
+
+
+def _artifact_problem(path: Path) -> str | None:
+    """Why ``path`` is not verifiably a finished edgexfer artifact, or ``None`` when it is one: a
+    manifest edgexfer reads, labels.txt, metrics.json and a model, and no folder besides a
+    SavedModel (so a folder that holds other things, or another artifact, is never replaced)."""
+    try:
+        if not (path / MANIFEST).is_file():
+            return f"no {MANIFEST}"
+        try:
+            data = json.loads((path / MANIFEST).read_text())
+            if not isinstance(data, dict):
+                raise ArtifactError("not an object")
+            manifest = Manifest.from_dict(data)
+        except (ArtifactError, ValueError, TypeError, OSError):
+            return f"its {MANIFEST} is not an edgexfer manifest"
+        for name in (LABELS, METRICS):
+            if not (path / name).is_file():
+                return f"no {name}"
+        models = [manifest.model_file] if manifest.model_file else list(MODEL_FILES)
+        if not any((path / name).exists() for name in models):
+            return "no model file"
+        folders = [p.name for p in path.iterdir() if p.is_dir() and p.name not in MODEL_FILES]
+        if folders:
+            return f"it holds the folder {folders[0]!r}"
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    return None
 
 
 @contextlib.contextmanager

@@ -141,16 +141,20 @@ def load_config_file(path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config {str(path)!r}: no such file")
-    text = path.read_text()
+    from edgexfer.safe_yaml import read_text
+
+    text = read_text(path, "--config")
     try:
         if path.suffix == ".toml":
             import tomllib
 
             data = tomllib.loads(text)
         else:
-            import yaml
+            from edgexfer.safe_yaml import load as safe_load_yaml
 
-            data = yaml.safe_load(text)
+            data = safe_load_yaml(text, f"--config {str(path)!r}")
+    except ConfigError:
+        raise
     except Exception as exc:  # yaml and tomllib raise their own error types
         raise ConfigError(f"--config {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: "
                           f"{str(exc).splitlines()[0]}") from None

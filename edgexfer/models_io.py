@@ -54,18 +54,26 @@ def save_keras_model(model, path: Path) -> Path:
 
 
 def load_keras_model(path: Path):
-    """Load ``.h5``/``.keras``/SavedModel, inside tfmot's scopes so QAT and pruned models load."""
-    from edgexfer._env import import_tf
+    """Load a ``.h5``/``.keras`` model, inside tfmot's scopes so QAT and pruned models load.
 
-    _, keras = import_tf()
+    The stored architecture is checked first (``edgexfer.model_safety``): a model with a layer
+    edgexfer does not create (``Lambda``, a custom class …) is refused before Keras
+    deserialises anything, so loading an artifact never runs code from it.
+    """
+    from edgexfer.model_safety import check_keras_model_file
+
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"model file {str(path)!r} does not exist; re-run the stage that wrote it")
+    check_keras_model_file(path)
+    from edgexfer._env import import_tf
+
+    _, keras = import_tf()
     import tensorflow_model_optimization as tfmot
 
     try:
         with tfmot.quantization.keras.quantize_scope(), tfmot.sparsity.keras.prune_scope():
-            return keras.models.load_model(str(path), compile=False)
+            return keras.models.load_model(str(path), compile=False, safe_mode=True)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(f"cannot load Keras model {str(path)!r}: {first_line}") from None

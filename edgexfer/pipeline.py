@@ -245,10 +245,14 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"pipeline file {str(path)!r} does not exist")
-    text = path.read_text()
+    from edgexfer.safe_yaml import read_text
+
+    text = read_text(path, "pipeline file")
     try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        from edgexfer.safe_yaml import load as safe_load_yaml
+
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = safe_load_yaml(text, str(path))  # bounded alias expansion, no recursion
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -376,7 +380,9 @@ def _apply_override(raw: dict, override: str) -> None:
             known = list(target)
             raise ConfigError(f"--set {override!r}: no {part!r}{did_you_mean(part, known)}; have: {', '.join(known)}")
         target = target[part]
-    target[parts[-1]] = yaml.safe_load(value)
+    from edgexfer.safe_yaml import load as safe_load_yaml
+
+    target[parts[-1]] = safe_load_yaml(value, f"--set {override!r}")
 
 
 def _line_numbers(node) -> dict[tuple, int]:

@@ -82,6 +82,16 @@ class _PendingTensor:
             raise BackboneError("a tensor in the file has a negative size, stride or offset (corrupt file)")
         if 0 in self.size:
             return np.empty(self.size, dtype=flat.dtype.newbyteorder("="))
+        # A state dict's tensors are at most as large as their storage; stride 0 or overlapping
+        # strides could expand a few bytes into gigabytes (np.array copies the expanded view).
+        import math
+
+        numel = math.prod(self.size)
+        if numel > flat.size:
+            raise BackboneError(
+                f"a tensor in the file has {numel} elements but its storage only {flat.size} "
+                "(stride 0 or overlapping strides; corrupt or crafted file)"
+            )
         # as_strided does no bounds checking, so check the furthest element is in the storage.
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
         if last >= flat.size:

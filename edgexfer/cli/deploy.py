@@ -142,11 +142,15 @@ def register(app: typer.Typer) -> None:
         top_k: int = typer.Option(3, "--top-k", "-k", help="How many classes to show per image."),
         as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
-        threads: Optional[int] = typer.Option(None, "--threads", help="Runtime threads (default: the runtime's)."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="Runtime threads; 0 = all cores, as in "
+                                              "check and benchmark (default: the runtime's)."),
     ) -> None:
         """Classify images on the on-device runtime (LiteRT / onnxruntime; no TensorFlow)."""
+        from edgexfer.errors import ConfigError
         from edgexfer.runtime.predict import predict_paths
 
+        if threads is not None and threads < 0:
+            raise ConfigError(f"--threads {threads} is invalid; use a count of at least 1, or 0 for all cores")
         console, err_console = _consoles()
         progress = _progress(err_console)
         task = None

@@ -40,6 +40,13 @@ def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Te
     from edgexfer._env import configure_tensorflow_env
 
     configure_tensorflow_env(verbose=verbose)
+    import warnings
+
+    from PIL import Image
+
+    # PIL warns about images over ~89 Mpx and refuses those over twice that (a one-line DataError
+    # then); the warning itself is noise in a terminal.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     # Warnings from the library (e.g. skipped corrupt images) reach the user on stderr.
     handler = RichHandler(console=err_console, show_time=False, show_path=False)
     logging.getLogger("edgexfer").addHandler(handler)
@@ -123,8 +130,10 @@ def evaluate(
     """Accuracy, top-k, per-class metrics and confusion matrix of an artifact on an image folder,
     or on several domains at once (--data NAME=DIR ...): each domain's accuracy and the gap."""
     from edgexfer import api
-    from edgexfer.evaluate.evaluator import write_json
+    from edgexfer.evaluate.evaluator import check_output_file, write_json
 
+    if json_out:
+        check_output_file(json_out, "--json")
     if domains:
         if data is not None:
             raise ConfigError("pass either DATA or --data NAME=DIR (repeatable), not both")
@@ -142,6 +151,7 @@ def evaluate(
     if class_map:
         raise ConfigError("--class-map goes with --data NAME=DIR")
     png = confusion_png or (json_out.with_suffix(".confusion.png") if json_out else Path("confusion.png"))
+    check_output_file(png, "--confusion-png")
     result = api.evaluate(artifact, data, confusion_png=png, split=split, top_k=top_k, batch_size=batch_size,
                           strict=strict)
     _render_evaluation(result)
@@ -355,10 +365,15 @@ def main() -> None:
     """Console entry point: runs the app and maps errors to one line and an exit code.
 
     Typer's standalone mode already handles usage errors (exit 2) and Ctrl-C; stages write
-    artifacts atomically, so an interrupted run leaves nothing half-written.
+    artifacts atomically, so an interrupted run leaves nothing half-written. SIGTERM (what
+    ``timeout``, ``docker stop`` and CI cancellation send) is handled like Ctrl-C, so the same
+    clean-up runs (temporary artifact folders and cache files removed); the exit code is 143.
     """
+    from edgexfer.interrupts import terminate_like_interrupt
+
     try:
-        app()
+        with terminate_like_interrupt():
+            app()
     except EdgexferError as exc:
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(exc.exit_code)

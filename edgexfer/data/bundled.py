@@ -259,8 +259,11 @@ def prepare_dataset(
 
     start = time.perf_counter()
     arrays = dataset.load(None if source is None else str(source))
+    from edgexfer.tempfiles import old_name, sweep_stale, tmp_prefix
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    sweep_stale(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(out.name), dir=out.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is ordinary data
         counts, jobs = {}, []
@@ -279,7 +282,7 @@ def prepare_dataset(
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         old = None
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old = out.with_name(old_name(out.name))
             os.replace(out, old)
         os.replace(tmp, out)
         if old is not None:

@@ -89,7 +89,7 @@ class ImageDataset:
             for samples in self.splits.values()
             for sample in samples
         )
-        digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+        digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
         return {"files": len(lines), "classes": self.num_classes, "sha256": digest}
 
 
@@ -138,10 +138,11 @@ def scan_image_folder(
     found = _check_classes(root, layout, per_split, class_names)
 
     files: dict[str, dict[str, list[Path]]] = {}
+    links = _Links(root)
     for split, classes in per_split.items():
         files[split] = {}
         for name in found:
-            images, unused = _list_images(classes[name])
+            images, unused = _list_images(classes[name], links)
             ignored += unused
             if not images:
                 raise DataError(
@@ -149,6 +150,9 @@ def scan_image_folder(
                     f"({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); add images to it or remove the folder"
                 )
             files[split][name] = images
+    if links.seen:
+        links.count_each_file_once(files)
+        links.warn()
     if ignored:
         log.info("ignored %d file(s) in %s that are not images in a class folder", ignored, root)
     skipped = _drop_unreadable(root, layout, files, strict) if verify else []
@@ -239,6 +243,13 @@ def _list_classes(folder: Path) -> tuple[dict[str, Path], int]:
     """Class sub-folders of ``folder``, and a count of the files beside them (not used)."""
     entries = _scandir(folder)
     classes = {entry.name: Path(entry.path) for entry in entries if entry.is_dir()}
+    for name in classes:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+            raise DataError(f"class folder {shown!r} in {str(folder)!r} has a name that is not valid UTF-8; "
+                            "class names become labels in the model, so rename the folder (UTF-8)") from None
     loose = len(entries) - len(classes)
     if loose and not classes and any(_is_image(entry.name) for entry in entries):
         raise DataError(f"{str(folder)!r} has images but no class folders; put each class's "
@@ -246,16 +257,102 @@ def _list_classes(folder: Path) -> tuple[dict[str, Path], int]:
     return classes, loose
 
 
-def _list_images(folder: Path) -> tuple[list[Path], int]:
-    """Image files under a class folder (recursively, hidden ones left out) and a count of others."""
-    names_found, other = [], 0
-    for directory, subdirs, names in os.walk(folder, followlinks=True):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".") and d not in _IGNORED_DIRS]
-        for name in names:
-            if name.startswith("."):
+class _Links:
+    """What symbolic links a scan met: folders that loop back, folders outside the root (not
+    followed), and files reached more than once (each is counted once)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.root_real = os.path.realpath(root)
+        self.seen = False
+        self.loops: list[str] = []
+        self.outside: list[str] = []
+        self.duplicates: list[str] = []
+
+    def inside(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == self.root_real or real.startswith(self.root_real.rstrip(os.sep) + os.sep)
+
+    def count_each_file_once(self, files: dict[str, dict[str, list[Path]]]) -> None:
+        """Keep one occurrence of each real file (where it really is if that is in the folder,
+        else the first in sorted order); drop the others from ``files`` in place."""
+        occurrences: dict[str, list[tuple[str, str, Path]]] = {}
+        for split, classes in files.items():
+            for name, paths in classes.items():
+                for path in paths:
+                    occurrences.setdefault(os.path.realpath(path), []).append((split, name, path))
+        drop: set[tuple[str, str, Path]] = set()
+        for real, places in occurrences.items():
+            if len(places) < 2:
                 continue
-            if _is_image(name):
-                names_found.append(os.path.join(directory, name))
+            keep = next((p for p in places if os.path.abspath(p[2]) == real), min(places, key=lambda p: str(p[2])))
+            drop.update(p for p in places if p is not keep)
+            self.duplicates += [str(p[2]) for p in places if p is not keep]
+        if drop:
+            for split, classes in files.items():
+                for name in classes:
+                    classes[name] = [p for p in classes[name] if (split, name, p) not in drop]
+                    if not classes[name]:
+                        raise DataError(f"class folder {_where('flat', split, name)!r} only holds links to images of "
+                                        "other classes; give it images of its own")
+
+    def warn(self) -> None:
+        parts = []
+        if self.loops:
+            parts.append(f"{len(self.loops)} linked folder(s) loop back (not followed again): {self.loops[0]}")
+        if self.outside:
+            parts.append(f"{len(self.outside)} linked folder(s) lead outside {self.root} (not followed): "
+                         f"{self.outside[0]}")
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} image(s) reached twice through links (counted once): "
+                         f"{self.duplicates[0]}")
+        if parts:
+            log.warning("symbolic links in %s: %s", self.root, "; ".join(parts))
+
+
+def _list_images(folder: Path, links: "_Links | None" = None) -> tuple[list[Path], int]:
+    """Image files under a class folder (recursively, hidden ones left out) and a count of others.
+
+    Linked folders are followed once each (a link back to a folder already walked is a loop),
+    and only while they stay inside the scanned root; ``links`` records what was met."""
+    links = links or _Links(folder)
+    names_found, other = [], 0
+    visited: set[tuple[int, int]] = set()
+    stack = [str(folder)]
+    while stack:
+        directory = stack.pop()
+        try:
+            status = os.stat(directory)
+        except OSError:
+            continue
+        key = (status.st_dev, status.st_ino)
+        if key in visited:
+            links.loops.append(directory)
+            continue
+        visited.add(key)
+        try:
+            entries = _scandir(Path(directory))
+        except DataError:
+            if directory == str(folder):
+                raise
+            continue
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+                is_link = entry.is_symlink()
+            except OSError:
+                continue
+            if is_link:
+                links.seen = True
+            if is_dir:
+                if entry.name in _IGNORED_DIRS:
+                    continue
+                if is_link and not links.inside(entry.path):
+                    links.outside.append(entry.path)
+                    continue
+                stack.append(entry.path)
+            elif _is_image(entry.name):
+                names_found.append(entry.path)
             else:
                 other += 1
     return [Path(p) for p in sorted(names_found)], other

@@ -407,7 +407,9 @@ def _write_reports(result: dict[str, Any], out_dir: Path, json_name: str, md_nam
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    from edgexfer.tempfiles import tmp_file_name
+
+    tmp = path.with_name(tmp_file_name(path.name))
     tmp.write_text(text)
     os.replace(tmp, path)
 

@@ -51,3 +51,31 @@ def evaluate_artifact(artifact_path: str | Path, data_dir: str | Path, config: E
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def check_output_file(path: str | Path, option: str) -> None:
+    """``ConfigError`` when ``path`` cannot be written as a file: checked before the work, so an
+    evaluation is not run only to fail at the end. Probes by creating a file beside it
+    (``os.access`` says yes to root for read-only places)."""
+    import tempfile
+
+    from edgexfer.errors import ConfigError
+    from edgexfer.tempfiles import tmp_prefix
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'results.json')!r}"
+                          if option == "--json" else f"{option} {str(path)!r} is a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {str(path)!r}: the folder {str(parent)!r} does not exist; create it or choose "
+                          "another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=tmp_prefix(path.name)):
+            pass
+        if path.exists():
+            with open(path, "ab"):
+                pass
+    except OSError as exc:
+        raise ConfigError(f"{option} {str(path)!r} cannot be written ({exc.strerror or exc}); choose a writable "
+                          "location") from None

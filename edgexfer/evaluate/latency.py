@@ -230,7 +230,10 @@ def load_saved_model_signature(path):
     from edgexfer._env import import_tf
     from edgexfer.errors import ArtifactError
 
+    from edgexfer.model_safety import check_saved_model
+
     tf, _ = import_tf()
+    check_saved_model(path)  # no op that touches files or runs Python
     try:
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
     except Exception as exc:  # noqa: BLE001 - TF raises many kinds for a bad directory

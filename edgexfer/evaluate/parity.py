@@ -72,15 +72,20 @@ def gate_failures(parity: dict[str, Any], *, min_agreement: float | None = None,
 
 
 def check_thresholds(min_agreement: float | None, max_acc_drop: float | None) -> None:
-    """Thresholds must be finite numbers (an impossible one, e.g. agreement 1.01, is allowed:
-    it makes the gate fail, which is how a pipeline tests its failure path)."""
+    """Thresholds must be finite numbers; the agreement a fraction in 0..1 (1.5 is a typo, not a
+    gate). An accuracy drop below 0 is allowed: it asks the candidate to beat its parent, and an
+    impossible one (-1) is how a pipeline tests its failure path."""
     for name, value in (("--min-agreement", min_agreement), ("--max-acc-drop", max_acc_drop)):
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if min_agreement is not None and min_agreement < 0:
-        raise ConfigError(f"--min-agreement {min_agreement:g} is negative; use a fraction such as 0.99")
+    if min_agreement is not None and not 0 <= min_agreement <= 1:
+        raise ConfigError(f"--min-agreement {min_agreement:g} is outside 0..1; it is a fraction of the images, "
+                          "e.g. 0.99")
+    if max_acc_drop is not None and not -1 <= max_acc_drop <= 1:
+        raise ConfigError(f"--max-acc-drop {max_acc_drop:g} is outside -1..1; it is a fraction of accuracy, "
+                          "e.g. 0.01")
 
 
 def _mean(values: np.ndarray) -> float:

@@ -55,13 +55,22 @@ def check_format_quant(fmt: str, quant: str) -> ExportFormat:
     """The ``FORMATS`` row for ``fmt`` after checking ``quant`` is allowed; else ``ConfigError``."""
     row = FORMATS.get(fmt)
     if row is None:
-        raise ConfigError(f"--format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {fmt!r} is not supported{_did_you_mean(fmt, FORMATS)}; "
+                          f"allowed: {', '.join(FORMATS)}")
     if quant not in QUANT_MODES:
-        raise ConfigError(f"--quant {quant!r} is not a quantization mode; allowed: {', '.join(QUANT_MODES)}")
+        raise ConfigError(f"--quant {quant!r} is not a quantization mode{_did_you_mean(quant, QUANT_MODES)}; "
+                          f"allowed: {', '.join(QUANT_MODES)}")
     if quant not in row.quant_modes:
         raise ConfigError(f"--quant {quant} is not available for {fmt}; "
                           f"{fmt} allows: {', '.join(row.quant_modes)}")
     return row
+
+
+def _did_you_mean(value: str, choices) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def format_for_model_file(name: str) -> ExportFormat | None:

@@ -48,11 +48,24 @@ class EmbeddedInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> "EmbeddedInfo":
         try:
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            _check_label_names(data["label_names"])
             return cls(label_names=[str(name) for name in data["label_names"]],
                        preprocessing=Preprocessing.from_dict(data["preprocessing"]),
                        manifest=dict(data.get("manifest") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{where}: malformed edgexfer metadata ({exc}); re-export the model") from None
+
+
+def _check_label_names(names: Any) -> None:
+    """Label names from a model file are untrusted: a list of at most ``MAX_LABELS`` strings."""
+    from edgexfer.artifact import MAX_LABELS
+
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError("label_names must be a list of strings")
+    if len(names) > MAX_LABELS:
+        raise ValueError(f"{len(names)} label names (at most {MAX_LABELS})")
 
 
 # --------------------------------------------------------------------------------- TFLite

@@ -44,9 +44,12 @@ class _TFLiteBackend:
     def __init__(self, path: Path, num_threads: int | None):
         from ai_edge_litert.interpreter import Interpreter
 
+        from edgexfer.runtime._quiet import quiet_native_stderr
+
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-            self.interpreter.allocate_tensors()
+            with quiet_native_stderr():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate"
+                self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+                self.interpreter.allocate_tensors()
         except Exception as exc:
             raise ArtifactError(f"{str(path)!r} is not a TFLite model LiteRT can load "
                                 f"({first_line(exc)})") from None
@@ -244,8 +247,11 @@ def load_model(path: str | os.PathLike[str], *, num_threads: int | None = None,
     exported by edgexfer). ``providers``: onnxruntime execution providers in priority order
     (default CPU only), e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``.
     """
-    if num_threads is not None and num_threads < 1:
-        raise ConfigError(f"num_threads must be at least 1, got {num_threads}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 0):
+        raise ConfigError(f"threads must be a count of at least 1, or 0 for all cores; got {num_threads!r}")
+    if num_threads == 0:  # all cores, as `edgexfer check --threads 0` means
+        num_threads = _usable_cores()
     path = Path(path)
     manifest_info = None
     if path.is_dir():
@@ -283,9 +289,16 @@ def load_model(path: str | os.PathLike[str], *, num_threads: int | None = None,
         info = EmbeddedInfo(list(label_names) if label_names is not None else base.label_names,
                             preprocessing or base.preprocessing, base.manifest)
     if info is None or not info.label_names or not info.preprocessing.input_size:
-        raise ArtifactError(f"{str(path)!r} carries no edgexfer labels/preprocessing; export it with "
-                            "edgexfer or pass label_names= and preprocessing=")
+        raise ArtifactError(f"{str(path)!r} carries no edgexfer labels and preprocessing (it was not exported "
+                            "by edgexfer); export the model's artifact with `edgexfer export`")
     return EdgeModel(path, backend, info)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _quant_params(detail: dict[str, Any]) -> tuple[float, int] | None:

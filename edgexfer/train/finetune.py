@@ -96,8 +96,11 @@ class _RunFiles:
             from edgexfer._env import cache_dir
 
             root = Path(cache_dir()) / "finetune-runs"
+            from edgexfer.tempfiles import run_dir_prefix, sweep_stale
+
             root.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
+            sweep_stale(root, run_dirs=True)  # left by runs that were killed (SIGKILL, OOM)
+            self.path = Path(tempfile.mkdtemp(prefix=run_dir_prefix(), dir=root))
         return self.path
 
     def close(self) -> None:

@@ -103,12 +103,12 @@ def test_int8_gate_passes_loose_and_fails_impossible_after_writing(tiny, tmp_pat
         assert row["size_ratio"] < 1
 
     with pytest.raises(ParityError) as err:
-        check_artifacts(models, tiny.test, out=tmp_path / "strict", min_agreement=1.01, raise_on_failure=True,
+        check_artifacts(models, tiny.test, out=tmp_path / "strict", max_acc_drop=-1.0, raise_on_failure=True,
                         **NO_LATENCY)
     assert err.value.exit_code == 3 and "tflite-int8" in str(err.value)
     saved = json.loads((tmp_path / "strict" / "check.json").read_text())
     assert saved["passed"] is False and saved["failed"] == ["tflite-int8", "onnx-int8"]
-    assert saved["candidates"][0]["failures"][0].startswith("agreement ")
+    assert saved["candidates"][0]["failures"][0].startswith("accuracy drop ")
     assert err.value.result["report"]["json"] == str(tmp_path / "strict" / "check.json")
 
 

@@ -216,7 +216,7 @@ def test_check_gate_passes_then_fails_with_exit_code_3(capsys, tiny, exports, tm
     assert "PASSED" in passed.out and "litert" in passed.out and "ort-cpu" in passed.out
     assert json.loads((out / "check.json").read_text())["passed"] is True
 
-    failed = call_cli(capsys, "check", *models, *common, "--min-agreement", "1.01", "--no-latency")
+    failed = call_cli(capsys, "check", *models, *common, "--max-acc-drop", "-1", "--no-latency")
     assert failed.code == 3
     line = the_error(failed.err)
     assert line.startswith("error: check failed for 2 of 2 model(s)") and "tflite-int8" in line

@@ -49,11 +49,14 @@ def test_impossible_threshold_fails_and_bad_thresholds_are_config_errors():
     ref = _probs([[0.9, 0.05, 0.05]])
     result = parity_metrics(ref, ref, np.array([0]), NAMES)
     assert gate_failures(result, min_agreement=1.01) == ["agreement 1.0000 < --min-agreement 1.01"]
-    check_thresholds(1.01, -0.5)  # allowed: the pipeline's way to test its failure path
+    check_thresholds(1.0, -0.5)  # allowed: an impossible drop is the pipeline's way to test its failure path
     with pytest.raises(ConfigError, match="--min-agreement must be a finite number"):
         check_thresholds(float("nan"), None)
-    with pytest.raises(ConfigError, match="negative"):
-        check_thresholds(-0.1, None)
+    for agreement in (-0.1, 1.01, 1.5):  # a fraction of the images: 1.5 is a typo, not a gate
+        with pytest.raises(ConfigError, match="outside 0..1"):
+            check_thresholds(agreement, None)
+    with pytest.raises(ConfigError, match="outside -1..1"):
+        check_thresholds(None, 2.0)
     with pytest.raises(ConfigError, match="--max-acc-drop must be a finite number"):
         check_thresholds(None, float("inf"))
 

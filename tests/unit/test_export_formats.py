@@ -45,8 +45,11 @@ def test_quant_not_available_for_format_says_what_is_allowed():
 def test_unknown_format_and_quant():
     with pytest.raises(ConfigError, match=r"--format 'coreml' is not supported; allowed: tflite, onnx, saved_model"):
         check_format_quant("coreml", "none")
-    with pytest.raises(ConfigError, match=r"--quant 'int4' is not a quantization mode; allowed: none, fp16, dynamic, int8"):
+    with pytest.raises(ConfigError, match=r"--quant 'int4' is not a quantization mode \(did you mean 'int8'\?\); "
+                                          r"allowed: none, fp16, dynamic, int8"):
         check_format_quant("tflite", "int4")
+    with pytest.raises(ConfigError, match=r"--format 'tflit' is not supported \(did you mean 'tflite'\?\)"):
+        check_format_quant("tflit", "none")
 
 
 def test_model_file_lookup():

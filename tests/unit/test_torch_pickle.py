@@ -191,3 +191,14 @@ def test_non_dict_payload_is_refused(tmp_path, monkeypatch):
     write_legacy_pth(path, [_tensor("0", np.ones(2, np.float32))], monkeypatch)
     with pytest.raises(BackboneError, match="not a state dict"):
         load_state_dict(path)
+
+
+@pytest.mark.parametrize("size,stride,elements", [((30000, 30000), (0, 0), 1), ((10, 10), (1, 1), 20)])
+def test_stride_zero_or_overlapping_views_cannot_expand_a_small_file(tmp_path, monkeypatch, size, stride, elements):
+    """A 1-element storage with stride 0 would otherwise become a 3.6 GB array."""
+    storage = _Storage("s", "FloatStorage", np.ones(elements, np.float32))
+    path = tmp_path / "expand.pth"
+    write_legacy_pth(path, {"w": _Tensor(storage, 0, size, stride)}, monkeypatch)
+    assert path.stat().st_size < 1000
+    with pytest.raises(BackboneError, match="elements but its storage only"):
+        load_state_dict(path)
