@@ -62,7 +62,7 @@ def recorded(function: Callable) -> Callable:
             elif kind is not inspect.Parameter.VAR_POSITIONAL:
                 arguments[key] = encode(value)
         record = {"function": name, "arguments": arguments, "out": str(Path(bound.arguments["out"]).resolve()),
-                  "started": time.time()}
+                  "cwd": os.getcwd(), "started": time.time()}
         token = _CURRENT.set(record)
         try:
             return function(*args, **kwargs)
@@ -145,18 +145,31 @@ def _names_existing_path(value: str) -> bool:
 
 
 def recorded_paths(arguments: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """``(argument name, absolute path)`` of every path in recorded arguments."""
+    """``(argument name, absolute path)`` of every path in recorded arguments, including the
+    fields of a config that name existing paths (relative ones against the current directory)."""
     if isinstance(arguments, dict):
         if "$path" in arguments:
             yield prefix, arguments["$path"]
             return
         if "$config" in arguments:
+            yield from _config_paths(arguments["values"], prefix)
             return
         for key, value in arguments.items():
             yield from recorded_paths(value, f"{prefix}.{key}" if prefix else key)
     elif isinstance(arguments, list):
         for index, value in enumerate(arguments):
             yield from recorded_paths(value, f"{prefix}[{index}]")
+
+
+def _config_paths(values: Any, prefix: str) -> Iterator[tuple[str, str]]:
+    if isinstance(values, str) and _names_existing_path(values):
+        yield prefix, str(Path(values).resolve())
+    elif isinstance(values, dict):
+        for key, value in values.items():
+            yield from _config_paths(value, f"{prefix}.{key}")
+    elif isinstance(values, list):
+        for index, value in enumerate(values):
+            yield from _config_paths(value, f"{prefix}[{index}]")
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -228,7 +241,9 @@ def environment() -> dict[str, Any]:
             info["tf_threads"] = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                                   "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
             info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
-            info["op_determinism"] = bool(tf.config.experimental.is_op_determinism_enabled())
+    framework_config = sys.modules.get("tensorflow.python.framework.config")
+    if framework_config is not None and hasattr(framework_config, "is_op_determinism_enabled"):
+        info["op_determinism"] = bool(framework_config.is_op_determinism_enabled())
     return info
 
 
