@@ -60,7 +60,7 @@ def recorded(function: Callable) -> Callable:
             if kind is inspect.Parameter.VAR_KEYWORD:
                 arguments.update({k: encode(v) for k, v in value.items() if k not in NOT_RECORDED})
             elif kind is not inspect.Parameter.VAR_POSITIONAL:
-                arguments[key] = encode(value)
+                arguments[key] = encode(value, path_parameter=_is_path_parameter(signature.parameters[key]))
         record = {"function": name, "arguments": arguments, "out": str(Path(bound.arguments["out"]).resolve()),
                   "cwd": os.getcwd(), "started": time.time()}
         token = _CURRENT.set(record)
@@ -95,8 +95,17 @@ def matches_out(record: dict[str, Any], out: str | os.PathLike[str]) -> bool:
 # ---------------------------------------------------------------------------- arguments
 
 
-def encode(value: Any) -> Any:
-    """A JSON form of an argument that :func:`decode` turns back into an equal one."""
+def _is_path_parameter(parameter: inspect.Parameter) -> bool:
+    """A parameter that takes a folder or artifact (``data_dir``, ``model: str | Path``)."""
+    return parameter.name.endswith("_dir") or any(word in str(parameter.annotation) for word in ("Path", "PathLike"))
+
+
+def encode(value: Any, path_parameter: bool = False) -> Any:
+    """A JSON form of an argument that :func:`decode` turns back into an equal one.
+
+    A string becomes an absolute path when it names something that exists and either looks
+    like a path or is the value of a ``path_parameter``.
+    """
     from pydantic import BaseModel
 
     if isinstance(value, BaseModel):
@@ -105,7 +114,8 @@ def encode(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return {"$path": str(Path(value).resolve())}
     if isinstance(value, str):
-        return {"$path": str(Path(value).resolve())} if _names_existing_path(value) else value
+        is_path = _names_existing_path(value) or (path_parameter and bool(value) and os.path.exists(value))
+        return {"$path": str(Path(value).resolve())} if is_path else value
     if isinstance(value, dict):
         return {str(k): encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
