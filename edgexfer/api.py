@@ -135,3 +135,10 @@ def run_pipeline(pipeline, **options):
     from edgexfer.pipeline import run_pipeline as run
 
     return run(pipeline, **options)
+
+
+def reproduce(target, **options):
+    """Re-run the stage that made an artifact (or each stage of a run directory) and compare."""
+    from edgexfer.reproduce import reproduce as run
+
+    return run(target, **options)

@@ -306,6 +306,7 @@ class ArtifactWriter:
     def commit(self, manifest: Manifest, metrics: dict[str, Any] | None = None) -> Artifact:
         manifest.created_at = manifest.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         manifest.versions = manifest.versions or library_versions()
+        _record_invocation(manifest, self.out)
         (self.tmp / LABELS).write_text("\n".join(manifest.label_names) + "\n")
         self.write_json(METRICS, metrics or {})
         self.write_json(MANIFEST, manifest.to_dict())
@@ -378,6 +379,15 @@ def _artifact_problem(path: Path) -> str | None:
     except OSError as exc:
         return f"cannot read it: {exc.strerror or exc}"
     return None
+
+
+def _record_invocation(manifest: Manifest, out: Path) -> None:
+    """The stage call that wrote this artifact, for ``edgexfer reproduce`` (``edgexfer.provenance``)."""
+    from edgexfer.provenance import current_invocation, matches_out
+
+    record = current_invocation()
+    if record is not None and matches_out(record, out) and "invocation" not in manifest.extra:
+        manifest.extra = {**manifest.extra, "invocation": record}
 
 
 @contextlib.contextmanager

@@ -14,18 +14,36 @@ from edgexfer.errors import ArtifactError
 MODEL_FILE = "model.h5"
 
 
-def build_head_layers(num_classes: int, dropout: float, hidden_units: int = 0):
+def build_head_layers(num_classes: int, dropout: float, hidden_units: int = 0, seed: int | None = None):
     """The head's layers, created once so they can be trained on cached features and then
-    applied to the backbone's output with the same weights."""
+    applied to the backbone's output with the same weights.
+
+    ``seed``: when given, every random draw of the head (its initial weights, its dropout
+    masks) comes from seeds derived from it, not from global state that building the
+    backbone may have advanced (``edgexfer.seeding``).
+    """
     from edgexfer._env import import_tf
 
     _, keras = import_tf()
+
+    def seeded(*purpose: str) -> dict:
+        if seed is None:
+            return {}
+        from edgexfer.seeding import derive_seed
+
+        return {"seed": derive_seed(seed, *purpose)}
+
+    def kernel(*purpose: str):
+        return keras.initializers.GlorotUniform(**seeded(*purpose)) if seed is not None else "glorot_uniform"
+
     layers = []
     if hidden_units:
-        layers.append(keras.layers.Dense(hidden_units, activation="relu", name="head_hidden"))
+        layers.append(keras.layers.Dense(hidden_units, activation="relu", kernel_initializer=kernel("head_hidden"),
+                                         name="head_hidden"))
     if dropout > 0:
-        layers.append(keras.layers.Dropout(dropout, name="head_dropout"))
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="head_dense"))
+        layers.append(keras.layers.Dropout(dropout, name="head_dropout", **seeded("head_dropout")))
+    layers.append(keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=kernel("head_dense"),
+                                     name="head_dense"))
     return layers
 
 

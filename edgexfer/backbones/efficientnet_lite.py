@@ -145,11 +145,17 @@ def _variant(name: str) -> Variant:
         raise BackboneError(f"unknown EfficientNet-Lite model {name!r}; known: {known}") from None
 
 
-def _features(variant: Variant, input_size: int, keras):
-    """Build the headless graph (random init): image -> pooled 1280-d feature."""
+def _features(variant: Variant, input_size: int, keras, random_init: bool = True):
+    """Build the headless graph: image -> pooled 1280-d feature.
+
+    ``random_init=False`` initialises the weights to zeros, drawing nothing from any random
+    stream: for a model whose weights are all overwritten (the ImageNet conversion).
+    """
     layers = keras.layers
 
     def init():
+        if not random_init:
+            return keras.initializers.Zeros()
         # Keras' EfficientNet init (He, fan-out), a sensible start when training from scratch.
         # A fresh instance per layer: a shared unseeded initializer repeats the same values.
         return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="truncated_normal")
@@ -179,9 +185,10 @@ def _features(variant: Variant, input_size: int, keras):
     return keras.Model(inputs, x, name=variant.name)
 
 
-def _classifier(variant: Variant, input_size: int, keras):
-    features = _features(variant, input_size, keras)
-    logits = keras.layers.Dense(NUM_CLASSES, name="logits")(features.output)
+def _classifier(variant: Variant, input_size: int, keras, random_init: bool = True):
+    features = _features(variant, input_size, keras, random_init)
+    kernel_init = "glorot_uniform" if random_init else "zeros"
+    logits = keras.layers.Dense(NUM_CLASSES, kernel_initializer=kernel_init, name="logits")(features.output)
     probs = keras.layers.Softmax(name="predictions")(logits)
     return keras.Model(features.input, probs, name=f"{variant.name}_imagenet")
 
@@ -238,11 +245,24 @@ def cached_weights_file(name: str) -> Path:
 
 
 def convert_imagenet_weights(name: str) -> Path:
-    """Convert the .pth to a Keras .h5 in the cache (atomically) and return its path."""
+    """Convert the .pth to a Keras .h5 in the cache (atomically) and return its path.
+
+    This runs once per machine, inside whatever stage first needs the weights, so it must
+    not touch the random streams that stage then trains from: the model is built with
+    constant initializers (every weight is overwritten anyway), and the whole conversion
+    runs under ``preserved_random_state`` (issue 17: a cold cache changed the head's init).
+    """
+    from edgexfer.seeding import preserved_random_state
+
+    with preserved_random_state():
+        return _convert_imagenet_weights(name)
+
+
+def _convert_imagenet_weights(name: str) -> Path:
     variant = _variant(name)
     state = torch_pickle.load_state_dict(torch_weights_file(variant))
     _, keras = import_tf()
-    model = _classifier(variant, variant.input_size, keras)
+    model = _classifier(variant, variant.input_size, keras, random_init=False)
     table = _torch_keys(variant)
 
     used: set[str] = set()

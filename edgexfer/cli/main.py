@@ -291,11 +291,21 @@ def demo(
     run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="Where data, artifacts and the report go."),
     full: bool = typer.Option(False, "--full", help="Larger input and longer training (slower, more accurate)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE override of models/digits.yaml."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Run over seeds 0..N-1 (seed s>0 in RUN_DIR/seeds/seed-s) and "
+                              "write mean ± std of each headline figure to RUN_DIR/seeds.json."),
 ) -> None:
     """The main job on bundled real data: MNIST → UCI digits, Lite0 → adapted → int8 student → checked."""
     from edgexfer.demo import run_demo
 
-    summary = run_demo(run_dir, full=full, progress=sys.stdout.isatty(), log=console.print, overrides=overrides)
+    spread = None
+    if seeds > 1:
+        from edgexfer.seeds import run_demo_seeds
+
+        spread = run_demo_seeds(run_dir, seeds=seeds, full=full, progress=sys.stdout.isatty(), log=console.print,
+                                overrides=overrides)
+        summary = spread["summary"]
+    else:
+        summary = run_demo(run_dir, full=full, progress=sys.stdout.isatty(), log=console.print, overrides=overrides)
     _render_run(summary)
     table = Table(title="headline: accuracy, size and latency of each model")
     for column in ("model", "mnist acc", "uci-digits acc", "size", "p50 ms, batch 1 (deployed: 1 thread)"):
@@ -305,6 +315,15 @@ def demo(
         table.add_row(row["model"], cell(row["source_accuracy"], ".4f"), cell(row["target_accuracy"], ".4f"),
                       "—" if row["bytes"] is None else f"{row['bytes'] / 1e6:.2f} MB", cell(row["latency_ms"], ".3f"))
     console.print(table)
+    if spread is not None:
+        table = Table(title=f"over seeds {', '.join(map(str, spread['seeds']))}: mean ± std (sample)")
+        for column in ("figure", "mean ± std", "per seed"):
+            table.add_column(column, justify="left" if column == "figure" else "right")
+        for name, figure in spread["metrics"].items():
+            table.add_row(name, f"{figure['mean']:.4f} ± {figure['std']:.4f}",
+                          " ".join(f"{v:.4f}" for v in figure["values"]))
+        console.print(table)
+        console.print(f"spread: {spread['file']}")
     console.print(f"report: {summary.get('report')}")
 
 
@@ -348,7 +367,8 @@ def _render_per_class(result: dict, title: str) -> None:
 
 
 # Modules that add stage commands with ``register(app)``; each keeps its commands thin too.
-_COMMAND_MODULES: tuple[str, ...] = ("edgexfer.cli.compress", "edgexfer.cli.deploy", "edgexfer.cli.crossdomain")
+_COMMAND_MODULES: tuple[str, ...] = ("edgexfer.cli.compress", "edgexfer.cli.deploy", "edgexfer.cli.crossdomain",
+                                     "edgexfer.cli.repro")
 
 
 def _register_command_modules() -> None:

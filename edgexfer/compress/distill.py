@@ -35,6 +35,7 @@ from edgexfer.compress import common
 from edgexfer.compress.config import DistillConfig
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, save_keras_model, load_keras_model
+from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 
 _SHUFFLE_BUFFER_BYTES = 256 << 20
@@ -243,6 +244,7 @@ def _unlabelled_samples(config: DistillConfig, label_names, log) -> list:
     return [Sample(Path(p), -1) for p in paths]
 
 
+@recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool = True, log=print) -> Artifact:
     """Distill the Keras teacher artifact ``teacher_dir`` into ``config.student`` on ``data_dir``."""
     from edgexfer._env import import_tf

@@ -22,6 +22,7 @@ from edgexfer.compress import common
 from edgexfer.compress.config import PruneConfig
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import MODEL_FILE, save_keras_model, load_keras_model
+from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 
 M_BY_N = (2, 4)
@@ -143,6 +144,7 @@ def is_m_by_n(values: np.ndarray, m_by_n=M_BY_N) -> bool:
     return bool((np.count_nonzero(groups, axis=-1) <= block - zeros).all())
 
 
+@recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = True, log=print) -> Artifact:
     """Prune the Keras model of the artifact ``model_dir`` while fine-tuning on ``data_dir``."""
     from edgexfer._env import import_tf

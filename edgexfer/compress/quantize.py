@@ -35,6 +35,7 @@ from edgexfer.compress import common
 from edgexfer.compress.config import QuantizeConfig
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import MODEL_FILE, save_keras_model, load_keras_model
+from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 
 CALIBRATION_FILE = "calibration.npy"
@@ -317,6 +318,7 @@ def _no_quantizable_message(described: dict) -> str:
 
 # --------------------------------------------------------------------------- the stage
 
+@recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool = True, log=print) -> Artifact:
     """QAT/PQAT (``config.mode == "qat"``) or PTQ settings (``"ptq"``) for the artifact ``model_dir``."""
     from edgexfer._env import import_tf

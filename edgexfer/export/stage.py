@@ -27,10 +27,12 @@ from edgexfer.data.subset import stratified_subset
 from edgexfer.export.convert import (DEFAULT_MAX_CALIBRATION_IMAGES, KERAS_SUFFIXES, MIN_CALIBRATION_IMAGES,
                                      export_artifact)
 from edgexfer.export.formats import FORMATS, check_format_quant
+from edgexfer.provenance import recorded
 
 DEFAULT_CALIBRATION_FILE = "calibration.npy"
 
 
+@recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def export_stage(artifact: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
                  quant: str | None = None, *, calibration_data: str | os.PathLike[str] | None = None,
                  calibration_images: int = DEFAULT_MAX_CALIBRATION_IMAGES, opset: int = 15,

@@ -52,6 +52,7 @@ from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.config import FrozenConfig
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model, load_keras_model
+from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 
 METHODS = ("adabn", "coral", "dann", "pseudo-label")
@@ -200,6 +201,7 @@ def adapt(model: str | Path, source: str | Path, target: str | Path, out: str | 
     return run_adapt(model, source, target, out, config, progress=progress, log=log or (lambda *_: None))
 
 
+@recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def run_adapt(model_dir: str | Path, source: str | Path, target: str | Path, out: str | Path, config: AdaptConfig, *,
               progress: bool = False, log: Callable[..., Any] = print) -> Artifact:
     """The adapt stage with a built config (see :func:`adapt`)."""

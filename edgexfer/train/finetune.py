@@ -37,6 +37,8 @@ from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.config import FinetuneConfig, ImageCache
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, count_params, save_keras_model
+from edgexfer.provenance import recorded
+from edgexfer.seeding import derive_seed
 from edgexfer.train import common
 
 # ``image_cache=auto`` keeps the decoded train+val images (uint8, H×W×3 each) plus phase 1's
@@ -109,6 +111,7 @@ class _RunFiles:
             self.path = None
 
 
+@recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, progress: bool = True,
              log=print) -> Artifact:
     """Fine-tune ``config.backbone`` on the image folder ``data_dir``; write an artifact at ``out``."""
@@ -142,7 +145,8 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
         with strategy.scope():
             backbone = create_backbone(config.backbone, input_size, config.weights, config.width)
             backbone.trainable = False
-            head_layers = build_head_layers(len(class_names), config.head.dropout, config.head.hidden_units)
+            head_layers = build_head_layers(len(class_names), config.head.dropout, config.head.hidden_units,
+                                            seed=derive_seed(config.seed, "finetune", "head"))
             model = build_classifier(backbone, head_layers, name=f"{config.backbone}_classifier")
         plan = plan_data_cache(config.image_cache, images=len(train_samples) + len(val_samples),
                                input_size=input_size, feature_dim=int(np.prod(backbone.output_shape[1:])),

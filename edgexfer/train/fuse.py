@@ -30,6 +30,7 @@ from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model, load_keras_model
 from edgexfer.config import FrozenConfig
+from edgexfer.provenance import recorded
 
 ALPHA_MEANING = ("theta = alpha * theta_source + (1 - alpha) * theta_finetuned: alpha is the weight of the "
                  "source model; 0 keeps the fine-tuned model, 1 takes the source weights (shared layers only; "
@@ -159,6 +160,7 @@ def fuse(source: str | Path, finetuned: str | Path, out: str | Path, alpha: floa
     return run_fuse(source, finetuned, out, config, log=log or (lambda *_: None), progress=progress)
 
 
+@recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def run_fuse(source: str | Path, finetuned: str | Path, out: str | Path, config: FuseConfig, *,
              log: Callable[..., Any] = print, progress: bool = False) -> Artifact:
     """The fuse stage with a built config (see :func:`fuse`)."""
