@@ -78,7 +78,7 @@ def summary_rows(road: Road) -> list[dict[str, Any]]:
             if row["model"] is model:
                 row["role"] += f"; {role}"
                 return
-        rows.append({"model": model, "role": role})
+        rows.append({"model": model, "role": role, "deployed": role == "deployed"})
 
     for model in deployed:
         add(model, "deployed")
@@ -142,7 +142,7 @@ def _accuracy_cell(model: Model, domain: str) -> str:
 
 
 def _comparisons(road: Road, rows: list[dict]) -> list[list[str]]:
-    deployed = [r["model"] for r in rows if "deployed" in r["role"]] or [rows[0]["model"]]
+    deployed = [r["model"] for r in rows if r["deployed"]] or [rows[0]["model"]]
     parent = deployed[0].keras_parent or deployed[0].name
     teacher, baseline = road.finetuned_teacher(parent), road.baseline()
     out = []
@@ -189,10 +189,9 @@ def _data_note(road: Road) -> str:
 
 
 def _cost_note(rows: list[dict]) -> str:
-    threads = {r["model"].latency_threads for r in rows if r["model"].latency_threads}
-    notes = ["Latency: p50 of single-image runs"
-             + (f" ({', '.join(sorted(threads))} thread(s))" if threads else "")
-             + "; Keras models in TensorFlow, exports in LiteRT/onnxruntime."]
+    threads = sorted({r["model"].latency_threads for r in rows if r["model"].latency_threads})
+    notes = ["Latency: the median of single-image runs (exports in LiteRT or onnxruntime, Keras models in "
+             "TensorFlow" + (f"; threads: {' / '.join(threads)}" if threads else "") + ")."]
     notes.append("MACs: multiply-accumulates of the convolution and dense layers for one image "
                  "(a pruned kernel counts in full).")
     borrowed = [f"`{r['model'].name}` {r['model'].macs_from}" for r in rows if r["model"].macs_from]

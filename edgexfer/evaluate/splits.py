@@ -71,7 +71,7 @@ def samples_of(dataset, split: str, *, where: str) -> list:
     return list(samples)
 
 
-def resolve_splits(split: str | Mapping[str, str], domains, *, where: str = "evaluate") -> dict[str, str]:
+def resolve_splits(split: str | Mapping[str, str], domains, *, where: str = "split") -> dict[str, str]:
     """``split`` (one name for every domain, or ``{domain: split}``) → ``{domain: split}``;
     domains a mapping leaves out are scored on ``all``."""
     if isinstance(split, str):
@@ -79,13 +79,13 @@ def resolve_splits(split: str | Mapping[str, str], domains, *, where: str = "eva
     elif isinstance(split, Mapping):
         unknown = [name for name in split if name not in domains]
         if unknown:
-            raise ConfigError(f"{where}: split names domain {unknown[0]!r}, which is not evaluated; "
+            raise ConfigError(f"{where} names domain {unknown[0]!r}, which is not evaluated; "
                               f"domains: {', '.join(domains)}")
         chosen = {name: split.get(name, "all") for name in domains}
     else:
-        raise ConfigError(f"{where}: split is one of {', '.join(SPLIT_CHOICES)} or a mapping domain: split")
+        raise ConfigError(f"{where} is one of {', '.join(SPLIT_CHOICES)} or a mapping domain: split")
     for name, value in chosen.items():
         if value not in SPLIT_CHOICES:
-            raise ConfigError(f"{where}: split {value!r} for domain {name!r} is not one of "
+            raise ConfigError(f"{where} {value!r} for domain {name!r} is not one of "
                               f"{', '.join(SPLIT_CHOICES)}")
     return chosen
