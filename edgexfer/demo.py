@@ -42,7 +42,7 @@ def headline_rows(run_dir: Path) -> list[dict[str, Any]]:
     roles = {row["model"].name: row["role"] for row in summary_rows(road)}
     source = next((d for d in road.domains if d != road.target), None)
     chosen = [m for m in road.models.values() if m.name in roles or m.is_export]
-    return [{"model": f"{m.name} ({m.kind})", "role": roles.get(m.name, ""),
+    return [{"model": m.label, "role": roles.get(m.name, ""),
              "source_accuracy": m.acc(source), "target_accuracy": m.acc(road.target),
              "accuracy": {d: m.acc(d) for d in road.domains}, "bytes": m.bytes, "params": m.params,
              "latency_ms": m.latency_ms, "macs": m.macs} for m in chosen]

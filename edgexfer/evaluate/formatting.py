@@ -32,6 +32,11 @@ def points(delta: Any, digits: int = 2) -> str:
     return text.replace("-", "−")
 
 
+def spread(std: Any, digits: int = 2) -> str:
+    """A standard deviation of fractions in percentage points: 0.005 → ``± 0.50 pts``."""
+    return f"± {std * 100:.{digits}f} pts" if _is_number(std) else MISSING
+
+
 def size(num_bytes: Any) -> str:
     """Bytes in B, kB, MB or GB (decimal units, as file managers show): 27_340 → ``27.3 kB``."""
     if not _is_number(num_bytes):

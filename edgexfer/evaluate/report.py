@@ -110,7 +110,7 @@ def _summary_section(road: Road, stages: list[dict], stopped_at: str | None, sta
         header = ["model", "role", *[_domain_header(road, d) for d in domains], "size", "latency (batch 1)", "MACs"]
         blocks.append(_table(header, [
             [f"`{r['model'].name}` ({r['model'].kind})", r["role"],
-             *[_accuracy_cell(r["model"], d) for d in domains], fmt.size(r["model"].bytes),
+             *[_accuracy_cell(r["model"], d, road) for d in domains], fmt.size(r["model"].bytes),
              fmt.milliseconds(r["model"].latency_ms), fmt.macs(r["model"].macs)] for r in rows]))
         comparisons = _comparisons(road, rows)
         if comparisons:
@@ -119,9 +119,10 @@ def _summary_section(road: Road, stages: list[dict], stopped_at: str | None, sta
         blocks.append(_data_note(road) + " " + _cost_note(rows))
     elif not missing:
         blocks.append("No stage of this run wrote a model.")
-    seeds = _seeds_block(road.seeds)
-    if seeds:
-        blocks.append(seeds)
+    if road.seeds and rows:
+        count = len(road.seeds.get("seeds", []))
+        blocks.append(f"± : the standard deviation over {count} seeds of the same run (`seeds.json`; every figure "
+                      "in *Spread over seeds* at the end).")
     return Section("Summary", blocks)
 
 
@@ -134,11 +135,13 @@ def _domain_header(road: Road, domain: str) -> str:
     return f"{domain} ({role}{info.split or '?'} split, {fmt.count(info.n)})"
 
 
-def _accuracy_cell(model: Model, domain: str) -> str:
+def _accuracy_cell(model: Model, domain: str, road: Road | None = None) -> str:
+    """The accuracy, and its spread over seeds where ``seeds.json`` has it."""
     cell = model.accuracy.get(domain)
     if not cell or cell.get("value") is None:
         return fmt.MISSING
-    return fmt.percent(cell["value"])
+    spread = road.seed_spread(model, domain) if road is not None else None
+    return fmt.percent(cell["value"]) + (f" {fmt.spread(spread.get('std'))}" if spread else "")
 
 
 def _comparisons(road: Road, rows: list[dict]) -> list[list[str]]:
@@ -148,7 +151,8 @@ def _comparisons(road: Road, rows: list[dict]) -> list[list[str]]:
     out = []
     for model in deployed:
         if teacher is not None and teacher is not model:
-            out.append([f"`{model.name}`", f"fine-tuned teacher `{teacher.name}`",
+            also = " (= the source-only baseline)" if baseline is teacher else ""
+            out.append([f"`{model.name}`", f"fine-tuned teacher `{teacher.name}`{also}",
                         *[fmt.points(_delta(model.acc(d), teacher.acc(d))) for d in road.domains],
                         _times(teacher.bytes, model.bytes, "smaller", "larger"),
                         _times(teacher.latency_ms, model.latency_ms, "faster", "slower"),
@@ -183,8 +187,9 @@ def _data_note(road: Road) -> str:
         elif domain.split == "all" and domain.labels_used is False:
             parts.append(f"{domain.name}: all {n} (its labels were never used in training)")
         elif domain.split:
-            parts.append(f"{domain.name}: the {domain.split} split, {n}"
-                         + (" — some models trained on these images" if domain.labels_used else ""))
+            what = f"all {n}" if domain.split == "all" else f"the {domain.split} split, {n}"
+            parts.append(f"{domain.name}: {what}" + (" (models trained on some of these images)"
+                                                     if domain.labels_used is not False else ""))
     return ("Accuracy on " + "; ".join(parts) + "." if parts else "")
 
 
@@ -209,13 +214,13 @@ def _seeds_block(seeds: dict[str, Any] | None) -> str:
         if not isinstance(values, dict):
             continue
         shown = [fmt.metric(name, v) for v in values.get("values", [])]
-        spread = (fmt.points(values.get("std")).lstrip("+") if "accuracy" in name.lower()
-                  else fmt.metric(name, values.get("std")))
-        rows.append([name, fmt.metric(name, values.get("mean")), f"± {spread}", ", ".join(shown)])
+        spread = (fmt.spread(values.get("std")) if "accuracy" in name.lower()
+                  else f"± {fmt.metric(name, values.get('std'))}")
+        rows.append([name, fmt.metric(name, values.get("mean")), spread, ", ".join(shown)])
     if not rows:
         return ""
     listed = ", ".join(str(s) for s in seeds.get("seeds", []))
-    return (f"**Spread over {len(seeds.get('seeds', []))} seeds** ({listed}; `seeds.json`):\n\n"
+    return (f"Seeds {listed} (`seeds.json`; std: the sample standard deviation):\n\n"
             + _table(["metric", "mean", "std", "each seed"], rows))
 
 
@@ -290,14 +295,24 @@ def _cross_domain_sections(road: Road, stages: list[dict], run_dir: Path) -> lis
                 f"the largest drop from the first domain ({domains[0]}) to another.")
         sections.append(Section("Cross-domain accuracy", [_table(["evaluation", "model", *headers, "largest drop"],
                                                                   rows), note]))
-    curves = [run_dir / r["name"] / "alpha_curve.png" for r in stages
-              if r["type"] == "fuse" and (run_dir / r["name"] / "alpha_curve.png").is_file()]
+    curves = [r for r in stages if r["type"] == "fuse" and (run_dir / r["name"] / "alpha_curve.png").is_file()]
     if curves:
         sections.append(Section("Weight-space fusion: the α curve", [
-            Figure(c, "Accuracy against α, where θ = α·θ_source + (1−α)·θ_finetuned (α = 0: the fine-tuned model, "
-                      "α = 1: the source); measured by the fuse stage on the images its caption names.")
-            for c in curves]))
+            Figure(run_dir / r["name"] / "alpha_curve.png",
+                   "Accuracy against α, where θ = α·θ_source + (1−α)·θ_finetuned (α = 0: the fine-tuned model, "
+                   f"α = 1: the source), measured by `{r['name']}` on {_fuse_images(r)}.")
+            for r in curves]))
     return sections
+
+
+def _fuse_images(row: dict) -> str:
+    """Which images a fuse stage's curve scored (its own choice, not the run's held-out split)."""
+    config = (row["manifest"] or {}).get("config") or {}
+    split, limit = config.get("split", "all"), config.get("max_images")
+    what = f"up to {fmt.count(limit)} images" if limit else "the images"
+    return (f"{what} drawn from the {split} split of each folder" if split != "all" else
+            f"{what} drawn from all of each folder (on the source these include training images, so compare "
+            "α's with each other rather than with the tables above)")
 
 
 # ---------------------------------------------------------------------------- folded reference
@@ -318,6 +333,9 @@ def _folded_sections(road: Road, stages: list[dict], figures_dir: Path) -> list[
                                    fmt.size(r["size"]), fmt.milliseconds(r["latency_ms"]), r["threads"]]
                                   for r in rows]))
         sections.append(Section("Parity checks", blocks, folded=True))
+    seeds = _seeds_block(road.seeds)
+    if seeds:
+        sections.append(Section("Spread over seeds", [seeds], folded=True))
     confusion = _confusion_figures(road.run_dir, stages, road.evaluations, figures_dir)
     if confusion:
         sections.append(Section("Confusion matrices", confusion, folded=True))

@@ -46,6 +46,11 @@ class Model:
     def acc(self, domain: str | None) -> float | None:
         return (self.accuracy.get(domain) or {}).get("value") if domain else None
 
+    @property
+    def label(self) -> str:
+        """How the headline and ``seeds.json`` name this model: ``export_tflite (TFLite int8)``."""
+        return f"{self.name} ({self.kind})"
+
 
 @dataclass
 class Domain:
@@ -110,6 +115,14 @@ class Road:
             if model is not None:
                 return model
         return None
+
+    def seed_spread(self, model: Model, domain: str) -> dict[str, Any] | None:
+        """``{mean, std, values}`` of this model's accuracy on ``domain`` over the seeds of
+        ``seeds.json`` (keyed ``"<label> · source|target accuracy"``, as the headline names them)."""
+        metrics = (self.seeds or {}).get("metrics") or {}
+        role = "target" if domain == self.target else "source"
+        found = metrics.get(f"{model.label} · {role} accuracy")
+        return found if isinstance(found, dict) else None
 
     def _order(self, name: str) -> int:
         names = list(self.models)
