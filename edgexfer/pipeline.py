@@ -388,6 +388,11 @@ def _parse_stage(name: str, options: Any, earlier: list[Stage], data: dict, line
         raise ConfigError(f"{here}: {exc}") from None
     if type_name == "evaluate":
         options = _evaluate_defaults(options, refs, earlier)
+    if type_name == "check" and "split" not in options:
+        # A check on a domain its models trained on scores the held-out test split, as evaluate does.
+        used = [ref for artifact in refs.get("artifacts", []) for ref in _labelled_ancestry(artifact, earlier)]
+        if refs.get("data") in used:
+            options["split"] = "test"
     return Stage(name=name, type=stage_type, options=options, refs=refs, line=line)
 
 

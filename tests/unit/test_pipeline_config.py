@@ -131,6 +131,17 @@ stages:
     type: evaluate
     parent: distill
     domains: [target, source]
+  export:
+    parent: distill
+    format: tflite
+    quant: int8
+  check:
+    artifacts: [export]
+    data: source
+  check_target:
+    type: check
+    artifacts: [export]
+    data: target
 """
 
 
@@ -142,6 +153,9 @@ def test_evaluate_stages_score_trained_on_domains_on_their_held_out_test_split(t
         options = pipeline.stage(name).options
         assert options["split"] == {"source": "test", "target": "all"}
         assert options["trained_domains"] == ["source"] and options["measure_latency"] is True
+    # A check on the source scores its held-out test split too; on the target, all of it.
+    assert pipeline.stage("check").options["split"] == "test"
+    assert "split" not in pipeline.stage("check_target").options
     chosen = load_pipeline(write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))),
                            overrides=["student.split={target: test}"])
     assert chosen.stage("student").options["split"] == {"target": "test", "source": "test"}
