@@ -45,15 +45,22 @@ def recorded_split(artifact) -> dict[str, Any] | None:
 def scan_domain(artifact, folder: str | os.PathLike[str], *, class_map: Mapping[str, str] | None = None,
                 strict: bool = False):
     """The labelled folder, with the model's label indices, carved exactly as the run's training
-    data was (same seed, same fractions): its ``test`` split is the run's held-out split."""
+    data was (same seed, same fractions): its ``test`` split is the run's held-out split.
+
+    Without ``class_map`` the folder's classes must be the model's, and it is scanned as the
+    compression stages scan it; with one, folder classes are renamed to the model's first."""
+    split = run_split(artifact)
+    labels = artifact.manifest.label_names
+    fractions = {"seed": split["seed"], "val_fraction": split["val_fraction"], "test_fraction": split["test_fraction"]}
+    if class_map is None:
+        from edgexfer.data import scan_image_folder
+
+        dataset = scan_image_folder(folder, class_names=labels, strict=strict, **fractions)
+        dataset.folder_class_names = list(dataset.class_names)
+        return dataset
     from edgexfer.train.class_map import scan_labelled
 
-    split = run_split(artifact)
-    # Scanned as the first training stage scanned it (folder classes in sorted order), so the
-    # stratified carve picks the same images.
-    return scan_labelled(folder, artifact.manifest.label_names, class_map or {}, seed=split["seed"],
-                         val_fraction=split["val_fraction"], test_fraction=split["test_fraction"], strict=strict,
-                         strict_keys=False)
+    return scan_labelled(folder, labels, class_map, strict=strict, strict_keys=False, **fractions)
 
 
 def samples_of(dataset, split: str, *, where: str) -> list:
