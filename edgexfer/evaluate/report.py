@@ -21,8 +21,6 @@ from edgexfer.evaluate.latency import batch1_row
 from edgexfer.evaluate.road import Model, Road, collect_road
 
 REPORT_DIR = "report"
-# Metric names that mean "accuracy of this artifact", most specific first.
-ACCURACY_KEYS = ("test_accuracy", "accuracy_after", "target_accuracy", "accuracy", "val_accuracy")
 
 
 @dataclass
@@ -97,8 +95,8 @@ def _summary_section(road: Road, stages: list[dict], stopped_at: str | None, sta
         blocks.append(f"**The run stopped at stage `{stopped_at}`**: {error}")
     if missing:
         blocks.append(f"**Missing** ({len(missing)} of {len(stages)} stages not finished, their numbers are "
-                      f"absent below): " + ", ".join(f"`{name}` ({r['status']})" for r in stages
-                                                     for name in [r["name"]] if name in missing) + ".")
+                      "absent below): " + ", ".join(f"`{r['name']}` ({r['status']})" for r in stages
+                                                    if r["name"] in missing) + ".")
     deployed = road.deployed()
     if deployed:
         blocks.append("**Deployed:** " + ", ".join(
@@ -362,9 +360,6 @@ def _stage_rows(run_dir: Path, order: list[str], types: dict[str, str], state: d
         rows.append({
             "name": name, "type": types.get(name, name), "status": recorded.get("status", "not run"),
             "seconds": recorded.get("seconds"), "parent": ", ".join(made_from) or "—",
-            "accuracy": next((metrics[k] for k in ACCURACY_KEYS if isinstance(metrics.get(k), (int, float))), None),
-            "params": metrics.get("params") or metrics.get("student_params"),
-            "size": metrics.get("size_bytes") or metrics.get("model_bytes"),
             "metrics": metrics, "manifest": manifest,
         })
     return rows
