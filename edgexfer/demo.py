@@ -7,12 +7,10 @@ ONNX → check on the target domain. It ends with the headline table and the rep
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from edgexfer.errors import ConfigError
-from edgexfer.evaluate.latency import batch1_p50
 
 RECIPE = Path(__file__).resolve().parents[1] / "models" / "digits.yaml"
 # --full: a larger input, longer training; slower, more accurate.
@@ -33,50 +31,18 @@ def run_demo(run_dir: str | Path = "runs/demo", *, full: bool = False, progress:
     return summary
 
 
-TEACHER = "teacher (fine-tuned Lite0, fp32)"
-
-
 def headline_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Accuracy on both domains, size and batch-1 latency of the teacher and the deployed student."""
-    evaluations = {name: _read(run_dir / name / "evaluate.json") for name in ("source_only", "adapted", "student")}
-    # (check stage, the headline column its accuracy fills, whose files it checks)
-    checks = [(_read(run_dir / name / "check.json"), column, who) for name, column, who in (
-        ("check_adapted", "target_accuracy", "adapted teacher"), ("check", "source_accuracy", "student"),
-        ("check_target", "target_accuracy", "student"))]
-    rows = []
-    for name, label in (("source_only", TEACHER), ("adapted", "teacher adapted"),
-                        ("student", "student (distilled, pruned, QAT; Keras)")):
-        result = evaluations[name]
-        if not result:
-            continue
-        artifact = Path(result["artifact"])
-        metrics = _read(artifact / "metrics.json")
-        domains = result["domains"]
-        rows.append({"model": label, "source_accuracy": domains.get("source", {}).get("accuracy"),
-                     "target_accuracy": domains.get("target", {}).get("accuracy"),
-                     "bytes": (artifact / "model.h5").stat().st_size if (artifact / "model.h5").is_file() else None,
-                     "params": metrics.get("params"), "latency_ms": None, "artifact": str(artifact.resolve())})
-    keras_latency = {}
-    deployed: dict[str, dict[str, Any]] = {}  # one row per deployed file, filled by the checks on each domain
-    for check, column, who in checks:
-        for candidate in check.get("candidates", []):
-            model = f"deployed {who}: {candidate['format']} {candidate['quant']}"
-            row = deployed.setdefault(model, {"model": model, "source_accuracy": None, "target_accuracy": None,
-                                              "bytes": candidate["size_bytes"], "params": None, "latency_ms": None})
-            row[column] = candidate["parity"]["accuracy"]
-            row["latency_ms"] = row["latency_ms"] or batch1_p50(candidate.get("latency", []))
-        for parent in check.get("parents", []):
-            keras_latency.setdefault(str(Path(parent["artifact"]).resolve()), batch1_p50(parent.get("latency", [])))
-    rows += deployed.values()
-    for row in rows:
-        if "artifact" in row:
-            row["latency_ms"] = keras_latency.get(row.pop("artifact"))
-    by_model = {row["model"]: row for row in rows}
-    if TEACHER in by_model and "teacher adapted" in by_model and by_model[TEACHER]["latency_ms"] is None:
-        # Adaptation keeps the graph (same layers, same shapes), so the fp32 teacher costs what the adapted one does.
-        by_model[TEACHER]["latency_ms"] = by_model["teacher adapted"]["latency_ms"]
-    return rows
+    """Accuracy on both domains, size, batch-1 latency and MACs of the teacher, the models on the
+    road and the deployed files, read from the run's files as the report reads them (the
+    source domain on its held-out test split for every model, Keras and exported alike)."""
+    from edgexfer.evaluate.report import summary_rows
+    from edgexfer.evaluate.road import collect_road
 
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    road = collect_road(run_dir)
+    roles = {row["model"].name: row["role"] for row in summary_rows(road)}
+    source = next((d for d in road.domains if d != road.target), None)
+    chosen = [m for m in road.models.values() if m.name in roles or m.is_export]
+    return [{"model": m.label, "role": roles.get(m.name, ""),
+             "source_accuracy": m.acc(source), "target_accuracy": m.acc(road.target),
+             "accuracy": {d: m.acc(d) for d in road.domains}, "bytes": m.bytes, "params": m.params,
+             "latency_ms": m.latency_ms, "macs": m.macs} for m in chosen]

@@ -129,7 +129,10 @@ def _evaluate(refs, options, out, ctx):
     from edgexfer.evaluate.domains import evaluate_domains
 
     domains = refs["domains"]
-    result = evaluate_domains(refs["parent"], domains, **options)
+    try:
+        result = evaluate_domains(refs["parent"], domains, **options)
+    except ConfigError as exc:
+        raise ConfigError(f"stage {out.name!r}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluate.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -177,10 +180,54 @@ def _validate_check(options: dict) -> None:
 
 
 def _validate_evaluate(options: dict) -> None:
-    unknown = set(options) - {"split", "batch_size", "top_k", "strict", "class_map", "__refs__"}
+    unknown = set(options) - {"split", "batch_size", "top_k", "strict", "class_map", "measure_latency", "__refs__"}
     if unknown:
         raise ConfigError(f"evaluate: unknown option {sorted(unknown)[0]!r}; allowed: split, batch_size, top_k, "
-                          "strict, class_map, parent, domains")
+                          "strict, class_map, measure_latency, parent, domains")
+    if "split" in options:
+        from edgexfer.evaluate.splits import resolve_splits
+
+        resolve_splits(options["split"], options.get("__refs__", {}).get("domains", {}), where="split")
+
+
+# The data keys whose labels a stage trains on (or selects on); the others (adapt's target,
+# distill's unlabelled, export's calibration_data) read images only.
+LABELLED_DATA_KEYS = {"finetune": ("data",), "adapt": ("source",), "fuse": ("val_data",), "distill": ("data",),
+                      "prune": ("data",), "quantize": ("data",)}
+
+
+def _labelled_ancestry(parent: str, earlier: list["Stage"]) -> list[dict[str, str]]:
+    """The data references whose labels ``parent`` or any stage it was made from trained on."""
+    by_name = {stage.name: stage for stage in earlier}
+    seen, todo, used = set(), [parent], []
+    while todo:
+        stage = by_name.get(todo.pop())
+        if stage is None or stage.name in seen:
+            continue
+        seen.add(stage.name)
+        used += [stage.refs[key] for key in LABELLED_DATA_KEYS.get(stage.type.name, ()) if key in stage.refs]
+        for key in stage.type.stage_keys:
+            if isinstance(stage.refs.get(key), str):
+                todo.append(stage.refs[key])
+        for key in stage.type.stage_list_keys:
+            todo.extend(stage.refs.get(key, []))
+    return used
+
+
+def _evaluate_defaults(options: dict, refs: dict, earlier: list["Stage"]) -> dict:
+    """An evaluate stage scores a domain the model (or an ancestor) trained on on its held-out
+    test split only, the others on all their images, unless ``split`` says otherwise; and it
+    times the model (batch 1) for the report's accuracy-latency plane."""
+    used = _labelled_ancestry(refs["parent"], earlier)
+    trained = [name for name, ref in refs["domains"].items() if ref in used]
+    split = options.get("split")
+    defaults = {name: ("test" if name in trained else "all") for name in refs["domains"]}
+    if isinstance(split, dict):
+        defaults.update(split)
+    elif isinstance(split, str):
+        defaults = dict.fromkeys(refs["domains"], split)
+    return {**options, "split": defaults, "trained_domains": trained,
+            "measure_latency": options.get("measure_latency", True)}
 
 
 STAGE_TYPES: dict[str, StageType] = {stage.name: stage for stage in (
@@ -343,6 +390,13 @@ def _parse_stage(name: str, options: Any, earlier: list[Stage], data: dict, line
         stage_type.validate({**options, "__refs__": stand_ins})
     except ConfigError as exc:
         raise ConfigError(f"{here}: {exc}") from None
+    if type_name == "evaluate":
+        options = _evaluate_defaults(options, refs, earlier)
+    if type_name == "check" and "split" not in options:
+        # A check on a domain its models trained on scores the held-out test split, as evaluate does.
+        used = [ref for artifact in refs.get("artifacts", []) for ref in _labelled_ancestry(artifact, earlier)]
+        if refs.get("data") in used:
+            options["split"] = "test"
     return Stage(name=name, type=stage_type, options=options, refs=refs, line=line)
 
 

@@ -120,7 +120,8 @@ def evaluate(
                                                                      "the gap to the first domain."),
     class_map: Optional[str] = typer.Option(None, "--class-map", help="With --data: rename folder classes to the "
                                                                       "model's, 'seven=7,eight=8' or a file."),
-    split: str = typer.Option("all", help="all | train | val | test (of the folder's split)"),
+    split: str = typer.Option("all", help="all | train | val | test: the part of each folder, carved as the "
+                                          "model's training data was (test: the run's held-out images)"),
     top_k: int = typer.Option(5, help="k of the top-k accuracy."),
     batch_size: int = typer.Option(64),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to FILE."),
@@ -162,13 +163,16 @@ def evaluate(
 
 
 def _render_domains(result: dict) -> None:
-    table = Table(title=f"{result['artifact']} ({result['stage']}) on {len(result['domains'])} domains "
-                        f"({result['split']}); gap = {result['reference']} accuracy − this domain's")
+    from edgexfer.evaluate import formatting as fmt
+
+    table = Table(title=f"{result['artifact']} ({result['stage']}) on {len(result['domains'])} domains; "
+                        f"gap = {result['reference']} accuracy − this domain's")
     for column in ("domain", "data", "n", "accuracy", "macro_f1", "gap"):
         table.add_column(column, justify="left" if column in ("domain", "data") else "right")
     for name, row in result["domains"].items():
-        gap = "—" if name == result["reference"] else f"{row['gap'] * 100:+.1f} pts"
-        table.add_row(name, row["data"], str(row["n"]), f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}", gap)
+        gap = "—" if name == result["reference"] else fmt.points(row["gap"])
+        table.add_row(name, row["data"], f"{fmt.count(row['n'])} ({row.get('split', 'all')})",
+                      fmt.percent(row["accuracy"]), fmt.percent(row["macro_f1"]), gap)
     console.print(table)
 
 
@@ -307,13 +311,15 @@ def demo(
     else:
         summary = run_demo(run_dir, full=full, progress=sys.stdout.isatty(), log=console.print, overrides=overrides)
     _render_run(summary)
-    table = Table(title="headline: accuracy, size and latency of each model")
-    for column in ("model", "mnist acc", "uci-digits acc", "size", "p50 ms, batch 1 (deployed: 1 thread)"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    from edgexfer.evaluate import formatting as fmt
+
+    table = Table(title="headline: accuracy (mnist: held-out test split; uci-digits: all), size, latency, MACs")
+    for column in ("model", "role", "mnist acc", "uci-digits acc", "size", "latency, batch 1", "MACs"):
+        table.add_column(column, justify="left" if column in ("model", "role") else "right")
     for row in summary["headline"]:
-        cell = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
-        table.add_row(row["model"], cell(row["source_accuracy"], ".4f"), cell(row["target_accuracy"], ".4f"),
-                      "—" if row["bytes"] is None else f"{row['bytes'] / 1e6:.2f} MB", cell(row["latency_ms"], ".3f"))
+        table.add_row(row["model"], row["role"], fmt.percent(row["source_accuracy"]),
+                      fmt.percent(row["target_accuracy"]), fmt.size(row["bytes"]), fmt.milliseconds(row["latency_ms"]),
+                      fmt.macs(row["macs"]))
     console.print(table)
     if spread is not None:
         table = Table(title=f"over seeds {', '.join(map(str, spread['seeds']))}: mean ± std (sample)")

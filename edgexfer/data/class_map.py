@@ -122,13 +122,15 @@ def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str], c
 
 def scan_labelled(root: str | os.PathLike[str], model_classes: Sequence[str],
                   class_map: Mapping[str, str] | None = None, *, val_fraction: float = 0.0, seed: int = 0,
+                  test_fraction: float = 0.0,
                   strict: bool = False, strict_keys: bool = True, source_domain: bool = False,
                   role: str = "folder"):
     """An ``ImageDataset`` of ``root`` whose labels are the model's indices (after ``class_map``)."""
     from edgexfer.data import Sample, scan_image_folder
 
     class_map = dict(class_map or {})
-    dataset = scan_image_folder(root, val_fraction=val_fraction, test_fraction=0.0, seed=seed, strict=strict)
+    dataset = scan_image_folder(root, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                strict=strict)
     where = f"{'source' if source_domain else role} {str(root)!r}"
     index = match_classes(dataset.class_names, model_classes, class_map, where, strict_keys=strict_keys,
                           source_domain=source_domain)

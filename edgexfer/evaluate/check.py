@@ -257,10 +257,12 @@ def _name_uniquely(candidates: list[_Candidate]) -> None:
 
 
 def _test_samples(data, artifact: Artifact, split: str, strict: bool, max_images: int | None):
-    from edgexfer.data import scan_image_folder
+    from edgexfer.evaluate.splits import scan_domain
 
     manifest = artifact.manifest
-    dataset = scan_image_folder(data, class_names=manifest.label_names, strict=strict, seed=manifest.seed or 0)
+    # Carved with the seed and fractions the run's training data was split with (the lineage's
+    # record), so ``test`` holds the same images here as in every evaluate stage of the run.
+    dataset = scan_domain(artifact, data, strict=strict)
     names = ("train", "val", "test") if split == "all" else (split,)
     samples = sorted((s for name in names for s in dataset.split(name)), key=lambda s: str(s.path))
     if not samples:

@@ -25,15 +25,14 @@ def predict_samples(model, samples: list, preprocessing, batch_size: int) -> tup
 def evaluate_artifact(artifact_path: str | Path, data_dir: str | Path, config: EvaluateConfig,
                       confusion_png: str | Path | None = None) -> dict[str, Any]:
     """Accuracy, top-k, per-class metrics and the confusion matrix of a Keras artifact."""
-    from edgexfer.data import scan_image_folder
     from edgexfer.evaluate.metrics import classification_metrics, save_confusion_png
+    from edgexfer.evaluate.splits import samples_of, scan_domain
 
     artifact = Artifact(artifact_path)
     manifest = artifact.manifest
-    dataset = scan_image_folder(data_dir, class_names=manifest.label_names, strict=config.strict,
-                                seed=manifest.seed or 0)
-    splits = ("train", "val", "test") if config.split == "all" else (config.split,)
-    samples = [sample for name in splits for sample in dataset.split(name)]
+    # Carved as the run's training data was, so --split test is the run's held-out split.
+    dataset = scan_domain(artifact, data_dir, strict=config.strict)
+    samples = samples_of(dataset, config.split, where=str(data_dir))
     from edgexfer.data.pipeline import data_errors
 
     model = load_keras_model(artifact.model_path)

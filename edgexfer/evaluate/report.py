@@ -1,4 +1,4 @@
-"""Run reports: ``report.md`` and a self-contained ``report.html`` (plots embedded as PNG).
+"""Run reports: ``report.md`` and a self-contained ``report.html`` (plots embedded as PNG), the answer first.
 
 A report reads only files the stages wrote (manifests, metrics, check.json, evaluate.json,
 alpha curves), so it can be rebuilt at any time with ``edgexfer report RUN_DIR``.
@@ -11,83 +11,335 @@ import html
 import json
 import os
 import platform
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgexfer.evaluate import formatting as fmt
 from edgexfer.evaluate.latency import batch1_row
+from edgexfer.evaluate.road import Model, Road, collect_road
 
 REPORT_DIR = "report"
-# Metric names that mean "accuracy of this artifact", most specific first.
-ACCURACY_KEYS = ("test_accuracy", "accuracy_after", "target_accuracy", "accuracy", "val_accuracy")
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Any]          # a block is Markdown text or a Figure
+    folded: bool = False       # rendered inside <details>: reference material, after the answer
 
 
 def write_report(run_dir: str | Path, *, pipeline_name: str, stage_order: list[str], stage_types: dict[str, str],
                  stopped_at: str | None = None, state: dict[str, Any] | None = None) -> dict[str, str]:
-    """Write ``RUN_DIR/report.md`` and ``RUN_DIR/report.html``; returns their paths."""
+    """Write ``RUN_DIR/report.md`` and ``RUN_DIR/report.html``; returns their paths.
+
+    The report opens with the answer (what is deployed, how accurate on each domain, how
+    large, how fast, against the fine-tuned teacher and the source-only baseline), then one
+    accuracy-latency plot of every model of the run, the cross-domain table and the fusion
+    curve, the lineage, and folded at the end the per-stage metrics, checks and confusion
+    matrices.
+    """
     run_dir = Path(run_dir)
     state = state or json.loads((run_dir / "pipeline-state.json").read_text())
     figures_dir = run_dir / REPORT_DIR
     figures_dir.mkdir(exist_ok=True)
-    sections: list[tuple[str, list[Any]]] = []  # (title, blocks); a block is str (markdown) or Figure
-
-    status = (f"**Stopped at stage `{stopped_at}`**: {state['stages'].get(stopped_at, {}).get('error', '')}"
-              if stopped_at else "All stages completed.")
-    sections.append(("Run", [f"Pipeline `{pipeline_name}`, run directory `{run_dir}`.", status]))
-
+    road = collect_road(run_dir, stage_order)
     stages = _stage_rows(run_dir, stage_order, stage_types, state)
-    sections.append(("Lineage and metrics", [_table(
-        ["stage", "type", "status", "parent", "accuracy", "params", "size", "seconds"],
-        [[r["name"], r["type"], r["status"], r["parent"], _fmt(r["accuracy"], ".4f"), _fmt(r["params"], ","),
-          _fmt_bytes(r["size"]), _fmt(r["seconds"], ".1f")] for r in stages])]
-        + [_metrics_details(r) for r in stages if r["metrics"]]))
-
-    checks = [(name, json.loads((run_dir / name / "check.json").read_text())) for name in stage_order
-              if stage_types.get(name) == "check" and (run_dir / name / "check.json").is_file()]
-    if checks:
-        blocks: list[Any] = []
-        for name, result in checks:
-            rows = _pareto_rows(result)
-            blocks.append(_table(["model", "format", "accuracy", "agreement", "size", "p50 ms (batch 1)", "threads"],
-                                 [[r["name"], r["format"], _fmt(r["accuracy"], ".4f"), _fmt(r["agreement"], ".4f"),
-                                   _fmt_bytes(r["size"]), _fmt(r["latency_ms"], ".3f"), r["threads"]] for r in rows]))
-            figure = figures_dir / f"pareto_{name}.png"
-            _plot_pareto(rows, figure, title=f"{name}: {result.get('n', '?')} images of {Path(result['data']).name}")
-            blocks.append(Figure(figure, f"Accuracy against file size (log scale) for `{name}`. The dashed line "
-                                         "joins the Pareto-optimal models (none other is both smaller and more "
-                                         "accurate); marker area grows with the batch-1 p50 latency given in the "
-                                         "legend."))
-        sections.append(("Accuracy, size and latency", blocks))
-
-    evaluations = [(name, json.loads((run_dir / name / "evaluate.json").read_text())) for name in stage_order
-                   if stage_types.get(name) == "evaluate" and (run_dir / name / "evaluate.json").is_file()]
-    if evaluations:
-        domains = list(dict.fromkeys(d for _, result in evaluations for d in result["domains"]))
-        rows = []
-        for name, result in evaluations:
-            model_stage = Path(result["artifact"]).name
-            rows.append([name, model_stage] + [_fmt(result["domains"].get(d, {}).get("accuracy"), ".4f")
-                                               for d in domains] + [_fmt(result.get("max_gap"), "+.4f")])
-        note = ("The first evaluate stage is the baseline (usually the source-only fine-tuned model); "
-                "gap = first domain's accuracy − the others'.")
-        sections.append(("Cross-domain accuracy", [_table(["evaluation", "model", *domains, "max gap"], rows), note]))
-
-    confusion_blocks = _confusion_figures(run_dir, stages, evaluations, figures_dir)
-    if confusion_blocks:
-        sections.append(("Confusion matrices", confusion_blocks))
-
-    curves = [run_dir / r["name"] / "alpha_curve.png" for r in stages
-              if r["type"] == "fuse" and (run_dir / r["name"] / "alpha_curve.png").is_file()]
-    if curves:
-        sections.append(("Weight-space fusion: the α curve",
-                         [Figure(c, "Accuracy against α, where θ = α·θ_source + (1−α)·θ_finetuned "
-                                    "(α = 0: the fine-tuned model, α = 1: the source).") for c in curves]))
-
-    sections.append(("Environment", [_table(["what", "value"], [[k, str(v)] for k, v in _environment().items()])]))
+    sections = [_summary_section(road, stages, stopped_at, state, run_dir)]
+    sections += _road_sections(road, figures_dir)
+    sections += _cross_domain_sections(road, stages, run_dir)
+    sections.append(Section("Lineage", [_table(
+        ["stage", "type", "status", "made from", "time"],
+        [[f"`{r['name']}`", r["type"], r["status"], r["parent"], fmt.seconds(r["seconds"])] for r in stages])]))
+    sections += _folded_sections(road, stages, figures_dir)
 
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
-    md_path.write_text(_render_markdown(pipeline_name, sections, run_dir))
-    html_path.write_text(_render_html(pipeline_name, sections))
+    _write_atomically(md_path, _render_markdown(pipeline_name, sections, run_dir))
+    _write_atomically(html_path, _render_html(pipeline_name, sections))
     return {"report": str(md_path), "report_html": str(html_path)}
+
+
+# ---------------------------------------------------------------------------- the answer
+
+def summary_rows(road: Road) -> list[dict[str, Any]]:
+    """The models the summary compares: the deployed files, their Keras parent, the teacher it
+    was distilled from, the fine-tuned teacher and the source-only baseline (each once)."""
+    deployed = road.deployed()
+    parent = deployed[0].keras_parent if deployed else (road.keras[-1].name if road.keras else None)
+    rows: list[dict[str, Any]] = []
+
+    def add(model: Model | None, role: str) -> None:
+        if model is None:
+            return
+        for row in rows:
+            if row["model"] is model:
+                row["role"] += f"; {role}"
+                return
+        rows.append({"model": model, "role": role, "deployed": role == "deployed"})
+
+    for model in deployed:
+        add(model, "deployed")
+    add(road.models.get(parent or ""), "Keras parent of the deployed files" if deployed else "last model")
+    add(road.distillation_teacher(parent), "teacher it was distilled from")
+    add(road.finetuned_teacher(parent), "fine-tuned teacher")
+    add(road.baseline(), "source-only baseline")
+    return rows
+
+
+def _summary_section(road: Road, stages: list[dict], stopped_at: str | None, state: dict, run_dir: Path) -> Section:
+    blocks: list[Any] = []
+    missing = [r["name"] for r in stages if r["status"] != "done"]
+    if stopped_at:
+        error = state["stages"].get(stopped_at, {}).get("error", "")
+        blocks.append(f"**The run stopped at stage `{stopped_at}`**: {error}")
+    if missing:
+        blocks.append(f"**Missing** ({len(missing)} of {len(stages)} stages not finished, their numbers are "
+                      "absent below): " + ", ".join(f"`{r['name']}` ({r['status']})" for r in stages
+                                                    if r["name"] in missing) + ".")
+    deployed = road.deployed()
+    if deployed:
+        blocks.append("**Deployed:** " + ", ".join(
+            f"`{m.path.relative_to(run_dir).as_posix() if m.path.is_relative_to(run_dir) else m.path}` "
+            f"({m.kind}, {fmt.size(m.bytes)})" for m in deployed) + ".")
+    rows = summary_rows(road)
+    domains = list(road.domains)
+    if rows:
+        header = ["model", "role", *[_domain_header(road, d) for d in domains], "size", "latency (batch 1)", "MACs"]
+        blocks.append(_table(header, [
+            [f"`{r['model'].name}` ({r['model'].kind})", r["role"],
+             *[_accuracy_cell(r["model"], d, road) for d in domains], fmt.size(r["model"].bytes),
+             fmt.milliseconds(r["model"].latency_ms), fmt.macs(r["model"].macs)] for r in rows]))
+        comparisons = _comparisons(road, rows)
+        if comparisons:
+            blocks.append(_table(["deployed", "against", *[f"Δ {d}" for d in domains], "size", "latency", "MACs"],
+                                 comparisons))
+        blocks.append(_data_note(road) + " " + _cost_note(rows))
+    elif not missing:
+        blocks.append("No stage of this run wrote a model.")
+    if road.seeds and rows:
+        count = len(road.seeds.get("seeds", []))
+        blocks.append(f"± : the standard deviation over {count} seeds of the same run (`seeds.json`; every figure "
+                      "in *Spread over seeds* at the end).")
+    return Section("Summary", blocks)
+
+
+def _domain_header(road: Road, domain: str) -> str:
+    """``mnist (test split, 500)``, ``uci-digits (target, all 1,797)``: which images the column scored."""
+    info = road.domains[domain]
+    role = "target, " if domain == road.target else ""
+    if info.split == "all":
+        return f"{domain} ({role}all {fmt.count(info.n)})"
+    return f"{domain} ({role}{info.split or '?'} split, {fmt.count(info.n)})"
+
+
+def _accuracy_cell(model: Model, domain: str, road: Road | None = None) -> str:
+    """The accuracy, and its spread over seeds where ``seeds.json`` has it."""
+    cell = model.accuracy.get(domain)
+    if not cell or cell.get("value") is None:
+        return fmt.MISSING
+    spread = road.seed_spread(model, domain) if road is not None else None
+    return fmt.percent(cell["value"]) + (f" {fmt.spread(spread.get('std'))}" if spread else "")
+
+
+def _comparisons(road: Road, rows: list[dict]) -> list[list[str]]:
+    deployed = [r["model"] for r in rows if r["deployed"]] or [rows[0]["model"]]
+    parent = deployed[0].keras_parent or deployed[0].name
+    teacher, baseline = road.finetuned_teacher(parent), road.baseline()
+    out = []
+    for model in deployed:
+        if teacher is not None and teacher is not model:
+            also = " (= the source-only baseline)" if baseline is teacher else ""
+            out.append([f"`{model.name}`", f"fine-tuned teacher `{teacher.name}`{also}",
+                        *[fmt.points(_delta(model.acc(d), teacher.acc(d))) for d in road.domains],
+                        _times(teacher.bytes, model.bytes, "smaller", "larger"),
+                        _times(teacher.latency_ms, model.latency_ms, "faster", "slower"),
+                        _times(teacher.macs, model.macs, "fewer", "more")])
+        if baseline is not None and baseline is not model and baseline is not teacher and road.target:
+            out.append([f"`{model.name}`", f"source-only baseline `{baseline.name}`",
+                        *[fmt.points(_delta(model.acc(d), baseline.acc(d))) if d == road.target else ""
+                          for d in road.domains], "", "", ""])
+    return out
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+def _times(reference: float | None, value: float | None, better: str, worse: str) -> str:
+    if not reference or not value:
+        return fmt.MISSING
+    if 0.95 <= reference / value <= 1.05:
+        return "same"
+    return f"{fmt.ratio(reference / value)} {better}" if reference >= value else f"{fmt.ratio(value / reference)} {worse}"
+
+
+def _data_note(road: Road) -> str:
+    """Which images each accuracy was measured on."""
+    parts = []
+    for domain in road.domains.values():
+        n = f"{fmt.count(domain.n)} images" if domain.n else "its images"
+        if domain.split == "test":
+            parts.append(f"{domain.name}: the held-out test split, {n}, the same for every model "
+                         "(no model trained on them)")
+        elif domain.split == "all" and domain.labels_used is False:
+            parts.append(f"{domain.name}: all {n} (its labels were never used in training)")
+        elif domain.split:
+            what = f"all {n}" if domain.split == "all" else f"the {domain.split} split, {n}"
+            parts.append(f"{domain.name}: {what}" + (" (models trained on some of these images)"
+                                                     if domain.labels_used is not False else ""))
+    return ("Accuracy on " + "; ".join(parts) + "." if parts else "")
+
+
+def _cost_note(rows: list[dict]) -> str:
+    threads = sorted({r["model"].latency_threads for r in rows if r["model"].latency_threads})
+    notes = ["Latency: the median of single-image runs (exports in LiteRT or onnxruntime, Keras models in "
+             "TensorFlow" + (f"; threads: {' / '.join(threads)}" if threads else "") + ")."]
+    notes.append("MACs: multiply-accumulates of the convolution and dense layers for one image "
+                 "(a pruned kernel counts in full).")
+    borrowed = [f"`{r['model'].name}` {r['model'].macs_from}" for r in rows if r["model"].macs_from]
+    if borrowed:
+        notes.append("MACs of " + ", ".join(borrowed) + " (the same graph).")
+    return " ".join(notes)
+
+
+def _seeds_block(seeds: dict[str, Any] | None) -> str:
+    """Spread over the seeds of ``seeds.json``: ``{"seeds": [...], "metrics": {name: {mean, std, values}}}``."""
+    if not seeds or not isinstance(seeds.get("metrics"), dict):
+        return ""
+    rows = []
+    for name, values in seeds["metrics"].items():
+        if not isinstance(values, dict):
+            continue
+        shown = [fmt.metric(name, v) for v in values.get("values", [])]
+        spread = (fmt.spread(values.get("std")) if "accuracy" in name.lower()
+                  else f"± {fmt.metric(name, values.get('std'))}")
+        rows.append([name, fmt.metric(name, values.get("mean")), spread, ", ".join(shown)])
+    if not rows:
+        return ""
+    listed = ", ".join(str(s) for s in seeds.get("seeds", []))
+    return (f"Seeds {listed} (`seeds.json`; std: the sample standard deviation):\n\n"
+            + _table(["metric", "mean", "std", "each seed"], rows))
+
+
+# ---------------------------------------------------------------------------- the whole road
+
+def _road_sections(road: Road, figures_dir: Path) -> list[Section]:
+    models = list(road.models.values())
+    if not models or not road.target:
+        return []
+    placed = [m for m in models if m.acc(road.target) is not None and m.latency_ms]
+    blocks: list[Any] = []
+    if placed:
+        figure = figures_dir / "road.png"
+        info = road.domains[road.target]
+        what = (f"all {fmt.count(info.n)} images of {road.target}" if info.split == "all"
+                else f"the {info.split} split of {road.target} ({fmt.count(info.n)} images)")
+        plot_road(placed, road.target, figure, title=f"Every model of the run on {road.target} ({what})")
+        left_out = [f"`{m.name}` ({'no latency measured' if m.acc(road.target) is not None else 'not scored on ' + road.target})"
+                    for m in models if m not in placed]
+        blocks.append(Figure(figure, f"Accuracy on {what} against batch-1 latency (log scale) of every Keras "
+                                     "model and every exported file of the run; marker area grows with the file "
+                                     "size. The dashed line joins the Pareto front: models no other is both faster "
+                                     "and more accurate than."
+                                     + (f" Not placed: {', '.join(left_out)}." if left_out else "")))
+    blocks.append(_table(["model", "kind", "made from", *road.domains, "size", "latency (batch 1)", "MACs", "params"],
+                         [[f"`{m.name}`", m.kind, f"`{m.parent}`" if m.parent else "—",
+                           *[_accuracy_cell(m, d) for d in road.domains], fmt.size(m.bytes),
+                           fmt.milliseconds(m.latency_ms), fmt.macs(m.macs), fmt.count(m.params)] for m in models]))
+    return [Section("The whole road", blocks)]
+
+
+def plot_road(models: list[Model], domain: str, path: Path, title: str = "") -> None:
+    """Accuracy on ``domain`` against batch-1 latency, marker area by file size, the front dashed;
+    a legend entry per model (labels never overlap)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    biggest = max((m.bytes or 0) for m in models) or 1
+    markers = "osD^vP*Xh<>p"
+    points = [(m.latency_ms, m.acc(domain)) for m in models]
+    for index, (model, (latency, accuracy)) in enumerate(zip(models, points)):
+        area = 30 + 600 * ((model.bytes or 0) / biggest) ** 0.5
+        ax.scatter(latency, accuracy * 100, s=area, alpha=0.6, marker=markers[index % len(markers)],
+                   edgecolors="black", linewidths=0.5, label=f"{model.name} ({model.kind}): {fmt.size(model.bytes)}")
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.plot([points[i][0] for i in front], [points[i][1] * 100 for i in front], "--", color="grey",
+                linewidth=1, label="Pareto front", zorder=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, batch 1, p50 (ms, log scale)")
+    ax.set_ylabel(f"accuracy on {domain} (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="model: file size (marker area)",
+              title_fontsize=7, markerscale=0.5, frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- cross-domain and fusion
+
+def _cross_domain_sections(road: Road, stages: list[dict], run_dir: Path) -> list[Section]:
+    sections = []
+    if road.evaluations:
+        domains = list(dict.fromkeys(d for _, result in road.evaluations for d in result["domains"]))
+        rows = []
+        for name, result in road.evaluations:
+            rows.append([f"`{name}`", f"`{Path(result['artifact']).name}`"]
+                        + [fmt.percent(result["domains"].get(d, {}).get("accuracy")) for d in domains]
+                        + [fmt.points(-result["max_gap"]) if result.get("max_gap") is not None else fmt.MISSING])
+        headers = [_domain_header(road, d) for d in domains]
+        note = (_data_note(road) + " The first evaluate stage is the source-only baseline; the last column is "
+                f"the largest drop from the first domain ({domains[0]}) to another.")
+        sections.append(Section("Cross-domain accuracy", [_table(["evaluation", "model", *headers, "largest drop"],
+                                                                  rows), note]))
+    curves = [r for r in stages if r["type"] == "fuse" and (run_dir / r["name"] / "alpha_curve.png").is_file()]
+    if curves:
+        sections.append(Section("Weight-space fusion: the α curve", [
+            Figure(run_dir / r["name"] / "alpha_curve.png",
+                   "Accuracy against α, where θ = α·θ_source + (1−α)·θ_finetuned (α = 0: the fine-tuned model, "
+                   f"α = 1: the source), measured by `{r['name']}` on {_fuse_images(r)}.")
+            for r in curves]))
+    return sections
+
+
+def _fuse_images(row: dict) -> str:
+    """Which images a fuse stage's curve scored (its own choice, not the run's held-out split)."""
+    config = (row["manifest"] or {}).get("config") or {}
+    split, limit = config.get("split", "all"), config.get("max_images")
+    what = f"up to {fmt.count(limit)} images" if limit else "the images"
+    return (f"{what} drawn from the {split} split of each folder" if split != "all" else
+            f"{what} drawn from all of each folder (on the source these include training images, so compare "
+            "α's with each other rather than with the tables above)")
+
+
+# ---------------------------------------------------------------------------- folded reference
+
+def _folded_sections(road: Road, stages: list[dict], figures_dir: Path) -> list[Section]:
+    sections = []
+    metric_blocks = [_metrics_details(r) for r in stages if r["metrics"]]
+    if any(metric_blocks):
+        sections.append(Section("Metrics of each stage", [b for b in metric_blocks if b], folded=True))
+    if road.checks:
+        blocks: list[Any] = []
+        for name, result in road.checks:
+            rows = _pareto_rows(result)
+            blocks.append(f"**`{name}`**: {fmt.count(result.get('n'))} images of `{Path(result['data']).name}` "
+                          f"({result.get('split', 'all')}); {'passed' if result.get('passed') else 'FAILED'}")
+            blocks.append(_table(["model", "format", "accuracy", "agreement", "size", "latency (batch 1)", "threads"],
+                                 [[r["name"], r["format"], fmt.percent(r["accuracy"]), fmt.percent(r["agreement"]),
+                                   fmt.size(r["size"]), fmt.milliseconds(r["latency_ms"]), r["threads"]]
+                                  for r in rows]))
+        sections.append(Section("Parity checks", blocks, folded=True))
+    seeds = _seeds_block(road.seeds)
+    if seeds:
+        sections.append(Section("Spread over seeds", [seeds], folded=True))
+    confusion = _confusion_figures(road.run_dir, stages, road.evaluations, figures_dir)
+    if confusion:
+        sections.append(Section("Confusion matrices", confusion, folded=True))
+    sections.append(Section("Environment", [_table(["what", "value"],
+                                                   [[k, str(v)] for k, v in _environment().items()])], folded=True))
+    return sections
 
 
 class Figure:
@@ -101,23 +353,24 @@ def _stage_rows(run_dir: Path, order: list[str], types: dict[str, str], state: d
         recorded = state["stages"].get(name, {})
         manifest, metrics = _read_json(run_dir / name / "manifest.json"), _read_json(run_dir / name / "metrics.json")
         parent = (manifest or {}).get("parent") or {}
+        made_from = [Path(parent["path"]).name] if parent else []
+        evaluated = _read_json(run_dir / name / "evaluate.json").get("artifact")
+        made_from += [Path(evaluated).name] if evaluated else []
+        made_from += [c["name"] for c in _read_json(run_dir / name / "check.json").get("candidates", [])]
         rows.append({
             "name": name, "type": types.get(name, name), "status": recorded.get("status", "not run"),
-            "seconds": recorded.get("seconds"), "parent": Path(parent["path"]).name if parent else "—",
-            "accuracy": next((metrics[k] for k in ACCURACY_KEYS if isinstance(metrics.get(k), (int, float))), None),
-            "params": metrics.get("params") or metrics.get("student_params"),
-            "size": metrics.get("size_bytes") or metrics.get("model_bytes"),
+            "seconds": recorded.get("seconds"), "parent": ", ".join(made_from) or "—",
             "metrics": metrics, "manifest": manifest,
         })
     return rows
 
 
 def _metrics_details(row: dict) -> str:
-    scalars = [[key, _fmt(value, ".4f" if isinstance(value, float) else ",")]
+    scalars = [[key.replace("_", " "), fmt.metric(key, value)]
                for key, value in row["metrics"].items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
     if not scalars:
         return ""
-    return f"**{row['name']}** ({row['type']})\n\n" + _table(["metric", "value"], scalars)
+    return f"**`{row['name']}`** ({row['type']})\n\n" + _table(["metric", "value"], scalars)
 
 
 def _pareto_rows(result: dict) -> list[dict[str, Any]]:
@@ -138,44 +391,11 @@ def _pareto_rows(result: dict) -> list[dict[str, Any]]:
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the (size, accuracy) points no other point beats on both (smaller or equal
-    size and higher or equal accuracy, one strictly), ordered by size."""
+    """Indices of the (cost, accuracy) points no other point beats on both (lower or equal
+    cost — size or latency — and higher or equal accuracy, one strictly), ordered by cost."""
     front = [i for i, (size, acc) in enumerate(points)
              if not any(s <= size and a >= acc and (s, a) != (size, acc) for s, a in points)]
     return sorted(front, key=lambda i: points[i][0])
-
-
-def _plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
-    """Accuracy against size; a legend entry per model (labels never overlap), the frontier dashed."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    rows = [r for r in rows if r["accuracy"] is not None]
-    latencies = [r["latency_ms"] for r in rows if r["latency_ms"]]
-    biggest = max(latencies) if latencies else 1.0
-    markers = "osD^vP*X"
-    for index, row in enumerate(rows):
-        area = 40 + 400 * ((row["latency_ms"] or 0) / biggest)
-        label = f"{row['name']}: {row['latency_ms']:.3g} ms" if row["latency_ms"] else row["name"]
-        ax.scatter(row["size"] / 1e6, row["accuracy"], s=area, alpha=0.65, marker=markers[index % len(markers)],
-                   label=label, edgecolors="black", linewidths=0.5)
-    points = [(r["size"] / 1e6, r["accuracy"]) for r in rows]
-    front = pareto_front(points)
-    if len(front) > 1:
-        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="grey", linewidth=1,
-                label="Pareto front", zorder=0)
-    ax.set_xscale("log")
-    ax.set_xlabel("model file size (MB, log scale)")
-    ax.set_ylabel("accuracy")
-    low = min((a for _, a in points), default=0.0)
-    high = max((a for _, a in points), default=1.0)
-    pad = max(0.005, (high - low) * 0.15)
-    ax.set_ylim(low - pad, min(1.0, high + pad) if high < 1.0 else 1.0 + pad / 4)
-    ax.set_title(title or "accuracy vs size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best", title="batch-1 p50 latency", title_fontsize=7, markerscale=0.6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _confusion_figures(run_dir: Path, stages: list[dict], evaluations: list, figures_dir: Path) -> list[Any]:
@@ -197,7 +417,9 @@ def _confusion_figures(run_dir: Path, stages: list[dict], evaluations: list, fig
                 path = figures_dir / f"confusion_{name}_{domain}.png"
                 save_confusion_png(values["confusion_matrix"], labels, path, title=f"{name}: {domain}")
                 blocks.append(Figure(path, f"Confusion matrix of `{Path(result['artifact']).name}` on `{domain}` "
-                                           f"(accuracy {values['accuracy']:.4f})."))
+                                           f"({values.get('split', result.get('split', 'all'))}, "
+                                           f"{fmt.count(values.get('n'))} images; accuracy "
+                                           f"{fmt.percent(values['accuracy'])})."))
     return blocks
 
 
@@ -226,77 +448,66 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _render_markdown(title: str, sections, run_dir: Path) -> str:
+def _render_markdown(title: str, sections: list[Section], run_dir: Path) -> str:
     out = [f"# edgexfer report: {title}", ""]
-    for heading, blocks in sections:
-        out += [f"## {heading}", ""]
-        for block in blocks:
+    for section in sections:
+        if section.folded:
+            out += ["<details>", f"<summary><b>{html.escape(section.title)}</b></summary>", ""]
+        else:
+            out += [f"## {section.title}", ""]
+        for block in section.blocks:
             if isinstance(block, Figure):
                 out += [f"![{block.caption}]({block.path.relative_to(run_dir).as_posix()})", "", f"*{block.caption}*", ""]
             elif block:
                 out += [block, ""]
+        if section.folded:
+            out += ["</details>", ""]
     return "\n".join(out)
 
 
-def _render_html(title: str, sections) -> str:
+def _markdown_to_html(text: str) -> str:
+    """CommonMark with tables, by markdown-it-py (rich already depends on it). Raw HTML in the
+    text is escaped, not passed through: stage names and paths come from files."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+
+def _render_html(title: str, sections: list[Section]) -> str:
     body = [f"<h1>edgexfer report: {html.escape(title)}</h1>"]
-    for heading, blocks in sections:
-        body.append(f"<h2>{html.escape(heading)}</h2>")
-        for block in blocks:
+    for section in sections:
+        parts = []
+        for block in section.blocks:
             if isinstance(block, Figure):
                 data = base64.b64encode(block.path.read_bytes()).decode()
-                body.append(f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{_inline(block.caption)}</figcaption></figure>")
+                caption = _markdown_to_html(block.caption).strip().removeprefix("<p>").removesuffix("</p>")
+                parts.append(f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
+                             f"<figcaption>{caption}</figcaption></figure>")
             elif block:
-                body.append(_markdown_block_to_html(block))
-    style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-             "img{max-width:100%}figcaption{color:#555;font-size:0.9em}code{background:#f3f3f3;padding:0 3px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgexfer report: {html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+                parts.append(_markdown_to_html(block))
+        slug = re.sub(r"[^a-z0-9]+", "-", section.title.lower()).strip("-")
+        if section.folded:
+            body.append(f'<details id="{slug}"><summary>{html.escape(section.title)}</summary>{"".join(parts)}'
+                        "</details>")
+        else:
+            body.append(f'<section id="{slug}"><h2>{html.escape(section.title)}</h2>{"".join(parts)}</section>')
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222;"
+             "line-height:1.4}h1{font-size:1.4em;margin:0.3em 0}h2{font-size:1.2em;margin:1em 0 0.4em}"
+             "table{border-collapse:collapse;margin:0.4em 0 1em;font-size:0.92em}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:right;white-space:nowrap}td:first-child,th:first-child,td:nth-child(2),th:nth-child(2)"
+             "{text-align:left;white-space:normal}th{background:#f3f3f3}p{margin:0.4em 0}img{max-width:100%}"
+             "figcaption{color:#555;font-size:0.9em}code{background:#f3f3f3;padding:0 3px}"
+             "details{margin:0.6em 0}summary{font-weight:bold;font-size:1.1em;cursor:pointer}")
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>edgexfer report: {html.escape(title)}</title><style>{style}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n")
 
 
-def _markdown_block_to_html(block: str) -> str:
-    """The small markdown subset this module writes: tables, **bold** and `code` paragraphs."""
-    parts, table = [], []
-    for line in block.splitlines() + [""]:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        if table:
-            header, *rows = [r for r in table if not r.startswith("|---")]
-            cells = lambda r: [c.strip().replace("\\|", "|") for c in r.strip("|").split(" | ")]  # noqa: E731
-            parts.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells(header)) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells(r)) + "</tr>" for r in rows)
-                         + "</table>")
-            table = []
-        if line.strip():
-            parts.append(f"<p>{_inline(line)}</p>")
-    return "".join(parts)
-
-
-def _inline(text: str) -> str:
-    import re
-
-    escaped = html.escape(text)
-    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    if value is None or isinstance(value, bool):
-        return "—"
-    try:
-        return format(value, spec)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _fmt_bytes(value: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return "—"
-    return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -216,8 +216,12 @@ def run_adapt(model_dir: str | Path, source: str | Path, target: str | Path, out
     preprocessing = manifest.preprocessing
     started = time.perf_counter()
 
-    source_data = scan_labelled(source, labels, {}, val_fraction=config.val_fraction, seed=config.seed,
-                                strict=config.strict, source_domain=True)
+    # The source is carved as the parent's training data was (the lineage's record), so the
+    # run's held-out source test split stays unseen here too; only its train split is trained on.
+    split = _source_split(parent, config)
+    source_data = scan_labelled(source, labels, {}, val_fraction=split["val_fraction"],
+                                test_fraction=split["test_fraction"], seed=split["seed"], strict=config.strict,
+                                source_domain=True)
     target_data = scan_unlabelled(target, labels, config.class_map, strict=config.strict)
     if target_data.had_labels:
         log(f"target {target}: has class folders ({', '.join(target_data.class_folders[:10])}"
@@ -276,11 +280,19 @@ def run_adapt(model_dir: str | Path, source: str | Path, target: str | Path, out
             # ``path`` is the target domain: the one the model is deployed on (export calibrates int8 on it).
             dataset={"path": str(Path(target).resolve()), "domain": "target", **target_data.fingerprint(),
                      "source": {"path": str(Path(source).resolve()), **source_data.fingerprint()}},
-            extra={**manifest.extra, "adapt": {"method": config.method, "after": config.first_method,
+            extra={**manifest.extra, "split": split, "adapt": {"method": config.method, "after": config.first_method,
                                                "bn": config.bn_mode, "output_stats": config.output_stats,
                                                "target_labels_used": False}},
         )
         return writer.commit(child, metrics)
+
+
+def _source_split(parent: Artifact, config: AdaptConfig) -> dict[str, Any]:
+    """The split the parent's source data was carved with where its lineage records one (its
+    test images stay held out); else ``config.val_fraction`` with no test split."""
+    from edgexfer.evaluate.splits import recorded_split
+
+    return recorded_split(parent) or {"seed": config.seed, "val_fraction": config.val_fraction, "test_fraction": 0.0}
 
 
 def _describe(config: AdaptConfig) -> str:

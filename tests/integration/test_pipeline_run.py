@@ -60,8 +60,8 @@ def test_run_resume_and_partial_rerun(tmp_path, colors):
                                                                            "check": "done"}
     assert (run_dir / "export" / "model.tflite").is_file() and (run_dir / "check" / "check.json").is_file()
     html = (run_dir / "report.html").read_text()
-    assert "data:image/png;base64," in html and "Lineage and metrics" in html
-    assert "Accuracy, size and latency" in (run_dir / "report.md").read_text()
+    assert "data:image/png;base64," in html and "<h2>Summary</h2>" in html
+    assert "**Deployed:** `export/model.tflite`" in (run_dir / "report.md").read_text()
 
     again = run_pipeline(path, run_dir=run_dir, log=lambda *_: None)
     assert {r["status"] for r in again["stages"].values()} == {"skipped"}
@@ -84,7 +84,7 @@ def test_a_failed_stage_keeps_earlier_artifacts_and_the_report_says_where(tmp_pa
     assert result.returncode == 3, result.stderr[-1500:]
     assert "Traceback" not in result.stderr and "check failed" in result.stderr
     assert (run_dir / "finetune" / "model.h5").is_file() and (run_dir / "export" / "model.tflite").is_file()
-    assert "Stopped at stage `check`" in (run_dir / "report.md").read_text()
+    assert "The run stopped at stage `check`" in (run_dir / "report.md").read_text()
     assert list((tmp_path / "tb" / "finetune").rglob("events.out.tfevents.*"))  # TensorBoard logs per stage
     assert events(run_dir)[-1] == {**events(run_dir)[-1], "event": "run_end", "failed_stage": "check"}
 

@@ -102,3 +102,72 @@ def test_stage_hash_changes_with_options_and_upstream(tmp_path):
 def test_shipped_pipelines_validate(path):
     pipeline = load_pipeline(path)
     assert pipeline.stages, f"{path.name} has no stages"
+
+
+CROSS_DOMAIN = """\
+name: cross
+data:
+  source: {path: DATA}
+  target: {path: DATA2}
+stages:
+  finetune:
+    data: source
+    backbone: cnn_tiny
+    weights: none
+  adapt:
+    parent: finetune
+    source: source
+    target: target
+  distill:
+    teacher: adapt
+    data: source
+    unlabelled: target
+    student: cnn_tiny
+  source_only:
+    type: evaluate
+    parent: finetune
+    domains: [source, target]
+  student:
+    type: evaluate
+    parent: distill
+    domains: [target, source]
+  export:
+    parent: distill
+    format: tflite
+    quant: int8
+  check:
+    artifacts: [export]
+    data: source
+  check_target:
+    type: check
+    artifacts: [export]
+    data: target
+"""
+
+
+def test_evaluate_stages_score_trained_on_domains_on_their_held_out_test_split(tmp_path):
+    (tmp_path / "DATA2").mkdir()
+    pipeline = load_pipeline(write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))))
+    # The source's labels trained every model; the target's never did (adapt and distill read its images only).
+    for name in ("source_only", "student"):
+        options = pipeline.stage(name).options
+        assert options["split"] == {"source": "test", "target": "all"}
+        assert options["trained_domains"] == ["source"] and options["measure_latency"] is True
+    # A check on the source scores its held-out test split too; on the target, all of it.
+    assert pipeline.stage("check").options["split"] == "test"
+    assert "split" not in pipeline.stage("check_target").options
+    chosen = load_pipeline(write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))),
+                           overrides=["student.split={target: test}"])
+    assert chosen.stage("student").options["split"] == {"target": "test", "source": "test"}
+
+
+@pytest.mark.parametrize("split, message", [
+    ("testing", r"stage 'student': split 'testing' for domain 'target' is not one of all, train, val, test"),
+    ("{sorce: test}", r"stage 'student': split names domain 'sorce', which is not evaluated; domains: target, source"),
+])
+def test_a_bad_evaluate_split_is_one_line_naming_the_choices(tmp_path, split, message):
+    (tmp_path / "DATA2").mkdir()
+    with pytest.raises(ConfigError, match=message) as info:
+        load_pipeline(write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))),
+                      overrides=[f"student.split={split}"])
+    assert "\n" not in str(info.value)
