@@ -28,7 +28,7 @@ def run_demo(run_dir: str | Path = "runs/demo", *, full: bool = False, progress:
     from edgexfer.pipeline import run_pipeline
 
     if not RECIPE.is_file():
-        raise ConfigError(f"the demo recipe {RECIPE} is missing; reinstall edgexfer (pip install "edgexfer[train]")")
+        raise ConfigError(f"the demo recipe {RECIPE} is missing; reinstall edgexfer (pip install 'edgexfer[train]')")
     summary = run_pipeline(RECIPE, run_dir=run_dir, overrides=(FULL_OVERRIDES if full else []) + (overrides or []),
                            progress=progress, log=log)
     summary["headline"] = headline_rows(Path(run_dir))
