@@ -34,7 +34,7 @@ def _default(field: str, model=FinetuneConfig) -> str:
 # Commands that work on the runtime-only install (`pip install edgexfer`, no TensorFlow); every
 # other command says up front that it needs the training extra. (`run` checks per stage, so
 # `run --list` works everywhere.)
-RUNTIME_COMMANDS = ("predict", "benchmark", "info", "check", "run", "report")
+RUNTIME_COMMANDS = ("predict", "benchmark", "info", "check", "bundle", "run", "report")
 
 
 @app.callback()

@@ -76,6 +76,9 @@ def register(app: typer.Typer) -> None:
         calibration_images: int = typer.Option(300, "--calibration-images", help="int8: at most this many "
                                                "calibration images (classes in proportion)."),
         opset: int = typer.Option(15, "--opset", help="ONNX opset (13–17)."),
+        bundle: Optional[Path] = typer.Option(None, "--bundle", help="Also write a deploy bundle to this new "
+                                              "folder: model, labels, README with the preprocessing, and a "
+                                              "minimal example program (see `edgexfer bundle`)."),
     ) -> None:
         """Export a Keras artifact to TFLite / ONNX / SavedModel, labels and preprocessing embedded."""
         from edgexfer.export.stage import export_stage
@@ -105,6 +108,23 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         for warning in (manifest.extra or {}).get("warnings", []):
             console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        if bundle is not None:
+            from edgexfer.export.bundle import write_bundle
+
+            console.print(f"deploy bundle: {write_bundle(exported.path, bundle)}")
+
+    @app.command("bundle")
+    def bundle_command(
+        artifact: Path = typer.Argument(..., help="An export artifact (.tflite / .onnx / tflite-micro)."),
+        dest: Path = typer.Argument(..., help="New folder to write the bundle to."),
+    ) -> None:
+        """A deploy bundle of an exported model: the model, labels.txt, preprocessing.json, a README with the
+        preprocessing in words and numbers, and predict.py, a minimal example using only numpy, Pillow and
+        the runtime. Needs no TensorFlow."""
+        from edgexfer.export.bundle import write_bundle
+
+        console, _ = _consoles()
+        console.print(f"deploy bundle: {write_bundle(artifact, dest)}")
 
     @app.command("check", help=_CHECK_HELP, short_help="Parity with the Keras parent, size and latency of "
                  "exported models; a gate with thresholds.")
