@@ -105,10 +105,12 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
         raise ConfigError("a gate (--min-agreement/--max-acc-drop) compares with the Keras parent, which needs "
                           'TensorFlow: pip install "edgexfer[train]"; or pass a second exported file to compare with')
 
+    for path in artifacts:  # --device cuda that cannot work fails before anything is loaded
+        where = Path(path)
+        model_path = Artifact(where).model_path if where.is_dir() else where
+        prov.preflight(device, [model_path.suffix.lower()], str(where))
     candidates = [_candidate(path, need_parent=keras_reference) for path in artifacts]
     _name_uniquely(candidates)
-    for candidate in candidates:  # --device cuda that cannot work fails before any image is read
-        prov.preflight(device, [candidate.model_path.suffix.lower()], candidate.name)
     label_names = candidates[0].artifact.manifest.label_names
     for candidate in candidates[1:]:
         if candidate.artifact.manifest.label_names != label_names:
