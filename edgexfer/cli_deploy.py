@@ -105,6 +105,9 @@ def register(app: typer.Typer) -> None:
         for key in ("fp32_tensor_count", "fp32_weight_count"):
             if key in metrics:
                 table.add_row(key.replace("_", " "), str(metrics[key]))
+        if "tensor_arena_bytes" in metrics:
+            table.add_row("tensor arena", f"{metrics['tensor_arena_bytes']:,} bytes (estimate; model.c, model.h "
+                          "written next to the model)")
         console.print(table)
         for warning in (manifest.extra or {}).get("warnings", []):
             console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
