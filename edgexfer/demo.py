@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from edgexfer.errors import ConfigError
+from edgexfer.evaluate.latency import batch1_p50
+from edgexfer.recipes_index import RECIPES_DIR
 
-RECIPE = Path(__file__).resolve().parents[1] / "models" / "digits.yaml"
+# Shipped in the package (edgexfer/recipes → models/), so the demo runs from an installed wheel too.
+RECIPE = RECIPES_DIR / "digits.yaml"
 # --full: a larger input, longer training; slower, more accurate.
 FULL_OVERRIDES = ["finetune.img_size=96", "finetune.epochs=15", "finetune.fine_tune_epochs=10",
                   "distill.epochs=40", "distill.student=cnn_medium", "prune.epochs=6", "quantize.epochs=4"]
@@ -24,7 +27,7 @@ def run_demo(run_dir: str | Path = "runs/demo", *, full: bool = False, progress:
     from edgexfer.pipeline import run_pipeline
 
     if not RECIPE.is_file():
-        raise ConfigError(f"the demo recipe {RECIPE} is missing; run the demo from an edgexfer checkout")
+        raise ConfigError(f"the demo recipe {RECIPE} is missing; reinstall edgexfer (pip install 'edgexfer[train]')")
     summary = run_pipeline(RECIPE, run_dir=run_dir, overrides=(FULL_OVERRIDES if full else []) + (overrides or []),
                            progress=progress, log=log)
     summary["headline"] = headline_rows(Path(run_dir))

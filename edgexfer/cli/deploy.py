@@ -40,6 +40,11 @@ _CHECK_HELP = (
     "3 when a model fails (check.json and check.md are written first).")
 
 
+_DEVICE_HELP = ("cpu | cuda | auto: where onnxruntime runs .onnx models. cuda must really run on CUDA (checked "
+                "after the session is built; an error says why if not, never a CPU number; needs "
+                "edgexfer[gpu]); auto: CUDA where it starts, plus the CPU. .tflite runs on the CPU (LiteRT).")
+
+
 def _consoles():
     from edgexfer.cli.main import console, err_console
 
@@ -71,6 +76,9 @@ def register(app: typer.Typer) -> None:
         calibration_images: int = typer.Option(300, "--calibration-images", help="int8: at most this many "
                                                "calibration images (classes in proportion)."),
         opset: int = typer.Option(15, "--opset", help="ONNX opset (13–17)."),
+        bundle: Optional[Path] = typer.Option(None, "--bundle", help="Also write a deploy bundle to this new "
+                                              "folder: model, labels, README with the preprocessing, and a "
+                                              "minimal example program (see `edgexfer bundle`)."),
     ) -> None:
         """Export a Keras artifact to TFLite / ONNX / SavedModel, labels and preprocessing embedded."""
         from edgexfer.export.stage import export_stage
@@ -97,9 +105,29 @@ def register(app: typer.Typer) -> None:
         for key in ("fp32_tensor_count", "fp32_weight_count"):
             if key in metrics:
                 table.add_row(key.replace("_", " "), str(metrics[key]))
+        if "tensor_arena_bytes" in metrics:
+            table.add_row("tensor arena", f"{metrics['tensor_arena_bytes']:,} bytes (estimate; model.c, model.h "
+                          "written next to the model)")
         console.print(table)
         for warning in (manifest.extra or {}).get("warnings", []):
             console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        if bundle is not None:
+            from edgexfer.export.bundle import write_bundle
+
+            console.print(f"deploy bundle: {write_bundle(exported.path, bundle)}")
+
+    @app.command("bundle")
+    def bundle_command(
+        artifact: Path = typer.Argument(..., help="An export artifact (.tflite / .onnx / tflite-micro)."),
+        dest: Path = typer.Argument(..., help="New folder to write the bundle to."),
+    ) -> None:
+        """A deploy bundle of an exported model: the model, labels.txt, preprocessing.json, a README with the
+        preprocessing in words and numbers, and predict.py, a minimal example using only numpy, Pillow and
+        the runtime. Needs no TensorFlow."""
+        from edgexfer.export.bundle import write_bundle
+
+        console, _ = _consoles()
+        console.print(f"deploy bundle: {write_bundle(artifact, dest)}")
 
     @app.command("check", help=_CHECK_HELP, short_help="Parity with the Keras parent, size and latency of "
                  "exported models; a gate with thresholds.")
@@ -122,6 +150,7 @@ def register(app: typer.Typer) -> None:
                                      "--no-latency)."),
         max_images: Optional[int] = typer.Option(None, "--max-images", help="Check on a stratified subset."),
         strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
+        device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
     ) -> None:
         from edgexfer.evaluate.check import check_artifacts, gate_error
         from edgexfer.evaluate.latency import LatencySettings, parse_threads
@@ -129,7 +158,7 @@ def register(app: typer.Typer) -> None:
         settings = LatencySettings(warmup=warmup, runs=runs, batch_size=batch_size, threads=parse_threads(threads))
         result = check_artifacts(artifacts, data, out=out, split=split, min_agreement=min_agreement,
                                  max_acc_drop=max_acc_drop, latency=settings, measure_latency=latency,
-                                 max_images=max_images, strict=strict, log=_log)
+                                 max_images=max_images, strict=strict, log=_log, device=device)
         _render_check(result)
         error = gate_error(result)
         if error is not None:
@@ -196,6 +225,7 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where benchmark.json and benchmark.md go "
                                            "(default: <first model's artifact>/../benchmark)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+        device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
     ) -> None:
         """Latency (p50/p90/p99), throughput (images/s at batch N) and size across formats and threads."""
         from edgexfer.evaluate.check import BENCHMARK_HEADER, benchmark_models, benchmark_table_rows
@@ -203,7 +233,7 @@ def register(app: typer.Typer) -> None:
 
         console, _ = _consoles()
         settings = LatencySettings(warmup=warmup, runs=runs, batch_size=batch_size, threads=parse_threads(threads))
-        result = benchmark_models(models, out=out, latency=settings, log=_log)
+        result = benchmark_models(models, out=out, latency=settings, log=_log, device=device)
         if as_json:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")
             return
@@ -275,9 +305,13 @@ def _render_check(result: dict) -> None:
     for row in result["candidates"]:
         if not row["passed"]:
             console.print(f"[red]FAIL[/red] {row['name']}: {'; '.join(row['failures'])}", highlight=False)
+    reference = result.get("reference") or {"kind": "keras"}
+    if reference["kind"] != "keras":
+        console.print(f"[yellow]note:[/yellow] {reference['why']}", highlight=False)
     if len(result["label_names"]) <= 30:
         header, rows = per_class_rows(result)
-        per_class = _table("per-class top-1 agreement with the Keras parent", header, left=("class",))
+        against = "the Keras parent" if reference["kind"] == "keras" else reference["name"]
+        per_class = _table(f"per-class top-1 agreement with {against}", header, left=("class",))
         for row in rows:
             per_class.add_row(*row)
         _print(per_class)

@@ -31,8 +31,15 @@ def _default(field: str, model=FinetuneConfig) -> str:
     return f"{text} (default: {info.default})".strip()
 
 
+# Commands that work on the runtime-only install (`pip install edgexfer`, no TensorFlow); every
+# other command says up front that it needs the training extra. (`run` checks per stage, so
+# `run --list` works everywhere.)
+RUNTIME_COMMANDS = ("predict", "benchmark", "info", "check", "bundle", "run", "report")
+
+
 @app.callback()
-def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show TensorFlow's own logs.")) -> None:
+def _global(ctx: typer.Context,
+            verbose: bool = typer.Option(False, "--verbose", "-v", help="Show TensorFlow's own logs.")) -> None:
     import logging
 
     from rich.logging import RichHandler
@@ -40,6 +47,7 @@ def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Te
     from edgexfer._env import configure_tensorflow_env
 
     configure_tensorflow_env(verbose=verbose)
+    _require_train_extra(ctx.invoked_subcommand)
     import warnings
 
     from PIL import Image
@@ -47,10 +55,27 @@ def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Te
     # PIL warns about images over ~89 Mpx and refuses those over twice that (a one-line DataError
     # then); the warning itself is noise in a terminal.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    # Warnings from the library (e.g. skipped corrupt images) reach the user on stderr.
-    handler = RichHandler(console=err_console, show_time=False, show_path=False)
-    logging.getLogger("edgexfer").addHandler(handler)
-    logging.getLogger("edgexfer").setLevel(logging.INFO if verbose else logging.WARNING)
+    # Warnings from the library (e.g. skipped corrupt images) reach the user on stderr; one
+    # handler however often the app runs in a process (tests, the demo's stages).
+    logger = logging.getLogger("edgexfer")
+    if not any(getattr(h, "edgexfer_cli", False) for h in logger.handlers):
+        handler = RichHandler(console=err_console, show_time=False, show_path=False)
+        handler.edgexfer_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _require_train_extra(command: str | None) -> None:
+    """A training command on the runtime-only install: the one-line error naming the extra,
+    before anything is read or written (``--help`` still works)."""
+    import importlib.util
+
+    if command in RUNTIME_COMMANDS or {"--help", "-h"} & set(sys.argv[1:]):
+        return
+    if command is not None and importlib.util.find_spec("tensorflow") is None:
+        from edgexfer._env import missing_train_extra
+
+        raise missing_train_extra(ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow"))
 
 
 @app.command()
@@ -254,17 +279,28 @@ def data_prepare(
 
 @app.command("run")
 def run_pipeline(
-    pipeline: Path = typer.Argument(..., help="Pipeline YAML file (see models/)."),
+    pipeline: Optional[str] = typer.Argument(None, help="Pipeline YAML file, or the name of a shipped recipe "
+                                             "(see --list)."),
+    list_recipes: bool = typer.Option(False, "--list", help="List the shipped recipes and exit."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where the stages' artifacts go (default: the file's run_dir, or runs/<name>)."),
     from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and every later one."),
     only: Optional[str] = typer.Option(None, "--only", help="Run only this stage (its inputs must exist)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE override, e.g. finetune.epochs=3 (repeatable)."),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Write TensorBoard logs of every training stage under DIR."),
 ) -> None:
-    """Run a pipeline of stages from a YAML file; resumes where it stopped, re-running only what changed."""
+    """Run a pipeline of stages from a YAML file or a shipped recipe; resumes where it stopped, re-running only what changed."""
+    from edgexfer.recipes_index import resolve_pipeline
+
+    if list_recipes:
+        _render_recipes()
+        return
+    if pipeline is None:
+        raise ConfigError("pass a pipeline YAML file or a shipped recipe name; edgexfer run --list shows the recipes")
+    path = resolve_pipeline(pipeline)
+    _require_train_extra("run pipeline")
     from edgexfer.pipeline import run_pipeline as run
 
-    summary = run(pipeline, overrides=overrides or [], run_dir=run_dir, from_stage=from_stage, only=only,
+    summary = run(path, overrides=overrides or [], run_dir=run_dir, from_stage=from_stage, only=only,
                   progress=sys.stdout.isatty(), log=console.print, tensorboard=tensorboard)
     _render_run(summary)
 
@@ -276,6 +312,17 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory of `edgexfe
 
     paths = rebuild_report(run_dir)
     console.print(f"report: {paths['report']}\nhtml:   {paths['report_html']}")
+
+
+def _render_recipes() -> None:
+    from edgexfer.recipes_index import list_recipes, recipe_description
+
+    table = Table(title="shipped recipes (edgexfer run NAME; copy one to change it)")
+    for column in ("name", "description", "file"):
+        table.add_column(column, overflow="fold", no_wrap=column == "name")
+    for name, path in list_recipes().items():
+        table.add_row(name, recipe_description(path), str(path))
+    console.print(table)
 
 
 def _render_run(summary: dict) -> None:
@@ -401,5 +448,19 @@ def main() -> None:
         with terminate_like_interrupt():
             app()
     except EdgexferError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True, markup=True)
+        from rich.markup import escape  # a message may hold brackets, e.g. "edgexfer[train]"
+
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True,
+                          markup=True)
         sys.exit(exc.exit_code)
+    except ImportError as exc:  # a training command on the runtime-only install (no [train] extra)
+        from edgexfer._env import missing_train_extra
+
+        error = missing_train_extra(exc)
+        if error is None:
+            raise
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True,
+                          markup=True)
+        sys.exit(error.exit_code)

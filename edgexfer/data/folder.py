@@ -436,14 +436,13 @@ def _stratified_split(samples: list[Sample], fraction: float, seed: int) -> tupl
     is impossible (fewer carved or kept images than classes), one image each of randomly
     chosen classes is carved, so every class keeps at least one image.
     """
-    from sklearn.model_selection import train_test_split
-
     counts = Counter(sample.label for sample in samples)
     rare = [s for s in samples if counts[s.label] < 2]
     pool = [s for s in samples if counts[s.label] >= 2]
     n_carve = min(int(round(fraction * len(samples))), len(pool) - 1)
     if n_carve <= 0:
         return list(samples), []
+    from sklearn.model_selection import train_test_split  # after the early return: none needed to carve nothing
     try:
         kept, carved = train_test_split(pool, test_size=n_carve, stratify=[s.label for s in pool],
                                         random_state=seed)

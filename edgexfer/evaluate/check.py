@@ -67,8 +67,16 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
                     min_agreement: float | None = None, max_acc_drop: float | None = None,
                     latency: lat.LatencySettings | None = None, measure_latency: bool = True,
                     max_images: int | None = None, batch_size: int = 64, strict: bool = False,
-                    raise_on_failure: bool = False, log: Log | None = None) -> dict[str, Any]:
+                    raise_on_failure: bool = False, log: Log | None = None,
+                    device: str = "auto") -> dict[str, Any]:
     """Check exported artifacts against their Keras parents on the image folder ``data``.
+
+    ``device`` (cpu | cuda | auto) is where onnxruntime runs the .onnx candidates: with
+    ``cuda`` the session must really use CUDA (else ``ConfigError`` saying why), and each
+    such candidate also gets ``parity_vs_cpu``, its agreement with a CPU session.
+    Without TensorFlow (the runtime-only install) no Keras parent can be loaded: parity is then
+    against the first exported file (``result["reference"]`` says so) and the gates apply to
+    the others.
 
     ``split``: all | train | val | test of the folder (``all`` for a dedicated test folder).
     ``min_agreement`` / ``max_acc_drop`` make it a gate; a candidate failing either is marked
@@ -87,10 +95,22 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
     if max_images is not None and max_images < 1:
         raise ConfigError(f"--max-images must be at least 1, got {max_images}")
     check_thresholds(min_agreement, max_acc_drop)
+    from edgexfer.runtime import providers as prov
+
+    prov.check_device(device)
     settings = latency or lat.LatencySettings()
     out_dir = Path(out) if out is not None else Path(artifacts[0]).parent / "check"
+    keras_reference = _tensorflow_installed()
+    gated = min_agreement is not None or max_acc_drop is not None
+    if not keras_reference and gated and len(artifacts) < 2:
+        raise ConfigError("a gate (--min-agreement/--max-acc-drop) compares with the Keras parent, which needs "
+                          'TensorFlow: pip install "edgexfer[train]"; or pass a second exported file to compare with')
 
-    candidates = [_candidate(path) for path in artifacts]
+    for path in artifacts:  # --device cuda that cannot work fails before anything is loaded
+        where = Path(path)
+        model_path = Artifact(where).model_path if where.is_dir() else where
+        prov.preflight(device, [model_path.suffix.lower()], str(where))
+    candidates = [_candidate(path, need_parent=keras_reference) for path in artifacts]
     _name_uniquely(candidates)
     label_names = candidates[0].artifact.manifest.label_names
     for candidate in candidates[1:]:
@@ -105,19 +125,24 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
 
     # Runtime candidates first: they need no TensorFlow.
     probs: dict[int, np.ndarray] = {}
+    placements: dict[int, Any] = {}
+    vs_cpu: dict[int, dict[str, Any]] = {}
     threads0 = lat.resolve_threads(settings.threads[0])
     for index, candidate in enumerate(candidates):
         if candidate.kind in ("tflite", "onnx"):
-            log(f"predicting with {candidate.name} ({candidate.kind})")
-            from edgexfer.runtime import load_model
-
-            model = load_model(candidate.artifact.path, num_threads=threads0)
+            model, placements[index] = prov.load_on_device(candidate.artifact.path, device, num_threads=threads0)
+            log(f"predicting with {candidate.name} ({candidate.kind}, {placements[index].provider} on "
+                f"{placements[index].device})")
             probs[index] = model.predict_proba(pixels.uint8(model.preprocessing), batch_size)
+            if placements[index].device != "cpu":  # the GPU session against a CPU session of the same file
+                cpu_model, _ = prov.load_on_device(candidate.artifact.path, "cpu", num_threads=threads0)
+                cpu_probs = cpu_model.predict_proba(pixels.uint8(cpu_model.preprocessing), batch_size)
+                vs_cpu[index] = _session_parity(probs[index], cpu_probs)
 
-    tf_threads = lat.set_tensorflow_threads(settings.threads[0]) if measure_latency else None
+    tf_threads = lat.set_tensorflow_threads(settings.threads[0]) if measure_latency and keras_reference else None
     parents: dict[Path, dict[str, Any]] = {}
     keras_models: dict[Path, Any] = {}
-    for candidate in candidates:
+    for candidate in candidates if keras_reference else []:
         key = candidate.parent.path.resolve()
         if key in parents:
             continue
@@ -137,10 +162,18 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
 
     rows = []
     for index, candidate in enumerate(candidates):
-        parent = parents[candidate.parent.path.resolve()]
-        parity = parity_metrics(parent["probs"], probs[index], labels, label_names)
-        failures = gate_failures(parity, min_agreement=min_agreement, max_acc_drop=max_acc_drop)
+        reference = parents[candidate.parent.path.resolve()]["probs"] if keras_reference else probs[0]
+        parity = parity_metrics(reference, probs[index], labels, label_names)
+        is_reference = not keras_reference and index == 0  # agrees with itself by construction: not gated
+        failures = [] if is_reference else gate_failures(parity, min_agreement=min_agreement,
+                                                         max_acc_drop=max_acc_drop)
         rows.append(_candidate_row(candidate, parity, failures))
+        if is_reference:
+            rows[-1]["reference"] = True
+        if index in placements:
+            rows[-1]["placement"] = placements[index].to_dict()
+        if index in vs_cpu:
+            rows[-1]["parity_vs_cpu"] = vs_cpu[index]
 
     parent_rows = []
     for key, parent in parents.items():
@@ -153,18 +186,18 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
         for index, candidate in enumerate(candidates):
             x = pixels.normalized(candidate.artifact.manifest.preprocessing)
             rows[index]["latency"] = _latency_rows(candidate.kind, candidate.model_path, x, settings,
-                                                   model=candidate.name, log=log)
+                                                   model=candidate.name, log=log, device=device)
         for row, (key, parent) in zip(parent_rows, parents.items()):
             x = pixels.normalized(parent["artifact"].manifest.preprocessing)
             log(f"timing the Keras parent {row['name']}")
             row["latency"] = lat.measure(lat.keras_runs(keras_models[key]), x, settings, model=row["name"],
                                          runtime="keras-tensorflow", threads=tf_threads,
-                                         threads_used=tf_threads or lat.resolve_threads(0))
-        for row in rows:
+                                         threads_used=tf_threads or lat.resolve_threads(0),
+                                         **prov.tensorflow_placement().to_dict())
+        for row in rows if keras_reference else []:
             parent_row = next(p for p in parent_rows if p["artifact"] == row["parent"]["path"])
             _add_speedups(row["latency"], parent_row["latency"])
 
-    gated = min_agreement is not None or max_acc_drop is not None
     result = {
         "passed": all(row["passed"] for row in rows),
         "gated": gated,
@@ -175,6 +208,11 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
         "label_names": list(label_names),
         "candidates": rows,
         "parents": parent_rows,
+        "reference": {"kind": "keras"} if keras_reference else {
+            "kind": "export", "name": rows[0]["name"],
+            "why": "TensorFlow is not installed (runtime-only install), so no Keras parent can be loaded: parity "
+                   f"is against the first exported file, {rows[0]['name']}"},
+        "device": device,
         "latency_settings": settings.to_dict() if measure_latency else None,
         "environment": _environment(tf_threads),
         "created_at": _now(),
@@ -199,7 +237,22 @@ def gate_error(result: dict[str, Any]) -> ParityError | None:
     return error
 
 
-def _candidate(path: str | os.PathLike[str]) -> _Candidate:
+def _tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported (the ``train`` extra), without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _session_parity(probs: np.ndarray, cpu_probs: np.ndarray) -> dict[str, Any]:
+    """Top-1 agreement and max/mean |Δp| of one file's GPU session against its CPU session."""
+    diff = np.abs(probs - cpu_probs)
+    return {"agreement": float((probs.argmax(1) == cpu_probs.argmax(1)).mean()) if len(probs) else float("nan"),
+            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "mean_abs_diff": float(diff.mean()) if diff.size else 0.0}
+
+
+def _candidate(path: str | os.PathLike[str], need_parent: bool = True) -> _Candidate:
     path = Path(path)
     if path.is_file() and (path.parent / MANIFEST).is_file():
         path = path.parent  # a model file inside an export artifact
@@ -216,6 +269,8 @@ def _candidate(path: str | os.PathLike[str]) -> _Candidate:
     if kind is None:
         raise ArtifactError(f"{str(artifact.path)!r} holds {model_path.name}, which check cannot run; "
                             "export to tflite, onnx or saved_model")
+    if not need_parent:  # runtime-only install: compared with the other exported files, not with Keras
+        return _Candidate(artifact, kind, None)  # type: ignore[arg-type]
     parent, warnings = keras_ancestor(artifact)
     return _Candidate(artifact, kind, parent, warnings=warnings)
 
@@ -261,8 +316,9 @@ def _test_samples(data, artifact: Artifact, split: str, strict: bool, max_images
 
     manifest = artifact.manifest
     # Carved with the seed and fractions the run's training data was split with (the lineage's
-    # record), so ``test`` holds the same images here as in every evaluate stage of the run.
-    dataset = scan_domain(artifact, data, strict=strict)
+    # record), so ``test`` holds the same images here as in every evaluate stage of the run; split
+    # "all" takes every image, so nothing is carved (and no scikit-learn is needed on the runtime install).
+    dataset = scan_domain(artifact, data, strict=strict, carve=split != "all")
     names = ("train", "val", "test") if split == "all" else (split,)
     samples = sorted((s for name in names for s in dataset.split(name)), key=lambda s: str(s.path))
     if not samples:
@@ -312,7 +368,7 @@ def _candidate_row(candidate: _Candidate, parity: dict[str, Any], failures: list
     config = manifest.config or {}
     quantization = manifest.quantization or {}
     size = _size(candidate.model_path, candidate.artifact)
-    parent_size = _size(candidate.parent.model_path, candidate.parent)["size_bytes"]
+    parent_size = _size(candidate.parent.model_path, candidate.parent)["size_bytes"] if candidate.parent else None
     return {
         "name": candidate.name,
         "artifact": str(candidate.artifact.path),
@@ -320,7 +376,7 @@ def _candidate_row(candidate: _Candidate, parity: dict[str, Any], failures: list
         "quant": config.get("quant", quantization.get("mode", "none")),
         "model_file": candidate.model_path.name,
         "parent": {"path": str(candidate.parent.path), "stage": candidate.parent.manifest.stage,
-                   "model_file": candidate.parent.model_path.name},
+                   "model_file": candidate.parent.model_path.name} if candidate.parent else None,
         "parity": parity,
         **size,
         "parent_size_bytes": parent_size,
@@ -344,33 +400,35 @@ def _size(path: Path, artifact: Artifact | None = None) -> dict[str, int]:
 
 
 def _latency_rows(kind: str, model_path: Path, x: np.ndarray, settings: lat.LatencySettings, *,
-                  model: str, log: Log) -> list[dict[str, Any]]:
-    """Latency rows of one exported model: every thread count on its CPU runtime, plus
-    onnxruntime CUDA where available; SavedModels run in TensorFlow."""
+                  model: str, log: Log, device: str = "auto") -> list[dict[str, Any]]:
+    """Latency rows of one exported model on ``device`` (cpu | cuda | auto), each naming its
+    provider and device. cpu: every thread count on the CPU runtime; cuda: onnxruntime CUDA only
+    (``ConfigError`` when it is not in use, and for .tflite); auto: the CPU rows, plus CUDA rows
+    when onnxruntime's CUDA provider starts. SavedModels run in TensorFlow."""
+    from edgexfer.runtime import providers as prov
+
     rows: list[dict[str, Any]] = []
     if kind == "saved_model":
         log(f"timing {model} (TensorFlow)")
         threads = lat.set_tensorflow_threads(settings.threads[0])
         return lat.measure(lat.saved_model_runs(model_path), x, settings, model=model,
                            runtime="saved_model-tensorflow", threads=threads,
-                           threads_used=threads or lat.resolve_threads(0))
-    for threads in settings.threads:
-        label = lat.runtime_label(kind)
-        log(f"timing {model} on {label}, {threads or 'all'} thread(s)")
-        runs = lat.runtime_runs(model_path, kind, threads)
-        rows += lat.measure(runs, x, settings, model=model, runtime=label, threads=threads,
-                            threads_used=lat.resolve_threads(threads))
-    if kind == "onnx" and lat.ORT_CUDA in lat.ort_providers():
+                           threads_used=threads or lat.resolve_threads(0), **prov.tensorflow_placement().to_dict())
+    if device != "cuda" or kind == "tflite":
+        for threads in settings.threads:
+            label = lat.runtime_label(kind)
+            log(f"timing {model} on {label}, {threads or 'all'} thread(s)")
+            runs, placement = lat.runtime_runs_on(model_path, "cpu" if device == "auto" else device, threads)
+            rows += lat.measure(runs, x, settings, model=model, runtime=label, threads=threads,
+                                threads_used=lat.resolve_threads(threads), **placement.to_dict())
+    if kind == "onnx" and (device == "cuda" or (device == "auto" and prov.ORT_CUDA in lat.ort_providers())):
         log(f"timing {model} on onnxruntime CUDA")
-        try:
-            runs = lat.runtime_runs(model_path, kind, 0, provider=lat.ORT_CUDA)
-        except ArtifactError:  # the session failed to start on the GPU
-            runs = None
-        if runs is None:
-            log("onnxruntime's CUDA provider is installed but did not start (no usable GPU?); skipped")
+        runs, placement = lat.runtime_runs_on(model_path, device, None)
+        if placement.provider != prov.ORT_CUDA:  # auto: the provider is installed but did not start
+            log(f"onnxruntime's CUDA provider did not start ({prov.cuda_unavailable_reason()}); CUDA skipped")
         else:
             rows += lat.measure(runs, x, settings, model=model, runtime=lat.runtime_label(kind, lat.ORT_CUDA),
-                                threads=None, threads_used=None)
+                                threads=None, threads_used=None, **placement.to_dict())
     return rows
 
 
@@ -421,7 +479,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def benchmark_models(models: Sequence[str | os.PathLike[str]], *, out: str | os.PathLike[str] | None = None,
                      latency: lat.LatencySettings | None = None, seed: int = 0,
-                     log: Log | None = None) -> dict[str, Any]:
+                     log: Log | None = None, device: str = "auto") -> dict[str, Any]:
     """Latency (p50/p90/p99), throughput (images/s at batch 1 and N) and size of models.
 
     ``models``: ``.tflite``/``.onnx`` files or artifact directories (export artifacts, or
@@ -429,8 +487,12 @@ def benchmark_models(models: Sequence[str | os.PathLike[str]], *, out: str | os.
     preprocessed with its own preprocessing. Every thread count of ``latency.threads``
     (0 = all cores) is measured on LiteRT/onnxruntime; onnxruntime CUDA is added where
     available. Writes ``benchmark.json`` and ``benchmark.md`` to ``out`` (default:
-    ``<first model's artifact>/../benchmark``).
+    ``<first model's artifact>/../benchmark``). ``device`` (cpu | cuda | auto): see
+    ``_latency_rows``; every row names its ``provider`` and ``device``.
     """
+    from edgexfer.runtime import providers as prov
+
+    prov.check_device(device)
     log = log or _quiet
     if not models:
         raise ConfigError("benchmark needs at least one model (.tflite/.onnx file or artifact directory)")
@@ -459,20 +521,25 @@ def benchmark_models(models: Sequence[str | os.PathLike[str]], *, out: str | os.
             tf_threads = lat.set_tensorflow_threads(settings.threads[0])
             log(f"timing {entry['name']} (Keras, TensorFlow)")
             keras_model = load_keras_model(entry["artifact"].model_path)
+            placement = prov.tensorflow_placement()
+            if device == "cuda" and placement.device == "cpu":
+                raise ConfigError(f"--device cuda: TensorFlow sees no GPU, so {entry['name']} (Keras) would run on "
+                                  "the CPU; use --device cpu or auto")
             measured = lat.measure(lat.keras_runs(keras_model), x, settings, model=entry["name"],
                                    runtime="keras-tensorflow", threads=tf_threads,
-                                   threads_used=tf_threads or lat.resolve_threads(0))
+                                   threads_used=tf_threads or lat.resolve_threads(0), **placement.to_dict())
         else:
             if entry["kind"] == "saved_model":
                 tf_threads = lat.set_tensorflow_threads(settings.threads[0])
-            measured = _latency_rows(entry["kind"], entry["model_path"], x, settings, model=entry["name"], log=log)
+            measured = _latency_rows(entry["kind"], entry["model_path"], x, settings, model=entry["name"], log=log,
+                                     device=device)
         for row in measured:
             row.update(format=entry["format"], quant=entry["quant"], size_bytes=sizes[-1]["size_bytes"])
         rows += measured
 
     result = {"models": [{k: str(v) if isinstance(v, Path) else v for k, v in e.items()
                           if k in ("name", "model_path", "format", "quant", "kind")} for e in entries],
-              "rows": rows, "sizes": sizes, "latency_settings": settings.to_dict(),
+              "rows": rows, "sizes": sizes, "latency_settings": settings.to_dict(), "device": device,
               "environment": _environment(tf_threads), "created_at": _now()}
     result["report"] = _write_reports(result, out_dir, BENCHMARK_JSON, BENCHMARK_MD, render_benchmark_markdown)
     log(f"wrote {result['report']['json']} and {result['report']['markdown']}")
@@ -546,21 +613,23 @@ def _ms(value: float | None) -> str:
 
 
 def latency_table_rows(rows: Sequence[dict[str, Any]], short: bool = False) -> list[list[str]]:
-    """Latency rows as strings: model, runtime, threads, batch, p50, p90, p99, images/s, ×Keras
-    (``short``: abbreviated runtime names, for a terminal)."""
+    """Latency rows as strings: model, runtime, device, threads, batch, p50, p90, p99, images/s, ×Keras
+    (``short``: abbreviated runtime names, for a terminal; else the runtime names its provider)."""
     out = []
     for row in rows:
         threads = "—" if row.get("threads_used") is None else (
             f"{row['threads_used']}" + ("*" if row.get("threads") == 0 else ""))
         runtime = _RUNTIME_SHORT.get(row["runtime"], row["runtime"]) if short else row["runtime"]
+        if not short and row.get("provider"):
+            runtime += f" ({row['provider']})"
         speedup = row.get("speedup_vs_keras")
-        out.append([row["model"], runtime, threads, str(row["batch"]), _ms(row["p50_ms"]), _ms(row["p90_ms"]),
+        out.append([row["model"], runtime, row.get("device", "?"), threads, str(row["batch"]), _ms(row["p50_ms"]), _ms(row["p90_ms"]),
                     _ms(row["p99_ms"]), f"{row['images_per_second']:,.0f}",
                     f"{speedup:.2f}×" if speedup else "—"])
     return out
 
 
-LATENCY_HEADER = ("model", "runtime", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "×Keras p50")
+LATENCY_HEADER = ("model", "runtime", "device", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "×Keras p50")
 PARITY_HEADER = ("model", "format", "accuracy", "Δacc", "agreement", "max|Δp|", "mean|Δp|", "size", "gate")
 PARITY_HEADER_SHORT = ("model", "format", "acc", "Δacc", "agree", "max|Δp|", "mean|Δp|", "size", "gate")
 
@@ -575,7 +644,9 @@ def parity_table_rows(result: dict[str, Any], short: bool = False) -> list[list[
                      _bytes(parent["size_bytes"]), "—"])
     for row in result["candidates"]:
         p = row["parity"]
-        if not result["gated"]:
+        if row.get("reference"):
+            gate = "reference"
+        elif not result["gated"]:
             gate = "—"
         elif row["passed"]:
             gate = "PASS"
@@ -608,7 +679,8 @@ def render_check_markdown(result: dict[str, Any]) -> str:
              f"Test data: `{result['data']}` ({result['split']}, {result['n']} images, "
              f"{len(result['label_names'])} classes). Thresholds: min agreement "
              f"{_fmt(thresholds['min_agreement'])}, max accuracy drop {_fmt(thresholds['max_acc_drop'])}.",
-             "", "## Parity with the Keras parent", "",
+             "", "## Parity with the Keras parent" if result.get("reference", {}).get("kind", "keras") == "keras"
+             else f"## Parity with {result['reference']['name']} (no Keras parent: {result['reference']['why']})", "",
              "Δacc: accuracy minus the Keras parent's; agreement: fraction of images with the parent's "
              "top-1 class; |Δp|: absolute difference of the probabilities; size: bytes on disk (× the parent's).",
              "", _md_table(PARITY_HEADER, parity_table_rows(result)), ""]
@@ -628,18 +700,27 @@ def render_check_markdown(result: dict[str, Any]) -> str:
     if warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     lines += ["## Lineage", ""] + [f"- `{row['name']}` ({row['artifact']}) ← Keras `{row['parent']['path']}` "
-                                   f"({row['parent']['stage']})" for row in result["candidates"]] + [""]
+                                   f"({row['parent']['stage']})" if row.get("parent") else
+                                   f"- `{row['name']}` ({row['artifact']}): Keras parent not loaded"
+                                   for row in result["candidates"]] + [""]
+    gpu_rows = [row for row in result["candidates"] if row.get("parity_vs_cpu")]
+    if gpu_rows:
+        lines += ["## GPU session against the CPU session of the same file", "",
+                  _md_table(("model", "provider", "device", "agreement", "max|Δp|", "mean|Δp|"),
+                            [[row["name"], row["placement"]["provider"], row["placement"]["device"],
+                              _fmt(row["parity_vs_cpu"]["agreement"]), f"{row['parity_vs_cpu']['max_abs_diff']:.1e}",
+                              f"{row['parity_vs_cpu']['mean_abs_diff']:.1e}"] for row in gpu_rows]), ""]
     return "\n".join(lines)
 
 
-BENCHMARK_HEADER = ("model", "format", "runtime", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
+BENCHMARK_HEADER = ("model", "format", "runtime", "device", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
                     "size")
 
 
 def benchmark_table_rows(result: dict[str, Any], short: bool = False) -> list[list[str]]:
     out = []
     for row, text in zip(result["rows"], latency_table_rows(result["rows"], short=short)):
-        out.append([text[0], f"{row['format']}/{row['quant']}", *text[1:8], _bytes(row["size_bytes"])])
+        out.append([text[0], f"{row['format']}/{row['quant']}", *text[1:9], _bytes(row["size_bytes"])])
     return out
 
 

@@ -174,6 +174,17 @@ def ort_providers() -> list[str]:
     return [ORT_CPU] + ([ORT_CUDA] if ORT_CUDA in available else [])
 
 
+def runtime_runs_on(model_path, device: str, threads: int | None):
+    """``(batch → callable, Placement)`` for a ``.tflite``/``.onnx`` model on ``device``
+    (cpu | cuda | auto), the placement read back from the session: a ``cuda`` request that
+    onnxruntime does not honour is a ``ConfigError`` saying why (never a CPU number)."""
+    from edgexfer.runtime.providers import load_on_device
+
+    model, placement = load_on_device(model_path, device,
+                                      num_threads=resolve_threads(threads) if threads is not None else None)
+    return model.invoke_fn, placement
+
+
 def runtime_runs(model_path, kind: str, threads: int, provider: str | None = None):
     """A function ``batch → zero-argument callable`` that runs a ``.tflite``/``.onnx`` model
     through ``edgexfer.runtime`` on preprocessed float input (quantized once, outside the

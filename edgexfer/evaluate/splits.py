@@ -43,15 +43,18 @@ def recorded_split(artifact) -> dict[str, Any] | None:
 
 
 def scan_domain(artifact, folder: str | os.PathLike[str], *, class_map: Mapping[str, str] | None = None,
-                strict: bool = False):
+                strict: bool = False, carve: bool = True):
     """The labelled folder, with the model's label indices, carved exactly as the run's training
     data was (same seed, same fractions): its ``test`` split is the run's held-out split.
 
     Without ``class_map`` the folder's classes must be the model's, and it is scanned as the
-    compression stages scan it; with one, folder classes are renamed to the model's first."""
+    compression stages scan it; with one, folder classes are renamed to the model's first.
+    ``carve=False`` carves nothing: every image is in ``train``, for scoring on all of it."""
     split = run_split(artifact)
     labels = artifact.manifest.label_names
     fractions = {"seed": split["seed"], "val_fraction": split["val_fraction"], "test_fraction": split["test_fraction"]}
+    if not carve:
+        fractions.update(val_fraction=0.0, test_fraction=0.0)
     if class_map is None:
         from edgexfer.data import scan_image_folder
 

@@ -121,6 +121,8 @@ def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLik
         for key in ("fp32_tensor_count", "fp32_weight_count"):
             if key in quantization:
                 metrics[key] = quantization[key]
+        if "tflite_micro" in quantization:  # tflite-micro: the arena estimate of model.h
+            metrics["tensor_arena_bytes"] = quantization["tflite_micro"]["arena"]["arena_bytes"]
         return writer.commit(exported, metrics)
 
 

@@ -13,6 +13,7 @@ from edgexfer.errors import ConfigError
 from edgexfer.export._onnx import convert_onnx
 from edgexfer.export._saved_model import convert_saved_model
 from edgexfer.export._tflite import convert_tflite
+from edgexfer.export.tflite_micro import convert_tflite_micro
 
 QUANT_MODES = ("none", "fp16", "dynamic", "int8")
 
@@ -45,6 +46,10 @@ FORMATS: dict[str, ExportFormat] = {row.name: row for row in (
     ExportFormat("onnx", ".onnx", ("none", "dynamic", "int8"), convert_onnx,
                  "ONNX via tf2onnx for onnxruntime; int8 is static QDQ per-channel; dynamic "
                  "quantizes weights only (smaller, but slower than fp32 in onnxruntime)"),
+    ExportFormat("tflite-micro", ".tflite", ("int8",), convert_tflite_micro,
+                 "fully int8 TFLite plus model.c/model.h for TensorFlow Lite Micro (microcontrollers): "
+                 "the model bytes, labels, input quantisation and preprocessing, tensor-arena estimate; "
+                 "also from a .tflite export artifact"),
     ExportFormat("saved_model", "", ("none",), convert_saved_model,
                  "TensorFlow SavedModel directory (TF Serving, further conversion); needs "
                  "TensorFlow to run", runtime=False),

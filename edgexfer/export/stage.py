@@ -54,11 +54,15 @@ def export_stage(artifact: str | os.PathLike[str], out: str | os.PathLike[str], 
                           f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)")
     source = Artifact(artifact)
     model_path = source.model_path  # "has no model file" before anything is loaded
+    if fmt == "tflite-micro" and model_path.suffix == ".tflite":  # the same bytes as C; no TensorFlow
+        from edgexfer.export.tflite_micro import export_tflite_artifact
+
+        return export_tflite_artifact(source, out)
     if model_path.suffix not in KERAS_SUFFIXES:
         raise ArtifactError(f"artifact {str(source.path)!r} holds {model_path.name}, not a Keras model "
                             f"({', '.join(KERAS_SUFFIXES)}); export from a training or compression stage's artifact")
     manifest = source.manifest
-    quant = quant or default_quant(manifest, fmt)
+    quant = quant or ("int8" if fmt == "tflite-micro" else default_quant(manifest, fmt))
 
     calibration, description = None, None
     if quant == "int8":

@@ -327,4 +327,8 @@ def test_benchmark_json_fields(capsys, tiny, exports, tmp_path):
     assert {r["threads"] for r in rows if r["runtime"] == "litert-xnnpack"} == {1, 0}
     assert {s["model"] for s in data["sizes"]} == {"tflite-none", "alone.onnx", "ft"}
     assert (tmp_path / "bench" / "benchmark.json").is_file()
-    assert "| tflite-none | tflite/none | litert-xnnpack |" in (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "| tflite-none | tflite/none | litert-xnnpack (XNNPACK) | cpu |" in \
+        (tmp_path / "bench" / "benchmark.md").read_text()
+    assert {(r["runtime"], r["provider"], r["device"]) for r in rows} == {  # every row names provider and device
+        ("litert-xnnpack", "XNNPACK", "cpu"), ("onnxruntime-cpu", "CPUExecutionProvider", "cpu"),
+        ("keras-tensorflow", "TensorFlow", "cpu")}

@@ -17,14 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_table_rows():
-    assert set(FORMATS) == {"tflite", "onnx", "saved_model"}
+    assert set(FORMATS) == {"tflite", "onnx", "tflite-micro", "saved_model"}
     assert FORMATS["tflite"].quant_modes == ("none", "fp16", "dynamic", "int8")
     assert FORMATS["onnx"].quant_modes == ("none", "dynamic", "int8")
     assert FORMATS["saved_model"].quant_modes == ("none",)
+    assert FORMATS["tflite-micro"].quant_modes == ("int8",)
     for row in FORMATS.values():
         assert set(row.quant_modes) <= set(QUANT_MODES)
         assert callable(row.converter) and row.description
-    assert [FORMATS[n].model_file for n in FORMATS] == ["model.tflite", "model.onnx", "saved_model"]
+    assert [FORMATS[n].model_file for n in FORMATS] == ["model.tflite", "model.onnx", "model.tflite", "saved_model"]
     assert not FORMATS["saved_model"].runtime
 
 
@@ -43,7 +44,7 @@ def test_quant_not_available_for_format_says_what_is_allowed():
 
 
 def test_unknown_format_and_quant():
-    with pytest.raises(ConfigError, match=r"--format 'coreml' is not supported; allowed: tflite, onnx, saved_model"):
+    with pytest.raises(ConfigError, match=r"--format 'coreml' is not supported; allowed: tflite, onnx, tflite-micro, saved_model"):
         check_format_quant("coreml", "none")
     with pytest.raises(ConfigError, match=r"--quant 'int4' is not a quantization mode \(did you mean 'int8'\?\); "
                                           r"allowed: none, fp16, dynamic, int8"):
@@ -54,6 +55,7 @@ def test_unknown_format_and_quant():
 
 def test_model_file_lookup():
     assert format_for_model_file("model.onnx") is FORMATS["onnx"]
+    assert format_for_model_file("model.tflite") is FORMATS["tflite"]  # tflite-micro writes one too: tflite first
     assert format_for_model_file("model.h5") is None
 
 
