@@ -100,6 +100,9 @@ def finetune(
             values[group] = {**values.get(group, {}), **given}
     artifact = api.finetune(data, out, progress=sys.stdout.isatty(), log=console.print,
                             config=FinetuneConfig.build(**values))
+    if artifact is None:  # a multi-worker run's non-chief worker
+        console.print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
+        return
     _render_training_summary(artifact)
 
 
