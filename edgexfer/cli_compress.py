@@ -62,6 +62,10 @@ def _before_after(title: str, rows: list[tuple[str, Any, Any]]) -> Table:
     return table
 
 
+STRATEGY_HELP = ("default | mirrored | multi-worker (tf.distribute; multi-worker reads TF_CONFIG, each worker "
+                 "trains on its own shard, --batch-size is the global batch, worker 0 writes the artifact; "
+                 "tools/launch_local.py starts N workers here) (default: default)")
+
 _AUGMENT_HELP = {
     "flip": "Random horizontal flips (default: off)",
     "crop_zoom": "Random crop/zoom, max fraction (default: 0)",
@@ -100,6 +104,7 @@ def distill(
     contrast: Optional[float] = typer.Option(None, help=_AUGMENT_HELP["contrast"]),
     max_train_images: Optional[int] = typer.Option(None, help="Stratified subset of the training split."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: 0)"),
+    strategy: Optional[str] = typer.Option(None, help=STRATEGY_HELP),
     strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of these options; flags override it."),
 ) -> None:
@@ -113,11 +118,14 @@ def distill(
                                   max_unlabelled_images=max_unlabelled_images,
                                   learning_rate=learning_rate, warmup_fraction=warmup_fraction,
                                   early_stopping_patience=early_stopping, max_train_images=max_train_images,
-                                  seed=seed, strict=strict or None),
+                                  seed=seed, strategy=strategy, strict=strict or None),
                      augment=dict(flip=flip, crop_zoom=crop_zoom, brightness=brightness, contrast=contrast),
                      head=dict(dropout=dropout))
     artifact = api.distill(teacher, data, out, progress=sys.stdout.isatty(), log=console.print,
                            config=DistillConfig.build(**values))
+    if artifact is None:  # a multi-worker run's non-chief worker
+        console.print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
+        return
     render_distill(artifact)
 
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from edgexfer.config import _MODELS, AugmentOptions, HeadOptions, _Frozen, describe_validation_error
+from edgexfer.config import _MODELS, AugmentOptions, HeadOptions, Strategy, _Frozen, describe_validation_error
 from edgexfer.errors import ConfigError
 
 # Fewer representative images than this make int8 ranges noise (same floor as export).
@@ -26,6 +26,8 @@ class _StageConfig(_Frozen):
     seed: int = 0
     deterministic: bool = True
     strict: bool = False
+    strategy: Strategy = Field("default", description="tf.distribute strategy: default | mirrored | multi-worker "
+                                                      "(TF_CONFIG; --batch-size is the global batch)")
 
     @classmethod
     def build(cls, **values):
