@@ -341,7 +341,8 @@ def _render_per_class(result: dict, title: str) -> None:
 
 
 # Modules that add stage commands with ``register(app)``; each keeps its commands thin too.
-_COMMAND_MODULES: tuple[str, ...] = ("edgexfer.cli_compress", "edgexfer.cli_deploy", "edgexfer.cli_crossdomain")
+_COMMAND_MODULES: tuple[str, ...] = ("edgexfer.cli_compress", "edgexfer.cli_deploy", "edgexfer.cli_crossdomain",
+                                      "edgexfer.cli_scale")
 
 
 def _register_command_modules() -> None:

@@ -70,7 +70,9 @@ def _changed(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list
 
 
 def _alive(info: dict[str, Any]) -> bool:
-    if info.get("host") != socket.gethostname() or not info.get("pid"):
+    """Whether the process that wrote ``info`` still runs (this one counts as not: a run of this
+    process that left a checkpoint was interrupted)."""
+    if info.get("host") != socket.gethostname() or not info.get("pid") or int(info["pid"]) == os.getpid():
         return False
     try:
         os.kill(int(info["pid"]), 0)
