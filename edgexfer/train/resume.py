@@ -4,7 +4,7 @@ Where: ``<EDGEXFER_CACHE>/checkpoints/<sha256 of the absolute --out path, 16 hex
 directory per output path, holding ``info.json`` (the output, the stage, the digest of its
 config and inputs, progress), one Keras ``BackupAndRestore`` directory per phase being
 trained (weights, optimizer state with its step count and so the learning-rate schedule,
-and the epoch), and ``<phase>.weights.h5`` + ``<phase>.json`` for each finished phase so a
+and the epoch), and ``<phase>-weights.h5`` + ``<phase>.json`` for each finished phase so a
 rerun skips it. The directory is removed when the stage has written its artifact.
 
 A rerun of the same command finds it: a phase that finished is skipped (its weights
@@ -143,7 +143,7 @@ class StageCheckpoint:
     def completed(self, phase: str) -> dict[str, Any] | None:
         """The history of ``phase`` when an earlier run finished it (its weights are saved)."""
         record = self.dir / f"{phase}.json"
-        weights = self.dir / f"{phase}.weights.h5"
+        weights = self.dir / f"{phase}-weights.h5"
         if record.is_file() and weights.is_file():
             return json.loads(record.read_text())
         return None
@@ -151,7 +151,7 @@ class StageCheckpoint:
     def restore(self, phase: str, model) -> dict[str, Any]:
         """Load a finished phase's weights into ``model``; returns its history."""
         history = self.completed(phase)
-        model.load_weights(str(self.dir / f"{phase}.weights.h5"))
+        model.load_weights(str(self.dir / f"{phase}-weights.h5"))
         self.resumed[phase] = {"skipped": True}
         self.log(f"{phase}: finished before the interruption; its weights are restored from {self.dir}")
         return history or {}
@@ -172,8 +172,8 @@ class StageCheckpoint:
             with tempfile.TemporaryDirectory(prefix="edgexfer-worker-") as tmp:
                 model.save_weights(str(Path(tmp) / "weights.h5"))
             return
-        weights = self.dir / f"{phase}.weights.h5"
-        tmp = self.dir / f".{phase}.weights.{os.getpid()}.h5"
+        weights = self.dir / f"{phase}-weights.h5"
+        tmp = self.dir / f".{phase}-weights.{os.getpid()}.h5"
         model.save_weights(str(tmp))
         os.replace(tmp, weights)
         _write_json(self.dir / f"{phase}.json", history)
