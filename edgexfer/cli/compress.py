@@ -62,6 +62,10 @@ def _before_after(title: str, rows: list[tuple[str, Any, Any]]) -> Table:
     return table
 
 
+STRATEGY_HELP = ("default | mirrored | multi-worker (tf.distribute; multi-worker reads TF_CONFIG, each worker "
+                 "trains on its own shard, --batch-size is the global batch, worker 0 writes the artifact; "
+                 "tools/launch_local.py starts N workers here) (default: default)")
+
 _AUGMENT_HELP = {
     "flip": "Random horizontal flips (default: off)",
     "crop_zoom": "Random crop/zoom, max fraction (default: 0)",
@@ -100,6 +104,7 @@ def distill(
     contrast: Optional[float] = typer.Option(None, help=_AUGMENT_HELP["contrast"]),
     max_train_images: Optional[int] = typer.Option(None, help="Stratified subset of the training split."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: 0)"),
+    strategy: Optional[str] = typer.Option(None, help=STRATEGY_HELP),
     strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of these options; flags override it."),
 ) -> None:
@@ -113,11 +118,14 @@ def distill(
                                   max_unlabelled_images=max_unlabelled_images,
                                   learning_rate=learning_rate, warmup_fraction=warmup_fraction,
                                   early_stopping_patience=early_stopping, max_train_images=max_train_images,
-                                  seed=seed, strict=strict or None),
+                                  seed=seed, strategy=strategy, strict=strict or None),
                      augment=dict(flip=flip, crop_zoom=crop_zoom, brightness=brightness, contrast=contrast),
                      head=dict(dropout=dropout))
     artifact = api.distill(teacher, data, out, progress=sys.stdout.isatty(), log=console.print,
                            config=DistillConfig.build(**values))
+    if artifact is None:  # a multi-worker run's non-chief worker
+        console.print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
+        return
     render_distill(artifact)
 
 
@@ -164,6 +172,7 @@ def prune(
     crop_zoom: Optional[float] = typer.Option(None, help=_AUGMENT_HELP["crop_zoom"]),
     max_train_images: Optional[int] = typer.Option(None, help="Stratified subset of the training split."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: 0)"),
+    strategy: Optional[str] = typer.Option(None, help=STRATEGY_HELP),
     strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of these options; flags override it."),
 ) -> None:
@@ -174,10 +183,13 @@ def prune(
                                   initial_sparsity=initial_sparsity, end_fraction=end_fraction, frequency=frequency,
                                   epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                   measure_tflite=measure_tflite, max_train_images=max_train_images, seed=seed,
-                                  strict=strict or None),
+                                  strategy=strategy, strict=strict or None),
                      augment=dict(flip=flip, crop_zoom=crop_zoom))
     artifact = api.prune(model, data, out, progress=sys.stdout.isatty(), log=console.print,
                          config=PruneConfig.build(**values))
+    if artifact is None:  # a multi-worker run's non-chief worker
+        console.print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
+        return
     render_prune(artifact)
 
 
@@ -233,6 +245,7 @@ def quantize(
     check: bool = typer.Option(False, "--check", help="Preflight: list what QAT will and won't quantize, then stop."),
     max_train_images: Optional[int] = typer.Option(None, help="Stratified subset of the training split."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: 0)"),
+    strategy: Optional[str] = typer.Option(None, help=STRATEGY_HELP + "; QAT only: PTQ trains nothing"),
     strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of these options; flags override it."),
 ) -> None:
@@ -247,9 +260,13 @@ def quantize(
     values = _values(config, dict(mode=mode, type=quant_type, calibration_images=calibration_images, epochs=epochs,
                                   batch_size=batch_size, learning_rate=learning_rate,
                                   preserve_sparsity=preserve_sparsity, compare_ptq=compare_ptq,
-                                  max_train_images=max_train_images, seed=seed, strict=strict or None))
+                                  max_train_images=max_train_images, seed=seed, strategy=strategy,
+                                  strict=strict or None))
     artifact = api.quantize(model, data, out, progress=sys.stdout.isatty(), log=console.print,
                             config=QuantizeConfig.build(**values))
+    if artifact is None:  # a multi-worker run's non-chief worker
+        console.print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
+        return
     render_quantize(artifact)
 
 

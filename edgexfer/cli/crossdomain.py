@@ -60,6 +60,8 @@ def register(app: typer.Typer) -> None:
         max_source_images: Optional[int] = typer.Option(None, help="Seeded subset of the source training images."),
         max_target_images: Optional[int] = typer.Option(None, help="Seeded subset of the target images."),
         seed: Optional[int] = typer.Option(None, help="(default: 0)"),
+        strategy: Optional[str] = typer.Option(None, help="default only: adapt cannot be distributed (its step "
+                                                          "swaps BatchNorm statistics per domain); one process"),
         strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of these options; flags "
                                                                      "override it."),
@@ -74,7 +76,7 @@ def register(app: typer.Typer) -> None:
                      train_layers=train_layers, batch_size=batch_size, learning_rate=learning_rate,
                      coral_weight=coral_weight, dann_weight=dann_weight, threshold=threshold, rounds=rounds,
                      max_source_images=max_source_images, max_target_images=max_target_images, seed=seed,
-                     strict=strict or None)
+                     strategy=strategy, strict=strict or None)
         values.update({k: v for k, v in flags.items() if v is not None})
         if class_map is not None or "class_map" in values:
             values["class_map"] = parse_class_map(class_map if class_map is not None else values["class_map"])

@@ -132,6 +132,9 @@ def finetune(
             values[group] = {**values.get(group, {}), **given}
     artifact = api.finetune(data, out, progress=sys.stdout.isatty(), log=console.print,
                             config=FinetuneConfig.build(**values))
+    if artifact is None:  # a multi-worker run's non-chief worker
+        console.print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
+        return
     _render_training_summary(artifact)
 
 
@@ -421,7 +424,7 @@ def _render_per_class(result: dict, title: str) -> None:
 
 # Modules that add stage commands with ``register(app)``; each keeps its commands thin too.
 _COMMAND_MODULES: tuple[str, ...] = ("edgexfer.cli.compress", "edgexfer.cli.deploy", "edgexfer.cli.crossdomain",
-                                     "edgexfer.cli.repro")
+                                     "edgexfer.cli.repro", "edgexfer.cli.scale")
 
 
 def _register_command_modules() -> None:

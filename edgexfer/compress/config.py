@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edgexfer.config import AugmentOptions, FrozenConfig, HeadOptions
+from edgexfer.config import AugmentOptions, FrozenConfig, HeadOptions, Strategy
 
 # Fewer representative images than this make int8 ranges noise (same floor as export).
 MIN_CALIBRATION_IMAGES = 10
@@ -25,6 +25,8 @@ class _StageConfig(FrozenConfig):
     seed: int = 0
     deterministic: bool = True
     strict: bool = False
+    strategy: Strategy = Field("default", description="tf.distribute strategy: default | mirrored | multi-worker "
+                                                      "(TF_CONFIG; --batch-size is the global batch)")
 
 
 class DistillConfig(_StageConfig):

@@ -30,13 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifact
+from edgexfer.artifact import Artifact, Manifest, Preprocessing
 from edgexfer.compress import common
 from edgexfer.compress.config import DistillConfig
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, save_keras_model, load_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
+from edgexfer.train import distributed
+from edgexfer.train.resume import StageCheckpoint
 
 _SHUFFLE_BUFFER_BYTES = 256 << 20
 
@@ -128,8 +130,11 @@ def _distiller(student, dense, teacher, temperature: float, alpha: float, online
                 loss = alpha * soft + (1.0 - alpha) * hard
                 if self.student.losses:
                     loss = loss + tf.add_n(self.student.losses)
+                # Replicas' gradients are summed: scale each replica's loss so the sum is the global mean.
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                scaled = loss / replicas if replicas > 1 else loss
             variables = self.student.trainable_variables
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
             self.loss_tracker.update_state(loss)
             self.soft_tracker.update_state(soft)
             self.hard_tracker.update_state(hard)
@@ -197,33 +202,45 @@ def _online_dataset(train, student_pre: Preprocessing, teacher_pre: Preprocessin
 
 
 def _train_student(config: DistillConfig, spec_name: str, size: int, weights: str, num_classes: int, train_ds,
-                   val_ds, steps: int, teacher, alpha: float, online: bool, description: str, progress: bool):
+                   val_ds, steps: int, teacher, alpha: float, online: bool, description: str, progress: bool,
+                   strategy=None, checkpoint: StageCheckpoint | None = None, phase: str = "student",
+                   val_steps: int = 1):
     from edgexfer._env import import_tf
     from edgexfer.backbones.registry import create_backbone
     from edgexfer.data import data_errors
 
-    _, keras = import_tf()
+    tf, keras = import_tf()
+    strategy = strategy or tf.distribute.get_strategy()
     train_common.seed_everything(config.seed, config.deterministic)  # same init for student and baseline
-    backbone = create_backbone(spec_name, size, weights, config.student_width)
-    backbone.trainable = True
-    if config.bn_momentum is not None:
-        for layer in backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = config.bn_momentum
-    head = build_head_layers(num_classes, config.head.dropout, config.head.hidden_units)
-    student = build_classifier(backbone, head, name=f"{spec_name}_student")
-    distiller = _distiller(student, head[-1], teacher, config.temperature, alpha, online)
-    total = steps * config.epochs
-    distiller.compile(optimizer=keras.optimizers.Adam(
-        train_common.cosine_with_warmup(config.learning_rate, total, config.warmup_fraction)))
+    with strategy.scope():
+        backbone = create_backbone(spec_name, size, weights, config.student_width)
+        backbone.trainable = True
+        if config.bn_momentum is not None:
+            for layer in backbone.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = config.bn_momentum
+        head = build_head_layers(num_classes, config.head.dropout, config.head.hidden_units)
+        student = build_classifier(backbone, head, name=f"{spec_name}_student")
+        distiller = _distiller(student, head[-1], teacher, config.temperature, alpha, online)
+        total = steps * config.epochs
+        distiller.compile(optimizer=keras.optimizers.Adam(
+            train_common.cosine_with_warmup(config.learning_rate, total, config.warmup_fraction)))
+    if checkpoint is not None and checkpoint.completed(phase) is not None:
+        return student, checkpoint.restore(phase, student)
     callbacks = [train_common.rich_progress_callback(description, config.epochs, steps, enabled=progress),
                  *train_common.tensorboard_callbacks(description.split()[0])]
     if config.early_stopping_patience:
         callbacks.append(train_common.restore_best_early_stopping(config.early_stopping_patience))
+    if checkpoint is not None:
+        callbacks += checkpoint.callbacks(phase, config.epochs)
+    cluster = distributed.cluster_of(config.strategy, strategy)
     with data_errors():
-        history = distiller.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0,
-                                callbacks=callbacks)
-    return student, {key: [round(float(v), 5) for v in values] for key, values in history.history.items()}
+        history = distiller.fit(**distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps, val_steps),
+                                epochs=config.epochs, verbose=0, callbacks=callbacks)
+    history = {key: [round(float(v), 5) for v in values] for key, values in history.history.items()}
+    if checkpoint is not None:
+        checkpoint.complete(phase, student, history)
+    return student, history
 
 
 def _unlabelled_samples(config: DistillConfig, label_names, log) -> list:
@@ -266,6 +283,13 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
 
     tf, keras = import_tf()
     train_common.seed_everything(config.seed, config.deterministic)
+    strategy = train_common.make_strategy(config.strategy)
+    user_config, cluster = config, distributed.cluster_of(config.strategy, strategy)
+    if cluster.multi_worker:
+        config = config.model_copy(update={"batch_size": distributed.per_worker_batch(config.batch_size, cluster)})
+    checkpoint = StageCheckpoint("distill", out, {"config": user_config.model_dump(), "teacher": source.parent_ref()[
+        "sha256"], "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}}, log=log,
+        is_chief=cluster.is_chief, strategy=strategy, multi_worker=cluster.multi_worker)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     teacher = load_keras_model(source.model_path)
@@ -276,7 +300,14 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
 
     online = config.augment.enabled
     labelled_count, train = len(train), train + unlabelled
+    # Multi-worker: this worker's shard (labelled and unlabelled images alike) at its share of the batch.
+    train, shard_info = distributed.shard(train, cluster, config.seed)
+    if cluster.multi_worker:
+        log(f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
+            f"{config.batch_size} of the global {user_config.batch_size}"
+            + ("; the chief writes the artifact" if not cluster.is_chief else ""))
     steps = max(1, math.ceil(len(train) / config.batch_size))
+    val_steps = max(1, math.ceil(len(val) / config.batch_size))
     if online:
         train_ds = _online_dataset(train, student_pre, teacher_pre, config)
         logits_note = "online (augmentation on: the teacher sees each augmented image)"
@@ -293,7 +324,13 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
 
     with train_common.timed(timings, "distill_seconds"):
         student, history = _train_student(config, spec.name, size, weights, num_classes, train_ds, val_ds, steps,
-                                          logits_model if online else None, config.alpha, online, f"distill → {spec.name}", progress)
+                                          logits_model if online else None, config.alpha, online, f"distill → {spec.name}", progress,
+                                          strategy=strategy, checkpoint=checkpoint, phase="student",
+                                          val_steps=val_steps)
+    distill_step_seconds = timings["distill_seconds"] / (steps * config.epochs)
+    allreduce = int(sum(int(np.prod(v.shape)) for v in student.trainable_variables)) * 4
+    if cluster.multi_worker:  # evaluate and save a plain copy: a distributed predict returns a shard
+        student = distributed.local_copy(student)
     x_eval, _ = common.load_uint8(eval_samples, student_pre)
     x_val, y_val = common.load_uint8(val, student_pre)
     student_accuracy = common.accuracy(common.keras_probs(student, x_eval, student_pre), y_eval)
@@ -304,12 +341,16 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
         log(f"baseline: the same {spec.name} without distillation (alpha 0, same init, data and schedule)")
         with train_common.timed(timings, "baseline_seconds"):
             plain, plain_history = _train_student(config, spec.name, size, weights, num_classes, train_ds, val_ds,
-                                                  steps, None, 0.0, online, f"baseline {spec.name}", progress)
+                                                  steps, None, 0.0, online, f"baseline {spec.name}", progress,
+                                                  strategy=strategy, checkpoint=checkpoint, phase="baseline",
+                                                  val_steps=val_steps)
+            if cluster.multi_worker:
+                plain = distributed.local_copy(plain)
         baseline = {"accuracy": common.accuracy(common.keras_probs(plain, x_eval, student_pre), y_eval),
                     "val_accuracy": common.accuracy(common.keras_probs(plain, x_val, student_pre), y_val),
                     "history": plain_history}
 
-    with writing_artifact(out) as writer:
+    with distributed.writing_artifact_on_chief(out, cluster) as writer:
         model_path = writer.file(MODEL_FILE)
         save_keras_model(student, model_path)
         teacher_stats = common.weight_stats(teacher)
@@ -335,6 +376,9 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             "history": history, "timings_seconds": timings,
             "splits": {"train": labelled_count, "val": len(val), eval_split: int(len(y_eval))},
             "unlabelled_images": len(unlabelled),
+            "distributed": {**distributed.describe(cluster, shard_info, user_config.batch_size),
+                            "allreduce_bytes_per_step": allreduce, "step_seconds": round(distill_step_seconds, 4)},
+            "resumed": checkpoint.resumed,
             "peak_rss_mb": round(train_common.peak_rss_mb(), 1),
         }
         if baseline is not None:
@@ -344,9 +388,12 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
         manifest = Manifest(
             stage="distill", label_names=list(teacher_manifest.label_names), preprocessing=student_pre,
             backbone=spec.name, weights=f"imagenet: {spec.weights_source}" if weights == "imagenet" else weights,
-            config=config.model_dump(), model_file=MODEL_FILE, parent=source.parent_ref(),
+            config=user_config.model_dump(), model_file=MODEL_FILE, parent=source.parent_ref(),
             dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}, seed=config.seed,
-            extra={"width": config.student_width, "split": split,
+            extra={"width": config.student_width, "split": split, "strategy": config.strategy,
+                   "workers": cluster.workers,
                    "teacher": {"path": str(source.path.resolve()), "backbone": teacher_manifest.backbone,
                                "input_size": teacher_pre.input_size, "params": teacher_stats["params"]}})
-        return writer.commit(manifest, metrics)
+        artifact = writer.commit(manifest, metrics)
+    checkpoint.finish()
+    return artifact

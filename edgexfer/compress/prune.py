@@ -17,13 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.artifact import Artifact, Manifest
 from edgexfer.compress import common
 from edgexfer.compress.config import PruneConfig
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import MODEL_FILE, save_keras_model, load_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
+from edgexfer.train import distributed
+from edgexfer.train.resume import StageCheckpoint
 
 M_BY_N = (2, 4)
 
@@ -158,6 +160,17 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     import tensorflow_model_optimization as tfmot
 
     train_common.seed_everything(config.seed, config.deterministic)
+    strategy = train_common.make_strategy(config.strategy)
+    user_config, cluster = config, distributed.cluster_of(config.strategy, strategy)
+    train, shard_info = distributed.shard(train, cluster, config.seed)
+    if cluster.multi_worker:
+        config = config.model_copy(update={"batch_size": distributed.per_worker_batch(config.batch_size, cluster)})
+        log(f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
+            f"{config.batch_size} of the global {user_config.batch_size}"
+            + ("; the chief writes the artifact" if not cluster.is_chief else ""))
+    checkpoint = StageCheckpoint("prune", out, {"config": user_config.model_dump(), "parent": source.parent_ref()[
+        "sha256"], "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}}, log=log,
+        is_chief=cluster.is_chief, strategy=strategy, multi_worker=cluster.multi_worker)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = load_keras_model(source.model_path)
@@ -176,10 +189,11 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     steps = max(1, math.ceil(len(train) / config.batch_size))
     total_steps = steps * config.epochs
     schedule, schedule_info = make_schedule(config, total_steps)
-    pruned = apply_pruning(model, plan, schedule, config.structure)
-    pruned.compile(optimizer=keras.optimizers.Adam(train_common.cosine_with_warmup(config.learning_rate, total_steps, 0.0)),
-                   loss=keras.losses.SparseCategoricalCrossentropy(),
-                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    with strategy.scope():
+        pruned = apply_pruning(model, plan, schedule, config.structure)
+        pruned.compile(optimizer=keras.optimizers.Adam(train_common.cosine_with_warmup(config.learning_rate, total_steps, 0.0)),
+                       loss=keras.losses.SparseCategoricalCrossentropy(),
+                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     augment = _augment(config)
     train_ds = make_dataset(train, preprocessing, batch_size=config.batch_size, shuffle=True, seed=config.seed,
                             augment=augment, cache=True)
@@ -193,9 +207,20 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
                  *train_common.tensorboard_callbacks("prune")]
     from edgexfer.data import data_errors
 
-    with train_common.timed(timings, "prune_seconds"), data_errors():
-        history = pruned.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0, callbacks=callbacks)
+    allreduce = int(sum(int(np.prod(v.shape)) for v in pruned.trainable_variables)) * 4
+    if checkpoint.completed("prune") is not None:
+        history_dict = checkpoint.restore("prune", pruned)
+    else:
+        inputs = distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps,
+                                        max(1, math.ceil(len(val) / config.batch_size)))
+        with train_common.timed(timings, "prune_seconds"), data_errors():
+            history = pruned.fit(**inputs, epochs=config.epochs, verbose=0,
+                                 callbacks=callbacks + checkpoint.callbacks("prune", config.epochs))
+        history_dict = _history(history)
+        checkpoint.complete("prune", pruned, history_dict)
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    if cluster.multi_worker:  # evaluate and save a plain copy: a distributed predict returns a shard
+        stripped = distributed.local_copy(stripped)
     after = common.weight_stats(stripped)
     accuracy_after = common.accuracy(common.keras_probs(stripped, x_eval, preprocessing), y_eval)
 
@@ -213,7 +238,7 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
         pruned_total += stats["params"]
     reached = round(pruned_zeros / pruned_total, 4) if pruned_total else 0.0
 
-    with writing_artifact(out) as writer:
+    with distributed.writing_artifact_on_chief(out, cluster) as writer:
         model_path = writer.file(MODEL_FILE)
         save_keras_model(stripped, model_path)
         size_before = common.file_sizes(source.model_path)
@@ -233,7 +258,12 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
             "gzip_bytes_before": size_before["gzip_bytes"], "gzip_bytes_after": size_after["gzip_bytes"],
             "gzip_ratio": round(size_before["gzip_bytes"] / size_after["gzip_bytes"], 3),
             "model_bytes": size_after["size_bytes"], "schedule": schedule_info,
-            "history": _history(history), "splits": {"train": len(train), "val": len(val), eval_split: len(y_eval)},
+            "history": history_dict, "splits": {"train": len(train), "val": len(val), eval_split: len(y_eval)},
+            "distributed": {**distributed.describe(cluster, shard_info, user_config.batch_size),
+                            "allreduce_bytes_per_step": allreduce,
+                            **({"step_seconds": round(timings["prune_seconds"] / total_steps, 4)}
+                               if "prune_seconds" in timings else {})},
+            "resumed": checkpoint.resumed,
         }
         if config.structure == "2:4":
             metrics["pattern_2_4_layers"] = sum(1 for entry in layers.values() if entry.get("pattern_2_4"))
@@ -253,14 +283,16 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
         metrics["peak_rss_mb"] = round(train_common.peak_rss_mb(), 1)
         written = Manifest(
             stage="prune", label_names=list(manifest.label_names), preprocessing=preprocessing,
-            backbone=manifest.backbone, weights=manifest.weights, config=config.model_dump(),
+            backbone=manifest.backbone, weights=manifest.weights, config=user_config.model_dump(),
             model_file=MODEL_FILE, parent=source.parent_ref(),
             dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}, seed=config.seed,
-            extra={**_carried(manifest), "split": split,
+            extra={**_carried(manifest), "split": split, "strategy": config.strategy, "workers": cluster.workers,
                    "pruning": {"structure": config.structure, "target_sparsity": config.target_sparsity,
                                "sparsity": reached, "pruned_layers": list(plan.pruned),
                                "dense_layers": [d["layer"] for d in plan.dense]}})
-        return writer.commit(written, metrics)
+        artifact = writer.commit(written, metrics)
+    checkpoint.finish()
+    return artifact
 
 
 def _carried(manifest: Manifest) -> dict[str, Any]:

@@ -30,13 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.artifact import Artifact, Manifest
 from edgexfer.compress import common
 from edgexfer.compress.config import QuantizeConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, save_keras_model, load_keras_model
+from edgexfer.models_io import MODEL_FILE, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
+from edgexfer.train import distributed
+from edgexfer.train.resume import StageCheckpoint
 
 CALIBRATION_FILE = "calibration.npy"
 # A kernel with at least this fraction of zeros counts as pruned (its zeros are kept).
@@ -332,6 +334,20 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
 
     import_tf()
     train_common.seed_everything(config.seed, config.deterministic)
+    strategy = train_common.make_strategy(config.strategy) if config.mode == "qat" else None
+    user_config, cluster = config, distributed.cluster_of(config.strategy, strategy)
+    if config.mode == "ptq" and config.strategy != "default":
+        raise ConfigError(f"quantize --mode ptq trains nothing and runs in one process; drop --strategy "
+                          f"{config.strategy} (QAT, --mode qat, can be distributed)")
+    train, shard_info = distributed.shard(train, cluster, config.seed)
+    if cluster.multi_worker:
+        config = config.model_copy(update={"batch_size": distributed.per_worker_batch(config.batch_size, cluster)})
+        log(f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
+            f"{config.batch_size} of the global {user_config.batch_size}"
+            + ("; the chief writes the artifact" if not cluster.is_chief else ""))
+    checkpoint = StageCheckpoint("quantize", out, {"config": user_config.model_dump(), "parent": source.parent_ref()[
+        "sha256"], "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}}, log=log,
+        is_chief=cluster.is_chief, strategy=strategy, multi_worker=cluster.multi_worker)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = load_keras_model(source.model_path)
@@ -355,11 +371,12 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
                                "params_before": before["params"], "sparsity_before": before["sparsity"]}
     base_manifest = Manifest(
         stage="quantize", label_names=list(manifest.label_names), preprocessing=preprocessing,
-        backbone=manifest.backbone, weights=manifest.weights, config=config.model_dump(), model_file=MODEL_FILE,
+        backbone=manifest.backbone, weights=manifest.weights, config=user_config.model_dump(), model_file=MODEL_FILE,
         parent=source.parent_ref(), dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
-        seed=config.seed, extra={**_carried(manifest), "split": split})
+        seed=config.seed, extra={**_carried(manifest), "split": split, "strategy": config.strategy,
+                                 "workers": cluster.workers})
 
-    with writing_artifact(out) as writer:
+    with distributed.writing_artifact_on_chief(out, cluster) as writer:
         if calibration_uint8 is not None:
             np.save(writer.file(CALIBRATION_FILE), calibration_uint8)
         if config.mode == "ptq":
@@ -388,8 +405,22 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
                    + (" …" if len(floats) > 8 else "") if floats else " (the whole model)"))
             with train_common.timed(timings, "range_calibration_seconds"):
                 calibrated = calibrate_ranges(qat_model, calibration, batch_size=min(config.batch_size, 32))
+            if cluster.multi_worker:  # the calibrated ranges, built again with distributed variables
+                calibrated_model = qat_model
+                with strategy.scope():
+                    qat_model, _ = build_qat_model(model, pqat)
+                qat_model.set_weights(calibrated_model.get_weights())
             masks = _kernel_masks(qat_model) if pqat else []
-            history = _train_qat(qat_model, train, val, preprocessing, config, masks, timings, progress)
+            if checkpoint.completed("qat") is not None:
+                history = checkpoint.restore("qat", qat_model)
+            else:
+                history = _train_qat(qat_model, train, val, preprocessing, config, masks, timings, progress,
+                                     strategy=strategy, extra_callbacks=checkpoint.callbacks("qat", config.epochs))
+                checkpoint.complete("qat", qat_model, history)
+            allreduce = int(sum(int(np.prod(v.shape)) for v in qat_model.trainable_variables)) * 4
+            if cluster.multi_worker:  # evaluate and convert a plain copy (.h5 round trip, as QAT models save)
+                save_keras_model(qat_model, writer.file(MODEL_FILE))
+                qat_model = load_keras_model(writer.file(MODEL_FILE))
             fixed_ranges = fix_degenerate_weight_ranges(qat_model)
             qat_accuracy = common.accuracy(common.keras_probs(qat_model, x_eval, preprocessing), y_eval)
             save_keras_model(qat_model, writer.file(MODEL_FILE))
@@ -413,7 +444,13 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
                            whole_model=described["whole_model"], float_layers=floats,
                            quantized_layers=described["quantizable"], layer_counts=described["counts"],
                            calibrated_ranges=calibrated, zero_channels_given_a_range=fixed_ranges,
-                           history=history, pqat=pqat)
+                           history=history, pqat=pqat,
+                           distributed={**distributed.describe(cluster, shard_info, user_config.batch_size),
+                                        "allreduce_bytes_per_step": allreduce,
+                                        **({"step_seconds": round(timings["qat_seconds"] / (
+                                            math.ceil(len(train) / config.batch_size) * config.epochs), 4)}
+                                           if "qat_seconds" in timings else {})},
+                           resumed=checkpoint.resumed)
             if ptq is not None:
                 metrics.update({"ptq_int8_tflite_accuracy": ptq["accuracy"],
                                 "tflite_ptq_int8": _slim(ptq),
@@ -426,21 +463,26 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
         metrics["timings_seconds"] = timings
         metrics["peak_rss_mb"] = round(train_common.peak_rss_mb(), 1)
-        return writer.commit(base_manifest, metrics)
+        artifact = writer.commit(base_manifest, metrics)
+    checkpoint.finish()
+    return artifact
 
 
-def _train_qat(qat_model, train, val, preprocessing, config: QuantizeConfig, masks, timings, progress) -> dict:
+def _train_qat(qat_model, train, val, preprocessing, config: QuantizeConfig, masks, timings, progress,
+               strategy=None, extra_callbacks=()) -> dict:
     from edgexfer._env import import_tf
     from edgexfer.data import AugmentConfig, data_errors, make_dataset
 
-    _, keras = import_tf()
+    tf, keras = import_tf()
+    strategy = strategy or tf.distribute.get_strategy()
     steps = max(1, math.ceil(len(train) / config.batch_size))
     total = steps * config.epochs
-    qat_model.compile(
-        optimizer=keras.optimizers.Adam(train_common.cosine_with_warmup(config.learning_rate, total,
-                                                                        config.warmup_fraction)),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    with strategy.scope():
+        qat_model.compile(
+            optimizer=keras.optimizers.Adam(train_common.cosine_with_warmup(config.learning_rate, total,
+                                                                            config.warmup_fraction)),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     augment = AugmentConfig(**config.augment.model_dump()) if config.augment.enabled else None
     train_ds = make_dataset(train, preprocessing, batch_size=config.batch_size, shuffle=True, seed=config.seed,
                             augment=augment, cache=True)
@@ -449,9 +491,12 @@ def _train_qat(qat_model, train, val, preprocessing, config: QuantizeConfig, mas
                  *train_common.tensorboard_callbacks("qat")]
     if masks:
         callbacks.append(_keep_zeros_callback(masks))
+    cluster = distributed.cluster_of(config.strategy, strategy)
+    inputs = distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps,
+                                    max(1, math.ceil(len(val) / config.batch_size)))
     with train_common.timed(timings, "qat_seconds"), data_errors():
-        history = qat_model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0,
-                                callbacks=callbacks)
+        history = qat_model.fit(**inputs, epochs=config.epochs, verbose=0,
+                                callbacks=callbacks + list(extra_callbacks))
     return {key: [round(float(v), 5) for v in values] for key, values in history.history.items()}
 
 

@@ -71,6 +71,14 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# adapt's training loop swaps each BatchNorm layer's statistics between the source and the
+# target batch inside every step (assigning the variables), which replicas of a tf.distribute
+# strategy cannot share; it trains the top layers on cached features, minutes on one CPU.
+ADAPT_NOT_DISTRIBUTED = ("adapt cannot be distributed (--strategy default only): its training step swaps BatchNorm "
+                         "statistics between source and target batches, which tf.distribute replicas cannot share; "
+                         "run it in one process (it trains the top layers on cached features)")
+
+
 class AdaptConfig(FrozenConfig):
     """How to adapt. ``epochs``/``after`` of ``None`` take the method's defaults."""
 
@@ -102,9 +110,13 @@ class AdaptConfig(FrozenConfig):
     seed: int = 0
     deterministic: bool = True
     strict: bool = False
+    strategy: Literal["default", "mirrored", "multi-worker"] = Field(
+        "default", description="default only: adapt cannot be distributed")
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.strategy != "default":
+            raise ConfigError(ADAPT_NOT_DISTRIBUTED)  # not a ValueError: pydantic passes it through as it is
         if self.after not in (None, "none") and self.method != "pseudo-label":
             raise ValueError(f"after={self.after!r} is for method pseudo-label (self-training after another "
                              f"method); with method {self.method!r} leave it out")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import time
 from pathlib import Path
@@ -42,11 +41,9 @@ def make_strategy(name: str):
             )
         return tf.distribute.MirroredStrategy(devices=[d.name for d in cpus])
     if name == "multi-worker":
-        if not os.environ.get("TF_CONFIG"):
-            raise ConfigError(
-                "--strategy multi-worker needs TF_CONFIG describing the cluster and this worker's "
-                "task (see tf.distribute.MultiWorkerMirroredStrategy)"
-            )
+        from edgexfer.train.distributed import check_tf_config
+
+        check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"--strategy {name!r} is unknown; allowed: default, mirrored, multi-worker")
 

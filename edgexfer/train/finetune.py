@@ -33,13 +33,14 @@ from typing import Any, get_args
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.artifact import Artifact, Manifest
 from edgexfer.config import FinetuneConfig, ImageCache
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, count_params, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.seeding import derive_seed
-from edgexfer.train import common
+from edgexfer.train import common, distributed
+from edgexfer.train.resume import StageCheckpoint
 
 # ``image_cache=auto`` keeps the decoded train+val images (uint8, H×W×3 each) plus phase 1's
 # float32 feature matrix in memory while together they fit this many bytes, else on disk.
@@ -136,12 +137,25 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
     tf, keras = import_tf()
     common.seed_everything(config.seed, config.deterministic)
     strategy = common.make_strategy(config.strategy)
+    # Multi-worker: this worker's shard of the training images and its share of the global batch.
+    user_config, cluster = config, distributed.cluster_of(config.strategy, strategy)
+    train_samples, shard_info = distributed.shard(train_samples, cluster, config.seed)
+    if cluster.multi_worker:
+        config = config.model_copy(update={"batch_size": distributed.per_worker_batch(config.batch_size, cluster)})
+        log(f"worker {cluster.index} of {cluster.workers}: {len(train_samples)} training images (its shard), "
+            f"batch {config.batch_size} of the global {user_config.batch_size}"
+            + ("; the chief writes the artifact" if not cluster.is_chief else ""))
+    checkpoint = StageCheckpoint("finetune", out, {"config": user_config.model_dump(), "data": {
+        "path": str(Path(data_dir).resolve()), **dataset.fingerprint()}}, log=log, is_chief=cluster.is_chief,
+        strategy=strategy, multi_worker=cluster.multi_worker)
+    allreduce_bytes: dict[str, int] = {}
     timings: dict[str, float] = {}
     peak_rss: dict[str, float] = {}
     started = time.perf_counter()
     run_files = _RunFiles()
 
-    with data_errors(), writing_artifact(out) as writer, contextlib.closing(run_files):
+    with data_errors(), distributed.writing_artifact_on_chief(out, cluster) as writer, \
+            contextlib.closing(run_files):
         with strategy.scope():
             backbone = create_backbone(config.backbone, input_size, config.weights, config.width)
             backbone.trainable = False
@@ -160,22 +174,35 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
         log(f"phase 1: head on frozen {config.backbone} ({len(train_samples)} train / {len(val_samples)} val "
             f"images at {input_size}px, feature cache {'on' if config.feature_cache else 'off'}; "
             f"{_describe_plan(plan)})")
-        if config.feature_cache:
+        allreduce_bytes["phase1"] = _trainable_bytes(model)
+        if checkpoint.completed("phase1") is not None:
+            history["phase1"] = checkpoint.restore("phase1", model)
+        elif config.feature_cache:
             history["phase1"] = _train_head_on_cached_features(
                 backbone, head_layers, train_samples, val_samples, preprocessing, config, strategy,
-                class_weight, timings, progress, spill_dir=run_files.get() if plan["features"] == "disk" else None)
+                class_weight, timings, progress, spill_dir=run_files.get() if plan["features"] == "disk" else None,
+                extra_callbacks=checkpoint.callbacks("phase1", config.epochs))
         else:
             history["phase1"] = _fit_images(model, train_samples, val_samples, preprocessing, config, strategy,
                                             config.epochs, config.learning_rate, class_weight, timings,
-                                            "phase1", progress, augment=True, cache=image_cache)
+                                            "phase1", progress, augment=True, cache=image_cache,
+                                            extra_callbacks=checkpoint.callbacks("phase1", config.epochs))
+        if "skipped" not in checkpoint.resumed.get("phase1", {}):
+            checkpoint.complete("phase1", model, history["phase1"])
         peak_rss["phase1"] = round(common.peak_rss_mb(), 1)
 
         if config.fine_tune_epochs > 0:
             unfrozen = _unfreeze_top(backbone, config.unfreeze_layers)
             log(f"phase 2: fine-tune the top {len(unfrozen)} layers (BatchNorm stays in inference mode)")
-            history["phase2"] = _fit_images(model, train_samples, val_samples, preprocessing, config, strategy,
-                                            config.fine_tune_epochs, config.fine_tune_learning_rate, class_weight,
-                                            timings, "phase2", progress, augment=True, cache=image_cache)
+            allreduce_bytes["phase2"] = _trainable_bytes(model)
+            if checkpoint.completed("phase2") is not None:
+                history["phase2"] = checkpoint.restore("phase2", model)
+            else:
+                history["phase2"] = _fit_images(
+                    model, train_samples, val_samples, preprocessing, config, strategy, config.fine_tune_epochs,
+                    config.fine_tune_learning_rate, class_weight, timings, "phase2", progress, augment=True,
+                    cache=image_cache, extra_callbacks=checkpoint.callbacks("phase2", config.fine_tune_epochs))
+                checkpoint.complete("phase2", model, history["phase2"])
             peak_rss["phase2"] = round(common.peak_rss_mb(), 1)
         timings["total_train_seconds"] = round(time.perf_counter() - started, 3)
         run_files.close()  # the caches are not needed for evaluation: free the disk early
@@ -183,6 +210,8 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
         from edgexfer.evaluate.evaluator import predict_samples
         from edgexfer.evaluate.metrics import classification_metrics
 
+        if cluster.multi_worker:  # evaluate and save a plain copy: a distributed predict returns a shard
+            model = distributed.local_copy(model)
         evaluations = {}
         for split, samples in (("val", val_samples), ("test", test_samples)):
             if samples:
@@ -206,15 +235,38 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
             "history": history,
             "splits": {"train": len(train_samples), "val": len(val_samples), "test": len(test_samples)},
             "skipped_files": [str(p) for p, _ in dataset.skipped],
+            "distributed": _distributed_metrics(cluster, shard_info, user_config, allreduce_bytes, timings,
+                                                len(train_samples)),
+            "resumed": checkpoint.resumed,
         }
         manifest = Manifest(
             stage="finetune", label_names=class_names, preprocessing=preprocessing, backbone=config.backbone,
-            weights=_weights_provenance(spec, config.weights), config=config.model_dump(),
+            weights=_weights_provenance(spec, config.weights), config=user_config.model_dump(),
             model_file=MODEL_FILE, dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
             seed=config.seed, extra={"width": config.width, "strategy": config.strategy,
-                                     "replicas": strategy.num_replicas_in_sync},
+                                     "replicas": strategy.num_replicas_in_sync, "workers": cluster.workers},
         )
-        return writer.commit(manifest, metrics)
+        artifact = writer.commit(manifest, metrics)
+    checkpoint.finish()
+    return artifact
+
+
+def _trainable_bytes(model) -> int:
+    """float32 bytes of the trainable weights: the gradient volume all-reduced per step."""
+    return int(sum(int(np.prod(v.shape)) for v in model.trainable_variables)) * 4
+
+
+def _distributed_metrics(cluster, shard_info, user_config: FinetuneConfig, allreduce_bytes: dict, timings: dict,
+                         shard_images: int) -> dict:
+    """Cluster size, per-worker shards and batches, all-reduce volume and step time per phase."""
+    result = distributed.describe(cluster, shard_info, user_config.batch_size)
+    per_worker = result["per_worker_batch"]
+    steps = {"phase1": int(np.ceil(shard_images / per_worker)) * user_config.epochs,
+             "phase2": int(np.ceil(shard_images / per_worker)) * user_config.fine_tune_epochs}
+    result["allreduce_bytes_per_step"] = allreduce_bytes
+    result["step_seconds"] = {phase: round(timings[f"{phase}_seconds"] / steps[phase], 4)
+                              for phase in allreduce_bytes if steps[phase] and f"{phase}_seconds" in timings}
+    return result
 
 
 def _limit(samples: list, limit: int | None, seed: int) -> list:
@@ -246,7 +298,7 @@ def _weights_provenance(spec, weights: str) -> str:
 
 def _train_head_on_cached_features(backbone, head_layers, train_samples, val_samples, preprocessing,
                                    config: FinetuneConfig, strategy, class_weight, timings, progress,
-                                   spill_dir: Path | None = None) -> dict:
+                                   spill_dir: Path | None = None, extra_callbacks=()) -> dict:
     """Phase 1 with the feature cache: the frozen backbone runs once over the data.
 
     The features are one in-memory matrix per split, or, with ``spill_dir``, a file per split
@@ -263,7 +315,8 @@ def _train_head_on_cached_features(backbone, head_layers, train_samples, val_sam
             if spill_dir is None:
                 images = make_dataset(samples, preprocessing, batch_size=config.batch_size, cache=False,
                                       return_labels=False)
-                features[split] = backbone.predict(images, verbose=0)
+                features[split] = (distributed.predict_local(backbone, images) if config.strategy == "multi-worker"
+                                   else backbone.predict(images, verbose=0))
                 labels[split] = np.array([s.label for s in samples])
             else:
                 features[split], labels[split] = _spill_features(
@@ -287,11 +340,13 @@ def _train_head_on_cached_features(backbone, head_layers, train_samples, val_sam
         train_ds = _feature_file_dataset(features["train"], labels["train"], feature_dim, head_model,
                                          config.batch_size, shuffle_buffer=buffer, seed=config.seed)
         val_ds = _feature_file_dataset(features["val"], labels["val"], feature_dim, head_model, config.batch_size)
+    cluster = distributed.cluster_of(config.strategy, strategy)
+    inputs = distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps,
+                                    int(np.ceil(len(labels["val"]) / config.batch_size)))
     with common.timed(timings, "phase1_seconds"):
-        history = head_model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0,
-                                 class_weight=class_weight,
+        history = head_model.fit(**inputs, epochs=config.epochs, verbose=0, class_weight=class_weight,
                                  callbacks=_callbacks(config, "phase 1 (head, cached features)", config.epochs,
-                                                      steps, progress))
+                                                      steps, progress) + list(extra_callbacks))
     return _history(history)
 
 
@@ -351,7 +406,7 @@ def _feature_file_dataset(path: str, labels: np.ndarray, feature_dim: int, head_
 
 def _fit_images(model, train_samples, val_samples, preprocessing, config: FinetuneConfig, strategy, epochs: int,
                 learning_rate: float, class_weight, timings, phase: str, progress: bool, augment: bool,
-                cache: bool | Path = True) -> dict:
+                cache: bool | Path = True, extra_callbacks=()) -> dict:
     """Train ``model`` end to end on the image pipeline (phase 2, or phase 1 without cache).
 
     ``cache``: True (decoded images in memory), a directory (tf.data cache files there) or
@@ -369,10 +424,13 @@ def _fit_images(model, train_samples, val_samples, preprocessing, config: Finetu
         val_ds = val_ds.map(lambda x, y: (x, _one_hot(y, num_classes)))
     steps = int(np.ceil(len(train_samples) / config.batch_size))
     _compile(model, strategy, learning_rate, steps * epochs, config)
+    cluster = distributed.cluster_of(config.strategy, strategy)
+    inputs = distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps,
+                                    int(np.ceil(len(val_samples) / config.batch_size)))
     with common.timed(timings, f"{phase}_seconds"):
-        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, class_weight=class_weight,
+        history = model.fit(**inputs, epochs=epochs, verbose=0, class_weight=class_weight,
                             callbacks=_callbacks(config, f"{phase} ({'fine-tune' if phase == 'phase2' else 'head'})",
-                                                 epochs, steps, progress))
+                                                 epochs, steps, progress) + list(extra_callbacks))
     return _history(history)
 
 

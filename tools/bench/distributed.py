@@ -51,9 +51,9 @@ NOTES = [
     "machine, each with TF_CONFIG = {\"cluster\": {\"worker\": [\"host0:port\", \"host1:port\", ...]}, "
     "\"task\": {\"type\": \"worker\", \"index\": i}}; the workers must reach each other on those ports, "
     "start the same command with the same options and seed, and read the same data folder (the same "
-    "path on each, e.g. a shared mount): each scans it, and the input pipeline is auto-sharded by "
-    "tf.data. Worker 0 is the chief; give each worker its own --out (every worker saves the model) "
-    "and keep the chief's.",
+    "path on each, e.g. a shared mount): each trains on its own shard of the training split. Worker 0 "
+    "is the chief and the only one that writes --out. tools/launch_local.py N -- edgexfer ... starts N "
+    "workers on one machine; bench/scaleout.py measures them (README, Scale-out).",
     "Batch statistics: BatchNorm stays in inference mode during fine-tuning here, so no cross-replica "
     "BatchNorm synchronisation is needed; a stage that trains BatchNorm would need SyncBatchNormalization "
     "to match a single-device run.",

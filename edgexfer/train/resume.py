@@ -1,0 +1,259 @@
+"""Training that survives interruption: per-epoch checkpoints, resumed by re-running the command.
+
+Where: ``<EDGEXFER_CACHE>/checkpoints/<sha256 of the absolute --out path, 16 hex>/``, one
+directory per output path, holding ``info.json`` (the output, the stage, the digest of its
+config and inputs, progress), one Keras ``BackupAndRestore`` directory per phase being
+trained (weights, optimizer state with its step count and so the learning-rate schedule,
+and the epoch), and ``<phase>-weights.h5`` + ``<phase>.json`` for each finished phase so a
+rerun skips it. The directory is removed when the stage has written its artifact.
+
+A rerun of the same command finds it: a phase that finished is skipped (its weights
+loaded), the phase that was interrupted restarts after its last completed epoch and says
+"resuming from epoch N". A rerun whose stage, config or inputs differ starts afresh and says
+which fields changed. ``edgexfer clean`` lists what interrupted runs left and removes it.
+
+Determinism: weights, optimizer moments, the step counter (and so the learning rate) and the
+epoch are restored exactly. What is not restored is the position of the random streams that
+shuffle the data, draw augmentations and dropout masks: they restart in the new process, so the
+resumed epochs see a different (equally random) data order than an uninterrupted run and the
+result matches it within seed-to-seed noise, not bit for bit. EarlyStopping's patience counter
+and best weights so far are not kept across the interruption either (it restarts counting).
+
+The location is outside the run directory on purpose: temporary artifact directories
+(``.NAME.tmp-*``) and the per-process cache files under ``finetune-runs/`` belong to one process
+and are swept when it dies; a checkpoint must outlive the process that wrote it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from edgexfer.errors import ConfigError
+
+INFO = "info.json"
+
+
+def checkpoints_root() -> Path:
+    from edgexfer._env import cache_dir
+
+    return Path(cache_dir()) / "checkpoints"
+
+
+def checkpoint_dir(out) -> Path:
+    """The one place the checkpoints of a stage writing ``out`` live."""
+    key = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:16]
+    return checkpoints_root() / key
+
+
+def _digest(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    changed = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed(a, b, f"{prefix}{key}.")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            changed.append(f"{prefix}{key} {a!r} → {b!r}")
+    return changed
+
+
+def _alive(info: dict[str, Any]) -> bool:
+    """Whether the process that wrote ``info`` still runs (this one counts as not: a run of this
+    process that left a checkpoint was interrupted)."""
+    if info.get("host") != socket.gethostname() or not info.get("pid") or int(info["pid"]) == os.getpid():
+        return False
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (ProcessLookupError, PermissionError, ValueError):
+        return False
+    return True
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class StageCheckpoint:
+    """Checkpoints of one stage run (see the module docstring).
+
+    ``fingerprint``: what the stage's result depends on (stage, config, inputs); a checkpoint
+    written under another fingerprint is discarded. Only the chief writes; in a multi-worker
+    run every worker waits for the chief's clean-up before it reads (a collective barrier).
+    """
+
+    def __init__(self, stage: str, out, fingerprint: dict[str, Any], *, log: Callable[..., Any] = print,
+                 is_chief: bool = True, strategy=None, multi_worker: bool = False) -> None:
+        self.stage, self.out, self.log, self.is_chief = stage, Path(out).resolve(), log, is_chief
+        self.dir = checkpoint_dir(out)
+        self.fingerprint = {"stage": stage, **fingerprint}
+        self.digest = _digest(self.fingerprint)
+        self.resumed: dict[str, Any] = {}
+        if is_chief:
+            self._claim()
+        if multi_worker and strategy is not None:
+            _barrier(strategy)
+
+    def _claim(self) -> None:
+        info_path = self.dir / INFO
+        if info_path.is_file():
+            try:
+                info = json.loads(info_path.read_text())
+            except (OSError, ValueError):
+                info = {}
+            if info.get("pid") != os.getpid() and _alive(info):
+                raise ConfigError(f"another edgexfer process (pid {info['pid']}) is training into {str(self.out)!r}; "
+                                  "wait for it to finish or stop it first")
+            if info.get("digest") != self.digest:
+                changes = _changed(info.get("fingerprint", {}), self.fingerprint)
+                why = "; ".join(changes[:4]) + (" …" if len(changes) > 4 else "") if changes else "unreadable"
+                self.log(f"checkpoint of an interrupted run at {self.dir} is for a different {self.stage} "
+                         f"({why}): starting afresh")
+                shutil.rmtree(self.dir, ignore_errors=True)
+            else:
+                done = [p.stem for p in self.dir.glob("*.json") if p.name != INFO]
+                self.log(f"found the checkpoint of an interrupted {self.stage} run at {self.dir}"
+                         + (f" (finished phases: {', '.join(sorted(done))})" if done else ""))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        previous = {}
+        if info_path.is_file():
+            try:
+                previous = json.loads(info_path.read_text())
+            except (OSError, ValueError):
+                previous = {}
+        _write_json(info_path, {
+            "out": str(self.out), "stage": self.stage, "digest": self.digest, "fingerprint": self.fingerprint,
+            "created_at": previous.get("created_at") or _now(), "updated_at": _now(),
+            "host": socket.gethostname(), "pid": os.getpid(), "progress": previous.get("progress", {})})
+
+    # -- phases -----------------------------------------------------------------------------
+    def completed(self, phase: str) -> dict[str, Any] | None:
+        """The history of ``phase`` when an earlier run finished it (its weights are saved)."""
+        record = self.dir / f"{phase}.json"
+        weights = self.dir / f"{phase}-weights.h5"
+        if record.is_file() and weights.is_file():
+            return json.loads(record.read_text())
+        return None
+
+    def restore(self, phase: str, model) -> dict[str, Any]:
+        """Load a finished phase's weights into ``model``; returns its history."""
+        history = self.completed(phase)
+        model.load_weights(str(self.dir / f"{phase}-weights.h5"))
+        self.resumed[phase] = {"skipped": True}
+        self.log(f"{phase}: finished before the interruption; its weights are restored from {self.dir}")
+        return history or {}
+
+    def callbacks(self, phase: str, epochs: int) -> list:
+        """Keras ``BackupAndRestore`` for ``phase`` (every epoch) and a callback that reports a resume."""
+        from edgexfer._env import import_tf
+
+        _, keras = import_tf()
+        return [keras.callbacks.BackupAndRestore(str(self.dir / phase), save_freq="epoch", delete_checkpoint=False),
+                _progress_note(keras, self, phase, epochs)]
+
+    def complete(self, phase: str, model, history: dict[str, Any]) -> None:
+        """Record ``phase`` as finished: its weights and history; its epoch checkpoint goes."""
+        if not self.is_chief:
+            # Reading distributed variables (BatchNorm's moving statistics are aggregated on read)
+            # is a collective: every worker must save, the others into a file deleted at once.
+            with tempfile.TemporaryDirectory(prefix="edgexfer-worker-") as tmp:
+                model.save_weights(str(Path(tmp) / "weights.h5"))
+            return
+        weights = self.dir / f"{phase}-weights.h5"
+        tmp = self.dir / f".{phase}-weights.{os.getpid()}.h5"
+        model.save_weights(str(tmp))
+        os.replace(tmp, weights)
+        _write_json(self.dir / f"{phase}.json", history)
+        shutil.rmtree(self.dir / phase, ignore_errors=True)
+
+    def finish(self) -> None:
+        """The stage wrote its artifact: nothing to resume any more."""
+        if self.is_chief:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _note_epoch(self, phase: str, epoch: int, epochs: int) -> None:
+        if not self.is_chief:
+            return
+        path = self.dir / INFO
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        info.setdefault("progress", {})[phase] = {"epochs_done": epoch, "epochs": epochs}
+        info["updated_at"] = _now()
+        _write_json(path, info)
+
+
+def _progress_note(keras, checkpoint: StageCheckpoint, phase: str, epochs: int):
+    class _ResumeNote(keras.callbacks.Callback):
+        first = True
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.first and epoch > 0:
+                checkpoint.resumed[phase] = {"from_epoch": epoch + 1, "epochs_done_before": epoch, "epochs": epochs}
+                checkpoint.log(f"{phase}: resuming from epoch {epoch + 1} of {epochs} (epochs 1–{epoch} were "
+                               f"completed before the interruption; checkpoint {checkpoint.dir})")
+            self.first = False
+
+        def on_epoch_end(self, epoch, logs=None):
+            checkpoint._note_epoch(phase, epoch + 1, epochs)  # noqa: SLF001
+
+    return _ResumeNote()
+
+
+def _barrier(strategy) -> None:
+    """Every worker waits here until all have arrived (one all-reduce of a scalar)."""
+    from edgexfer._env import import_tf
+
+    tf, _ = import_tf()
+    strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# -- listing and removing what interrupted runs left -------------------------------------------
+def list_checkpoints() -> list[dict[str, Any]]:
+    """Every checkpoint directory: its output, stage, progress, size, age and whether its
+    process still runs (on this host)."""
+    root = checkpoints_root()
+    found = []
+    for path in sorted(root.glob("*")) if root.is_dir() else []:
+        if not path.is_dir():
+            continue
+        try:
+            info = json.loads((path / INFO).read_text())
+        except (OSError, ValueError):
+            info = {}
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        found.append({"dir": str(path), "out": info.get("out"), "stage": info.get("stage"),
+                      "progress": info.get("progress", {}), "updated_at": info.get("updated_at"),
+                      "bytes": size, "running": _alive(info),
+                      "finished_phases": sorted(p.stem for p in path.glob("*.json") if p.name != INFO)})
+    return found
+
+
+def remove_checkpoints(out: str | None = None) -> list[dict[str, Any]]:
+    """Remove the checkpoints of runs that are not running (of ``out`` only, when given)."""
+    wanted = checkpoint_dir(out) if out else None
+    removed = []
+    for entry in list_checkpoints():
+        if entry["running"] or (wanted is not None and Path(entry["dir"]) != wanted):
+            continue
+        shutil.rmtree(entry["dir"], ignore_errors=True)
+        removed.append(entry)
+    return removed
