@@ -71,13 +71,17 @@ def register(app: typer.Typer) -> None:
         calibration_images: int = typer.Option(300, "--calibration-images", help="int8: at most this many "
                                                "calibration images (classes in proportion)."),
         opset: int = typer.Option(15, "--opset", help="ONNX opset (13–17)."),
+        io_type: Optional[str] = typer.Option(
+            None, "--io-type", help="tflite input/output type: uint8 (default for int8: what MediaPipe Tasks "
+            "and the Task Library accept; raw pixels in), int8, or float32."),
     ) -> None:
         """Export a Keras artifact to TFLite / ONNX / SavedModel, labels and preprocessing embedded."""
         from edgexfer.export.stage import export_stage
 
         console, _ = _consoles()
         exported = export_stage(artifact, out, fmt, quant, calibration_data=calibration_data,
-                                calibration_images=calibration_images, opset=opset, log=_log)
+                                calibration_images=calibration_images, opset=opset, log=_log,
+                                io_type=io_type)
         metrics, manifest = exported.metrics, exported.manifest
         quantization = manifest.quantization or {}
         table = Table(title=f"export {manifest.config['format']} {manifest.config['quant']} → {exported.path}")
