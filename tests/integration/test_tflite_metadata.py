@@ -215,3 +215,21 @@ def test_file_packed_with_mediapipe_style_zip_round_trips(tiny):
     archive = zipfile.ZipFile(io.BytesIO(pack_files(flat, files)))
     assert archive.namelist() == [LABELS_FILE] and archive.getinfo(LABELS_FILE).compress_type == zipfile.ZIP_STORED
     assert STANDARD_METADATA_NAME.encode() in flat
+
+
+def test_check_covers_every_io_type(tiny, tmp_path):
+    """Parity with the Keras parent and latency are measured through the chosen I/O type."""
+    from edgexfer.evaluate.check import check_artifacts
+    from edgexfer.evaluate.latency import LatencySettings
+
+    keys = [("tflite", "int8", None), ("tflite", "int8", "int8"), ("tflite", "int8", "float32")]
+    result = check_artifacts([tiny.exports[key].path for key in keys], tiny.data, out=tmp_path,
+                             latency=LatencySettings(warmup=1, runs=3, batch_size=4, threads=(1,)))
+    assert [row["io_type"] for row in result["candidates"]] == ["uint8", "int8", "float32"]
+    accuracies = set()
+    for row in result["candidates"]:
+        assert row["parity"]["agreement"] >= 0.9 and row["latency"], row
+        accuracies.add(row["parity"]["accuracy"])
+    # the same int8 graph behind each I/O type: at most one image of 48 apart (the uint8 input's
+    # zero point rounds cnn_tiny's mean 127.5, half an int8 step)
+    assert max(accuracies) - min(accuracies) <= 1 / 48 + 1e-9
