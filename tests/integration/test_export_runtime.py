@@ -341,6 +341,6 @@ def test_qat_model_exports_to_int8_without_calibration(tiny):
         probs = model.predict_proba(tiny.x)
         assert (probs.argmax(1) == expected.argmax(1)).mean() >= 0.9
         if fmt == "tflite":
-            assert model.input_dtype == np.int8 and quantization["fp32_tensor_count"] == 0
+            assert model.input_dtype == np.uint8 and quantization["fp32_tensor_count"] == 0  # uint8 I/O default
         else:
             assert quantization["fp32_weight_count"] == 0
