@@ -4,7 +4,7 @@
         --mediapipe-python .venv-mediapipe/bin/python [--name digits]
 
 From the Keras artifact (the demo's QAT student: ``runs/demo/quantize``) it exports with
-``edgexfer.api.export`` a float TFLite file and int8 files with each ``--io-type`` (uint8, the
+``edgexfer.api.export`` (as the demo's ``export_tflite`` stage does) a float TFLite file and int8 files with each ``--io-type`` (uint8, the
 default; int8; float32), then on every image of ``--data`` (class sub-folders give the true
 labels, used only to report accuracy):
 
@@ -80,6 +80,9 @@ def main() -> None:
     parser.add_argument("--keras", required=True, help="Keras artifact to export (the demo's quantize stage)")
     parser.add_argument("--data", required=True, help="image folder with class sub-folders (the target domain)")
     parser.add_argument("--mediapipe-python", required=True)
+    parser.add_argument("--calibration-data", default=None,
+                        help="int8 calibration images (default: as the export stage resolves them, "
+                             "like the demo's export_tflite)")
     parser.add_argument("--latency-images", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--name", default="")
@@ -101,7 +104,7 @@ def main() -> None:
         for name, quant, io_type in EXPORTS:
             log(f"export {name}")
             artifact = api.export(args.keras, work / name.replace(" ", "_"), "tflite", quant, io_type=io_type,
-                                  calibration_data=data if quant == "int8" else None)
+                                  calibration_data=args.calibration_data if quant == "int8" else None)
             path = artifact.model_path
             model = load_model(path, num_threads=1)
             labels = model.label_names
