@@ -164,10 +164,10 @@ def _validate_export(options: dict) -> None:
     options = {k: v for k, v in options.items() if k != "__refs__"}
     if "format" not in options:
         raise ConfigError(f"export needs 'format' ({', '.join(FORMATS)})")
-    unknown = set(options) - {"format", "quant", "calibration_images", "opset"}
+    unknown = set(options) - {"format", "quant", "calibration_images", "opset", "io_type"}
     if unknown:
         raise ConfigError(f"export: unknown option {sorted(unknown)[0]!r}; allowed: format, quant, "
-                          "calibration_images, opset, parent, calibration_data")
+                          "calibration_images, opset, io_type, parent, calibration_data")
     check_format_quant(options["format"], options.get("quant") or "none")
 
 

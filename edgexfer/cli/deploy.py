@@ -79,13 +79,17 @@ def register(app: typer.Typer) -> None:
         bundle: Optional[Path] = typer.Option(None, "--bundle", help="Also write a deploy bundle to this new "
                                               "folder: model, labels, README with the preprocessing, and a "
                                               "minimal example program (see `edgexfer bundle`)."),
+        io_type: Optional[str] = typer.Option(
+            None, "--io-type", help="tflite input/output type: uint8 (default for int8: what MediaPipe Tasks "
+            "and the Task Library accept; raw pixels in), int8, or float32."),
     ) -> None:
         """Export a Keras artifact to TFLite / ONNX / SavedModel, labels and preprocessing embedded."""
         from edgexfer.export.stage import export_stage
 
         console, _ = _consoles()
         exported = export_stage(artifact, out, fmt, quant, calibration_data=calibration_data,
-                                calibration_images=calibration_images, opset=opset, log=_log)
+                                calibration_images=calibration_images, opset=opset, log=_log,
+                                io_type=io_type)
         metrics, manifest = exported.metrics, exported.manifest
         quantization = manifest.quantization or {}
         table = Table(title=f"export {manifest.config['format']} {manifest.config['quant']} → {exported.path}")

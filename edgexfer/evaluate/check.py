@@ -374,6 +374,7 @@ def _candidate_row(candidate: _Candidate, parity: dict[str, Any], failures: list
         "artifact": str(candidate.artifact.path),
         "format": config.get("format", candidate.kind),
         "quant": config.get("quant", quantization.get("mode", "none")),
+        "io_type": quantization.get("io_type", (quantization.get("input") or {}).get("dtype")),
         "model_file": candidate.model_path.name,
         "parent": {"path": str(candidate.parent.path), "stage": candidate.parent.manifest.stage,
                    "model_file": candidate.parent.model_path.name} if candidate.parent else None,

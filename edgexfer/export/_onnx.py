@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgexfer.errors import ExportError
+from edgexfer.export.onnx_keys import embed_common_onnx_metadata
 from edgexfer.runtime.metadata import EmbeddedInfo, embed_onnx_metadata, first_line
 
 INPUT_NAME = "input"
@@ -20,7 +21,8 @@ CALIBRATION_BATCH = 8
 def convert_onnx(keras_model, dest: Path, quant: str, info: EmbeddedInfo, *,
                  calibration: np.ndarray | None = None, opset: int | None = 15,
                  is_qat: bool = False) -> dict[str, Any]:
-    """Write ``dest`` (an ``.onnx`` file with edgexfer ``metadata_props``).
+    """Write ``dest`` (an ``.onnx`` file with edgexfer ``metadata_props``, and the keys and
+    doc strings other consumers read: ``onnx_keys``).
 
     none: the float graph; dynamic: ``quantize_dynamic`` (int8 weights, activations
     quantized on the fly); int8: ``quant_pre_process`` then ``quantize_static`` (QDQ,
@@ -44,6 +46,7 @@ def convert_onnx(keras_model, dest: Path, quant: str, info: EmbeddedInfo, *,
                 _quantize(float_path, Path(tmp) / "pre.onnx", model_path, quant, calibration)
             model_proto = onnx.load(str(model_path))
     embed_onnx_metadata(model_proto, info)
+    embed_common_onnx_metadata(model_proto, info)
     onnx.save(model_proto, str(dest))
 
     quantization: dict[str, Any] = {"mode": quant, "from_qat": bool(is_qat), "opset": opset,

@@ -18,7 +18,7 @@ import numpy as np
 from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifact
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.export._onnx import OPSET_RANGE
-from edgexfer.export.formats import check_format_quant
+from edgexfer.export.formats import FORMATS, check_format_quant
 from edgexfer.runtime.images import list_image_files, load_images, normalize
 from edgexfer.runtime.metadata import EmbeddedInfo
 from edgexfer.models_io import load_keras_model
@@ -33,15 +33,18 @@ CalibrationSource = np.ndarray | str | os.PathLike | Sequence[str | os.PathLike]
 
 def export_model(keras_model, manifest: Manifest, dest_dir: str | os.PathLike[str], fmt: str,
                  quant: str = "none", *, calibration: np.ndarray | None = None, opset: int = 15,
-                 is_qat: bool = False) -> dict[str, Any]:
+                 is_qat: bool = False, io_type: str | None = None) -> dict[str, Any]:
     """Convert ``keras_model`` into ``dest_dir/<model file>`` and describe the result.
 
     ``calibration`` holds preprocessed float32 images (``N×H×W×C``, N ≥ 10); int8 needs it
-    unless the model is QAT (its fake-quant layers carry the ranges). Returns ``format``, ``quant``, ``model_file``,
+    unless the model is QAT (its fake-quant layers carry the ranges). ``io_type``: the
+    input/output type of formats that offer one (tflite: uint8 | int8 | float32; see
+    ``tflite_io``). Returns ``format``, ``quant``, ``model_file``,
     ``quantization`` (mode, int8 input/output scale and zero point, fp32 tensor count …),
     ``warnings``, ``conversion_seconds``, ``size_bytes`` and ``gzip_bytes``.
     """
     row = check_format_quant(fmt, quant)
+    check_io_type_for(row, io_type)
     if fmt == "onnx" and not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise ConfigError(f"--opset {opset} is not supported by tf2onnx here; allowed: "
                           f"{OPSET_RANGE[0]}–{OPSET_RANGE[1]}")
@@ -55,8 +58,9 @@ def export_model(keras_model, manifest: Manifest, dest_dir: str | os.PathLike[st
         "backbone": manifest.backbone, "weights": manifest.weights})
     dest = Path(dest_dir) / row.model_file
     start = time.perf_counter()
+    extra = {"io_type": io_type} if row.io_types else {}
     result = row.converter(keras_model, dest, quant, info, calibration=calibration,
-                           opset=opset if fmt == "onnx" else None, is_qat=is_qat)
+                           opset=opset if fmt == "onnx" else None, is_qat=is_qat, **extra)
     seconds = time.perf_counter() - start
     size, gzip_size = _sizes(dest)
     return {"format": fmt, "quant": quant, "model_file": row.model_file,
@@ -67,7 +71,8 @@ def export_model(keras_model, manifest: Manifest, dest_dir: str | os.PathLike[st
 def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
                     quant: str = "none", calibration_images: CalibrationSource | None = None, *,
                     opset: int = 15, max_calibration_images: int = DEFAULT_MAX_CALIBRATION_IMAGES,
-                    is_qat: bool | None = None, calibration_source: str | None = None) -> Artifact:
+                    is_qat: bool | None = None, calibration_source: str | None = None,
+                    io_type: str | None = None) -> Artifact:
     """The export stage: read the Keras artifact at ``artifact_path``, write an export artifact
     at ``out`` (``model.tflite`` / ``model.onnx`` / ``saved_model``) and return it.
 
@@ -77,7 +82,7 @@ def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLik
     the manifest and the model say. ``calibration_source`` (a description of where the
     calibration images came from) is recorded in the manifest's config.
     """
-    check_format_quant(fmt, quant)  # fail on a bad combination before loading anything
+    check_io_type_for(check_format_quant(fmt, quant), io_type)  # fail before loading anything
     source = Artifact(artifact_path)
     if Path(out).resolve() == source.path.resolve():
         raise ConfigError(f"--out {str(out)!r} is the input artifact; a stage never changes its "
@@ -97,7 +102,7 @@ def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLik
 
     with writing_artifact(out) as writer:
         info = export_model(keras_model, manifest, writer.tmp, fmt, quant, calibration=calibration,
-                            opset=opset, is_qat=qat)
+                            opset=opset, is_qat=qat, io_type=io_type)
         quantization = dict(info["quantization"])
         if manifest.quantization:
             quantization["source"] = manifest.quantization
@@ -107,6 +112,8 @@ def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLik
             config["calibration_source"] = calibration_source
         if fmt == "onnx":
             config["opset"] = opset
+        if "io_type" in quantization:
+            config["io_type"] = quantization["io_type"]
         source_size = _sizes(model_path, with_gzip=False)[0]
         exported = Manifest(
             stage="export", label_names=list(manifest.label_names), preprocessing=manifest.preprocessing,
@@ -143,6 +150,17 @@ def calibration_array(images: CalibrationSource, preprocessing: Preprocessing,
     if len(files) > max_images:
         files = [files[i] for i in np.linspace(0, len(files) - 1, max_images).round().astype(int)]
     return normalize(load_images(files, preprocessing), preprocessing)
+
+
+def check_io_type_for(row, io_type: str | None) -> None:
+    """``ConfigError`` for an ``io_type`` the format does not offer (or that is not an I/O type)."""
+    from edgexfer.export.tflite_io import check_io_type
+
+    check_io_type(io_type)
+    if io_type is not None and io_type not in row.io_types:
+        offered = [name for name, other in FORMATS.items() if other.io_types]
+        raise ConfigError(f"--io-type is not available for {row.name}; only {', '.join(offered)} "
+                          "exports choose their input/output type")
 
 
 def has_quantize_layers(keras_model) -> bool:

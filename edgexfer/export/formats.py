@@ -33,6 +33,7 @@ class ExportFormat:
     converter: Callable[..., dict]
     description: str
     runtime: bool = True   # whether edgexfer.runtime can run it
+    io_types: tuple[str, ...] = ()  # --io-type values the converter takes (tflite_io.IO_TYPES)
 
     @property
     def model_file(self) -> str:
@@ -41,8 +42,10 @@ class ExportFormat:
 
 FORMATS: dict[str, ExportFormat] = {row.name: row for row in (
     ExportFormat("tflite", ".tflite", ("none", "fp16", "dynamic", "int8"), convert_tflite,
-                 "TensorFlow Lite flatbuffer for LiteRT (Android, iOS, microcontrollers); "
-                 "int8 is full-integer with int8 input/output"),
+                 "TensorFlow Lite flatbuffer for LiteRT (Android, iOS, microcontrollers) with standard "
+                 "TFLite Metadata (MediaPipe Tasks, Task Library); int8 is full-integer with uint8 "
+                 "input/output by default (--io-type uint8|int8|float32)",
+                 io_types=("uint8", "int8", "float32")),
     ExportFormat("onnx", ".onnx", ("none", "dynamic", "int8"), convert_onnx,
                  "ONNX via tf2onnx for onnxruntime; int8 is static QDQ per-channel; dynamic "
                  "quantizes weights only (smaller, but slower than fp32 in onnxruntime)"),

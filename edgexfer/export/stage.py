@@ -36,19 +36,23 @@ DEFAULT_CALIBRATION_FILE = "calibration.npy"
 def export_stage(artifact: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
                  quant: str | None = None, *, calibration_data: str | os.PathLike[str] | None = None,
                  calibration_images: int = DEFAULT_MAX_CALIBRATION_IMAGES, opset: int = 15,
-                 log: Callable[[str], None] | None = None) -> Artifact:
+                 log: Callable[[str], None] | None = None, io_type: str | None = None) -> Artifact:
     """Export the Keras artifact ``artifact`` to ``fmt`` (a ``FORMATS`` row) at ``out``.
 
     ``quant`` defaults to what the artifact's quantize stage chose (``ptq`` → its type,
     ``qat``/``pqat`` → int8), else ``none``. For int8, calibration images come from
     ``calibration_data``, the artifact's stored calibration set or its dataset (see the
-    module docstring); at most ``calibration_images`` are used.
+    module docstring); at most ``calibration_images`` are used. ``io_type``: tflite's
+    input/output type (uint8 | int8 | float32; default uint8 for int8, else float32).
     """
     log = log or (lambda _message: None)
     if fmt not in FORMATS:
         check_format_quant(fmt, "none")  # raises: names the allowed formats
     if quant is not None:
         check_format_quant(fmt, quant)
+    from edgexfer.export.convert import check_io_type_for
+
+    check_io_type_for(FORMATS[fmt], io_type)
     if calibration_images < MIN_CALIBRATION_IMAGES:
         raise ConfigError(f"--calibration-images {calibration_images} is too few; int8 needs at least "
                           f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)")
@@ -74,7 +78,8 @@ def export_stage(artifact: str | os.PathLike[str], out: str | os.PathLike[str], 
     elif calibration_data is not None:
         log(f"--calibration-data is only used by --quant int8; ignored for --quant {quant}")
     return export_artifact(source.path, out, fmt, quant, calibration_images=calibration, opset=opset,
-                           max_calibration_images=calibration_images, calibration_source=description)
+                           max_calibration_images=calibration_images, calibration_source=description,
+                           io_type=io_type)
 
 
 def default_quant(manifest: Manifest, fmt: str) -> str:

@@ -18,6 +18,7 @@ from edgexfer.errors import ArtifactError, ConfigError, DataError
 from edgexfer.runtime.images import load_images, normalize
 from edgexfer.runtime.metadata import (EmbeddedInfo, first_line, info_from_onnx_props, is_tflite_bytes,
                                        read_tflite_metadata)
+from edgexfer.runtime.tflite_metadata import info_from_standard_metadata
 
 RUNTIME_SUFFIXES = {".tflite": "tflite", ".onnx": "onnx"}
 
@@ -128,6 +129,7 @@ class EdgeModel:
         self.preprocessing: Preprocessing = info.preprocessing
         self.manifest = info.manifest
         self._check_input_shape()
+        self._pixel_input = _takes_raw_pixels(backend, self.preprocessing)
 
     # -- what the model is
     @property
@@ -162,6 +164,16 @@ class EdgeModel:
         if images.ndim != 4 or images.shape[1:] != self.input_shape:
             raise DataError(f"images must have shape N×{'×'.join(map(str, self.input_shape))}, got "
                             f"{'×'.join(map(str, images.shape))}; predict_files resizes for you")
+        if self._pixel_input:
+            # a uint8 input quantized as (pixel - mean) / std takes the pixels themselves, as
+            # MediaPipe Tasks and the Task Library feed it (no float round trip, no rounding)
+            if batch_size < 1:
+                raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+            outputs = [self._dequantize(self._backend.run(np.ascontiguousarray(images[start:start + batch_size])))
+                       for start in range(0, len(images), batch_size)]
+            if not outputs:
+                return np.zeros((0, len(self.label_names)), np.float32)
+            return np.concatenate(outputs)
         return self.predict_preprocessed(normalize(images, self.preprocessing), batch_size)
 
     def predict_preprocessed(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -212,8 +224,10 @@ class EdgeModel:
         return np.ascontiguousarray(x, dtype=backend.input_dtype)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        return self._dequantize(self._backend.run(self._prepare_input(x)))
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
         backend = self._backend
-        y = backend.run(self._prepare_input(x))
         if backend.output_quant is not None:
             scale, zero_point = backend.output_quant
             y = (y.astype(np.float32) - zero_point) * scale
@@ -243,7 +257,8 @@ def load_model(path: str | os.PathLike[str], *, num_threads: int | None = None,
     """Load a ``.tflite``/``.onnx`` file or an export artifact directory for inference.
 
     Labels and preprocessing come from the artifact's manifest, else from the metadata
-    embedded in the file; ``label_names``/``preprocessing`` override both (for models not
+    embedded in the file: edgexfer's own entry, else (``.tflite``) the standard TFLite Metadata
+    that MediaPipe Model Maker and other tools write; ``label_names``/``preprocessing`` override both (for models not
     exported by edgexfer). ``providers``: onnxruntime execution providers in priority order
     (default CPU only), e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``.
     """
@@ -278,6 +293,11 @@ def load_model(path: str | os.PathLike[str], *, num_threads: int | None = None,
         if not is_tflite_bytes(content):
             raise ArtifactError(f"{str(path)!r} is not a TFLite model (no TFL3 flatbuffer identifier)")
         embedded = read_tflite_metadata(content, where=str(path))
+        standard = info_from_standard_metadata(content, where=str(path))  # checked even when not used
+        if embedded is not None and standard is not None and standard.label_names != embedded.label_names:
+            raise ArtifactError(f"{str(path)!r}: its standard TFLite metadata and its edgexfer entry name "
+                                "different labels; re-export the model")
+        embedded = embedded or standard
         backend = _TFLiteBackend(path, num_threads)
     else:
         backend = _OrtBackend(path, num_threads, providers)
@@ -299,6 +319,19 @@ def _usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _takes_raw_pixels(backend, preprocessing: Preprocessing) -> bool:
+    """Whether a uint8 input's quantization is ``(pixel - mean) / std`` itself (scale 1/std,
+    zero point mean, the same for every channel): what ``export --io-type uint8`` writes."""
+    if backend.input_dtype != np.dtype(np.uint8) or backend.input_quant is None:
+        return False
+    scale, zero_point = backend.input_quant
+    mean, std = set(preprocessing.mean), set(preprocessing.std)
+    if len(mean) != 1 or len(std) != 1:
+        return False
+    (mean_value,), (std_value,) = mean, std
+    return abs(scale * std_value - 1.0) < 1e-5 and abs(zero_point - mean_value) <= 0.5
 
 
 def _quant_params(detail: dict[str, Any]) -> tuple[float, int] | None:

@@ -111,11 +111,12 @@ def test_int8_tflite_is_full_integer(exported):
     artifact = exported["tflite", "int8"]
     quantization = artifact.manifest.quantization
     assert quantization["mode"] == "int8"
-    assert quantization["input"]["dtype"] == "int8" and quantization["output"]["dtype"] == "int8"
+    # uint8 I/O by default: what MediaPipe Tasks and the Task Library accept (test_tflite_metadata.py)
+    assert quantization["input"]["dtype"] == "uint8" and quantization["output"]["dtype"] == "uint8"
     assert quantization["fp32_tensor_count"] == 0
     assert artifact.metrics["fp32_tensor_count"] == 0
     model = load_model(artifact.path)
-    assert model.input_dtype == np.int8
+    assert model.input_dtype == np.uint8
     assert model.input_quantization == (quantization["input"]["scale"], quantization["input"]["zero_point"])
     assert model.output_quantization == (quantization["output"]["scale"], quantization["output"]["zero_point"])
 
@@ -340,6 +341,6 @@ def test_qat_model_exports_to_int8_without_calibration(tiny):
         probs = model.predict_proba(tiny.x)
         assert (probs.argmax(1) == expected.argmax(1)).mean() >= 0.9
         if fmt == "tflite":
-            assert model.input_dtype == np.int8 and quantization["fp32_tensor_count"] == 0
+            assert model.input_dtype == np.uint8 and quantization["fp32_tensor_count"] == 0  # uint8 I/O default
         else:
             assert quantization["fp32_weight_count"] == 0

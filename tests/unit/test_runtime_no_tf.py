@@ -76,6 +76,6 @@ def test_runtime_predicts_without_tensorflow(exported_models):
     out = json.loads(_run(PREDICT_SCRIPT, *map(str, exported_models)).strip().splitlines()[-1])
     assert out["heavy"] == []
     tflite_file, onnx_file, artifact_dir = map(str, exported_models)
-    assert out["results"][tflite_file] == {"labels": ["cat", "dog"], "shape": [3, 2], "dtype": "int8"}
+    assert out["results"][tflite_file] == {"labels": ["cat", "dog"], "shape": [3, 2], "dtype": "uint8"}  # uint8 I/O default
     assert out["results"][onnx_file] == {"labels": ["cat", "dog"], "shape": [3, 2], "dtype": "float32"}
     assert out["results"][artifact_dir]["labels"] == ["cat", "dog"]
