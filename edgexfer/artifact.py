@@ -10,6 +10,7 @@ This module imports no TensorFlow: the on-device runtime reads manifests too.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as _dt
 import hashlib
 import json
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from edgexfer.errors import ArtifactError
 
@@ -306,7 +307,7 @@ class ArtifactWriter:
     def commit(self, manifest: Manifest, metrics: dict[str, Any] | None = None) -> Artifact:
         manifest.created_at = manifest.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         manifest.versions = manifest.versions or library_versions()
-        _record_invocation(manifest, self.out)
+        _add_extra_at_commit(manifest, self.out)
         (self.tmp / LABELS).write_text("\n".join(manifest.label_names) + "\n")
         self.write_json(METRICS, metrics or {})
         self.write_json(MANIFEST, manifest.to_dict())
@@ -381,13 +382,30 @@ def _artifact_problem(path: Path) -> str | None:
     return None
 
 
-def _record_invocation(manifest: Manifest, out: Path) -> None:
-    """The stage call that wrote this artifact, for ``edgexfer reproduce`` (``edgexfer.provenance``)."""
-    from edgexfer.provenance import current_invocation, matches_out
+# What the code running a stage asks each artifact it commits to record besides its manifest:
+# a function of the artifact's folder that returns ``manifest.extra`` entries. ``edgexfer.provenance``
+# puts the stage call there for ``edgexfer reproduce``; this module knows nothing of it.
+_EXTRA_AT_COMMIT: contextvars.ContextVar[Callable[[Path], dict[str, Any]] | None] = contextvars.ContextVar(
+    "edgexfer_extra_at_commit", default=None)
 
-    record = current_invocation()
-    if record is not None and matches_out(record, out) and "invocation" not in manifest.extra:
-        manifest.extra = {**manifest.extra, "invocation": record}
+
+@contextlib.contextmanager
+def extra_at_commit(supply: Callable[[Path], dict[str, Any]]) -> Iterator[None]:
+    """While the block runs, every committed artifact also records ``supply(out)`` in
+    ``manifest.extra`` (entries the stage already set win)."""
+    token = _EXTRA_AT_COMMIT.set(supply)
+    try:
+        yield
+    finally:
+        _EXTRA_AT_COMMIT.reset(token)
+
+
+def _add_extra_at_commit(manifest: Manifest, out: Path) -> None:
+    supply = _EXTRA_AT_COMMIT.get()
+    extra = supply(out) if supply is not None else {}
+    missing = {key: value for key, value in (extra or {}).items() if key not in manifest.extra}
+    if missing:
+        manifest.extra = {**manifest.extra, **missing}
 
 
 @contextlib.contextmanager

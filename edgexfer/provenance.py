@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from edgexfer.artifact import MANIFEST, Artifact, extra_at_commit, sha256_path
+from edgexfer.errors import ArtifactError
+
 # Arguments that do not change what a stage computes (callbacks, progress bars).
 NOT_RECORDED = frozenset({"progress", "log"})
 # CPU features that change which kernels TensorFlow / XNNPACK / oneDNN pick, and so the
@@ -65,7 +68,8 @@ def recorded(function: Callable) -> Callable:
                   "cwd": os.getcwd(), "started": time.time()}
         token = _CURRENT.set(record)
         try:
-            return function(*args, **kwargs)
+            with extra_at_commit(_invocation_for):
+                return function(*args, **kwargs)
         finally:
             _CURRENT.reset(token)
 
@@ -75,8 +79,8 @@ def recorded(function: Callable) -> Callable:
 def current_invocation() -> dict[str, Any] | None:
     """The record of the stage call in progress, completed with inputs and environment, or None.
 
-    Called by ``ArtifactWriter.commit``; a commit for another directory than the call's ``out``
-    (a helper artifact a stage writes on the side) gets no record.
+    Asked for when an artifact is committed (``artifact.extra_at_commit``); a commit for another
+    directory than the call's ``out`` (a helper artifact a stage writes on the side) gets no record.
     """
     record = _CURRENT.get()
     if record is None:
@@ -90,6 +94,12 @@ def current_invocation() -> dict[str, Any] | None:
 
 def matches_out(record: dict[str, Any], out: str | os.PathLike[str]) -> bool:
     return record.get("out") == str(Path(out).resolve())
+
+
+def _invocation_for(out: Path) -> dict[str, Any]:
+    """``{"invocation": record}`` for the artifact the stage call in progress writes to ``out``."""
+    record = current_invocation()
+    return {"invocation": record} if record is not None and matches_out(record, out) else {}
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -191,9 +201,6 @@ def input_digests(arguments: dict[str, Any]) -> list[dict[str, Any]]:
 
 def describe_input(argument: str, path: str) -> dict[str, Any]:
     """What an input path held: an artifact (its model file's sha256), a folder or a file."""
-    from edgexfer.artifact import MANIFEST, Artifact, sha256_path
-    from edgexfer.errors import ArtifactError
-
     target = Path(path)
     entry: dict[str, Any] = {"argument": argument, "path": path}
     if not target.exists():

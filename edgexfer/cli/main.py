@@ -353,7 +353,7 @@ def demo(
 
     spread = None
     if seeds > 1:
-        from edgexfer.seeds import run_demo_seeds
+        from edgexfer.demo.seeds import run_demo_seeds
 
         spread = run_demo_seeds(run_dir, seeds=seeds, full=full, progress=sys.stdout.isatty(), log=console.print,
                                 overrides=overrides)

@@ -16,13 +16,13 @@ import numpy as np
 
 from edgexfer.artifact import Artifact, Manifest, Preprocessing
 from edgexfer.errors import ArtifactError, ConfigError, DataError
+from edgexfer.evaluate.splits import run_split
 
 log = logging.getLogger("edgexfer.compress")
 
 KERAS_SUFFIXES = (".h5", ".keras")
 # Weight variables that hold a layer's kernel (what pruning zeroes and sparsity is measured on).
 KERNEL_SUFFIXES = ("/kernel:0", "/depthwise_kernel:0", "/pointwise_kernel:0")
-DEFAULT_SPLIT = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.1}
 _EVAL_CHUNK = 1024
 
 
@@ -44,32 +44,11 @@ def check_out(out, *inputs: Artifact) -> None:
                               "choose another directory")
 
 
-def split_settings(artifact: Artifact) -> dict[str, Any]:
-    """Seed and val/test fractions the artifact's data was split with, so every later stage
-    measures on the same test images (which the first model never trained on)."""
-    try:
-        chain = artifact.lineage()
-    except ArtifactError:
-        chain = [artifact]
-    for item in chain:
-        manifest = item.manifest
-        split = (manifest.extra or {}).get("split")
-        if isinstance(split, dict) and {"val_fraction", "test_fraction"} <= set(split):
-            return {"seed": int(split.get("seed", 0)), "val_fraction": float(split["val_fraction"]),
-                    "test_fraction": float(split["test_fraction"])}
-        config = manifest.config or {}
-        if "val_fraction" in config and "test_fraction" in config:
-            seed = manifest.seed if manifest.seed is not None else config.get("seed", 0)
-            return {"seed": int(seed or 0), "val_fraction": float(config["val_fraction"]),
-                    "test_fraction": float(config["test_fraction"])}
-    return {**DEFAULT_SPLIT, "seed": int(artifact.manifest.seed or 0)}
-
-
 def scan_data(artifact: Artifact, data, *, strict: bool, role: str = "model"):
     """Scan ``data`` with the artifact's labels and split settings; a class mismatch names both."""
     from edgexfer.data import scan_image_folder
 
-    split = split_settings(artifact)
+    split = run_split(artifact)
     try:
         dataset = scan_image_folder(data, class_names=artifact.manifest.label_names, seed=split["seed"],
                                     val_fraction=split["val_fraction"], test_fraction=split["test_fraction"],

@@ -193,7 +193,7 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
             row["latency"] = lat.measure(lat.keras_runs(keras_models[key]), x, settings, model=row["name"],
                                          runtime="keras-tensorflow", threads=tf_threads,
                                          threads_used=tf_threads or lat.resolve_threads(0),
-                                         **prov.tensorflow_placement().to_dict())
+                                         **tensorflow_placement().to_dict())
         for row in rows if keras_reference else []:
             parent_row = next(p for p in parent_rows if p["artifact"] == row["parent"]["path"])
             _add_speedups(row["latency"], parent_row["latency"])
@@ -414,7 +414,7 @@ def _latency_rows(kind: str, model_path: Path, x: np.ndarray, settings: lat.Late
         threads = lat.set_tensorflow_threads(settings.threads[0])
         return lat.measure(lat.saved_model_runs(model_path), x, settings, model=model,
                            runtime="saved_model-tensorflow", threads=threads,
-                           threads_used=threads or lat.resolve_threads(0), **prov.tensorflow_placement().to_dict())
+                           threads_used=threads or lat.resolve_threads(0), **tensorflow_placement().to_dict())
     if device != "cuda" or kind == "tflite":
         for threads in settings.threads:
             label = lat.runtime_label(kind)
@@ -522,7 +522,7 @@ def benchmark_models(models: Sequence[str | os.PathLike[str]], *, out: str | os.
             tf_threads = lat.set_tensorflow_threads(settings.threads[0])
             log(f"timing {entry['name']} (Keras, TensorFlow)")
             keras_model = load_keras_model(entry["artifact"].model_path)
-            placement = prov.tensorflow_placement()
+            placement = tensorflow_placement()
             if device == "cuda" and placement.device == "cpu":
                 raise ConfigError(f"--device cuda: TensorFlow sees no GPU, so {entry['name']} (Keras) would run on "
                                   "the CPU; use --device cpu or auto")
@@ -736,3 +736,14 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
                        [[s["model"], s["format"], s["quant"], f"{s['size_bytes']:,}", f"{s['gzip_bytes']:,}"]
                         for s in result["sizes"]]), ""]
     return "\n".join(lines)
+
+
+def tensorflow_placement():
+    """Where TensorFlow places a Keras model by default: its first GPU if it sees one, else the CPU
+    (a ``runtime.providers.Placement``)."""
+    from edgexfer._env import import_tf
+    from edgexfer.runtime import providers as prov
+
+    tf, _ = import_tf()
+    gpus = tf.config.list_logical_devices("GPU")
+    return prov.Placement(prov.TENSORFLOW_PROVIDER, "gpu:0" if gpus else "cpu")

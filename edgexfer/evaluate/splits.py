@@ -2,7 +2,7 @@
 
 The first training stage carves a folder into train/val/test by seed and records how
 (``manifest.config`` or ``manifest.extra["split"]``); every later stage reads that record
-through the lineage (:func:`edgexfer.compress.common.split_settings`). Scoring a model on a
+through the lineage (:func:`run_split`). Scoring a model on a
 domain it was trained on must use this record's test split, so every model in the run is
 compared on the same images; a domain whose labels no stage used may be scored on all of it.
 
@@ -14,22 +14,38 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from edgexfer.errors import ConfigError
+from edgexfer.errors import ArtifactError, ConfigError
 
 SPLIT_CHOICES = ("all", "train", "val", "test")
+# The fractions a folder without its own val/test folders is carved with (FinetuneConfig's defaults).
+DEFAULT_SPLIT = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.1}
 
 
 def run_split(artifact) -> dict[str, Any]:
     """``{"seed", "val_fraction", "test_fraction"}`` the artifact's data was split with (the first
-    record found in its lineage; the default fractions with the artifact's seed where none is)."""
-    from edgexfer.compress.common import split_settings
+    record found in its lineage; the default fractions with the artifact's seed where none is), so
+    every later stage measures on the same test images (which the first model never trained on)."""
 
-    return split_settings(artifact)
+    try:
+        chain = artifact.lineage()
+    except ArtifactError:
+        chain = [artifact]
+    for item in chain:
+        manifest = item.manifest
+        split = (manifest.extra or {}).get("split")
+        if isinstance(split, dict) and {"val_fraction", "test_fraction"} <= set(split):
+            return {"seed": int(split.get("seed", 0)), "val_fraction": float(split["val_fraction"]),
+                    "test_fraction": float(split["test_fraction"])}
+        config = manifest.config or {}
+        if "val_fraction" in config and "test_fraction" in config:
+            seed = manifest.seed if manifest.seed is not None else config.get("seed", 0)
+            return {"seed": int(seed or 0), "val_fraction": float(config["val_fraction"]),
+                    "test_fraction": float(config["test_fraction"])}
+    return {**DEFAULT_SPLIT, "seed": int(artifact.manifest.seed or 0)}
 
 
 def recorded_split(artifact) -> dict[str, Any] | None:
     """:func:`run_split` where the artifact's lineage records a split, else ``None``."""
-    from edgexfer.errors import ArtifactError
 
     try:
         chain = artifact.lineage()

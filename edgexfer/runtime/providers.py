@@ -158,15 +158,6 @@ def tflite_placement(device: str, where: str = "the model") -> Placement:
     return CPU_LITERT
 
 
-def tensorflow_placement() -> Placement:
-    """Where TensorFlow places a Keras model by default: its first GPU if it sees one, else the CPU."""
-    from edgexfer._env import import_tf
-
-    tf, _ = import_tf()
-    gpus = tf.config.list_logical_devices("GPU")
-    return Placement(TENSORFLOW_PROVIDER, "gpu:0" if gpus else "cpu")
-
-
 def load_on_device(path, device: str, *, num_threads: int | None = None):
     """``(EdgeModel, Placement)``: a ``.tflite``/``.onnx`` file or export artifact loaded for
     ``device``, its placement read back from the session (``ConfigError`` if ``cuda`` was asked

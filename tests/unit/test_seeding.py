@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgexfer.seeding import derive_seed, preserved_random_state
-from edgexfer.seeds import headline_figures, seed_overrides, seed_run_dir, spread
+from edgexfer.demo.seeds import headline_figures, seed_overrides, seed_run_dir, spread
 
 
 def test_derived_seeds_depend_only_on_seed_and_purpose():
