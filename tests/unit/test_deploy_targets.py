@@ -183,7 +183,7 @@ def test_auto_with_a_cuda_provider_that_does_not_start_keeps_only_cpu_rows(tmp_p
     assert any("CUDA skipped" in line for line in logged)
 
 
-def _small_latency():  # noqa: N802 - a factory named after what it returns
+def _small_latency():
     from edgexfer.evaluate.latency import LatencySettings
 
     return LatencySettings(warmup=0, runs=3, batch_size=1)
