@@ -128,7 +128,7 @@ def _readme(manifest, fmt: str, quant: str, model_path: Path, io: dict[str, Any]
               "order of `labels.txt`."]
     if out["scale"] is not None:
         lines.append(f"Dequantise: `p = (q - ({out['zero_point']})) * {out['scale']!r}`.")
-    lines += ["", f"## Runtimes", "",
+    lines += ["", "## Runtimes", "",
               f"- Python: `{package}` (as in `{EXAMPLE}`), or `pip install edgexfer` and `edgexfer predict`.",
               "- Android / iOS: LiteRT (TensorFlow Lite) with the `.tflite` file; do steps 1–5 in the app."
               if model_path.suffix == ".tflite" else

@@ -8,7 +8,6 @@ installs in tests/integration/test_wheel.py.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
@@ -179,12 +178,12 @@ def test_auto_with_a_cuda_provider_that_does_not_start_keeps_only_cpu_rows(tmp_p
     monkeypatch.setattr(prov, "cuda_unavailable_reason", lambda: "test")
     logged = []
     result = benchmark_models([artifact.path], out=tmp_path / "b", device="auto", log=logged.append,
-                              latency=LatencySettings_small())
+                              latency=_small_latency())
     assert {row["device"] for row in result["rows"]} == {"cpu"}
     assert any("CUDA skipped" in line for line in logged)
 
 
-def LatencySettings_small():  # noqa: N802 - a factory named after what it returns
+def _small_latency():
     from edgexfer.evaluate.latency import LatencySettings
 
     return LatencySettings(warmup=0, runs=3, batch_size=1)
