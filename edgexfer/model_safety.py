@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from edgexfer.errors import ArtifactError
 
-# Layer classes edgexfer's builders produce: every registered backbone (EfficientNet-Lite,
+# Layer classes edgexfer's builders produce (first set) and code-free built-ins (second set): every registered backbone (EfficientNet-Lite,
 # keras.applications MobileNetV2/V3, EfficientNetB0, VGG16, the small CNNs) with the head,
 # and their pruned (tfmot PruneLowMagnitude) and QAT (QuantizeLayer/QuantizeWrapperV2) forms.
 # Collected by building each one (tests/unit/test_model_safety.py keeps this list honest), plus
@@ -33,6 +33,19 @@ SAFE_LAYER_CLASSES = frozenset({
     "GlobalMaxPooling2D", "Rescaling", "Normalization", "TFOpLambda",
     # tfmot's quantization and pruning layers (their configs are tfmot's registered classes)
     "QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV2", "PruneLowMagnitude",
+}) | frozenset({
+    # Other tf_keras built-in layers that hold no code (configs of numbers, names and built-in
+    # initializers/activations only), so a model made by hand with them can still be quantized,
+    # pruned or exported. Not listed on purpose: Lambda, and wrappers of arbitrary layers or cells
+    # (RNN, Bidirectional, TimeDistributed), whose contents this check would have to follow.
+    "LayerNormalization", "GroupNormalization", "UnitNormalization", "Conv1D", "Conv3D", "Conv1DTranspose",
+    "Conv2DTranspose", "Conv3DTranspose", "SeparableConv1D", "DepthwiseConv1D", "MaxPooling1D", "MaxPooling3D",
+    "AveragePooling1D", "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling3D", "ZeroPadding1D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
+    "UpSampling1D", "UpSampling2D", "Permute", "RepeatVector", "Subtract", "Average", "Maximum", "Minimum",
+    "Dot", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "SpatialDropout1D", "SpatialDropout2D",
+    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity", "Resizing",
+    "CenterCrop",
 })
 # Classes that hold other layers: a model (its ``layers``) or a wrapper (its ``layer``).
 MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
