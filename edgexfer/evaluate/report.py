@@ -139,7 +139,11 @@ def _accuracy_cell(model: Model, domain: str, road: Road | None = None) -> str:
     if not cell or cell.get("value") is None:
         return fmt.MISSING
     spread = road.seed_spread(model, domain) if road is not None else None
-    return fmt.percent(cell["value"]) + (f" {fmt.spread(spread.get('std'))}" if spread else "")
+    text = fmt.percent(cell["value"]) + (f" {fmt.spread(spread.get('std'))}" if spread else "")
+    column = road.domains.get(domain) if road is not None else None
+    if column is not None and (cell.get("split"), cell.get("n")) != (column.split, column.n):
+        text += f" ({cell.get('split')}, {fmt.count(cell.get('n'))})"  # not the images the header names
+    return text
 
 
 def _comparisons(road: Road, rows: list[dict]) -> list[list[str]]:
@@ -187,14 +191,18 @@ def _data_note(road: Road) -> str:
         elif domain.split:
             what = f"all {n}" if domain.split == "all" else f"the {domain.split} split, {n}"
             parts.append(f"{domain.name}: {what}" + (" (models trained on some of these images)"
-                                                     if domain.labels_used is not False else ""))
+                                                     if domain.labels_used else ""))
     return ("Accuracy on " + "; ".join(parts) + "." if parts else "")
 
 
 def _cost_note(rows: list[dict]) -> str:
-    threads = sorted({r["model"].latency_threads for r in rows if r["model"].latency_threads})
-    notes = ["Latency: the median of single-image runs (exports in LiteRT or onnxruntime, Keras models in "
-             "TensorFlow" + (f"; threads: {' / '.join(threads)}" if threads else "") + ")."]
+    def threads(exported: bool) -> str:
+        counts = sorted({r["model"].latency_threads for r in rows
+                         if r["model"].latency_threads and r["model"].is_export == exported})
+        return f" on {' / '.join(counts)} thread(s)" if counts else ""
+
+    notes = [f"Latency: the median of single-image runs; exported files in LiteRT or onnxruntime{threads(True)}, "
+             f"Keras models in TensorFlow{threads(False)}."]
     notes.append("MACs: multiply-accumulates of the convolution and dense layers for one image "
                  "(a pruned kernel counts in full).")
     borrowed = [f"`{r['model'].name}` {r['model'].macs_from}" for r in rows if r["model"].macs_from]
@@ -245,7 +253,7 @@ def _road_sections(road: Road, figures_dir: Path) -> list[Section]:
                                      + (f" Not placed: {', '.join(left_out)}." if left_out else "")))
     blocks.append(_table(["model", "kind", "made from", *road.domains, "size", "latency (batch 1)", "MACs", "params"],
                          [[f"`{m.name}`", m.kind, f"`{m.parent}`" if m.parent else "—",
-                           *[_accuracy_cell(m, d) for d in road.domains], fmt.size(m.bytes),
+                           *[_accuracy_cell(m, d, road) for d in road.domains], fmt.size(m.bytes),
                            fmt.milliseconds(m.latency_ms), fmt.macs(m.macs), fmt.count(m.params)] for m in models]))
     return [Section("The whole road", blocks)]
 

@@ -219,14 +219,14 @@ def _fill_macs(models: dict[str, Model]) -> None:
     """An export runs its Keras parent's convolutions, and a Keras model those of its TFLite file:
     where one side was counted, the other takes its count (and says so)."""
     for model in models.values():
-        parent = models.get(model.keras_parent or "")
-        if model.is_export and model.macs is None and parent is not None and parent.macs:
-            model.macs, model.macs_from = parent.macs, f"counted on {parent.name}"
-    for model in models.values():
         if model.is_export and model.macs and model.keras_parent in models:
             parent = models[model.keras_parent]
             if parent.macs is None:
                 parent.macs, parent.macs_from = model.macs, f"counted on {model.name}"
+    for model in models.values():
+        parent = models.get(model.keras_parent or "")
+        if model.is_export and model.macs is None and parent is not None and parent.macs:
+            model.macs, model.macs_from = parent.macs, f"counted on {parent.name}"
 
 
 def _set_latency(model: Model, latency: list[dict], stage: str) -> None:
