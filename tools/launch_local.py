@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         while any(p.poll() is None for p in processes):
             for index, p in enumerate(processes):
                 if p.poll() not in (None, 0) and not failed:
-                    failed = p.returncode
+                    failed = p.returncode if p.returncode > 0 else 128 - p.returncode  # killed by a signal
                     print(f"launch_local: worker {index} exited with {p.returncode}; stopping the others "
                           f"(logs: {logs})", file=sys.stderr)
                     stop_all()

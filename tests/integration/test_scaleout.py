@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(backbone="cnn_tiny", weights="none", img_size=16, epochs=6, fine_tune_epochs=4, unfreeze_layers=2,
             batch_size=16, learning_rate=0.05, early_stopping_patience=0, seed=1)
-STUDENT = dict(student="cnn_tiny", epochs=5, batch_size=16, learning_rate=0.01, early_stopping_patience=0, seed=1)
+STUDENT = dict(student="cnn_tiny", epochs=12, batch_size=16, learning_rate=0.01, early_stopping_patience=0, seed=1)
 
 
 def _flags(options: dict) -> list[str]:
