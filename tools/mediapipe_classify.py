@@ -9,7 +9,8 @@ it imports nothing from edgexfer; ``tests/integration/test_mediapipe_client.py``
     python tools/mediapipe_classify.py MODEL.tflite --pixels images.npy       # uint8 N×H×W×3, as given
     python tools/mediapipe_classify.py MODEL.tflite --metadata                # the metadata as MediaPipe reads it
 
-Prints one JSON object: per image the top-1 ``label``/``score`` and every class's score, and
+Grayscale or RGBA files are made RGB first (MediaPipe would feed a grayscale file to the model
+as one channel). Prints one JSON object: per image the top-1 ``label``/``score`` and every class's score, and
 ``latency_ms`` (median and p90 of ``classify`` per image, after a warm-up; ``--repeat N``
 times over the images). MediaPipe's Python API has no thread setting: pin the process to one
 core (``taskset -c 0``) for a one-thread number.
@@ -49,11 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=args.model),
                                             max_results=-1)
     if args.files:
-        images = [mp.Image.create_from_file(path) for path in args.files]
+        images = [_rgb(mp, np, mp.Image.create_from_file(path)) for path in args.files]
     else:
         pixels = np.load(args.pixels, allow_pickle=False)
         images = [mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(p)) for p in pixels]
-    with vision.ImageClassifier.create_from_options(options) as classifier:
+    try:
+        classifier = vision.ImageClassifier.create_from_options(options)
+    except Exception as exc:  # MediaPipe refuses the model: say why on one line
+        print(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 3
+    with classifier:
         results = []
         for image in images:
             categories = classifier.classify(image).classifications[0].categories
@@ -75,6 +81,17 @@ def main(argv: list[str] | None = None) -> int:
                              "calls": len(times)}
     json.dump(out, sys.stdout)
     return 0
+
+
+def _rgb(mp, np, image):
+    """A decoded grayscale (GRAY8) or RGBA file as SRGB: MediaPipe's ImageClassifier feeds the
+    image's own channel count to the model, so an app converts it (as edgexfer's decoder does)."""
+    if image.image_format == mp.ImageFormat.SRGB:
+        return image
+    pixels = np.asarray(image.numpy_view())
+    if pixels.ndim == 2 or pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels.reshape(pixels.shape[0], pixels.shape[1], 1), 3, axis=2)
+    return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels[..., :3]))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def convert_tflite(keras_model, dest: Path, quant: str, info: EmbeddedInfo, *,
         io = "float32"
     else:
         io = io_type or DEFAULT_INT8_IO_TYPE
-        if io_type is None:
+        if io_type == "uint8":
+            pixel_quantization(info.preprocessing)  # per-channel mean/std: fail before converting
+        elif io_type is None:
             try:
                 pixel_quantization(info.preprocessing)
             except ConfigError as exc:

@@ -250,8 +250,8 @@ def info_from_standard_metadata(content: bytes, where: str = "model") -> Embedde
     """Labels and preprocessing from a file's standard metadata, as ``EmbeddedInfo``.
 
     The input size comes from the model's input tensor (the metadata does not carry it);
-    a uint8/int8 input is fed raw pixels the way MediaPipe Tasks and the Task Library feed
-    it: mean/std are then the input tensor's zero point and 1/scale (so the runtime's
+    a uint8 input is fed raw pixels the way MediaPipe Tasks and the Task Library feed it:
+    mean/std are then the input tensor's zero point and 1/scale (so the runtime's
     quantisation of ``(x - mean) / std`` gives back the pixel), whatever the metadata says.
     """
     standard = read_standard_metadata(content, where)
@@ -268,7 +268,9 @@ def info_from_standard_metadata(content: bytes, where: str = "model") -> Embedde
                             "the runtime runs square RGB image classifiers")
     mean, std = standard.mean, standard.std
     dtype = _dtype_name(tensor.Type())
-    if dtype in ("uint8", "int8"):
+    # uint8: fed raw pixels by MediaPipe and the Task Library, whatever NormalizationOptions
+    # say; int8 (which neither accepts): NormalizationOptions when present, as for float
+    if dtype == "uint8" or (dtype == "int8" and mean is None):
         quantization = tensor.Quantization()
         scales = quantization.ScaleAsNumpy() if quantization is not None and quantization.ScaleLength() else None
         if scales is None or len(scales) != 1 or not 0 < float(scales[0]) < math.inf:

@@ -52,7 +52,7 @@ def mediapipe(python: str, model: Path, *args: str, pin: bool = False) -> dict:
         command = ["taskset", "-c", "0", *command]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if done.returncode:
-        return {"error": done.stderr.strip().splitlines()[-1]}
+        return {"error": done.stderr.strip().splitlines()[-1]}  # the client's one-line reason
     return json.loads(done.stdout)
 
 
