@@ -252,9 +252,13 @@ def _record_invocation(manifest: Manifest, out: Path) -> None:
     """The stage call that wrote this artifact, for ``edgexfer reproduce`` (``edgexfer.provenance``)."""
     from edgexfer.provenance import current_invocation, matches_out
 
+    inherited = manifest.extra.get("invocation")
+    if inherited is not None and not matches_out(inherited, out):
+        # Stages copy their parent's ``extra``: its call is the parent's, never this artifact's.
+        manifest.extra = {k: v for k, v in manifest.extra.items() if k != "invocation"}
     record = current_invocation()
-    if record is not None and matches_out(record, out) and "invocation" not in manifest.extra:
-        manifest.extra = {**manifest.extra, "invocation": record}
+    if record is not None and matches_out(record, out):
+        manifest.extra = {**manifest.extra, "invocation": {**record, "stage": manifest.stage}}
 
 
 @contextlib.contextmanager

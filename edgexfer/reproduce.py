@@ -100,6 +100,7 @@ def reproduce_artifact(path: str | Path, *, work_dir: str | Path | None = None,
         raise ArtifactError(f"{str(artifact.path)!r} does not record the stage call that made it (written before "
                             "edgexfer recorded it, or by hand); re-run its stage with this edgexfer to make it "
                             "reproducible")
+    _check_record_is_this_artifacts(artifact, record)
     check_inputs(artifact, record)
     function = _import(record["function"])
     arguments = decode(record["arguments"])
@@ -157,6 +158,19 @@ def check_inputs(artifact: Artifact, record: dict[str, Any]) -> None:
                                     f"sha256 {recorded['sha256'][:12]} then, {str(now.get('sha256'))[:12]} now); "
                                     "reproduce that one first or re-run this stage on it")
             raise DataError(f"cannot reproduce {str(artifact.path)!r}: its {name} changed since the artifact was made")
+
+
+def _check_record_is_this_artifacts(artifact: Artifact, record: dict[str, Any]) -> None:
+    """Refuse a call that belongs to another artifact: records written before they carried their
+    ``stage`` could be inherited by a child stage through its parent's copied ``extra``."""
+    stage = record.get("stage")
+    if stage is None and Path(record.get("out", "")).resolve() != artifact.path.resolve():
+        origin = Path(record.get("out", ""))
+        stage = Artifact(origin).manifest.stage if (origin / MANIFEST).is_file() else None
+    if stage is not None and stage != artifact.manifest.stage:
+        raise ArtifactError(f"{str(artifact.path)!r} ({artifact.manifest.stage}) carries the recorded call of its "
+                            f"{stage} parent {record.get('out')!r}, not its own (written by an edgexfer that copied "
+                            "it); re-run this stage with this edgexfer to make it reproducible")
 
 
 def _import(dotted: str) -> Callable:
