@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgexfer.artifact import METRICS, MANIFEST, Artifact, library_versions, sha256_path
+from edgexfer.artifact import MANIFEST, METRICS, Artifact, library_versions, sha256_path
 from edgexfer.errors import ArtifactError, DataError
 
 # Exit code of `edgexfer reproduce` when the re-run differs (2: bad input, 3: a parity gate).

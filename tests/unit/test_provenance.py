@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from edgexfer.config import FinetuneConfig
 from edgexfer.provenance import decode, describe_input, encode, environment, folder_digest, recorded
 from edgexfer.reproduce import accuracies, compare_metrics, explain
