@@ -117,7 +117,7 @@ def reproduce_artifact(path: str | Path, *, work_dir: str | Path | None = None,
             again = function(**arguments, **quiet, out=scratch / artifact.path.name)
         seconds = round(time.perf_counter() - started, 1)
         again = again if isinstance(again, Artifact) else Artifact(scratch / artifact.path.name)
-        comparison = compare_artifacts(artifact, again, data=_stage_data(record))
+        comparison = compare_artifacts(artifact, again, data=_stage_data(record, artifact))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     now = environment()
@@ -185,10 +185,17 @@ def _import(dotted: str) -> Callable:
     return target
 
 
-def _stage_data(record: dict[str, Any]) -> str | None:
-    """A data folder the stage read (for comparing exported files' outputs)."""
+def _stage_data(record: dict[str, Any], artifact: Artifact) -> str | None:
+    """A data folder the stage read, else the nearest ancestor's dataset (for comparing the
+    outputs of two exported files)."""
     folders = [i["path"] for i in record.get("inputs", []) if i.get("kind") == "folder"]
-    return folders[0] if folders else None
+    if folders:
+        return folders[0]
+    for ancestor in artifact.lineage():
+        path = (ancestor.manifest.dataset or {}).get("path")
+        if path and Path(path).is_dir():
+            return path
+    return None
 
 
 # ---------------------------------------------------------------------------- comparing
@@ -253,8 +260,12 @@ def compare_exported(first: Path, second: Path, artifact: Artifact, data: str | 
     a, b = sha256_path(first), sha256_path(second)
     result: dict[str, Any] = {"kind": first.suffix.lstrip(".") or first.name, "identical": a == b,
                               "sha256": [a, b], "bytes": [_size(first), _size(second)]}
+    result["bytes_identical"] = a == b
     if a != b and data and first.suffix in (".tflite", ".onnx"):
+        # tf2onnx names tensors with a process-wide counter, so an ONNX file made after other
+        # conversions in one process differs in names only: equal outputs count as identical.
         result["outputs"] = _compare_outputs(first, second, artifact, data)
+        result["identical"] = result["outputs"].get("images", 0) > 0 and result["outputs"]["max_abs_diff"] == 0.0
     return result
 
 
@@ -325,7 +336,11 @@ def explain(then_env: dict[str, Any], now_env: dict[str, Any], then_versions: di
 
 def _explanation(identical: bool, comparison: dict[str, Any], differences: list[str]) -> str:
     if identical:
-        return "bit-identical" + (f" (although {'; '.join(differences)})" if differences else "")
+        what = "bit-identical"
+        if comparison["model"].get("bytes_identical") is False:
+            what = (f"identical outputs on {comparison['model']['outputs']['images']} images (the file bytes differ: "
+                    "ONNX tensor names come from a process-wide counter)")
+        return what + (f" (although {'; '.join(differences)})" if differences else "")
     if differences:
         return "differs; what differs between then and now: " + "; ".join(differences)
     return ("differs on the same machine, libraries and thread counts: a non-deterministic step in this stage "
