@@ -382,18 +382,17 @@ def _artifact_problem(path: Path) -> str | None:
     return None
 
 
-# What the code running a stage asks each artifact it commits to record besides its manifest:
-# a function of the artifact's folder that returns ``manifest.extra`` entries. ``edgexfer.provenance``
-# puts the stage call there for ``edgexfer reproduce``; this module knows nothing of it.
-_EXTRA_AT_COMMIT: contextvars.ContextVar[Callable[[Path], dict[str, Any]] | None] = contextvars.ContextVar(
+# What the code running a stage asks of each artifact it commits: a function of the manifest and
+# the artifact's folder that may add ``manifest.extra`` entries. ``edgexfer.provenance`` records
+# the stage call there (``extra.invocation``) for ``edgexfer reproduce``.
+_EXTRA_AT_COMMIT: contextvars.ContextVar[Callable[[Manifest, Path], None] | None] = contextvars.ContextVar(
     "edgexfer_extra_at_commit", default=None)
 
 
 @contextlib.contextmanager
-def extra_at_commit(supply: Callable[[Path], dict[str, Any]]) -> Iterator[None]:
-    """While the block runs, every committed artifact also records ``supply(out)`` in
-    ``manifest.extra`` (entries the stage already set win)."""
-    token = _EXTRA_AT_COMMIT.set(supply)
+def extra_at_commit(update: Callable[[Manifest, Path], None]) -> Iterator[None]:
+    """While the block runs, ``update(manifest, out)`` runs on every artifact committed."""
+    token = _EXTRA_AT_COMMIT.set(update)
     try:
         yield
     finally:
@@ -401,11 +400,14 @@ def extra_at_commit(supply: Callable[[Path], dict[str, Any]]) -> Iterator[None]:
 
 
 def _add_extra_at_commit(manifest: Manifest, out: Path) -> None:
-    supply = _EXTRA_AT_COMMIT.get()
-    extra = supply(out) if supply is not None else {}
-    missing = {key: value for key, value in (extra or {}).items() if key not in manifest.extra}
-    if missing:
-        manifest.extra = {**manifest.extra, **missing}
+    # ``extra.invocation`` is the call that wrote one folder; stages copy their parent's ``extra``,
+    # so a record for another folder is the parent's call, never this artifact's.
+    inherited = manifest.extra.get("invocation")
+    if isinstance(inherited, dict) and inherited.get("out") != str(Path(out).resolve()):
+        manifest.extra = {k: v for k, v in manifest.extra.items() if k != "invocation"}
+    update = _EXTRA_AT_COMMIT.get()
+    if update is not None:
+        update(manifest, out)
 
 
 @contextlib.contextmanager

@@ -68,7 +68,7 @@ def recorded(function: Callable) -> Callable:
                   "cwd": os.getcwd(), "started": time.time()}
         token = _CURRENT.set(record)
         try:
-            with extra_at_commit(_invocation_for):
+            with extra_at_commit(_record_invocation):
                 return function(*args, **kwargs)
         finally:
             _CURRENT.reset(token)
@@ -96,10 +96,11 @@ def matches_out(record: dict[str, Any], out: str | os.PathLike[str]) -> bool:
     return record.get("out") == str(Path(out).resolve())
 
 
-def _invocation_for(out: Path) -> dict[str, Any]:
-    """``{"invocation": record}`` for the artifact the stage call in progress writes to ``out``."""
+def _record_invocation(manifest, out: Path) -> None:
+    """Put the stage call in progress in the manifest of the artifact it writes to ``out``."""
     record = current_invocation()
-    return {"invocation": record} if record is not None and matches_out(record, out) else {}
+    if record is not None and matches_out(record, out):
+        manifest.extra = {**manifest.extra, "invocation": {**record, "stage": manifest.stage}}
 
 
 # ---------------------------------------------------------------------------- arguments

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgexfer.artifact import METRICS, MANIFEST, Artifact, library_versions, sha256_path
+from edgexfer.artifact import MANIFEST, METRICS, Artifact, library_versions, sha256_path
 from edgexfer.errors import ArtifactError, DataError
 from edgexfer.models_io import load_keras_model
 
@@ -101,6 +101,7 @@ def reproduce_artifact(path: str | Path, *, work_dir: str | Path | None = None,
         raise ArtifactError(f"{str(artifact.path)!r} does not record the stage call that made it (written before "
                             "edgexfer recorded it, or by hand); re-run its stage with this edgexfer to make it "
                             "reproducible")
+    _check_record_is_this_artifacts(artifact, record)
     check_inputs(artifact, record)
     function = _import(record["function"])
     arguments = decode(record["arguments"])
@@ -117,7 +118,7 @@ def reproduce_artifact(path: str | Path, *, work_dir: str | Path | None = None,
             again = function(**arguments, **quiet, out=scratch / artifact.path.name)
         seconds = round(time.perf_counter() - started, 1)
         again = again if isinstance(again, Artifact) else Artifact(scratch / artifact.path.name)
-        comparison = compare_artifacts(artifact, again, data=_stage_data(record))
+        comparison = compare_artifacts(artifact, again, data=_stage_data(record, artifact))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     now = environment()
@@ -160,6 +161,19 @@ def check_inputs(artifact: Artifact, record: dict[str, Any]) -> None:
             raise DataError(f"cannot reproduce {str(artifact.path)!r}: its {name} changed since the artifact was made")
 
 
+def _check_record_is_this_artifacts(artifact: Artifact, record: dict[str, Any]) -> None:
+    """Refuse a call that belongs to another artifact: records written before they carried their
+    ``stage`` could be inherited by a child stage through its parent's copied ``extra``."""
+    stage = record.get("stage")
+    if stage is None and Path(record.get("out", "")).resolve() != artifact.path.resolve():
+        origin = Path(record.get("out", ""))
+        stage = Artifact(origin).manifest.stage if (origin / MANIFEST).is_file() else None
+    if stage is not None and stage != artifact.manifest.stage:
+        raise ArtifactError(f"{str(artifact.path)!r} ({artifact.manifest.stage}) carries the recorded call of its "
+                            f"{stage} parent {record.get('out')!r}, not its own (written by an edgexfer that copied "
+                            "it); re-run this stage with this edgexfer to make it reproducible")
+
+
 def _import(dotted: str) -> Callable:
     module, qualname = dotted.split(":", 1)
     try:
@@ -172,10 +186,17 @@ def _import(dotted: str) -> Callable:
     return target
 
 
-def _stage_data(record: dict[str, Any]) -> str | None:
-    """A data folder the stage read (for comparing exported files' outputs)."""
+def _stage_data(record: dict[str, Any], artifact: Artifact) -> str | None:
+    """A data folder the stage read, else the nearest ancestor's dataset (for comparing the
+    outputs of two exported files)."""
     folders = [i["path"] for i in record.get("inputs", []) if i.get("kind") == "folder"]
-    return folders[0] if folders else None
+    if folders:
+        return folders[0]
+    for ancestor in artifact.lineage():
+        path = (ancestor.manifest.dataset or {}).get("path")
+        if path and Path(path).is_dir():
+            return path
+    return None
 
 
 # ---------------------------------------------------------------------------- comparing
@@ -240,8 +261,12 @@ def compare_exported(first: Path, second: Path, artifact: Artifact, data: str | 
     a, b = sha256_path(first), sha256_path(second)
     result: dict[str, Any] = {"kind": first.suffix.lstrip(".") or first.name, "identical": a == b,
                               "sha256": [a, b], "bytes": [_size(first), _size(second)]}
+    result["bytes_identical"] = a == b
     if a != b and data and first.suffix in (".tflite", ".onnx"):
+        # tf2onnx names tensors with a process-wide counter, so an ONNX file made after other
+        # conversions in one process differs in names only: equal outputs count as identical.
         result["outputs"] = _compare_outputs(first, second, artifact, data)
+        result["identical"] = result["outputs"].get("images", 0) > 0 and result["outputs"]["max_abs_diff"] == 0.0
     return result
 
 
@@ -312,7 +337,11 @@ def explain(then_env: dict[str, Any], now_env: dict[str, Any], then_versions: di
 
 def _explanation(identical: bool, comparison: dict[str, Any], differences: list[str]) -> str:
     if identical:
-        return "bit-identical" + (f" (although {'; '.join(differences)})" if differences else "")
+        what = "bit-identical"
+        if comparison["model"].get("bytes_identical") is False:
+            what = (f"identical outputs on {comparison['model']['outputs']['images']} images (the file bytes differ: "
+                    "ONNX tensor names come from a process-wide counter)")
+        return what + (f" (although {'; '.join(differences)})" if differences else "")
     if differences:
         return "differs; what differs between then and now: " + "; ".join(differences)
     return ("differs on the same machine, libraries and thread counts: a non-deterministic step in this stage "

@@ -53,6 +53,6 @@ def register(app: typer.Typer) -> None:
         if json_out:
             json_out.write_text(json.dumps(result, indent=2, default=str) + "\n")
             console.print(f"comparison: {json_out}")
-        console.print(f"{'bit-identical' if result['identical'] else 'DIFFERS'} in {result['seconds']:.1f} s")
+        console.print(f"{'identical' if result['identical'] else 'DIFFERS'} in {result['seconds']:.1f} s")
         if not result["identical"]:
             raise typer.Exit(EXIT_DIFFERS)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from edgexfer.config import FinetuneConfig
 from edgexfer.provenance import decode, describe_input, encode, environment, folder_digest, recorded
 from edgexfer.reproduce import accuracies, compare_metrics, explain
@@ -69,3 +67,28 @@ def test_metrics_comparison_reads_every_accuracy_and_no_timing():
     assert set(accuracies(first)) == {"test_accuracy", "val.accuracy", "history[0].val_accuracy"}
     result = compare_metrics(first, second)
     assert result["differing"] == {"test_accuracy": [0.9, 0.85]} and abs(result["max_abs_diff"] - 0.05) < 1e-12
+
+
+def test_a_child_never_keeps_its_parent_s_recorded_call(tmp_path):
+    """Stages copy their parent's ``extra``; the record must be the child's own call (or none)."""
+    from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifact
+
+    def manifest(extra):
+        return Manifest(stage="adapt", label_names=["a"], preprocessing=Preprocessing(input_size=8),
+                        backbone="cnn_tiny", weights="none", extra=extra)
+
+    parents_call = {"function": "edgexfer.train.finetune:finetune", "out": str(tmp_path / "finetune"),
+                    "stage": "finetune"}
+
+    @recorded
+    def stage(data_dir, out):
+        with writing_artifact(out) as writer:
+            return writer.commit(manifest({"invocation": parents_call, "kept": 1}))
+
+    (tmp_path / "d").mkdir()
+    child = stage(tmp_path / "d", tmp_path / "child")
+    assert child.manifest.extra["invocation"]["out"] == str(tmp_path / "child")
+    assert child.manifest.extra["invocation"]["stage"] == "adapt" and child.manifest.extra["kept"] == 1
+    with writing_artifact(tmp_path / "unrecorded") as writer:
+        plain = writer.commit(manifest({"invocation": parents_call}))
+    assert "invocation" not in Artifact(plain.path).manifest.extra

@@ -62,3 +62,25 @@ def test_seed_overrides_cover_every_seeded_stage_of_the_demo(tmp_path):
     assert seed_overrides(RECIPE, 2) == ["finetune.seed=2", "fuse.seed=2", "adapt.seed=2", "distill.seed=2",
                                          "prune.seed=2", "quantize.seed=2"]
     assert seed_run_dir(tmp_path, 0) == tmp_path and seed_run_dir(tmp_path, 2) == tmp_path / "seeds" / "seed-2"
+
+
+def test_demo_seeds_runs_each_seed_in_its_directory_and_writes_seeds_json(tmp_path, monkeypatch):
+    import edgexfer.demo
+    import edgexfer.seeds as seeds
+
+    calls = []
+
+    def fake_demo(run_dir, *, full, progress, log, overrides):
+        seed = int(overrides[0].split("=")[1]) if overrides else 0
+        calls.append((run_dir, overrides))
+        return {"headline": [{"model": "student", "source_accuracy": 0.9 + seed / 100, "target_accuracy": None}]}
+
+    monkeypatch.setattr(edgexfer.demo, "run_demo", fake_demo)
+    monkeypatch.setattr(seeds, "adapted_int8_on_source", lambda run_dir: None)
+    result = seeds.run_demo_seeds(tmp_path, seeds=3, log=lambda *_: None)
+    assert [c[0] for c in calls] == [tmp_path, tmp_path / "seeds" / "seed-1", tmp_path / "seeds" / "seed-2"]
+    assert calls[0][1] == [] and "distill.seed=2" in calls[2][1]
+    written = json.loads((tmp_path / "seeds.json").read_text())
+    assert written["seeds"] == [0, 1, 2] and result["file"] == str(tmp_path / "seeds.json")
+    figure = written["metrics"]["student · source accuracy"]
+    assert figure["values"] == [0.9, 0.91, 0.92] and figure["mean"] == pytest.approx(0.91)
