@@ -66,7 +66,7 @@ def test_seed_overrides_cover_every_seeded_stage_of_the_demo(tmp_path):
 
 def test_demo_seeds_runs_each_seed_in_its_directory_and_writes_seeds_json(tmp_path, monkeypatch):
     import edgexfer.demo
-    import edgexfer.seeds as seeds
+    import edgexfer.demo.seeds as seeds
 
     calls = []
 
