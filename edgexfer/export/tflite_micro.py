@@ -229,7 +229,8 @@ def write_c_sources(content: bytes, dest_dir: str | os.PathLike[str], *, label_n
     in_t, out_t = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     if in_t.type != "INT8" or out_t.type != "INT8":
         raise ExportError(f"{where}: input {in_t.type} and output {out_t.type}; tflite-micro needs int8 input and "
-                          "output (export with --quant int8)")
+                          "output (export the Keras artifact with --format tflite-micro, or a .tflite with "
+                          "--quant int8 --io-type int8)")
     arena = estimate_arena(graph)
     height, width, channels = (list(in_t.shape[1:]) + [1, 1, 1])[:3]
     if channels != preprocessing.channels or height != preprocessing.input_size:
@@ -390,6 +391,9 @@ def convert_tflite_micro(keras_model, dest: Path, quant: str, info, **options) -
     ``model.h``/``model.c`` beside it. Refuses (``ExportError``) a result with float tensors."""
     from edgexfer.export._tflite import convert_tflite
 
+    # TFLite Micro's kernels take int8 in and out (the input LUT below maps pixels to int8), unlike
+    # the phone runtimes' uint8 default of a .tflite export.
+    options["io_type"] = options.get("io_type") or "int8"
     result = convert_tflite(keras_model, dest, quant, info, **options)
     micro = write_c_sources(dest.read_bytes(), dest.parent, label_names=info.label_names,
                             preprocessing=info.preprocessing, where="the converted int8 model")

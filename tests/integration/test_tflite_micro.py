@@ -133,11 +133,16 @@ def test_micro_export_runs_on_litert_and_matches_int8_tflite(micro, tmp_path):
 
 def test_from_a_tflite_export_and_refusal_of_float_layers(micro, tmp_path):
     int8 = export_stage(micro.root / "ft", tmp_path / "int8", "tflite", "int8", calibration_data=micro.calibration,
-                        calibration_images=60)
+                        calibration_images=60, io_type="int8")
     again = export_stage(int8.path, tmp_path / "micro2", "tflite-micro")
     assert (again.path / "model.tflite").read_bytes() == int8.model_path.read_bytes()
     assert (again.path / "model.c").is_file() and again.manifest.config["format"] == "tflite-micro"
 
+    # int8 inside, float32 in and out (uint8 would need one mean/std for all channels): not for TFLite Micro
+    float_io = export_stage(micro.root / "ft", tmp_path / "float-io", "tflite", "int8",
+                            calibration_data=micro.calibration, calibration_images=60, io_type="float32")
+    with pytest.raises(ExportError, match="not fully int8: .* float tensors, in model input"):
+        export_stage(float_io.path, tmp_path / "refused-float-io", "tflite-micro")
     float_export = export_stage(micro.root / "ft", tmp_path / "float", "tflite", "none")
     with pytest.raises(ExportError) as error:
         export_stage(float_export.path, tmp_path / "refused", "tflite-micro")
