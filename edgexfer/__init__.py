@@ -9,8 +9,26 @@ _configure()
 
 from edgexfer.artifact import Artifact, Manifest, Preprocessing  # noqa: E402
 from edgexfer.errors import (  # noqa: E402
-    ArtifactError, BackboneError, ConfigError, DataError, EdgexferError, ExportError, ParityError)
+    ArtifactError,
+    BackboneError,
+    ConfigError,
+    DataError,
+    EdgexferError,
+    ExportError,
+    ParityError,
+)
 
 __version__ = "0.1.0"
-__all__ = ["Artifact", "ArtifactError", "BackboneError", "ConfigError", "DataError", "EdgexferError",
-           "ExportError", "Manifest", "ParityError", "Preprocessing", "__version__"]
+__all__ = [
+    "Artifact",
+    "ArtifactError",
+    "BackboneError",
+    "ConfigError",
+    "DataError",
+    "EdgexferError",
+    "ExportError",
+    "Manifest",
+    "ParityError",
+    "Preprocessing",
+    "__version__",
+]

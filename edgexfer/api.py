@@ -18,8 +18,9 @@ def finetune(data: str | Path, out: str | Path, *, progress: bool = False, log=N
     return run(data, out, config, progress=progress, log=log or (lambda *_: None))
 
 
-def evaluate(artifact: str | Path, data: str | Path, *, confusion_png: str | Path | None = None,
-             **options: Any) -> dict[str, Any]:
+def evaluate(
+    artifact: str | Path, data: str | Path, *, confusion_png: str | Path | None = None, **options: Any
+) -> dict[str, Any]:
     """Accuracy, top-k, per-class metrics and confusion matrix of an artifact on an image folder."""
     from edgexfer.evaluate.evaluator import evaluate_artifact
 
@@ -32,8 +33,9 @@ def info(artifact: str | Path) -> dict[str, Any]:
     return {"manifest": loaded.manifest.to_dict(), "metrics": loaded.metrics}
 
 
-def prepare_data(name: str, out: str | Path, *, source: str | Path | None = None, limit: int | None = None,
-                 seed: int = 0) -> dict[str, Any]:
+def prepare_data(
+    name: str, out: str | Path, *, source: str | Path | None = None, limit: int | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Write a bundled real dataset (mnist-5k, uci-digits, fashion-mnist) as an image folder."""
     from edgexfer.data.bundled import prepare_dataset
 

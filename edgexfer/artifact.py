@@ -17,9 +17,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from edgexfer.errors import ArtifactError
 
@@ -50,7 +51,7 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         """From a manifest or a model's metadata (untrusted): every field checked and bounded,
         ``ValueError`` saying which one is wrong."""
         if not isinstance(data, dict):
@@ -63,8 +64,11 @@ class Preprocessing:
         data["channels"] = _bounded_int(data.get("channels", cls.channels), "channels", 1, 4)
         for key in ("mean", "std"):
             values = data.get(key, getattr(cls, key))
-            if not isinstance(values, (list, tuple)) or not 1 <= len(values) <= 4 or not all(
-                    _finite_number(v) for v in values):
+            if (
+                not isinstance(values, (list, tuple))
+                or not 1 <= len(values) <= 4
+                or not all(_finite_number(v) for v in values)
+            ):
                 raise ValueError(f"preprocessing.{key} {values!r:.60} must be a list of 1-4 finite numbers")
             data[key] = tuple(float(v) for v in values)
         for key in ("resize", "layout", "color"):
@@ -123,10 +127,11 @@ class Manifest:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> "Manifest":
+    def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> Manifest:
         if not isinstance(data, dict):
-            raise ArtifactError(f"{where}: malformed manifest (a JSON {type(data).__name__}, not an object); "
-                                "re-create the artifact")
+            raise ArtifactError(
+                f"{where}: malformed manifest (a JSON {type(data).__name__}, not an object); re-create the artifact"
+            )
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ArtifactError(
@@ -137,13 +142,17 @@ class Manifest:
         import dataclasses
 
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        missing = [name for name, f in fields.items() if name not in data
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [
+            name
+            for name, f in fields.items()
+            if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         unknown = sorted(set(data) - set(fields))
         if missing or unknown:
             what = f"no field {missing[0]!r}" if missing else f"unknown field {unknown[0]!r}"
-            raise ArtifactError(f"{where}: malformed manifest ({what}); re-create the artifact with this "
-                                "version of edgexfer")
+            raise ArtifactError(
+                f"{where}: malformed manifest ({what}); re-create the artifact with this version of edgexfer"
+            )
         try:
             data["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
             manifest = cls(**data)
@@ -155,7 +164,7 @@ class Manifest:
             raise ArtifactError(f"{where}: malformed manifest ({exc}); re-create the artifact") from None
 
 
-def _check_manifest_types(manifest: "Manifest") -> None:
+def _check_manifest_types(manifest: Manifest) -> None:
     """The fields later code relies on have the types it expects (a manifest is untrusted)."""
     if not isinstance(manifest.stage, str):
         raise ValueError(f"stage {manifest.stage!r:.60} is not a string")
@@ -172,8 +181,9 @@ def _check_manifest_types(manifest: "Manifest") -> None:
     if manifest.parent is not None and not isinstance(manifest.parent.get("path", ""), str):
         raise ValueError("parent.path must be a string")
     model_file = manifest.model_file
-    if model_file is not None and (not isinstance(model_file, str) or model_file in ("", ".", "..")
-                                   or "/" in model_file or "\\" in model_file):
+    if model_file is not None and (
+        not isinstance(model_file, str) or model_file in ("", ".", "..") or "/" in model_file or "\\" in model_file
+    ):
         raise ValueError(f"model_file {model_file!r:.60} must be a file name inside the artifact")
 
 
@@ -205,8 +215,16 @@ def library_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    for name in ("edgexfer", "tensorflow", "tf-keras", "tensorflow-model-optimization",
-                 "tf2onnx", "onnxruntime", "ai-edge-litert", "numpy"):
+    for name in (
+        "edgexfer",
+        "tensorflow",
+        "tf-keras",
+        "tensorflow-model-optimization",
+        "tf2onnx",
+        "onnxruntime",
+        "ai-edge-litert",
+        "numpy",
+    ):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -254,7 +272,7 @@ class Artifact:
         path = self.path / METRICS
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def lineage(self) -> list["Artifact"]:
+    def lineage(self) -> list[Artifact]:
         """This artifact and its ancestors that still exist, newest first."""
         chain: list[Artifact] = [self]
         seen = {self.path.resolve()}
@@ -268,8 +286,7 @@ class Artifact:
 
     def parent_ref(self) -> dict[str, str]:
         """What a child stage records as its parent: path and sha256 of the model file."""
-        return {"path": str(self.path.resolve()), "stage": self.manifest.stage,
-                "sha256": sha256_path(self.model_path)}
+        return {"path": str(self.path.resolve()), "stage": self.manifest.stage, "sha256": sha256_path(self.model_path)}
 
     def __repr__(self) -> str:
         return f"Artifact({str(self.path)!r}, stage={self.manifest.stage!r})"
@@ -292,8 +309,10 @@ class ArtifactWriter:
             sweep_stale(self.out.parent)  # what runs killed before they could clean up left here
             self.tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(self.out.name), dir=self.out.parent))
         except OSError as exc:
-            raise ArtifactError(f"--out {str(self.out)!r}: cannot create a folder beside it "
-                                f"({exc.strerror or exc}); choose a writable location") from None
+            raise ArtifactError(
+                f"--out {str(self.out)!r}: cannot create a folder beside it "
+                f"({exc.strerror or exc}); choose a writable location"
+            ) from None
         self.tmp.chmod(0o755)  # mkdtemp makes it 0700; a finished artifact should be readable
 
     def file(self, name: str) -> Path:
@@ -305,7 +324,7 @@ class ArtifactWriter:
         return path
 
     def commit(self, manifest: Manifest, metrics: dict[str, Any] | None = None) -> Artifact:
-        manifest.created_at = manifest.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        manifest.created_at = manifest.created_at or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         manifest.versions = manifest.versions or library_versions()
         _add_extra_at_commit(manifest, self.out)
         (self.tmp / LABELS).write_text("\n".join(manifest.label_names) + "\n")
@@ -335,23 +354,29 @@ def check_out_dir(out: Path) -> None:
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
-        raise ArtifactError(f"{label} is the current folder or one above it; name a new folder for the "
-                            "artifact, e.g. --out runs/NAME")
+        raise ArtifactError(
+            f"{label} is the current folder or one above it; name a new folder for the artifact, e.g. --out runs/NAME"
+        )
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{label} is a file, not a folder; name a new folder for the artifact")
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
-        raise ArtifactError(f"{label}: {str(blocking)!r} is a file, so no folder can be made inside it; "
-                            "name a folder elsewhere")
+        raise ArtifactError(
+            f"{label}: {str(blocking)!r} is a file, so no folder can be made inside it; name a folder elsewhere"
+        )
     for ancestor in resolved.parents:
         if _artifact_problem(ancestor) is None:
-            raise ArtifactError(f"{label} is inside the edgexfer artifact {str(ancestor)!r}; an artifact is "
-                                "never written into: choose a folder outside it")
+            raise ArtifactError(
+                f"{label} is inside the edgexfer artifact {str(ancestor)!r}; an artifact is "
+                "never written into: choose a folder outside it"
+            )
     if out.is_dir() and any(out.iterdir()):
         problem = _artifact_problem(out)
         if problem is not None:
-            raise ArtifactError(f"{label} exists and is not an edgexfer artifact ({problem}); only an artifact "
-                                "is replaced: choose a new or empty folder so nothing of yours is overwritten")
+            raise ArtifactError(
+                f"{label} exists and is not an edgexfer artifact ({problem}); only an artifact "
+                "is replaced: choose a new or empty folder so nothing of yours is overwritten"
+            )
 
 
 def _artifact_problem(path: Path) -> str | None:
@@ -386,7 +411,8 @@ def _artifact_problem(path: Path) -> str | None:
 # the artifact's folder that may add ``manifest.extra`` entries. ``edgexfer.provenance`` records
 # the stage call there (``extra.invocation``) for ``edgexfer reproduce``.
 _EXTRA_AT_COMMIT: contextvars.ContextVar[Callable[[Manifest, Path], None] | None] = contextvars.ContextVar(
-    "edgexfer_extra_at_commit", default=None)
+    "edgexfer_extra_at_commit", default=None
+)
 
 
 @contextlib.contextmanager

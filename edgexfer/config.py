@@ -121,8 +121,9 @@ class FinetuneConfig(FrozenConfig):
     @model_validator(mode="after")
     def _phase_two_needs_layers(self):
         if self.fine_tune_epochs > 0 and self.unfreeze_layers == 0:
-            raise ValueError("fine_tune_epochs > 0 needs unfreeze_layers > 0 "
-                             "(or set fine_tune_epochs=0 to train the head only)")
+            raise ValueError(
+                "fine_tune_epochs > 0 needs unfreeze_layers > 0 (or set fine_tune_epochs=0 to train the head only)"
+            )
         return self
 
 
@@ -131,7 +132,6 @@ class EvaluateConfig(FrozenConfig):
     top_k: int = Field(5, ge=1)
     split: Literal["all", "train", "val", "test"] = "all"
     strict: bool = False
-
 
 
 def load_config_file(path) -> dict[str, Any]:
@@ -156,8 +156,9 @@ def load_config_file(path) -> dict[str, Any]:
     except ConfigError:
         raise
     except Exception as exc:  # yaml and tomllib raise their own error types
-        raise ConfigError(f"--config {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: "
-                          f"{str(exc).splitlines()[0]}") from None
+        raise ConfigError(
+            f"--config {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: {str(exc).splitlines()[0]}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {str(path)!r} must hold a mapping of option: value")
     return data

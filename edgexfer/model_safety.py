@@ -16,44 +16,109 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from edgexfer.errors import ArtifactError
 
-# Layer classes edgexfer's builders produce (first set) and code-free built-ins (second set): every registered backbone (EfficientNet-Lite,
-# keras.applications MobileNetV2/V3, EfficientNetB0, VGG16, the small CNNs) with the head,
+# Layer classes edgexfer's builders produce (first set) and code-free built-ins (second set): every
+# registered backbone (EfficientNet-Lite, keras.applications MobileNetV2/V3, EfficientNetB0, VGG16,
+# the small CNNs) with the head,
 # and their pruned (tfmot PruneLowMagnitude) and QAT (QuantizeLayer/QuantizeWrapperV2) forms.
 # Collected by building each one (tests/unit/test_model_safety.py keeps this list honest), plus
 # a few pure-arithmetic layers of the same kind (pooling, flatten, softmax, concatenate).
-SAFE_LAYER_CLASSES = frozenset({
-    "InputLayer", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "ReLU",
-    "Activation", "Softmax", "Add", "Multiply", "Concatenate", "Dense", "Dropout", "Reshape",
-    "Flatten", "ZeroPadding2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-    "GlobalMaxPooling2D", "Rescaling", "Normalization", "TFOpLambda",
-    # tfmot's quantization and pruning layers (their configs are tfmot's registered classes)
-    "QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV2", "PruneLowMagnitude",
-}) | frozenset({
-    # Other tf_keras built-in layers that hold no code (configs of numbers, names and built-in
-    # initializers/activations only), so a model made by hand with them can still be quantized,
-    # pruned or exported. Not listed on purpose: Lambda, and wrappers of arbitrary layers or cells
-    # (RNN, Bidirectional, TimeDistributed), whose contents this check would have to follow.
-    "LayerNormalization", "GroupNormalization", "UnitNormalization", "Conv1D", "Conv3D", "Conv1DTranspose",
-    "Conv2DTranspose", "Conv3DTranspose", "SeparableConv1D", "DepthwiseConv1D", "MaxPooling1D", "MaxPooling3D",
-    "AveragePooling1D", "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling3D", "ZeroPadding1D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
-    "UpSampling1D", "UpSampling2D", "Permute", "RepeatVector", "Subtract", "Average", "Maximum", "Minimum",
-    "Dot", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "SpatialDropout1D", "SpatialDropout2D",
-    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity", "Resizing",
-    "CenterCrop",
-})
+SAFE_LAYER_CLASSES = frozenset(
+    {
+        "InputLayer",
+        "Conv2D",
+        "DepthwiseConv2D",
+        "SeparableConv2D",
+        "BatchNormalization",
+        "ReLU",
+        "Activation",
+        "Softmax",
+        "Add",
+        "Multiply",
+        "Concatenate",
+        "Dense",
+        "Dropout",
+        "Reshape",
+        "Flatten",
+        "ZeroPadding2D",
+        "MaxPooling2D",
+        "AveragePooling2D",
+        "GlobalAveragePooling2D",
+        "GlobalMaxPooling2D",
+        "Rescaling",
+        "Normalization",
+        "TFOpLambda",
+        # tfmot's quantization and pruning layers (their configs are tfmot's registered classes)
+        "QuantizeLayer",
+        "QuantizeWrapper",
+        "QuantizeWrapperV2",
+        "PruneLowMagnitude",
+    }
+) | frozenset(
+    {
+        # Other tf_keras built-in layers that hold no code (configs of numbers, names and built-in
+        # initializers/activations only), so a model made by hand with them can still be quantized,
+        # pruned or exported. Not listed on purpose: Lambda, and wrappers of arbitrary layers or cells
+        # (RNN, Bidirectional, TimeDistributed), whose contents this check would have to follow.
+        "LayerNormalization",
+        "GroupNormalization",
+        "UnitNormalization",
+        "Conv1D",
+        "Conv3D",
+        "Conv1DTranspose",
+        "Conv2DTranspose",
+        "Conv3DTranspose",
+        "SeparableConv1D",
+        "DepthwiseConv1D",
+        "MaxPooling1D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling3D",
+        "ZeroPadding1D",
+        "ZeroPadding3D",
+        "Cropping1D",
+        "Cropping2D",
+        "UpSampling1D",
+        "UpSampling2D",
+        "Permute",
+        "RepeatVector",
+        "Subtract",
+        "Average",
+        "Maximum",
+        "Minimum",
+        "Dot",
+        "LeakyReLU",
+        "PReLU",
+        "ELU",
+        "ThresholdedReLU",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "Identity",
+        "Resizing",
+        "CenterCrop",
+    }
+)
 # Classes that hold other layers: a model (its ``layers``) or a wrapper (its ``layer``).
 MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
 WRAPPER_CLASSES = frozenset({"QuantizeWrapper", "QuantizeWrapperV2", "PruneLowMagnitude"})
 # TFOpLambda calls the TensorFlow function its config names (any of them: ``io.write_file`` …),
 # so only the arithmetic keras.applications models use is allowed (MobileNetV3's hard-swish).
-SAFE_TF_FUNCTIONS = frozenset({"__operators__.add", "math.multiply", "__operators__.mul",
-                               "math.add", "nn.relu6", "math.truediv"})
+SAFE_TF_FUNCTIONS = frozenset(
+    {"__operators__.add", "math.multiply", "__operators__.mul", "math.add", "nn.relu6", "math.truediv"}
+)
 KERAS_MODEL_SUFFIXES = (".h5", ".keras")
 
 
@@ -62,8 +127,10 @@ def stored_model_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     suffix = path.suffix.lower()
     if path.is_dir() or suffix not in KERAS_MODEL_SUFFIXES:
-        raise ArtifactError(f"{str(path)!r}: edgexfer loads Keras models only from a .h5 or .keras file; "
-                            "re-run the stage that wrote the artifact")
+        raise ArtifactError(
+            f"{str(path)!r}: edgexfer loads Keras models only from a .h5 or .keras file; "
+            "re-run the stage that wrote the artifact"
+        )
     try:
         if suffix == ".keras":
             with zipfile.ZipFile(path) as archive:
@@ -74,11 +141,11 @@ def stored_model_config(path: str | Path) -> dict[str, Any]:
             with h5py.File(path, "r") as handle:
                 raw = handle.attrs.get("model_config")
     except (OSError, KeyError, zipfile.BadZipFile, ValueError) as exc:
-        raise ArtifactError(f"cannot read Keras model {str(path)!r} ({_first_line(exc)}); "
-                            "re-run the stage that wrote it") from None
+        raise ArtifactError(
+            f"cannot read Keras model {str(path)!r} ({_first_line(exc)}); re-run the stage that wrote it"
+        ) from None
     if raw is None:
-        raise ArtifactError(f"{str(path)!r} holds weights but no model architecture; "
-                            "re-run the stage that wrote it")
+        raise ArtifactError(f"{str(path)!r} holds weights but no model architecture; re-run the stage that wrote it")
     try:
         config = json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else str(raw))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -91,8 +158,10 @@ def stored_model_config(path: str | Path) -> dict[str, Any]:
 def check_model_config(config: dict[str, Any], where: str) -> None:
     """``ArtifactError`` naming the first layer whose class edgexfer does not create."""
     if config.get("class_name") not in MODEL_CLASSES:
-        raise ArtifactError(f"{where}: the stored model is a {config.get('class_name')!r}, not a Keras "
-                            "functional model edgexfer wrote; refused (an artifact must hold data, not code)")
+        raise ArtifactError(
+            f"{where}: the stored model is a {config.get('class_name')!r}, not a Keras "
+            "functional model edgexfer wrote; refused (an artifact must hold data, not code)"
+        )
     try:
         layers = list(_layers(config))
     except ArtifactError as exc:
@@ -102,13 +171,15 @@ def check_model_config(config: dict[str, Any], where: str) -> None:
             raise ArtifactError(
                 f"{where}: layer {name!r} is a {class_name!r}, a class edgexfer does not create; the model "
                 "was refused before loading because such a layer can run code. Use artifacts written by "
-                "edgexfer, or rebuild the model without it")
+                "edgexfer, or rebuild the model without it"
+            )
         if class_name == "TFOpLambda":
             function = (layer.get("config") or {}).get("function")
             if function not in SAFE_TF_FUNCTIONS:
                 raise ArtifactError(
                     f"{where}: layer {name!r} calls the TensorFlow function {function!r}, which edgexfer "
-                    "models do not use; the model was refused before loading. Use artifacts written by edgexfer")
+                    "models do not use; the model was refused before loading. Use artifacts written by edgexfer"
+                )
 
 
 def check_keras_model_file(path: str | Path) -> None:
@@ -154,15 +225,43 @@ def _first_line(exc: BaseException) -> str:
 # RestoreV2, MergeV2Checkpoints) every SavedModel has in its saver functions are not listed.
 # A deny-list (not an allow-list as for Keras layers): TensorFlow has over a thousand ops and
 # which ones a graph of a registered backbone lowers to varies with the TF version.
-FORBIDDEN_TF_OPS = frozenset({
-    "WriteFile", "ReadFile", "MatchingFiles", "ImmutableConst", "PyFunc", "PyFuncStateless", "EagerPyFunc",
-    "Save", "SaveSlices", "Restore", "RestoreSlice", "WholeFileReader", "WholeFileReaderV2",
-    "TFRecordDataset", "TFRecordDatasetV2", "TextLineDataset", "FixedLengthRecordDataset",
-    "FixedLengthRecordDatasetV2", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord", "SaveDataset",
-    "SaveDatasetV2", "LoadDataset", "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary",
-    "WriteRawProtoSummary", "WriteGraphSummary", "WriteScalarSummary", "WriteHistogramSummary",
-    "WriteImageSummary", "WriteAudioSummary", "ShellCommand",
-})
+FORBIDDEN_TF_OPS = frozenset(
+    {
+        "WriteFile",
+        "ReadFile",
+        "MatchingFiles",
+        "ImmutableConst",
+        "PyFunc",
+        "PyFuncStateless",
+        "EagerPyFunc",
+        "Save",
+        "SaveSlices",
+        "Restore",
+        "RestoreSlice",
+        "WholeFileReader",
+        "WholeFileReaderV2",
+        "TFRecordDataset",
+        "TFRecordDatasetV2",
+        "TextLineDataset",
+        "FixedLengthRecordDataset",
+        "FixedLengthRecordDatasetV2",
+        "DatasetToTFRecord",
+        "ExperimentalDatasetToTFRecord",
+        "SaveDataset",
+        "SaveDatasetV2",
+        "LoadDataset",
+        "CreateSummaryFileWriter",
+        "CreateSummaryDbWriter",
+        "WriteSummary",
+        "WriteRawProtoSummary",
+        "WriteGraphSummary",
+        "WriteScalarSummary",
+        "WriteHistogramSummary",
+        "WriteImageSummary",
+        "WriteAudioSummary",
+        "ShellCommand",
+    }
+)
 
 
 def check_saved_model(path: str | Path) -> None:
@@ -184,6 +283,8 @@ def check_saved_model(path: str | Path) -> None:
         nodes = list(graph.graph_def.node) + [n for f in graph.graph_def.library.function for n in f.node_def]
         for node in nodes:
             if node.op in FORBIDDEN_TF_OPS:
-                raise ArtifactError(f"{str(path)!r}: the SavedModel's graph holds a {node.op} op ({node.name!r}), "
-                                    "which touches files or runs code; refused before loading. Re-export it "
-                                    "with edgexfer export")
+                raise ArtifactError(
+                    f"{str(path)!r}: the SavedModel's graph holds a {node.op} op ({node.name!r}), "
+                    "which touches files or runs code; refused before loading. Re-export it "
+                    "with edgexfer export"
+                )

@@ -38,12 +38,18 @@ def build_head_layers(num_classes: int, dropout: float, hidden_units: int = 0, s
 
     layers = []
     if hidden_units:
-        layers.append(keras.layers.Dense(hidden_units, activation="relu", kernel_initializer=kernel("head_hidden"),
-                                         name="head_hidden"))
+        layers.append(
+            keras.layers.Dense(
+                hidden_units, activation="relu", kernel_initializer=kernel("head_hidden"), name="head_hidden"
+            )
+        )
     if dropout > 0:
         layers.append(keras.layers.Dropout(dropout, name="head_dropout", **seeded("head_dropout")))
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=kernel("head_dense"),
-                                     name="head_dense"))
+    layers.append(
+        keras.layers.Dense(
+            num_classes, activation="softmax", kernel_initializer=kernel("head_dense"), name="head_dense"
+        )
+    )
     return layers
 
 

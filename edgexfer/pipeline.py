@@ -26,9 +26,10 @@ import hashlib
 import json
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -44,6 +45,7 @@ DATA_SPEC_KEYS = ("dataset", "path", "limit", "seed", "source")
 
 # ---------------------------------------------------------------------------- stage table
 
+
 @dataclass(frozen=True)
 class StageType:
     """How a pipeline stage calls the API: which keys name stages or data, how to validate
@@ -52,10 +54,10 @@ class StageType:
     name: str
     run: Callable[..., Any]
     validate: Callable[[dict], Any]
-    stage_keys: tuple[str, ...] = ()       # keys whose value is an earlier stage's name
+    stage_keys: tuple[str, ...] = ()  # keys whose value is an earlier stage's name
     stage_list_keys: tuple[str, ...] = ()  # keys whose value is a list of stage names
-    data_keys: tuple[str, ...] = ()        # keys whose value is a dataset name or a folder
-    data_map_keys: tuple[str, ...] = ()    # keys whose value lists datasets (or maps NAME: folder)
+    data_keys: tuple[str, ...] = ()  # keys whose value is a dataset name or a folder
+    data_map_keys: tuple[str, ...] = ()  # keys whose value lists datasets (or maps NAME: folder)
     required: tuple[str, ...] = ()
     writes_artifact: bool = True
     summary: str = ""
@@ -111,8 +113,15 @@ def _export(refs, options, out, ctx):
 
     options = dict(options)
     fmt = options.pop("format")
-    return export_stage(refs["parent"], out, fmt, options.pop("quant", None),
-                        calibration_data=refs.get("calibration_data"), log=ctx.log, **options)
+    return export_stage(
+        refs["parent"],
+        out,
+        fmt,
+        options.pop("quant", None),
+        calibration_data=refs.get("calibration_data"),
+        log=ctx.log,
+        **options,
+    )
 
 
 def _check(refs, options, out, ctx):
@@ -166,8 +175,10 @@ def _validate_export(options: dict) -> None:
         raise ConfigError(f"export needs 'format' ({', '.join(FORMATS)})")
     unknown = set(options) - {"format", "quant", "calibration_images", "opset", "io_type"}
     if unknown:
-        raise ConfigError(f"export: unknown option {sorted(unknown)[0]!r}; allowed: format, quant, "
-                          "calibration_images, opset, io_type, parent, calibration_data")
+        raise ConfigError(
+            f"export: unknown option {sorted(unknown)[0]!r}; allowed: format, quant, "
+            "calibration_images, opset, io_type, parent, calibration_data"
+        )
     check_format_quant(options["format"], options.get("quant") or "none")
 
 
@@ -175,15 +186,18 @@ def _validate_check(options: dict) -> None:
     allowed = {"split", "min_agreement", "max_acc_drop", "max_images", "batch_size", "strict", "measure_latency"}
     unknown = set(options) - allowed - {"__refs__"}
     if unknown:
-        raise ConfigError(f"check: unknown option {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(allowed))}, "
-                          "artifacts, data")
+        raise ConfigError(
+            f"check: unknown option {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(allowed))}, artifacts, data"
+        )
 
 
 def _validate_evaluate(options: dict) -> None:
     unknown = set(options) - {"split", "batch_size", "top_k", "strict", "class_map", "measure_latency", "__refs__"}
     if unknown:
-        raise ConfigError(f"evaluate: unknown option {sorted(unknown)[0]!r}; allowed: split, batch_size, top_k, "
-                          "strict, class_map, measure_latency, parent, domains")
+        raise ConfigError(
+            f"evaluate: unknown option {sorted(unknown)[0]!r}; allowed: split, batch_size, top_k, "
+            "strict, class_map, measure_latency, parent, domains"
+        )
     if "split" in options:
         from edgexfer.evaluate.splits import resolve_splits
 
@@ -192,11 +206,17 @@ def _validate_evaluate(options: dict) -> None:
 
 # The data keys whose labels a stage trains on (or selects on); the others (adapt's target,
 # distill's unlabelled, export's calibration_data) read images only.
-LABELLED_DATA_KEYS = {"finetune": ("data",), "adapt": ("source",), "fuse": ("val_data",), "distill": ("data",),
-                      "prune": ("data",), "quantize": ("data",)}
+LABELLED_DATA_KEYS = {
+    "finetune": ("data",),
+    "adapt": ("source",),
+    "fuse": ("val_data",),
+    "distill": ("data",),
+    "prune": ("data",),
+    "quantize": ("data",),
+}
 
 
-def _labelled_ancestry(parent: str, earlier: list["Stage"]) -> list[dict[str, str]]:
+def _labelled_ancestry(parent: str, earlier: list[Stage]) -> list[dict[str, str]]:
     """The data references whose labels ``parent`` or any stage it was made from trained on."""
     by_name = {stage.name: stage for stage in earlier}
     seen, todo, used = set(), [parent], []
@@ -214,7 +234,7 @@ def _labelled_ancestry(parent: str, earlier: list["Stage"]) -> list[dict[str, st
     return used
 
 
-def _evaluate_defaults(options: dict, refs: dict, earlier: list["Stage"]) -> dict:
+def _evaluate_defaults(options: dict, refs: dict, earlier: list[Stage]) -> dict:
     """An evaluate stage scores a domain the model (or an ancestor) trained on on its held-out
     test split only, the others on all their images, unless ``split`` says otherwise; and it
     times the model (batch 1) for the report's accuracy-latency plane."""
@@ -226,39 +246,106 @@ def _evaluate_defaults(options: dict, refs: dict, earlier: list["Stage"]) -> dic
         defaults.update(split)
     elif isinstance(split, str):
         defaults = dict.fromkeys(refs["domains"], split)
-    return {**options, "split": defaults, "trained_domains": trained,
-            "measure_latency": options.get("measure_latency", True)}
+    return {
+        **options,
+        "split": defaults,
+        "trained_domains": trained,
+        "measure_latency": options.get("measure_latency", True),
+    }
 
 
-STAGE_TYPES: dict[str, StageType] = {stage.name: stage for stage in (
-    StageType("finetune", _finetune, _validator("edgexfer.config.FinetuneConfig"), data_keys=("data",),
-              required=("data",), summary="fine-tune a pretrained backbone on an image folder"),
-    StageType("adapt", _adapt, _validator("edgexfer.train.adapt.AdaptConfig"), stage_keys=("parent",),
-              data_keys=("source", "target"), required=("parent", "source", "target"),
-              summary="unsupervised domain adaptation to unlabelled target images"),
-    StageType("fuse", _fuse, _validator("edgexfer.train.fuse.FuseConfig", drop=("source_model_spec",)),
-              stage_keys=("source_model", "finetuned"), data_keys=("val_data",), data_map_keys=("curve_data",),
-              required=("finetuned",),
-              summary="weight-space interpolation of a source and a fine-tuned model"),
-    StageType("distill", _distill, _validator("edgexfer.compress.config.DistillConfig"), stage_keys=("teacher",),
-              data_keys=("data", "unlabelled"), required=("teacher", "data"),
-              summary="knowledge distillation into a student"),
-    StageType("prune", _prune, _validator("edgexfer.compress.config.PruneConfig"), stage_keys=("parent",),
-              data_keys=("data",), required=("parent", "data"), summary="magnitude pruning while fine-tuning"),
-    StageType("quantize", _quantize, _validator("edgexfer.compress.config.QuantizeConfig"), stage_keys=("parent",),
-              data_keys=("data",), required=("parent", "data"), summary="QAT or PTQ settings"),
-    StageType("export", _export, _validate_export, stage_keys=("parent",), data_keys=("calibration_data",),
-              required=("parent",), summary="TFLite / ONNX / SavedModel with labels and preprocessing inside"),
-    StageType("check", _check, _validate_check, stage_list_keys=("artifacts",), data_keys=("data",),
-              required=("artifacts", "data"), writes_artifact=False,
-              summary="parity with the Keras parent, size and latency"),
-    StageType("evaluate", _evaluate, _validate_evaluate, stage_keys=("parent",), data_map_keys=("domains",),
-              required=("parent", "domains"),
-              writes_artifact=False, summary="accuracy on several domains and the gap"),
-)}
+STAGE_TYPES: dict[str, StageType] = {
+    stage.name: stage
+    for stage in (
+        StageType(
+            "finetune",
+            _finetune,
+            _validator("edgexfer.config.FinetuneConfig"),
+            data_keys=("data",),
+            required=("data",),
+            summary="fine-tune a pretrained backbone on an image folder",
+        ),
+        StageType(
+            "adapt",
+            _adapt,
+            _validator("edgexfer.train.adapt.AdaptConfig"),
+            stage_keys=("parent",),
+            data_keys=("source", "target"),
+            required=("parent", "source", "target"),
+            summary="unsupervised domain adaptation to unlabelled target images",
+        ),
+        StageType(
+            "fuse",
+            _fuse,
+            _validator("edgexfer.train.fuse.FuseConfig", drop=("source_model_spec",)),
+            stage_keys=("source_model", "finetuned"),
+            data_keys=("val_data",),
+            data_map_keys=("curve_data",),
+            required=("finetuned",),
+            summary="weight-space interpolation of a source and a fine-tuned model",
+        ),
+        StageType(
+            "distill",
+            _distill,
+            _validator("edgexfer.compress.config.DistillConfig"),
+            stage_keys=("teacher",),
+            data_keys=("data", "unlabelled"),
+            required=("teacher", "data"),
+            summary="knowledge distillation into a student",
+        ),
+        StageType(
+            "prune",
+            _prune,
+            _validator("edgexfer.compress.config.PruneConfig"),
+            stage_keys=("parent",),
+            data_keys=("data",),
+            required=("parent", "data"),
+            summary="magnitude pruning while fine-tuning",
+        ),
+        StageType(
+            "quantize",
+            _quantize,
+            _validator("edgexfer.compress.config.QuantizeConfig"),
+            stage_keys=("parent",),
+            data_keys=("data",),
+            required=("parent", "data"),
+            summary="QAT or PTQ settings",
+        ),
+        StageType(
+            "export",
+            _export,
+            _validate_export,
+            stage_keys=("parent",),
+            data_keys=("calibration_data",),
+            required=("parent",),
+            summary="TFLite / ONNX / SavedModel with labels and preprocessing inside",
+        ),
+        StageType(
+            "check",
+            _check,
+            _validate_check,
+            stage_list_keys=("artifacts",),
+            data_keys=("data",),
+            required=("artifacts", "data"),
+            writes_artifact=False,
+            summary="parity with the Keras parent, size and latency",
+        ),
+        StageType(
+            "evaluate",
+            _evaluate,
+            _validate_evaluate,
+            stage_keys=("parent",),
+            data_map_keys=("domains",),
+            required=("parent", "domains"),
+            writes_artifact=False,
+            summary="accuracy on several domains and the gap",
+        ),
+    )
+}
 
 
 # ---------------------------------------------------------------------------- loading
+
 
 @dataclass
 class Stage:
@@ -283,8 +370,10 @@ class Pipeline:
         for stage in self.stages:
             if stage.name == name:
                 return stage
-        raise ConfigError(f"no stage {name!r}{did_you_mean(name, [s.name for s in self.stages])}; "
-                          f"stages: {', '.join(s.name for s in self.stages)}")
+        raise ConfigError(
+            f"no stage {name!r}{did_you_mean(name, [s.name for s in self.stages])}; "
+            f"stages: {', '.join(s.name for s in self.stages)}"
+        )
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None) -> Pipeline:
@@ -312,8 +401,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir:
         _apply_override(raw, override)
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise ConfigError(f"{where(key)}: unknown key {key!r}{did_you_mean(key, TOP_LEVEL_KEYS)}; "
-                              f"allowed: {', '.join(TOP_LEVEL_KEYS)}")
+            raise ConfigError(
+                f"{where(key)}: unknown key {key!r}{did_you_mean(key, TOP_LEVEL_KEYS)}; "
+                f"allowed: {', '.join(TOP_LEVEL_KEYS)}"
+            )
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{path}: 'name' is required (a short name of this pipeline)")
@@ -324,14 +415,23 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir:
         _check_data_spec(data_name, spec, where("data", data_name))
     stages_raw = raw.get("stages")
     if not isinstance(stages_raw, dict) or not stages_raw:
-        raise ConfigError(f"{where('stages') if 'stages' in raw else path}: 'stages' must map stage names to "
-                          "their options, in the order they run")
+        raise ConfigError(
+            f"{where('stages') if 'stages' in raw else path}: 'stages' must map stage names to "
+            "their options, in the order they run"
+        )
     stages: list[Stage] = []
     for stage_name, options in stages_raw.items():
         stages.append(_parse_stage(str(stage_name), options or {}, stages, data, lines, path))
     directory = Path(run_dir or raw.get("run_dir") or Path("runs") / name)
-    return Pipeline(name=name, path=path, data=data, stages=stages, run_dir=directory,
-                    text_sha256=hashlib.sha256(text.encode()).hexdigest(), lines=lines)
+    return Pipeline(
+        name=name,
+        path=path,
+        data=data,
+        stages=stages,
+        run_dir=directory,
+        text_sha256=hashlib.sha256(text.encode()).hexdigest(),
+        lines=lines,
+    )
 
 
 def _parse_stage(name: str, options: Any, earlier: list[Stage], data: dict, lines: dict, path: Path) -> Stage:
@@ -342,8 +442,10 @@ def _parse_stage(name: str, options: Any, earlier: list[Stage], data: dict, line
     options = dict(options)
     type_name = options.pop("type", name)
     if type_name not in STAGE_TYPES:
-        raise ConfigError(f"{here}: unknown stage type {type_name!r}{did_you_mean(type_name, STAGE_TYPES)}; "
-                          f"types: {', '.join(STAGE_TYPES)} (set 'type:' when the name is not a type)")
+        raise ConfigError(
+            f"{here}: unknown stage type {type_name!r}{did_you_mean(type_name, STAGE_TYPES)}; "
+            f"types: {', '.join(STAGE_TYPES)} (set 'type:' when the name is not a type)"
+        )
     stage_type = STAGE_TYPES[type_name]
     for key in stage_type.required:
         if key not in options:
@@ -355,14 +457,21 @@ def _parse_stage(name: str, options: Any, earlier: list[Stage], data: dict, line
         key_line = _line_of(lines, ("stages", name, key))
         if not isinstance(value, str) or value not in earlier_names:
             hint = did_you_mean(str(value), earlier_names)
-            raise ConfigError(f"{path}:{key_line}: stage {name!r}: {key}={value!r} is not an earlier stage{hint}; "
-                              f"earlier stages: {', '.join(earlier_names) or 'none'}")
+            raise ConfigError(
+                f"{path}:{key_line}: stage {name!r}: {key}={value!r} is not an earlier stage{hint}; "
+                f"earlier stages: {', '.join(earlier_names) or 'none'}"
+            )
         return value
 
     for key in stage_type.stage_keys:
         if key in options:
             value = options.pop(key)
-            if type_name == "fuse" and key == "source_model" and isinstance(value, str) and value.startswith("imagenet:"):
+            if (
+                type_name == "fuse"
+                and key == "source_model"
+                and isinstance(value, str)
+                and value.startswith("imagenet:")
+            ):
                 options["source_model_spec"] = value  # the pretrained backbone itself, not a stage
                 continue
             refs[key] = stage_ref(key, value)
@@ -373,8 +482,9 @@ def _parse_stage(name: str, options: Any, earlier: list[Stage], data: dict, line
             refs[key] = [stage_ref(key, value) for value in values]
     for key in stage_type.data_keys:
         if key in options:
-            refs[key] = _data_ref(options.pop(key), data, f"{path}:{_line_of(lines, ('stages', name, key))}: "
-                                                          f"stage {name!r}: {key}")
+            refs[key] = _data_ref(
+                options.pop(key), data, f"{path}:{_line_of(lines, ('stages', name, key))}: stage {name!r}: {key}"
+            )
     for key in stage_type.data_map_keys:
         if key in options:
             values = options.pop(key)
@@ -406,8 +516,10 @@ def _data_ref(value: Any, data: dict, where: str) -> dict[str, str]:
         return {"data": value}
     if isinstance(value, str) and ("/" in value or Path(value).exists()):
         return {"path": value}
-    raise ConfigError(f"{where}={value!r} is neither a dataset of 'data:'{did_you_mean(str(value), data)} "
-                      f"nor a folder path; datasets: {', '.join(data) or 'none'}")
+    raise ConfigError(
+        f"{where}={value!r} is neither a dataset of 'data:'{did_you_mean(str(value), data)} "
+        f"nor a folder path; datasets: {', '.join(data) or 'none'}"
+    )
 
 
 def _check_data_spec(name: str, spec: Any, where: str) -> None:
@@ -463,6 +575,7 @@ def _line_of(lines: dict[tuple, int], keys: tuple) -> int:
 
 # ---------------------------------------------------------------------------- running
 
+
 @dataclass
 class RunContext:
     run_dir: Path
@@ -477,7 +590,7 @@ class _Events:
         self.path = path
 
     def __call__(self, event: str, **fields: Any) -> None:
-        record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "event": event, **fields}
+        record = {"time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "event": event, **fields}
         with self.path.open("a") as handle:
             handle.write(json.dumps(record, default=str) + "\n")
 
@@ -502,10 +615,18 @@ def _data_identity(pipeline: Pipeline, ref: dict[str, str]) -> Any:
     return pipeline.data[ref["data"]] if "data" in ref else {"path": str(Path(ref["path"]).resolve())}
 
 
-def run_pipeline(path: str | Path, *, overrides: list[str] | None = None, run_dir: str | Path | None = None,
-                 from_stage: str | None = None, only: str | None = None, progress: bool = False,
-                 log: Callable[..., None] = print, tensorboard: str | Path | None = None,
-                 report: bool = True) -> dict[str, Any]:
+def run_pipeline(
+    path: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    run_dir: str | Path | None = None,
+    from_stage: str | None = None,
+    only: str | None = None,
+    progress: bool = False,
+    log: Callable[..., None] = print,
+    tensorboard: str | Path | None = None,
+    report: bool = True,
+) -> dict[str, Any]:
     """Run (or resume) a pipeline; returns per-stage status, the run dir and the report path."""
     pipeline = load_pipeline(path, overrides, run_dir)
     if from_stage and only:
@@ -535,8 +656,9 @@ def run_pipeline(path: str | Path, *, overrides: list[str] | None = None, run_di
             if only and stage.name != only:
                 results[stage.name] = {"status": "not selected"}
                 continue
-            up_to_date = (recorded.get("hash") == digest and recorded.get("status") == "done"
-                          and _output_exists(stage, out))
+            up_to_date = (
+                recorded.get("hash") == digest and recorded.get("status") == "done" and _output_exists(stage, out)
+            )
             if up_to_date and not forced and stage.name != only:
                 log(f"[dim]{stage.name}: up to date, skipped[/dim]")
                 events("stage_skip", stage=stage.name, reason="up to date")
@@ -556,13 +678,23 @@ def run_pipeline(path: str | Path, *, overrides: list[str] | None = None, run_di
                 message = str(exc) if isinstance(exc, EdgexferError) else f"{type(exc).__name__}: {exc}"
                 state["stages"][stage.name] = {"hash": digest, "status": "failed", "out": str(out), "error": message}
                 _save_state(run_dir, state)
-                events("stage_fail", stage=stage.name, seconds=seconds, error=message,
-                       traceback=None if isinstance(exc, EdgexferError) else traceback.format_exc(limit=5))
+                events(
+                    "stage_fail",
+                    stage=stage.name,
+                    seconds=seconds,
+                    error=message,
+                    traceback=None if isinstance(exc, EdgexferError) else traceback.format_exc(limit=5),
+                )
                 results[stage.name] = {"status": "failed", "error": message}
                 raise
             seconds = round(time.perf_counter() - stage_started, 1)
-            state["stages"][stage.name] = {"hash": digest, "status": "done", "out": str(out), "seconds": seconds,
-                                           "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            state["stages"][stage.name] = {
+                "hash": digest,
+                "status": "done",
+                "out": str(out),
+                "seconds": seconds,
+                "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            }
             _save_state(run_dir, state)
             events("stage_end", stage=stage.name, seconds=seconds)
             results[stage.name] = {"status": "done", "out": str(out), "seconds": seconds}
@@ -570,16 +702,27 @@ def run_pipeline(path: str | Path, *, overrides: list[str] | None = None, run_di
         wall = round(time.perf_counter() - started, 1)
         failed = next((name for name, r in results.items() if r["status"] == "failed"), None)
         events("run_end", seconds=wall, failed_stage=failed)
-        summary = {"pipeline": pipeline.name, "run_dir": str(run_dir), "stages": results, "wall_seconds": wall,
-                   "failed_stage": failed}
+        summary = {
+            "pipeline": pipeline.name,
+            "run_dir": str(run_dir),
+            "stages": results,
+            "wall_seconds": wall,
+            "failed_stage": failed,
+        }
         if report:
             from edgexfer.evaluate.report import write_report
 
             try:
-                summary.update(write_report(run_dir, pipeline_name=pipeline.name,
-                                            stage_order=[s.name for s in pipeline.stages],
-                                            stage_types={s.name: s.type.name for s in pipeline.stages},
-                                            stopped_at=failed, state=state))
+                summary.update(
+                    write_report(
+                        run_dir,
+                        pipeline_name=pipeline.name,
+                        stage_order=[s.name for s in pipeline.stages],
+                        stage_types={s.name: s.type.name for s in pipeline.stages},
+                        stopped_at=failed,
+                        state=state,
+                    )
+                )
             except Exception as exc:  # a report must never hide the stage's own error
                 events("report_fail", error=f"{type(exc).__name__}: {exc}")
                 if failed is None:
@@ -610,8 +753,10 @@ def _resolve_refs(stage: Stage, run_dir: Path, data_paths: dict[str, str], pipel
 def _existing_output(parent: Stage, run_dir: Path, child: str) -> str:
     out = run_dir / parent.name
     if not _output_exists(parent, out):
-        raise ConfigError(f"stage {child!r} reads stage {parent.name!r}, whose output {str(out)!r} is missing; "
-                          f"run the pipeline up to {parent.name!r} first (drop --only, or use --from {parent.name})")
+        raise ConfigError(
+            f"stage {child!r} reads stage {parent.name!r}, whose output {str(out)!r} is missing; "
+            f"run the pipeline up to {parent.name!r} first (drop --only, or use --from {parent.name})"
+        )
     return str(out)
 
 
@@ -632,8 +777,9 @@ def _prepare_data(pipeline: Pipeline, run_dir: Path, log) -> dict[str, str]:
             paths[name] = str(folder)
             continue
         folder = run_dir / "data" / name
-        summary = prepare_dataset(spec["dataset"], folder, source=spec.get("source"), limit=spec.get("limit"),
-                                   seed=spec.get("seed", 0))
+        summary = prepare_dataset(
+            spec["dataset"], folder, source=spec.get("source"), limit=spec.get("limit"), seed=spec.get("seed", 0)
+        )
         if not summary.get("reused"):
             log(f"prepared {spec['dataset']} → {folder} ({summary.get('images')} images)")
         paths[name] = str(folder)
@@ -645,13 +791,17 @@ def _load_state(run_dir: Path, pipeline: Pipeline) -> dict[str, Any]:
     if path.is_file():
         state = json.loads(path.read_text())
         if state.get("pipeline") != pipeline.name:
-            raise ConfigError(f"run directory {str(run_dir)!r} belongs to pipeline {state.get('pipeline')!r}, not "
-                              f"{pipeline.name!r}; choose another --run-dir or remove that directory")
+            raise ConfigError(
+                f"run directory {str(run_dir)!r} belongs to pipeline {state.get('pipeline')!r}, not "
+                f"{pipeline.name!r}; choose another --run-dir or remove that directory"
+            )
         state["file"] = str(pipeline.path)
         return state
     if run_dir.exists() and any(p for p in run_dir.iterdir() if p.name not in (EVENTS_FILE,)):
-        raise ConfigError(f"run directory {str(run_dir)!r} exists and is not an edgexfer run; choose another "
-                          "--run-dir so nothing of yours is overwritten")
+        raise ConfigError(
+            f"run directory {str(run_dir)!r} exists and is not an edgexfer run; choose another "
+            "--run-dir so nothing of yours is overwritten"
+        )
     return {"pipeline": pipeline.name, "file": str(pipeline.path), "stages": {}}
 
 
@@ -674,5 +824,6 @@ def rebuild_report(run_dir: str | Path) -> dict[str, str]:
     order = [s.name for s in pipeline.stages] if pipeline else list(state["stages"])
     types = {s.name: s.type.name for s in pipeline.stages} if pipeline else {}
     failed = next((name for name, s in state["stages"].items() if s.get("status") == "failed"), None)
-    return write_report(run_dir, pipeline_name=state["pipeline"], stage_order=order, stage_types=types,
-                        stopped_at=failed, state=state)
+    return write_report(
+        run_dir, pipeline_name=state["pipeline"], stage_order=order, stage_types=types, stopped_at=failed, state=state
+    )

@@ -24,8 +24,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from edgexfer.artifact import MANIFEST, Artifact, extra_at_commit, sha256_path
 from edgexfer.errors import ArtifactError
@@ -34,11 +35,35 @@ from edgexfer.errors import ArtifactError
 NOT_RECORDED = frozenset({"progress", "log"})
 # CPU features that change which kernels TensorFlow / XNNPACK / oneDNN pick, and so the
 # order of floating-point operations.
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-             "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+)
 # Environment variables that change threading or kernels.
-ENV_VARS = ("TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
-            "TF_DETERMINISTIC_OPS", "CUDA_VISIBLE_DEVICES", "EDGEXFER_LOGICAL_CPUS")
+ENV_VARS = (
+    "TF_ENABLE_ONEDNN_OPTS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "OMP_NUM_THREADS",
+    "TF_DETERMINISTIC_OPS",
+    "CUDA_VISIBLE_DEVICES",
+    "EDGEXFER_LOGICAL_CPUS",
+)
 
 _CURRENT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("edgexfer_invocation", default=None)
 
@@ -64,8 +89,13 @@ def recorded(function: Callable) -> Callable:
                 arguments.update({k: encode(v) for k, v in value.items() if k not in NOT_RECORDED})
             elif kind is not inspect.Parameter.VAR_POSITIONAL:
                 arguments[key] = encode(value, path_parameter=_is_path_parameter(signature.parameters[key]))
-        record = {"function": name, "arguments": arguments, "out": str(Path(bound.arguments["out"]).resolve()),
-                  "cwd": os.getcwd(), "started": time.time()}
+        record = {
+            "function": name,
+            "arguments": arguments,
+            "out": str(Path(bound.arguments["out"]).resolve()),
+            "cwd": os.getcwd(),
+            "started": time.time(),
+        }
         token = _CURRENT.set(record)
         try:
             with extra_at_commit(_record_invocation):
@@ -151,8 +181,10 @@ def decode(value: Any) -> Any:
         if "$path" in value:
             return value["$path"]
         if "$unreplayable" in value:
-            raise ArtifactError(f"the stage was called with an argument edgexfer cannot record "
-                                f"({value['$unreplayable']}); it cannot be re-run from its manifest")
+            raise ArtifactError(
+                f"the stage was called with an argument edgexfer cannot record "
+                f"({value['$unreplayable']}); it cannot be re-run from its manifest"
+            )
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]
@@ -209,8 +241,12 @@ def describe_input(argument: str, path: str) -> dict[str, Any]:
     if target.is_dir() and (target / MANIFEST).is_file():
         try:
             artifact = Artifact(target)
-            return {**entry, "kind": "artifact", "stage": artifact.manifest.stage,
-                    "sha256": sha256_path(artifact.model_path)}
+            return {
+                **entry,
+                "kind": "artifact",
+                "stage": artifact.manifest.stage,
+                "sha256": sha256_path(artifact.model_path),
+            }
         except ArtifactError:
             pass
     if target.is_dir():
@@ -248,16 +284,22 @@ def folder_digest(folder: Path) -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     """What decides whether floating-point results repeat bit for bit on this machine."""
     info: dict[str, Any] = {
-        "machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-        "cpu_model": _cpu_model(), "isa": _isa_flags(), "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "isa": _isa_flags(),
+        "cpu_count": os.cpu_count(),
         "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
     }
     tf = sys.modules.get("tensorflow")
     if tf is not None:
         with contextlib.suppress(Exception):
-            info["tf_threads"] = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                                  "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+            info["tf_threads"] = {
+                "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+            }
             info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
     framework_config = sys.modules.get("tensorflow.python.framework.config")
     if framework_config is not None and hasattr(framework_config, "is_op_determinism_enabled"):

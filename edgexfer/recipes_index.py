@@ -45,14 +45,16 @@ def recipe_path(name: str) -> Path:
     recipes = list_recipes()
     if name in recipes:
         return recipes[name]
-    stem = name[:-len(SUFFIX)] if name.endswith(SUFFIX) else name
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
     if stem in recipes:
         return recipes[stem]
     shipped = ", ".join(recipes) or f"none (the package's recipes folder {RECIPES_DIR} is missing; reinstall edgexfer)"
     close = difflib.get_close_matches(stem, list(recipes), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"{name!r} is neither a pipeline file nor a shipped recipe{hint}; shipped recipes: "
-                      f"{shipped} (edgexfer run --list)")
+    raise ConfigError(
+        f"{name!r} is neither a pipeline file nor a shipped recipe{hint}; shipped recipes: "
+        f"{shipped} (edgexfer run --list)"
+    )
 
 
 def resolve_pipeline(pipeline: str | os.PathLike[str]) -> Path:
@@ -62,8 +64,12 @@ def resolve_pipeline(pipeline: str | os.PathLike[str]) -> Path:
         return path
     if path.parent != Path(".") or path.exists():
         if path.is_dir():
-            raise ConfigError(f"{str(path)!r} is a folder; pass a pipeline YAML file or a shipped recipe name "
-                              f"({', '.join(list_recipes())})")
-        raise ConfigError(f"pipeline file {str(path)!r} does not exist; pass a YAML file or a shipped recipe "
-                          f"name ({', '.join(list_recipes())}; edgexfer run --list)")
+            raise ConfigError(
+                f"{str(path)!r} is a folder; pass a pipeline YAML file or a shipped recipe name "
+                f"({', '.join(list_recipes())})"
+            )
+        raise ConfigError(
+            f"pipeline file {str(path)!r} does not exist; pass a YAML file or a shipped recipe "
+            f"name ({', '.join(list_recipes())}; edgexfer run --list)"
+        )
     return recipe_path(str(pipeline))

@@ -29,8 +29,9 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,9 @@ OUTPUT_COMPARISON_IMAGES = 256
 _NOT_COMPARED = {MANIFEST, METRICS}
 
 
-def reproduce(target: str | Path, *, work_dir: str | Path | None = None,
-              log: Callable[..., None] | None = None) -> dict[str, Any]:
+def reproduce(
+    target: str | Path, *, work_dir: str | Path | None = None, log: Callable[..., None] | None = None
+) -> dict[str, Any]:
     """Reproduce an artifact, or every artifact of a pipeline run directory; see the module docstring.
 
     Returns ``{"identical": bool, "stages": [per-artifact result], "seconds": total}``.
@@ -60,12 +62,17 @@ def reproduce(target: str | Path, *, work_dir: str | Path | None = None,
         return reproduce_run(target, work_dir=work_dir, log=log)
     started = time.perf_counter()
     result = reproduce_artifact(target, work_dir=work_dir, log=log)
-    return {"target": str(target), "identical": result["identical"], "stages": [result],
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "target": str(target),
+        "identical": result["identical"],
+        "stages": [result],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
-def reproduce_run(run_dir: str | Path, *, work_dir: str | Path | None = None,
-                  log: Callable[..., None] | None = None) -> dict[str, Any]:
+def reproduce_run(
+    run_dir: str | Path, *, work_dir: str | Path | None = None, log: Callable[..., None] | None = None
+) -> dict[str, Any]:
     """Each artifact a pipeline run wrote, re-made from the original artifacts it read."""
     from edgexfer.pipeline import STATE_FILE
 
@@ -77,8 +84,14 @@ def reproduce_run(run_dir: str | Path, *, work_dir: str | Path | None = None,
     for name, stage in state.get("stages", {}).items():
         out = Path(stage.get("out") or run_dir / name)
         if stage.get("status") != "done" or not (out / MANIFEST).is_file():
-            skipped.append({"stage": name, "why": "wrote no artifact (evaluate/check: numbers about an artifact)"
-                            if stage.get("status") == "done" else f"status {stage.get('status')!r}"})
+            skipped.append(
+                {
+                    "stage": name,
+                    "why": "wrote no artifact (evaluate/check: numbers about an artifact)"
+                    if stage.get("status") == "done"
+                    else f"status {stage.get('status')!r}",
+                }
+            )
             continue
         log(f"reproducing {name} …")
         result = reproduce_artifact(out, work_dir=work_dir, log=log)
@@ -86,21 +99,29 @@ def reproduce_run(run_dir: str | Path, *, work_dir: str | Path | None = None,
         result["run_seconds"] = stage.get("seconds")
         results.append(result)
         log(f"{name}: {'identical' if result['identical'] else 'DIFFERS'} ({result['seconds']:.1f} s)")
-    return {"target": str(run_dir), "identical": all(r["identical"] for r in results), "stages": results,
-            "skipped": skipped, "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "target": str(run_dir),
+        "identical": all(r["identical"] for r in results),
+        "stages": results,
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
-def reproduce_artifact(path: str | Path, *, work_dir: str | Path | None = None,
-                       log: Callable[..., None] | None = None) -> dict[str, Any]:
+def reproduce_artifact(
+    path: str | Path, *, work_dir: str | Path | None = None, log: Callable[..., None] | None = None
+) -> dict[str, Any]:
     """Re-run the stage that wrote the artifact at ``path`` into a temporary directory and compare."""
     from edgexfer.provenance import decode, environment
 
     artifact = Artifact(path)
     record = artifact.manifest.extra.get("invocation")
     if not record:
-        raise ArtifactError(f"{str(artifact.path)!r} does not record the stage call that made it (written before "
-                            "edgexfer recorded it, or by hand); re-run its stage with this edgexfer to make it "
-                            "reproducible")
+        raise ArtifactError(
+            f"{str(artifact.path)!r} does not record the stage call that made it (written before "
+            "edgexfer recorded it, or by hand); re-run its stage with this edgexfer to make it "
+            "reproducible"
+        )
     _check_record_is_this_artifacts(artifact, record)
     check_inputs(artifact, record)
     function = _import(record["function"])
@@ -124,10 +145,16 @@ def reproduce_artifact(path: str | Path, *, work_dir: str | Path | None = None,
     now = environment()
     differences = explain(record.get("environment") or {}, now, artifact.manifest.versions, library_versions())
     identical = comparison["model"]["identical"] and not comparison["metrics"]["differing"]
-    return {"artifact": str(artifact.path), "stage": artifact.manifest.stage, "identical": identical,
-            "seconds": seconds, "original_seconds": record.get("seconds"), "comparison": comparison,
-            "differences_then_now": differences,
-            "explanation": _explanation(identical, comparison, differences)}
+    return {
+        "artifact": str(artifact.path),
+        "stage": artifact.manifest.stage,
+        "identical": identical,
+        "seconds": seconds,
+        "original_seconds": record.get("seconds"),
+        "comparison": comparison,
+        "differences_then_now": differences,
+        "explanation": _explanation(identical, comparison, differences),
+    }
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -144,20 +171,29 @@ def check_inputs(artifact: Artifact, record: dict[str, Any]) -> None:
         name = f"{what} {recorded['path']!r} (argument {recorded['argument']!r})"
         if not Path(recorded["path"]).exists():
             error = ArtifactError if recorded["kind"] == "artifact" else DataError
-            raise error(f"cannot reproduce {str(artifact.path)!r}: its {name} is gone; restore it (or reproduce "
-                        "from a copy that has it)")
+            raise error(
+                f"cannot reproduce {str(artifact.path)!r}: its {name} is gone; restore it (or reproduce "
+                "from a copy that has it)"
+            )
         now = describe_input(recorded["argument"], recorded["path"])
         if now.get("sha256") != recorded.get("sha256"):
             if recorded["kind"] == "folder":
-                count = (f"{recorded.get('files')} files then, {now.get('files')} now"
-                         if recorded.get("files") != now.get("files") else f"{now.get('files')} files, contents differ")
-                raise DataError(f"cannot reproduce {str(artifact.path)!r}: its {name} changed since the artifact was "
-                                f"made ({count}); a changed data folder, not a failure of determinism: restore the "
-                                "data to reproduce")
+                count = (
+                    f"{recorded.get('files')} files then, {now.get('files')} now"
+                    if recorded.get("files") != now.get("files")
+                    else f"{now.get('files')} files, contents differ"
+                )
+                raise DataError(
+                    f"cannot reproduce {str(artifact.path)!r}: its {name} changed since the artifact was "
+                    f"made ({count}); a changed data folder, not a failure of determinism: restore the "
+                    "data to reproduce"
+                )
             if recorded["kind"] == "artifact":
-                raise ArtifactError(f"cannot reproduce {str(artifact.path)!r}: its {name} was re-made since (model "
-                                    f"sha256 {recorded['sha256'][:12]} then, {str(now.get('sha256'))[:12]} now); "
-                                    "reproduce that one first or re-run this stage on it")
+                raise ArtifactError(
+                    f"cannot reproduce {str(artifact.path)!r}: its {name} was re-made since (model "
+                    f"sha256 {recorded['sha256'][:12]} then, {str(now.get('sha256'))[:12]} now); "
+                    "reproduce that one first or re-run this stage on it"
+                )
             raise DataError(f"cannot reproduce {str(artifact.path)!r}: its {name} changed since the artifact was made")
 
 
@@ -169,9 +205,11 @@ def _check_record_is_this_artifacts(artifact: Artifact, record: dict[str, Any]) 
         origin = Path(record.get("out", ""))
         stage = Artifact(origin).manifest.stage if (origin / MANIFEST).is_file() else None
     if stage is not None and stage != artifact.manifest.stage:
-        raise ArtifactError(f"{str(artifact.path)!r} ({artifact.manifest.stage}) carries the recorded call of its "
-                            f"{stage} parent {record.get('out')!r}, not its own (written by an edgexfer that copied "
-                            "it); re-run this stage with this edgexfer to make it reproducible")
+        raise ArtifactError(
+            f"{str(artifact.path)!r} ({artifact.manifest.stage}) carries the recorded call of its "
+            f"{stage} parent {record.get('out')!r}, not its own (written by an edgexfer that copied "
+            "it); re-run this stage with this edgexfer to make it reproducible"
+        )
 
 
 def _import(dotted: str) -> Callable:
@@ -181,8 +219,10 @@ def _import(dotted: str) -> Callable:
         for part in qualname.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError):
-        raise ArtifactError(f"the stage function {dotted} recorded in the manifest does not exist in this "
-                            "edgexfer; reproduce with the version that wrote the artifact") from None
+        raise ArtifactError(
+            f"the stage function {dotted} recorded in the manifest does not exist in this "
+            "edgexfer; reproduce with the version that wrote the artifact"
+        ) from None
     return target
 
 
@@ -208,7 +248,9 @@ def compare_artifacts(first: Artifact, second: Artifact, data: str | None = None
     if model_a.suffix == ".h5":
         model = compare_keras_weights(model_a, model_b)
     elif model_a.suffix == ".keras":
-        model = _compare_weight_lists(load_keras_model(model_a).get_weights(), load_keras_model(model_b).get_weights(), None)
+        model = _compare_weight_lists(
+            load_keras_model(model_a).get_weights(), load_keras_model(model_b).get_weights(), None
+        )
     else:
         model = compare_exported(model_a, model_b, first, data)
     files = {}
@@ -216,8 +258,11 @@ def compare_artifacts(first: Artifact, second: Artifact, data: str | None = None
         if item.name in _NOT_COMPARED or item == model_a:
             continue
         other = second.path / item.name
-        files[item.name] = "identical" if other.is_file() and sha256_path(item) == sha256_path(other) else (
-            "differs" if other.is_file() else "missing")
+        files[item.name] = (
+            "identical"
+            if other.is_file() and sha256_path(item) == sha256_path(other)
+            else ("differs" if other.is_file() else "missing")
+        )
     return {"model": model, "metrics": compare_metrics(first.metrics, second.metrics), "files": files}
 
 
@@ -243,8 +288,12 @@ def compare_keras_weights(first: Path, second: Path) -> dict[str, Any]:
 
 def _compare_weight_lists(a: list, b: list, names: list[str] | None) -> dict[str, Any]:
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
-        return {"kind": "keras", "identical": False, "tensors": len(a),
-                "error": f"different architectures: {len(a)} tensors against {len(b)}"}
+        return {
+            "kind": "keras",
+            "identical": False,
+            "tensors": len(a),
+            "error": f"different architectures: {len(a)} tensors against {len(b)}",
+        }
     differing, max_diff, worst = 0, 0.0, None
     for index, (x, y) in enumerate(zip(a, b)):
         if x.tobytes() != y.tobytes():
@@ -252,15 +301,25 @@ def _compare_weight_lists(a: list, b: list, names: list[str] | None) -> dict[str
             diff = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
             if diff >= max_diff:
                 max_diff, worst = diff, (names[index] if names else str(index))
-    return {"kind": "keras", "identical": differing == 0, "tensors": len(a), "differing_tensors": differing,
-            "max_abs_diff": max_diff, "largest_difference_in": worst}
+    return {
+        "kind": "keras",
+        "identical": differing == 0,
+        "tensors": len(a),
+        "differing_tensors": differing,
+        "max_abs_diff": max_diff,
+        "largest_difference_in": worst,
+    }
 
 
 def compare_exported(first: Path, second: Path, artifact: Artifact, data: str | None) -> dict[str, Any]:
     """Bytes of two exported models; when they differ, their outputs on the stage's images."""
     a, b = sha256_path(first), sha256_path(second)
-    result: dict[str, Any] = {"kind": first.suffix.lstrip(".") or first.name, "identical": a == b,
-                              "sha256": [a, b], "bytes": [_size(first), _size(second)]}
+    result: dict[str, Any] = {
+        "kind": first.suffix.lstrip(".") or first.name,
+        "identical": a == b,
+        "sha256": [a, b],
+        "bytes": [_size(first), _size(second)],
+    }
     result["bytes_identical"] = a == b
     if a != b and data and first.suffix in (".tflite", ".onnx"):
         # tf2onnx names tensors with a process-wide counter, so an ONNX file made after other
@@ -283,8 +342,11 @@ def _compare_outputs(first: Path, second: Path, artifact: Artifact, data: str) -
         return {"images": 0}
     images = load_images(files, artifact.manifest.preprocessing)
     p, q = load_model(first).predict_proba(images), load_model(second).predict_proba(images)
-    return {"images": len(files), "max_abs_diff": float(np.max(np.abs(p - q))),
-            "top1_agreement": float(np.mean(p.argmax(1) == q.argmax(1)))}
+    return {
+        "images": len(files),
+        "max_abs_diff": float(np.max(np.abs(p - q))),
+        "top1_agreement": float(np.mean(p.argmax(1) == q.argmax(1))),
+    }
 
 
 def accuracies(metrics: Any, prefix: str = "") -> dict[str, float]:
@@ -313,25 +375,34 @@ def compare_metrics(first: dict[str, Any], second: dict[str, Any]) -> dict[str, 
 # ---------------------------------------------------------------------------- explaining
 
 
-def explain(then_env: dict[str, Any], now_env: dict[str, Any], then_versions: dict[str, str],
-            now_versions: dict[str, str]) -> list[str]:
+def explain(
+    then_env: dict[str, Any], now_env: dict[str, Any], then_versions: dict[str, str], now_versions: dict[str, str]
+) -> list[str]:
     """What differs between the machine and libraries that made the artifact and these."""
     lines = []
     for name in sorted(set(then_versions) | set(now_versions)):
         if then_versions.get(name) != now_versions.get(name):
             lines.append(f"{name} {then_versions.get(name, 'absent')} then, {now_versions.get(name, 'absent')} now")
-    labels = {"cpu_model": "CPU", "machine": "architecture", "cpu_count": "CPU count",
-              "cpus_available": "CPUs available to the process", "tf_threads": "TensorFlow thread pools",
-              "gpus": "GPUs", "env": "environment switches", "op_determinism": "TF op determinism",
-              "python": "Python"}
+    labels = {
+        "cpu_model": "CPU",
+        "machine": "architecture",
+        "cpu_count": "CPU count",
+        "cpus_available": "CPUs available to the process",
+        "tf_threads": "TensorFlow thread pools",
+        "gpus": "GPUs",
+        "env": "environment switches",
+        "op_determinism": "TF op determinism",
+        "python": "Python",
+    }
     for key, label in labels.items():
         if key in then_env and key in now_env and then_env[key] != now_env[key]:
             lines.append(f"{label}: {then_env[key]} then, {now_env[key]} now")
     if "isa" in then_env and "isa" in now_env and then_env["isa"] != now_env["isa"]:
         lost = sorted(set(then_env["isa"]) - set(now_env["isa"]))
         gained = sorted(set(now_env["isa"]) - set(then_env["isa"]))
-        lines.append(f"CPU instruction sets: {', '.join(lost) or 'none'} only then, {', '.join(gained) or 'none'} "
-                     "only now")
+        lines.append(
+            f"CPU instruction sets: {', '.join(lost) or 'none'} only then, {', '.join(gained) or 'none'} only now"
+        )
     return lines
 
 
@@ -339,10 +410,14 @@ def _explanation(identical: bool, comparison: dict[str, Any], differences: list[
     if identical:
         what = "bit-identical"
         if comparison["model"].get("bytes_identical") is False:
-            what = (f"identical outputs on {comparison['model']['outputs']['images']} images (the file bytes differ: "
-                    "ONNX tensor names come from a process-wide counter)")
+            what = (
+                f"identical outputs on {comparison['model']['outputs']['images']} images (the file bytes differ: "
+                "ONNX tensor names come from a process-wide counter)"
+            )
         return what + (f" (although {'; '.join(differences)})" if differences else "")
     if differences:
         return "differs; what differs between then and now: " + "; ".join(differences)
-    return ("differs on the same machine, libraries and thread counts: a non-deterministic step in this stage "
-            "(please report it)")
+    return (
+        "differs on the same machine, libraries and thread counts: a non-deterministic step in this stage "
+        "(please report it)"
+    )

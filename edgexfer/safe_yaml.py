@@ -30,8 +30,10 @@ def read_text(path, label: str) -> str:
     path = Path(path)
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise ConfigError(f"{label} {str(path)!r} is larger than {MAX_FILE_BYTES >> 20} MiB; "
-                              "a pipeline or config file is a small YAML/TOML file")
+            raise ConfigError(
+                f"{label} {str(path)!r} is larger than {MAX_FILE_BYTES >> 20} MiB; "
+                "a pipeline or config file is a small YAML/TOML file"
+            )
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{label} {str(path)!r} is not UTF-8 text; save it as UTF-8 YAML/TOML") from None
@@ -66,12 +68,15 @@ def check_node(node: yaml.Node, where: str) -> None:
             open_path.discard(id(current))
             continue
         if id(current) in open_path:
-            raise ConfigError(f"{where}: a YAML anchor contains an alias of itself (a recursive structure); "
-                              "remove the self-reference")
+            raise ConfigError(
+                f"{where}: a YAML anchor contains an alias of itself (a recursive structure); remove the self-reference"
+            )
         count += 1
         if count > MAX_EXPANDED_NODES:
-            raise ConfigError(f"{where}: the YAML expands to more than {MAX_EXPANDED_NODES:,} values through "
-                              "its aliases (&anchor/*alias); write the values out or use fewer aliases")
+            raise ConfigError(
+                f"{where}: the YAML expands to more than {MAX_EXPANDED_NODES:,} values through "
+                "its aliases (&anchor/*alias); write the values out or use fewer aliases"
+            )
         if isinstance(current, yaml.SequenceNode):
             children = list(current.value)
         elif isinstance(current, yaml.MappingNode):

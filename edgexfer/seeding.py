@@ -22,7 +22,7 @@ import contextlib
 import random
 import sys
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -103,6 +103,10 @@ def sweep_stale(folder: str | os.PathLike[str], *, run_dirs: bool = False) -> li
             continue
         removed.append(path)
     if removed:
-        log.info("removed %d temporar%s left by edgexfer runs that no longer run: %s", len(removed),
-                 "y" if len(removed) == 1 else "ies", ", ".join(p.name for p in removed[:3]))
+        log.info(
+            "removed %d temporar%s left by edgexfer runs that no longer run: %s",
+            len(removed),
+            "y" if len(removed) == 1 else "ies",
+            ", ".join(p.name for p in removed[:3]),
+        )
     return removed

@@ -18,8 +18,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 # Chromium's own switches for a quiet, sandbox-free run in CI containers.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture
@@ -30,8 +36,9 @@ def render_in_chromium():
     or playwright (which drives the installed browser; no browser download) is missing."""
     import shutil
 
-    executable = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                       if shutil.which(name)), None)
+    executable = next(
+        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+    )
     if executable is None:
         pytest.skip("headless Chromium is not installed (Debian/Ubuntu: apt-get install chromium)")
     try:
@@ -48,11 +55,19 @@ def render_in_chromium():
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
                 page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
                 page.on("pageerror", lambda error: errors.append(str(error)))
-                page.on("request", lambda request: requests.append(request.url)
-                        if request.url != url and not request.url.startswith("data:") else None)
+                page.on(
+                    "request",
+                    lambda request: (
+                        requests.append(request.url)
+                        if request.url != url and not request.url.startswith("data:")
+                        else None
+                    ),
+                )
                 page.goto(url, wait_until="load")
-                box = page.evaluate("(() => { const r = document.querySelector('#summary').getBoundingClientRect();"
-                                    " return [r.top, r.bottom]; })()")
+                box = page.evaluate(
+                    "(() => { const r = document.querySelector('#summary').getBoundingClientRect();"
+                    " return [r.top, r.bottom]; })()"
+                )
                 if screenshot:
                     page.screenshot(path=str(screenshot))
                 images = page.evaluate("""async () => {

@@ -13,12 +13,32 @@ from PIL import Image
 COLORS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 210)}
 
 # A tiny teacher trains in seconds and still has to learn: the compress tests share one.
-TEACHER = dict(backbone="cnn_small", weights="none", img_size=16, epochs=15, fine_tune_epochs=0, batch_size=16,
-               learning_rate=0.05, early_stopping_patience=0, seed=1)
+TEACHER = dict(
+    backbone="cnn_small",
+    weights="none",
+    img_size=16,
+    epochs=15,
+    fine_tune_epochs=0,
+    batch_size=16,
+    learning_rate=0.05,
+    early_stopping_patience=0,
+    seed=1,
+)
 
 
-def make_color_folder(root: Path, classes=COLORS, per_class=24, size=20, seed=0, *, contrast=1.0, shift=(0, 0, 0),
-                      labelled=True, names=None, prefix_names=False) -> Path:
+def make_color_folder(
+    root: Path,
+    classes=COLORS,
+    per_class=24,
+    size=20,
+    seed=0,
+    *,
+    contrast=1.0,
+    shift=(0, 0, 0),
+    labelled=True,
+    names=None,
+    prefix_names=False,
+) -> Path:
     """Noisy coloured squares, one folder per class: easy, but only if training works.
 
     ``contrast``/``shift`` move them to another domain; ``labelled=False`` writes them all in

@@ -49,8 +49,7 @@ def free_ports(count: int) -> list[int]:
 
 def tf_configs(workers: int, ports: list[int]) -> list[str]:
     hosts = [f"localhost:{port}" for port in ports]
-    return [json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})
-            for i in range(workers)]
+    return [json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}) for i in range(workers)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workers", type=int, help="number of worker processes (2 or more)")
     parser.add_argument("--logs", type=Path, help="directory for the non-chief workers' output")
     args = parser.parse_args(argv[:split])
-    command = argv[split + 1:]
+    command = argv[split + 1 :]
     if args.workers < 2:
         print(f"error: N must be 2 or more, got {args.workers}", file=sys.stderr)
         return 2
@@ -84,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             handle = open(logs / f"worker-{index}.log", "w")
             files.append(handle)
             processes.append(subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT))
-    print(f"launch_local: {args.workers} workers (pids {', '.join(str(p.pid) for p in processes)}), "
-          f"worker 0 here, the others' output in {logs}", file=sys.stderr)
+    print(
+        f"launch_local: {args.workers} workers (pids {', '.join(str(p.pid) for p in processes)}), "
+        f"worker 0 here, the others' output in {logs}",
+        file=sys.stderr,
+    )
 
     def stop_all(*_):
         for p in processes:
@@ -99,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             for index, p in enumerate(processes):
                 if p.poll() not in (None, 0) and not failed:
                     failed = p.returncode if p.returncode > 0 else 128 - p.returncode  # killed by a signal
-                    print(f"launch_local: worker {index} exited with {p.returncode}; stopping the others "
-                          f"(logs: {logs})", file=sys.stderr)
+                    print(
+                        f"launch_local: worker {index} exited with {p.returncode}; stopping the others (logs: {logs})",
+                        file=sys.stderr,
+                    )
                     stop_all()
             time.sleep(0.2)
     except KeyboardInterrupt:

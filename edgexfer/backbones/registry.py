@@ -8,14 +8,15 @@ prune and quantize (a Model nested as a layer cannot be quantized).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from edgexfer.artifact import Preprocessing
 from edgexfer.errors import BackboneError, ConfigError
 
 # name -> spec, filled by @register_backbone at import of the family modules.
-_REGISTRY: dict[str, "BackboneSpec"] = {}
+_REGISTRY: dict[str, BackboneSpec] = {}
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,9 @@ class BackboneSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def preprocessing(self, input_size: int | None = None) -> Preprocessing:
-        return Preprocessing(input_size=input_size or self.default_input_size, mean=self.mean,
-                             std=self.std, color=self.color)
+        return Preprocessing(
+            input_size=input_size or self.default_input_size, mean=self.mean, std=self.std, color=self.color
+        )
 
     def count_parameters(self) -> int:
         """Parameters of the headless model at its default size and width (built once, cached)."""
@@ -55,8 +57,7 @@ class BackboneSpec:
     def check_options(self, input_size: int, width: float | None) -> None:
         if input_size < self.min_input_size:
             raise ConfigError(
-                f"--img-size {input_size} is too small for {self.name}: it needs at least "
-                f"{self.min_input_size} px"
+                f"--img-size {input_size} is too small for {self.name}: it needs at least {self.min_input_size} px"
             )
         if width is not None and width != self.default_width and width not in self.widths:
             allowed = ", ".join(str(w) for w in self.widths) or "none (this backbone has one width)"
@@ -105,13 +106,11 @@ def get_backbone(name: str) -> BackboneSpec:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" — did you mean {close[0]!r}?" if close else ""
         raise BackboneError(
-            f"unknown backbone {name!r}{hint} Known: {', '.join(sorted(_REGISTRY))} "
-            "(see `edgexfer backbones`)"
+            f"unknown backbone {name!r}{hint} Known: {', '.join(sorted(_REGISTRY))} (see `edgexfer backbones`)"
         ) from None
 
 
-def create_backbone(name: str, input_size: int | None = None, weights: str = "imagenet",
-                    width: float | None = None):
+def create_backbone(name: str, input_size: int | None = None, weights: str = "imagenet", width: float | None = None):
     """Build the headless feature model of a registered backbone."""
     spec = get_backbone(name)
     size = input_size or spec.default_input_size

@@ -30,15 +30,16 @@ def _builder(name: str, stages: tuple[int, ...]):
         x = inputs
         for index, filters in enumerate(stages):
             filters = max(4, int(round(filters * width)))
-            x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False,
-                              name=f"stage{index}_conv")(x)
+            x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"stage{index}_conv")(x)
             x = layers.BatchNormalization(name=f"stage{index}_bn")(x)
             x = layers.ReLU(name=f"stage{index}_relu")(x)
         outputs = layers.GlobalAveragePooling2D(name="pool")(x)
         model = keras.Model(inputs, outputs, name=name)
         if weights == "imagenet":
-            raise BackboneError(f"{name} has no ImageNet weights; use --weights none (train from "
-                                "scratch or distill into it) or --weights PATH")
+            raise BackboneError(
+                f"{name} has no ImageNet weights; use --weights none (train from "
+                "scratch or distill into it) or --weights PATH"
+            )
         if weights != "none":
             if not Path(weights).is_file():
                 raise BackboneError(f"--weights {weights!r}: no such file")
@@ -49,9 +50,17 @@ def _builder(name: str, stages: tuple[int, ...]):
 
 
 for _name, _stages in _STAGES.items():
-    register_backbone(BackboneSpec(
-        name=_name, family="small_cnn", default_input_size=32, min_input_size=2 ** len(_stages),
-        mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5),
-        weights_source="none: train or distill", build=_builder(_name, _stages),
-        widths=(0.5, 1.0, 2.0), default_width=1.0,
-    ))
+    register_backbone(
+        BackboneSpec(
+            name=_name,
+            family="small_cnn",
+            default_input_size=32,
+            min_input_size=2 ** len(_stages),
+            mean=(127.5, 127.5, 127.5),
+            std=(127.5, 127.5, 127.5),
+            weights_source="none: train or distill",
+            build=_builder(_name, _stages),
+            widths=(0.5, 1.0, 2.0),
+            default_width=1.0,
+        )
+    )

@@ -64,7 +64,7 @@ class _Storage:
     def array(self) -> np.ndarray:
         if self.view_of is not None:
             root, offset, size = self.view_of
-            return root.array()[offset:offset + size]
+            return root.array()[offset : offset + size]
         if self.data is None:
             raise BackboneError(f"storage {self.key!r} has no data in the file (truncated or corrupt)")
         return self.data
@@ -99,18 +99,18 @@ class _PendingTensor:
                 f"a tensor in the file reaches element {last} of a storage of {flat.size} (corrupt file)"
             )
         view = np.lib.stride_tricks.as_strided(
-            flat[self.offset:], shape=self.size,
-            strides=tuple(s * flat.itemsize for s in self.stride), writeable=False,
+            flat[self.offset :],
+            shape=self.size,
+            strides=tuple(s * flat.itemsize for s in self.stride),
+            writeable=False,
         )
         return np.array(view, dtype=flat.dtype.newbyteorder("="), copy=True)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     if not isinstance(storage, _Storage):
         raise BackboneError("a tensor in the file is not backed by a storage (corrupt file)")
-    return _PendingTensor(storage, int(storage_offset), tuple(int(s) for s in size),
-                          tuple(int(s) for s in stride))
+    return _PendingTensor(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -133,8 +133,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         if self._storages is None:
             raise BackboneError("unexpected persistent id in the file header (corrupt file)")
-        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise BackboneError(f"unsupported persistent id {pid!r:.80} in the file")
         _, storage_type, key, _location, numel, view_metadata = pid
         key = str(key)
@@ -159,7 +158,7 @@ def _resolve(obj: Any) -> Any:
     return obj
 
 
-def load_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, np.ndarray]":
+def load_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, np.ndarray]:
     """Read a legacy PyTorch ``.pth`` state dict into an ordered ``{name: ndarray}``.
 
     Raises ``BackboneError`` for a missing, zip-format, foreign or corrupt file, and for any
@@ -185,7 +184,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, np.ndarra
         ) from None
 
 
-def _parse(stream: io.BytesIO) -> "OrderedDict[str, np.ndarray]":
+def _parse(stream: io.BytesIO) -> OrderedDict[str, np.ndarray]:
     header = _RestrictedUnpickler(stream)
     if header.load() != _MAGIC_NUMBER:
         raise BackboneError("not a legacy PyTorch file (wrong magic number)")

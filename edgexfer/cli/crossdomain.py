@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -28,63 +28,102 @@ def register(app: typer.Typer) -> None:
     def adapt(
         model: Path = typer.Argument(..., help="The artifact to adapt (e.g. a finetune output)."),
         source: Path = typer.Option(..., "--source", help="Labelled SOURCE image folder (the model's classes)."),
-        target: Path = typer.Option(..., "--target", help="TARGET images: a folder of images, or an image folder "
-                                                          "whose class labels are ignored (never read)."),
+        target: Path = typer.Option(
+            ...,
+            "--target",
+            help="TARGET images: a folder of images, or an image folder whose class labels are ignored (never read).",
+        ),
         method: str = typer.Option(..., "--method", help="adabn | coral | dann | pseudo-label"),
         out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
-        after: Optional[str] = typer.Option(None, help="pseudo-label only: first run adabn | coral | dann, then "
-                                                       "self-train; none: the input model labels the first round "
-                                                       "(default: coral)"),
-        bn: Optional[str] = typer.Option(None, help="domain: BatchNorm statistics per domain (source batches use "
-                                                    "source statistics, target batches target ones, the written "
-                                                    "model carries the target's: AdaBN under the method); frozen: "
-                                                    "the model's own statistics throughout (default: adabn, dann "
-                                                    "domain; coral, pseudo-label frozen)"),
-        output_stats: Optional[str] = typer.Option(None, help="BatchNorm statistics of the written model: target | "
-                                                              "source (the source-statistics baseline) "
-                                                              "(default: target)"),
-        epochs: Optional[int] = typer.Option(None, help="Epochs over the source (pseudo-label: per round; adabn: "
-                                                        "re-fit under source statistics, 0 = pure re-estimation) "
-                                                        "(default: per method)"),
-        train_layers: Optional[int] = typer.Option(None, help="Top weighted layers trained besides the head; 0: "
-                                                              "the head only (default: 30)"),
+        after: Optional[str] = typer.Option(
+            None,
+            help="pseudo-label only: first run adabn | coral | dann, then "
+            "self-train; none: the input model labels the first round "
+            "(default: coral)",
+        ),
+        bn: Optional[str] = typer.Option(
+            None,
+            help="domain: BatchNorm statistics per domain (source batches use "
+            "source statistics, target batches target ones, the written "
+            "model carries the target's: AdaBN under the method); frozen: "
+            "the model's own statistics throughout (default: adabn, dann "
+            "domain; coral, pseudo-label frozen)",
+        ),
+        output_stats: Optional[str] = typer.Option(
+            None,
+            help="BatchNorm statistics of the written model: target | "
+            "source (the source-statistics baseline) "
+            "(default: target)",
+        ),
+        epochs: Optional[int] = typer.Option(
+            None,
+            help="Epochs over the source (pseudo-label: per round; adabn: "
+            "re-fit under source statistics, 0 = pure re-estimation) "
+            "(default: per method)",
+        ),
+        train_layers: Optional[int] = typer.Option(
+            None, help="Top weighted layers trained besides the head; 0: the head only (default: 30)"
+        ),
         batch_size: Optional[int] = typer.Option(None, help="(default: 64)"),
         learning_rate: Optional[float] = typer.Option(None, help="(default: 1e-3, cosine decay)"),
         coral_weight: Optional[float] = typer.Option(None, help="coral: weight of the CORAL loss (default: 1.0)"),
-        dann_weight: Optional[float] = typer.Option(None, help="dann: largest gradient-reversal coefficient "
-                                                               "(default: 0.3)"),
+        dann_weight: Optional[float] = typer.Option(
+            None, help="dann: largest gradient-reversal coefficient (default: 0.3)"
+        ),
         threshold: Optional[float] = typer.Option(None, help="pseudo-label: minimum confidence (default: 0.9)"),
         rounds: Optional[int] = typer.Option(None, help="pseudo-label: rounds of re-labelling (default: 3)"),
-        class_map: Optional[str] = typer.Option(None, "--class-map", help="Rename the target's class folders to the "
-                                                                          "model's: 'seven=7,eight=8' or a file"),
+        class_map: Optional[str] = typer.Option(
+            None, "--class-map", help="Rename the target's class folders to the model's: 'seven=7,eight=8' or a file"
+        ),
         max_source_images: Optional[int] = typer.Option(None, help="Seeded subset of the source training images."),
         max_target_images: Optional[int] = typer.Option(None, help="Seeded subset of the target images."),
         seed: Optional[int] = typer.Option(None, help="(default: 0)"),
-        strategy: Optional[str] = typer.Option(None, help="default only: adapt cannot be distributed (its step "
-                                                          "swaps BatchNorm statistics per domain); one process"),
+        strategy: Optional[str] = typer.Option(
+            None,
+            help="default only: adapt cannot be distributed (its step "
+            "swaps BatchNorm statistics per domain); one process",
+        ),
         strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of these options; flags "
-                                                                     "override it."),
+        config: Optional[Path] = typer.Option(
+            None, "--config", help="YAML/TOML file of these options; flags override it."
+        ),
     ) -> None:
         """Adapt a model to an unlabelled target domain (target labels are never read)."""
         from edgexfer.config import load_config_file
-        from edgexfer.train.adapt import AdaptConfig, run_adapt
         from edgexfer.data.class_map import parse_class_map
+        from edgexfer.train.adapt import AdaptConfig, run_adapt
 
         values: dict[str, Any] = load_config_file(config) if config else {}
-        flags = dict(method=method, after=after, bn=bn, output_stats=output_stats, epochs=epochs,
-                     train_layers=train_layers, batch_size=batch_size, learning_rate=learning_rate,
-                     coral_weight=coral_weight, dann_weight=dann_weight, threshold=threshold, rounds=rounds,
-                     max_source_images=max_source_images, max_target_images=max_target_images, seed=seed,
-                     strategy=strategy, strict=strict or None)
+        flags = dict(
+            method=method,
+            after=after,
+            bn=bn,
+            output_stats=output_stats,
+            epochs=epochs,
+            train_layers=train_layers,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            coral_weight=coral_weight,
+            dann_weight=dann_weight,
+            threshold=threshold,
+            rounds=rounds,
+            max_source_images=max_source_images,
+            max_target_images=max_target_images,
+            seed=seed,
+            strategy=strategy,
+            strict=strict or None,
+        )
         values.update({k: v for k, v in flags.items() if v is not None})
         if class_map is not None or "class_map" in values:
             values["class_map"] = parse_class_map(class_map if class_map is not None else values["class_map"])
-        artifact = run_adapt(model, source, target, out, AdaptConfig.build(**values),
-                             progress=sys.stdout.isatty(), log=console.print)
+        artifact = run_adapt(
+            model, source, target, out, AdaptConfig.build(**values), progress=sys.stdout.isatty(), log=console.print
+        )
         m = artifact.metrics
-        table = Table(title=f"adapt ({m['method']}{' after ' + m['after'] if m.get('after') else ''}, "
-                            f"BatchNorm {m['bn']}) → {artifact.path}")
+        table = Table(
+            title=f"adapt ({m['method']}{' after ' + m['after'] if m.get('after') else ''}, "
+            f"BatchNorm {m['bn']}) → {artifact.path}"
+        )
         table.add_column("metric")
         table.add_column("input", justify="right")
         table.add_column("adapted", justify="right")
@@ -92,41 +131,62 @@ def register(app: typer.Typer) -> None:
         table.add_row("source val accuracy, source BN statistics", "", _fmt(m["source_stats_source_val_accuracy"]))
         table.add_row("target mean confidence (no labels)", "", _fmt(m["output"].get("target_mean_confidence")))
         table.add_row("target images ≥ threshold (no labels)", "", _fmt(m["output"].get("target_confident_fraction")))
-        table.add_row("images (source / val / target)", "",
-                      f"{m['images']['source_train']} / {m['images']['source_val']} / {m['images']['target']}")
+        table.add_row(
+            "images (source / val / target)",
+            "",
+            f"{m['images']['source_train']} / {m['images']['source_val']} / {m['images']['target']}",
+        )
         table.add_row("seconds", "", f"{m['timings_seconds']['total_seconds']:.1f}")
         console.print(table)
-        console.print(f"target accuracy needs labels: edgexfer evaluate {artifact.path} --data source={source} "
-                      f"--data target=DIR")
+        console.print(
+            f"target accuracy needs labels: edgexfer evaluate {artifact.path} --data source={source} --data target=DIR"
+        )
 
     @app.command()
     def fuse(
-        source: str = typer.Argument(..., help="SOURCE: an artifact of the same architecture, or "
-                                               "imagenet:<backbone> (the pretrained backbone; e.g. "
-                                               "imagenet:efficientnet_lite0)."),
+        source: str = typer.Argument(
+            ...,
+            help="SOURCE: an artifact of the same architecture, or "
+            "imagenet:<backbone> (the pretrained backbone; e.g. "
+            "imagenet:efficientnet_lite0).",
+        ),
         finetuned: Path = typer.Argument(..., help="FINETUNED: the fine-tuned artifact."),
         out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
-        alpha: str = typer.Option(..., "--alpha", help="ALPHA is the weight of the SOURCE: θ = α·θ_source + "
-                                                       "(1−α)·θ_finetuned; 0 keeps the fine-tuned model, 1 takes "
-                                                       "the source weights. 'auto' sweeps α on --val-data. Where "
-                                                       "the source's head differs (e.g. ImageNet classes), only "
-                                                       "the shared layers are interpolated and the fine-tuned head "
-                                                       "is kept."),
-        val_data: Optional[str] = typer.Option(None, "--val-data", help="[NAME=]DIR: labelled folder (source or "
-                                                                        "target domain, your choice) that auto "
-                                                                        "selects α on."),
-        curve_data: Optional[List[str]] = typer.Option(None, "--curve-data", help="NAME=DIR, repeatable: more "
-                                                                                  "labelled folders to draw the α "
-                                                                                  "curve on (not used to select)."),
-        alphas: Optional[str] = typer.Option(None, help="The grid auto sweeps, e.g. '0,0.25,0.5,0.75,1' "
-                                                        "(default: 0 to 1 by 0.1)"),
-        class_map: Optional[str] = typer.Option(None, "--class-map", help="Rename folder classes to the model's: "
-                                                                          "'seven=7,eight=8' or a file"),
-        bn_reset: Optional[Path] = typer.Option(None, "--bn-reset", help="Images (labels unused) to re-estimate "
-                                                                         "BatchNorm statistics on after "
-                                                                         "interpolating, at every α: for models "
-                                                                         "with different statistics (e.g. an "
-                                                                         "adapted model and its source)."),
+        alpha: str = typer.Option(
+            ...,
+            "--alpha",
+            help="ALPHA is the weight of the SOURCE: θ = α·θ_source + "
+            "(1−α)·θ_finetuned; 0 keeps the fine-tuned model, 1 takes "
+            "the source weights. 'auto' sweeps α on --val-data. Where "
+            "the source's head differs (e.g. ImageNet classes), only "
+            "the shared layers are interpolated and the fine-tuned head "
+            "is kept.",
+        ),
+        val_data: Optional[str] = typer.Option(
+            None,
+            "--val-data",
+            help="[NAME=]DIR: labelled folder (source or target domain, your choice) that auto selects α on.",
+        ),
+        curve_data: Optional[list[str]] = typer.Option(
+            None,
+            "--curve-data",
+            help="NAME=DIR, repeatable: more labelled folders to draw the α curve on (not used to select).",
+        ),
+        alphas: Optional[str] = typer.Option(
+            None, help="The grid auto sweeps, e.g. '0,0.25,0.5,0.75,1' (default: 0 to 1 by 0.1)"
+        ),
+        class_map: Optional[str] = typer.Option(
+            None, "--class-map", help="Rename folder classes to the model's: 'seven=7,eight=8' or a file"
+        ),
+        bn_reset: Optional[Path] = typer.Option(
+            None,
+            "--bn-reset",
+            help="Images (labels unused) to re-estimate "
+            "BatchNorm statistics on after "
+            "interpolating, at every α: for models "
+            "with different statistics (e.g. an "
+            "adapted model and its source).",
+        ),
         max_images: Optional[int] = typer.Option(None, help="At most this many images per folder (seeded)."),
         batch_size: int = typer.Option(64),
         strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
@@ -137,8 +197,8 @@ def register(app: typer.Typer) -> None:
         (e.g. ImageNet's classes), only the shared layers are interpolated and the fine-tuned
         head is kept.
         """
-        from edgexfer.evaluate.domains import parse_domains
         from edgexfer.data.class_map import parse_class_map
+        from edgexfer.evaluate.domains import parse_domains
         from edgexfer.train.fuse import FuseConfig, run_fuse
 
         values: dict[str, Any] = {"batch_size": batch_size, "strict": strict}
@@ -164,8 +224,9 @@ def register(app: typer.Typer) -> None:
             values["max_images"] = max_images
         if bn_reset:
             values["bn_reset"] = str(bn_reset)
-        artifact = run_fuse(source, finetuned, out, FuseConfig.build(**values), log=console.print,
-                            progress=sys.stdout.isatty())
+        artifact = run_fuse(
+            source, finetuned, out, FuseConfig.build(**values), log=console.print, progress=sys.stdout.isatty()
+        )
         m = artifact.metrics
         curve_path = artifact.path / "alpha_curve.json"
         if curve_path.is_file():
@@ -182,6 +243,8 @@ def register(app: typer.Typer) -> None:
             console.print(table)
             console.print("α = weight of the source: θ = α·θ_source + (1−α)·θ_finetuned (0: fine-tuned, 1: source)")
             console.print(f"curve: {artifact.path / 'alpha_curve.json'}, {artifact.path / 'alpha_curve.png'}")
-        console.print(f"fused α = {m['alpha']:g} ({m['interpolated_layers']} layers interpolated"
-                      f"{', kept from the fine-tuned model: ' + ', '.join(m['kept_from_finetuned']) if m['kept_from_finetuned'] else ''}"
-                      f") → {artifact.path}")
+        kept = m["kept_from_finetuned"]
+        kept_text = f", kept from the fine-tuned model: {', '.join(kept)}" if kept else ""
+        console.print(
+            f"fused α = {m['alpha']:g} ({m['interpolated_layers']} layers interpolated{kept_text}) → {artifact.path}"
+        )

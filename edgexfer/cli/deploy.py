@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -27,8 +27,10 @@ def _formats_help() -> str:
 def _quant_help() -> str:
     from edgexfer.export.formats import QUANT_MODES
 
-    return (f"{' | '.join(QUANT_MODES)}; which the format allows is listed under --format. Default: what "
-            "the artifact's quantize stage chose (PTQ type; int8 for QAT), else none")
+    return (
+        f"{' | '.join(QUANT_MODES)}; which the format allows is listed under --format. Default: what "
+        "the artifact's quantize stage chose (PTQ type; int8 for QAT), else none"
+    )
 
 
 _CHECK_HELP = (
@@ -37,12 +39,15 @@ _CHECK_HELP = (
     "model in each artifact's lineage. Latency: LiteRT (XNNPACK) and onnxruntime (CPU; CUDA where "
     "available) at batch 1 and N per thread count; the Keras parent is the float baseline (TensorFlow "
     "runs with the first --threads count). With --min-agreement / --max-acc-drop it is a gate: exit code "
-    "3 when a model fails (check.json and check.md are written first).")
+    "3 when a model fails (check.json and check.md are written first)."
+)
 
 
-_DEVICE_HELP = ("cpu | cuda | auto: where onnxruntime runs .onnx models. cuda must really run on CUDA (checked "
-                "after the session is built; an error says why if not, never a CPU number; needs "
-                "edgexfer[gpu]); auto: CUDA where it starts, plus the CPU. .tflite runs on the CPU (LiteRT).")
+_DEVICE_HELP = (
+    "cpu | cuda | auto: where onnxruntime runs .onnx models. cuda must really run on CUDA (checked "
+    "after the session is built; an error says why if not, never a CPU number; needs "
+    "edgexfer[gpu]); auto: CUDA where it starts, plus the CPU. .tflite runs on the CPU (LiteRT)."
+)
 
 
 def _consoles():
@@ -71,25 +76,44 @@ def register(app: typer.Typer) -> None:
         quant: Optional[str] = typer.Option(None, "--quant", "-q", help=_quant_help()),
         out: Path = typer.Option(..., "--out", "-o", help="Export artifact directory to write."),
         calibration_data: Optional[Path] = typer.Option(
-            None, "--calibration-data", help="int8: image folder of target-domain images with the model's classes "
-            "(default: the artifact's stored calibration set, else its dataset's train split)."),
-        calibration_images: int = typer.Option(300, "--calibration-images", help="int8: at most this many "
-                                               "calibration images (classes in proportion)."),
+            None,
+            "--calibration-data",
+            help="int8: image folder of target-domain images with the model's classes "
+            "(default: the artifact's stored calibration set, else its dataset's train split).",
+        ),
+        calibration_images: int = typer.Option(
+            300, "--calibration-images", help="int8: at most this many calibration images (classes in proportion)."
+        ),
         opset: int = typer.Option(15, "--opset", help="ONNX opset (13–17)."),
-        bundle: Optional[Path] = typer.Option(None, "--bundle", help="Also write a deploy bundle to this new "
-                                              "folder: model, labels, README with the preprocessing, and a "
-                                              "minimal example program (see `edgexfer bundle`)."),
+        bundle: Optional[Path] = typer.Option(
+            None,
+            "--bundle",
+            help="Also write a deploy bundle to this new "
+            "folder: model, labels, README with the preprocessing, and a "
+            "minimal example program (see `edgexfer bundle`).",
+        ),
         io_type: Optional[str] = typer.Option(
-            None, "--io-type", help="tflite input/output type: uint8 (default for int8: what MediaPipe Tasks "
-            "and the Task Library accept; raw pixels in), int8, or float32."),
+            None,
+            "--io-type",
+            help="tflite input/output type: uint8 (default for int8: what MediaPipe Tasks "
+            "and the Task Library accept; raw pixels in), int8, or float32.",
+        ),
     ) -> None:
         """Export a Keras artifact to TFLite / ONNX / SavedModel, labels and preprocessing embedded."""
         from edgexfer.export.stage import export_stage
 
         console, _ = _consoles()
-        exported = export_stage(artifact, out, fmt, quant, calibration_data=calibration_data,
-                                calibration_images=calibration_images, opset=opset, log=_log,
-                                io_type=io_type)
+        exported = export_stage(
+            artifact,
+            out,
+            fmt,
+            quant,
+            calibration_data=calibration_data,
+            calibration_images=calibration_images,
+            opset=opset,
+            log=_log,
+            io_type=io_type,
+        )
         metrics, manifest = exported.metrics, exported.manifest
         quantization = manifest.quantization or {}
         table = Table(title=f"export {manifest.config['format']} {manifest.config['quant']} → {exported.path}")
@@ -101,8 +125,10 @@ def register(app: typer.Typer) -> None:
             table.add_row("size vs Keras", f"{metrics['size_ratio']:.3f}×")
         table.add_row("conversion", f"{metrics['conversion_seconds']:.1f} s")
         if manifest.config.get("calibration_images"):
-            table.add_row("calibration", f"{manifest.config['calibration_images']} images from "
-                          f"{manifest.config.get('calibration_source', '?')}")
+            table.add_row(
+                "calibration",
+                f"{manifest.config['calibration_images']} images from {manifest.config.get('calibration_source', '?')}",
+            )
         for key in ("input", "output"):
             if isinstance(quantization.get(key), dict):
                 table.add_row(key, json.dumps(quantization[key]))
@@ -110,8 +136,10 @@ def register(app: typer.Typer) -> None:
             if key in metrics:
                 table.add_row(key.replace("_", " "), str(metrics[key]))
         if "tensor_arena_bytes" in metrics:
-            table.add_row("tensor arena", f"{metrics['tensor_arena_bytes']:,} bytes (estimate; model.c, model.h "
-                          "written next to the model)")
+            table.add_row(
+                "tensor arena",
+                f"{metrics['tensor_arena_bytes']:,} bytes (estimate; model.c, model.h written next to the model)",
+            )
         console.print(table)
         for warning in (manifest.extra or {}).get("warnings", []):
             console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
@@ -133,25 +161,33 @@ def register(app: typer.Typer) -> None:
         console, _ = _consoles()
         console.print(f"deploy bundle: {write_bundle(artifact, dest)}")
 
-    @app.command("check", help=_CHECK_HELP, short_help="Parity with the Keras parent, size and latency of "
-                 "exported models; a gate with thresholds.")
+    @app.command(
+        "check",
+        help=_CHECK_HELP,
+        short_help="Parity with the Keras parent, size and latency of exported models; a gate with thresholds.",
+    )
     def check_command(
-        artifacts: List[Path] = typer.Argument(..., help="Export artifacts (the --out of edgexfer export)."),
+        artifacts: list[Path] = typer.Argument(..., help="Export artifacts (the --out of edgexfer export)."),
         data: Path = typer.Option(..., "--data", "-d", help="Labelled test image folder with the models' classes."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where check.json and check.md go "
-                                           "(default: <first artifact>/../check)."),
+        out: Optional[Path] = typer.Option(
+            None, "--out", "-o", help="Where check.json and check.md go (default: <first artifact>/../check)."
+        ),
         split: str = typer.Option("all", help="all | train | val | test of the folder (all for a test folder)."),
-        min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Gate: least top-1 "
-                                                      "agreement with the Keras parent, e.g. 0.99."),
-        max_acc_drop: Optional[float] = typer.Option(None, "--max-acc-drop", help="Gate: most accuracy lost "
-                                                     "against the Keras parent, e.g. 0.01."),
+        min_agreement: Optional[float] = typer.Option(
+            None, "--min-agreement", help="Gate: least top-1 agreement with the Keras parent, e.g. 0.99."
+        ),
+        max_acc_drop: Optional[float] = typer.Option(
+            None, "--max-acc-drop", help="Gate: most accuracy lost against the Keras parent, e.g. 0.01."
+        ),
         threads: str = typer.Option("1", "--threads", help="Thread counts to time, comma-separated; 0 = all cores."),
-        batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", help="Batch N of the batched latency "
-                                       "(batch 1 is always timed)."),
+        batch_size: int = typer.Option(
+            DEFAULT_BATCH, "--batch-size", help="Batch N of the batched latency (batch 1 is always timed)."
+        ),
         runs: int = typer.Option(DEFAULT_RUNS, "--runs", help="Timed runs per latency row."),
         warmup: int = typer.Option(DEFAULT_WARMUP, "--warmup", help="Untimed warm-up runs per latency row."),
-        latency: bool = typer.Option(True, "--latency/--no-latency", help="Time the models (parity only with "
-                                     "--no-latency)."),
+        latency: bool = typer.Option(
+            True, "--latency/--no-latency", help="Time the models (parity only with --no-latency)."
+        ),
         max_images: Optional[int] = typer.Option(None, "--max-images", help="Check on a stratified subset."),
         strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
@@ -160,9 +196,20 @@ def register(app: typer.Typer) -> None:
         from edgexfer.evaluate.latency import LatencySettings, parse_threads
 
         settings = LatencySettings(warmup=warmup, runs=runs, batch_size=batch_size, threads=parse_threads(threads))
-        result = check_artifacts(artifacts, data, out=out, split=split, min_agreement=min_agreement,
-                                 max_acc_drop=max_acc_drop, latency=settings, measure_latency=latency,
-                                 max_images=max_images, strict=strict, log=_log, device=device)
+        result = check_artifacts(
+            artifacts,
+            data,
+            out=out,
+            split=split,
+            min_agreement=min_agreement,
+            max_acc_drop=max_acc_drop,
+            latency=settings,
+            measure_latency=latency,
+            max_images=max_images,
+            strict=strict,
+            log=_log,
+            device=device,
+        )
         _render_check(result)
         error = gate_error(result)
         if error is not None:
@@ -171,12 +218,15 @@ def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict_command(
         model: Path = typer.Argument(..., help="A .tflite/.onnx file or an export artifact directory."),
-        inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+        inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
         top_k: int = typer.Option(3, "--top-k", "-k", help="How many classes to show per image."),
         as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
-        threads: Optional[int] = typer.Option(None, "--threads", help="Runtime threads; 0 = all cores, as in "
-                                              "check and benchmark (default: the runtime's)."),
+        threads: Optional[int] = typer.Option(
+            None,
+            "--threads",
+            help="Runtime threads; 0 = all cores, as in check and benchmark (default: the runtime's).",
+        ),
     ) -> None:
         """Classify images on the on-device runtime (LiteRT / onnxruntime; no TensorFlow)."""
         from edgexfer.errors import ConfigError
@@ -198,8 +248,9 @@ def register(app: typer.Typer) -> None:
             progress.update(task, completed=done)
 
         try:
-            result = predict_paths(model, inputs, top_k=top_k, batch_size=batch_size, num_threads=threads,
-                                   on_batch=on_batch)
+            result = predict_paths(
+                model, inputs, top_k=top_k, batch_size=batch_size, num_threads=threads, on_batch=on_batch
+            )
         finally:
             if progress is not None and task is not None:
                 progress.stop()
@@ -212,22 +263,33 @@ def register(app: typer.Typer) -> None:
         table.add_column("p", justify="right")
         table.add_column(f"top {min(top_k, len(result['labels']))}")
         for row in result["predictions"]:
-            table.add_row(row["path"], row["label"], f"{row['score']:.4f}",
-                          ", ".join(f"{r['label']} {r['score']:.3f}" for r in row["top_k"]))
+            table.add_row(
+                row["path"],
+                row["label"],
+                f"{row['score']:.4f}",
+                ", ".join(f"{r['label']} {r['score']:.3f}" for r in row["top_k"]),
+            )
         console.print(table)
 
     @app.command("benchmark")
     def benchmark_command(
-        models: List[Path] = typer.Argument(..., help=".tflite/.onnx files or artifact directories "
-                                            "(Keras artifacts are timed in TensorFlow)."),
-        threads: str = typer.Option("1", "--threads", help="Thread counts, comma-separated; 0 = all cores, "
-                                    "e.g. 1,2,0."),
-        batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", help="Batch N for throughput "
-                                       "(batch 1 is always timed)."),
+        models: list[Path] = typer.Argument(
+            ..., help=".tflite/.onnx files or artifact directories (Keras artifacts are timed in TensorFlow)."
+        ),
+        threads: str = typer.Option(
+            "1", "--threads", help="Thread counts, comma-separated; 0 = all cores, e.g. 1,2,0."
+        ),
+        batch_size: int = typer.Option(
+            DEFAULT_BATCH, "--batch-size", help="Batch N for throughput (batch 1 is always timed)."
+        ),
         runs: int = typer.Option(DEFAULT_RUNS, "--runs", help="Timed runs per row."),
         warmup: int = typer.Option(DEFAULT_WARMUP, "--warmup", help="Untimed warm-up runs per row."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where benchmark.json and benchmark.md go "
-                                           "(default: <first model's artifact>/../benchmark)."),
+        out: Optional[Path] = typer.Option(
+            None,
+            "--out",
+            "-o",
+            help="Where benchmark.json and benchmark.md go (default: <first model's artifact>/../benchmark).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
     ) -> None:
@@ -241,9 +303,13 @@ def register(app: typer.Typer) -> None:
         if as_json:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")
             return
-        table = _table(f"benchmark ({settings.runs} runs after {settings.warmup} warm-up; "
-                       f"{result['environment']['cpus_usable']} CPUs usable; * = all cores)", BENCHMARK_HEADER,
-                       left=("model", "format", "runtime"), first_width=_longest([r["model"] for r in result["rows"]]))
+        table = _table(
+            f"benchmark ({settings.runs} runs after {settings.warmup} warm-up; "
+            f"{result['environment']['cpus_usable']} CPUs usable; * = all cores)",
+            BENCHMARK_HEADER,
+            left=("model", "format", "runtime"),
+            first_width=_longest([r["model"] for r in result["rows"]]),
+        )
         for row in benchmark_table_rows(result, short=True):
             table.add_row(*row)
         _print(table)
@@ -287,22 +353,36 @@ def _progress(err_console):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err_console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
 
 
 def _render_check(result: dict) -> None:
-    from edgexfer.evaluate.check import (LATENCY_HEADER, PARITY_HEADER_SHORT, latency_table_rows,
-                                         parity_table_rows, per_class_rows)
+    from edgexfer.evaluate.check import (
+        LATENCY_HEADER,
+        PARITY_HEADER_SHORT,
+        latency_table_rows,
+        parity_table_rows,
+        per_class_rows,
+    )
 
     console, _ = _consoles()
     if result["gated"]:
         status = "[green]PASSED[/green]" if result["passed"] else f"[red]FAILED[/red]: {', '.join(result['failed'])}"
     else:
         status = "no gate"
-    table = _table(f"check on {result['data']} ({result['split']}, n={result['n']}) — {status}",
-                   PARITY_HEADER_SHORT, left=("model", "format", "gate"),
-                   first_width=_longest([r["name"] for r in result["candidates"]]))
+    table = _table(
+        f"check on {result['data']} ({result['split']}, n={result['n']}) — {status}",
+        PARITY_HEADER_SHORT,
+        left=("model", "format", "gate"),
+        first_width=_longest([r["name"] for r in result["candidates"]]),
+    )
     for row in parity_table_rows(result, short=True):
         table.add_row(*row, style="red" if row[-1] == "FAIL" else None)
     _print(table)
@@ -319,11 +399,16 @@ def _render_check(result: dict) -> None:
         for row in rows:
             per_class.add_row(*row)
         _print(per_class)
-    latency_rows = [r for row in result["parents"] for r in row["latency"]] + \
-                   [r for row in result["candidates"] for r in row["latency"]]
+    latency_rows = [r for row in result["parents"] for r in row["latency"]] + [
+        r for row in result["candidates"] for r in row["latency"]
+    ]
     if latency_rows:
-        table = _table("latency (ms; compare within this table; * = all cores)", LATENCY_HEADER,
-                       left=("model", "runtime"), first_width=_longest([r["model"] for r in latency_rows]))
+        table = _table(
+            "latency (ms; compare within this table; * = all cores)",
+            LATENCY_HEADER,
+            left=("model", "runtime"),
+            first_width=_longest([r["model"] for r in latency_rows]),
+        )
         for row in latency_table_rows(latency_rows, short=True):
             table.add_row(*row)
         _print(table)

@@ -17,8 +17,12 @@ from rich.table import Table
 from edgexfer.config import FinetuneConfig
 from edgexfer.errors import ConfigError, EdgexferError
 
-app = typer.Typer(help="edgexfer: pretrained backbone → your domain → edge device, with numbers at every step.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="edgexfer: pretrained backbone → your domain → edge device, with numbers at every step.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 data_app = typer.Typer(help="Bundled real datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
@@ -38,8 +42,9 @@ RUNTIME_COMMANDS = ("predict", "benchmark", "info", "check", "bundle", "run", "r
 
 
 @app.callback()
-def _global(ctx: typer.Context,
-            verbose: bool = typer.Option(False, "--verbose", "-v", help="Show TensorFlow's own logs.")) -> None:
+def _global(
+    ctx: typer.Context, verbose: bool = typer.Option(False, "--verbose", "-v", help="Show TensorFlow's own logs.")
+) -> None:
     import logging
 
     from rich.logging import RichHandler
@@ -84,7 +89,9 @@ def finetune(
     out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
     backbone: Optional[str] = typer.Option(None, help=_default("backbone") + " (see `edgexfer backbones`)"),
     weights: Optional[str] = typer.Option(None, help="imagenet | none | PATH to a weights file (default: imagenet)"),
-    width: Optional[float] = typer.Option(None, help="Width multiplier (MobileNet alpha) where the backbone has several."),
+    width: Optional[float] = typer.Option(
+        None, help="Width multiplier (MobileNet alpha) where the backbone has several."
+    ),
     img_size: Optional[int] = typer.Option(None, help="Input size in pixels (default: the backbone's)"),
     epochs: Optional[int] = typer.Option(None, help=_default("epochs")),
     fine_tune_epochs: Optional[int] = typer.Option(None, help=_default("fine_tune_epochs")),
@@ -92,22 +99,38 @@ def finetune(
     batch_size: Optional[int] = typer.Option(None, help=_default("batch_size")),
     learning_rate: Optional[float] = typer.Option(None, help=_default("learning_rate")),
     fine_tune_learning_rate: Optional[float] = typer.Option(None, help=_default("fine_tune_learning_rate")),
-    warmup_fraction: Optional[float] = typer.Option(None, help="Fraction of steps of linear warm-up before cosine decay (default: 0.1)"),
+    warmup_fraction: Optional[float] = typer.Option(
+        None, help="Fraction of steps of linear warm-up before cosine decay (default: 0.1)"
+    ),
     label_smoothing: Optional[float] = typer.Option(None, help=_default("label_smoothing")),
     class_weights: Optional[str] = typer.Option(None, help="none | balanced (for imbalanced data) (default: none)"),
-    early_stopping: Optional[int] = typer.Option(None, "--early-stopping", help="Patience in epochs on val accuracy, best weights restored; 0 off (default: 3)"),
+    early_stopping: Optional[int] = typer.Option(
+        None, "--early-stopping", help="Patience in epochs on val accuracy, best weights restored; 0 off (default: 3)"
+    ),
     dropout: Optional[float] = typer.Option(None, help="Head dropout (default: 0.2)"),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips (default: off)"),
     crop_zoom: Optional[float] = typer.Option(None, help="Random crop/zoom, max fraction (default: 0)"),
-    brightness: Optional[float] = typer.Option(None, help="Random brightness, max delta as fraction of 255 (default: 0)"),
+    brightness: Optional[float] = typer.Option(
+        None, help="Random brightness, max delta as fraction of 255 (default: 0)"
+    ),
     contrast: Optional[float] = typer.Option(None, help="Random contrast, max factor delta (default: 0)"),
-    feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="Phase 1 on features computed once (default: on)"),
-    image_cache: Optional[str] = typer.Option(None, "--image-cache", help="auto | memory | disk | none: where decoded images and phase-1 features stay between epochs; disk and none keep memory flat as the data grows; auto: memory up to 1 GiB, else disk under EDGEXFER_CACHE (default: auto)"),
+    feature_cache: Optional[bool] = typer.Option(
+        None, "--feature-cache/--no-feature-cache", help="Phase 1 on features computed once (default: on)"
+    ),
+    image_cache: Optional[str] = typer.Option(
+        None,
+        "--image-cache",
+        help="auto | memory | disk | none: where decoded images and phase-1 features stay between epochs; disk "
+        "and none keep memory flat as the data grows; auto: memory up to 1 GiB, else disk under EDGEXFER_CACHE "
+        "(default: auto)",
+    ),
     max_train_images: Optional[int] = typer.Option(None, help="Stratified subset of the training split."),
     val_fraction: Optional[float] = typer.Option(None, help=_default("val_fraction")),
     test_fraction: Optional[float] = typer.Option(None, help=_default("test_fraction")),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: 0)"),
-    strategy: Optional[str] = typer.Option(None, help="default | mirrored | multi-worker (tf.distribute) (default: default)"),
+    strategy: Optional[str] = typer.Option(
+        None, help="default | mirrored | multi-worker (tf.distribute) (default: default)"
+    ),
     strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error instead of a warning."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of these options; flags override it."),
 ) -> None:
@@ -115,23 +138,43 @@ def finetune(
     from edgexfer import api
     from edgexfer.config import load_config_file
 
-    flags = dict(backbone=backbone, weights=weights, width=width, img_size=img_size, epochs=epochs,
-                 fine_tune_epochs=fine_tune_epochs, unfreeze_layers=unfreeze_layers, batch_size=batch_size,
-                 learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate,
-                 warmup_fraction=warmup_fraction, label_smoothing=label_smoothing, class_weights=class_weights,
-                 early_stopping_patience=early_stopping, feature_cache=feature_cache, image_cache=image_cache,
-                 max_train_images=max_train_images, val_fraction=val_fraction, test_fraction=test_fraction,
-                 seed=seed, strategy=strategy, strict=strict or None)
+    flags = dict(
+        backbone=backbone,
+        weights=weights,
+        width=width,
+        img_size=img_size,
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        unfreeze_layers=unfreeze_layers,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        fine_tune_learning_rate=fine_tune_learning_rate,
+        warmup_fraction=warmup_fraction,
+        label_smoothing=label_smoothing,
+        class_weights=class_weights,
+        early_stopping_patience=early_stopping,
+        feature_cache=feature_cache,
+        image_cache=image_cache,
+        max_train_images=max_train_images,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        strategy=strategy,
+        strict=strict or None,
+    )
     values: dict[str, Any] = load_config_file(config) if config else {}
     values.update({k: v for k, v in flags.items() if v is not None})
-    nested = {"head": {"dropout": dropout}, "augment": {"flip": flip, "crop_zoom": crop_zoom,
-                                                         "brightness": brightness, "contrast": contrast}}
+    nested = {
+        "head": {"dropout": dropout},
+        "augment": {"flip": flip, "crop_zoom": crop_zoom, "brightness": brightness, "contrast": contrast},
+    }
     for group, options in nested.items():
         given = {k: v for k, v in options.items() if v is not None}
         if given:
             values[group] = {**values.get(group, {}), **given}
-    artifact = api.finetune(data, out, progress=sys.stdout.isatty(), log=console.print,
-                            config=FinetuneConfig.build(**values))
+    artifact = api.finetune(
+        data, out, progress=sys.stdout.isatty(), log=console.print, config=FinetuneConfig.build(**values)
+    )
     if artifact is None:  # a multi-worker run's non-chief worker
         console.print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
         return
@@ -141,19 +184,34 @@ def finetune(
 @app.command()
 def evaluate(
     artifact: Path = typer.Argument(..., help="An artifact directory with a Keras model."),
-    data: Optional[Path] = typer.Argument(None, help="Image folder whose classes match the artifact's labels "
-                                                     "(or use --data NAME=DIR, repeatable, for several domains)."),
-    domains: Optional[list[str]] = typer.Option(None, "--data", help="NAME=DIR, repeatable: evaluate on several "
-                                                                     "domains; the table shows each accuracy and "
-                                                                     "the gap to the first domain."),
-    class_map: Optional[str] = typer.Option(None, "--class-map", help="With --data: rename folder classes to the "
-                                                                      "model's, 'seven=7,eight=8' or a file."),
-    split: str = typer.Option("all", help="all | train | val | test: the part of each folder, carved as the "
-                                          "model's training data was (test: the run's held-out images)"),
+    data: Optional[Path] = typer.Argument(
+        None,
+        help="Image folder whose classes match the artifact's labels "
+        "(or use --data NAME=DIR, repeatable, for several domains).",
+    ),
+    domains: Optional[list[str]] = typer.Option(
+        None,
+        "--data",
+        help="NAME=DIR, repeatable: evaluate on several "
+        "domains; the table shows each accuracy and "
+        "the gap to the first domain.",
+    ),
+    class_map: Optional[str] = typer.Option(
+        None, "--class-map", help="With --data: rename folder classes to the model's, 'seven=7,eight=8' or a file."
+    ),
+    split: str = typer.Option(
+        "all",
+        help="all | train | val | test: the part of each folder, carved as the "
+        "model's training data was (test: the run's held-out images)",
+    ),
     top_k: int = typer.Option(5, help="k of the top-k accuracy."),
     batch_size: int = typer.Option(64),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to FILE."),
-    confusion_png: Optional[Path] = typer.Option(None, "--confusion-png", help="Where to save the confusion matrix PNG (default: next to --json, or ./confusion.png)"),
+    confusion_png: Optional[Path] = typer.Option(
+        None,
+        "--confusion-png",
+        help="Where to save the confusion matrix PNG (default: next to --json, or ./confusion.png)",
+    ),
     strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
 ) -> None:
     """Accuracy, top-k, per-class metrics and confusion matrix of an artifact on an image folder,
@@ -168,8 +226,15 @@ def evaluate(
             raise ConfigError("pass either DATA or --data NAME=DIR (repeatable), not both")
         from edgexfer.evaluate.domains import evaluate_domains, parse_domains
 
-        result = evaluate_domains(artifact, parse_domains(domains), class_map=class_map, split=split, top_k=top_k,
-                                  batch_size=batch_size, strict=strict)
+        result = evaluate_domains(
+            artifact,
+            parse_domains(domains),
+            class_map=class_map,
+            split=split,
+            top_k=top_k,
+            batch_size=batch_size,
+            strict=strict,
+        )
         _render_domains(result)
         if json_out:
             write_json(result, json_out)
@@ -181,8 +246,9 @@ def evaluate(
         raise ConfigError("--class-map goes with --data NAME=DIR")
     png = confusion_png or (json_out.with_suffix(".confusion.png") if json_out else Path("confusion.png"))
     check_output_file(png, "--confusion-png")
-    result = api.evaluate(artifact, data, confusion_png=png, split=split, top_k=top_k, batch_size=batch_size,
-                          strict=strict)
+    result = api.evaluate(
+        artifact, data, confusion_png=png, split=split, top_k=top_k, batch_size=batch_size, strict=strict
+    )
     _render_evaluation(result)
     if json_out:
         write_json(result, json_out)
@@ -193,20 +259,30 @@ def evaluate(
 def _render_domains(result: dict) -> None:
     from edgexfer.evaluate import formatting as fmt
 
-    table = Table(title=f"{result['artifact']} ({result['stage']}) on {len(result['domains'])} domains; "
-                        f"gap = {result['reference']} accuracy − this domain's")
+    table = Table(
+        title=f"{result['artifact']} ({result['stage']}) on {len(result['domains'])} domains; "
+        f"gap = {result['reference']} accuracy − this domain's"
+    )
     for column in ("domain", "data", "n", "accuracy", "macro_f1", "gap"):
         table.add_column(column, justify="left" if column in ("domain", "data") else "right")
     for name, row in result["domains"].items():
         gap = "—" if name == result["reference"] else fmt.points(row["gap"])
-        table.add_row(name, row["data"], f"{fmt.count(row['n'])} ({row.get('split', 'all')})",
-                      fmt.percent(row["accuracy"]), fmt.percent(row["macro_f1"]), gap)
+        table.add_row(
+            name,
+            row["data"],
+            f"{fmt.count(row['n'])} ({row.get('split', 'all')})",
+            fmt.percent(row["accuracy"]),
+            fmt.percent(row["macro_f1"]),
+            gap,
+        )
     console.print(table)
 
 
 @app.command()
-def info(artifact: Path = typer.Argument(..., help="An artifact directory."),
-         as_json: bool = typer.Option(False, "--json", help="Print the manifest and metrics as JSON.")) -> None:
+def info(
+    artifact: Path = typer.Argument(..., help="An artifact directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest and metrics as JSON."),
+) -> None:
     """Show an artifact's manifest (stage, lineage, preprocessing, dataset, versions) and metrics."""
     from edgexfer import api
 
@@ -244,8 +320,13 @@ def backbones() -> None:
     for column in ("name", "params", "input", "widths", "weights"):
         table.add_column(column, no_wrap=column == "name")
     for spec in api.list_backbones():
-        table.add_row(spec.name, f"{spec.count_parameters():,}", f"{spec.default_input_size}px",
-                      ", ".join(str(w) for w in spec.widths) or "—", spec.weights_source)
+        table.add_row(
+            spec.name,
+            f"{spec.count_parameters():,}",
+            f"{spec.default_input_size}px",
+            ", ".join(str(w) for w in spec.widths) or "—",
+            spec.weights_source,
+        )
     console.print(table)
 
 
@@ -258,8 +339,9 @@ def data_list() -> None:
     for column in ("name", "images", "classes", "size", "license", "install"):
         table.add_column(column, no_wrap=column == "name")
     for item in api.list_datasets():
-        table.add_row(item.name, f"{item.images:,}", str(item.classes), f"{item.image_size}px", item.license,
-                      item.install)
+        table.add_row(
+            item.name, f"{item.images:,}", str(item.classes), f"{item.image_size}px", item.license, item.install
+        )
     console.print(table)
 
 
@@ -276,22 +358,32 @@ def data_prepare(
 
     summary = api.prepare_data(name, out, source=source, limit=limit, seed=seed)
     state = "already prepared" if summary.get("reused") else "written"
-    console.print(f"[green]{name}[/green]: {summary.get('images')} images {state} at {out} "
-                  f"({summary.get('layout')} layout; source {summary.get('source')})")
+    console.print(
+        f"[green]{name}[/green]: {summary.get('images')} images {state} at {out} "
+        f"({summary.get('layout')} layout; source {summary.get('source')})"
+    )
 
 
 @app.command("run")
 def run_pipeline(
-    pipeline: Optional[str] = typer.Argument(None, help="Pipeline YAML file, or the name of a shipped recipe "
-                                             "(see --list)."),
+    pipeline: Optional[str] = typer.Argument(
+        None, help="Pipeline YAML file, or the name of a shipped recipe (see --list)."
+    ),
     list_recipes: bool = typer.Option(False, "--list", help="List the shipped recipes and exit."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where the stages' artifacts go (default: the file's run_dir, or runs/<name>)."),
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", help="Where the stages' artifacts go (default: the file's run_dir, or runs/<name>)."
+    ),
     from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and every later one."),
     only: Optional[str] = typer.Option(None, "--only", help="Run only this stage (its inputs must exist)."),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE override, e.g. finetune.epochs=3 (repeatable)."),
-    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Write TensorBoard logs of every training stage under DIR."),
+    overrides: Optional[list[str]] = typer.Option(
+        None, "--set", help="KEY=VALUE override, e.g. finetune.epochs=3 (repeatable)."
+    ),
+    tensorboard: Optional[Path] = typer.Option(
+        None, "--tensorboard", help="Write TensorBoard logs of every training stage under DIR."
+    ),
 ) -> None:
-    """Run a pipeline of stages from a YAML file or a shipped recipe; resumes where it stopped, re-running only what changed."""
+    """Run a pipeline of stages from a YAML file or a shipped recipe; resumes where it stopped, re-running only
+    what changed."""
     from edgexfer.recipes_index import resolve_pipeline
 
     if list_recipes:
@@ -303,8 +395,16 @@ def run_pipeline(
     _require_train_extra("run pipeline")
     from edgexfer.pipeline import run_pipeline as run
 
-    summary = run(path, overrides=overrides or [], run_dir=run_dir, from_stage=from_stage, only=only,
-                  progress=sys.stdout.isatty(), log=console.print, tensorboard=tensorboard)
+    summary = run(
+        path,
+        overrides=overrides or [],
+        run_dir=run_dir,
+        from_stage=from_stage,
+        only=only,
+        progress=sys.stdout.isatty(),
+        log=console.print,
+        tensorboard=tensorboard,
+    )
     _render_run(summary)
 
 
@@ -345,8 +445,13 @@ def demo(
     run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="Where data, artifacts and the report go."),
     full: bool = typer.Option(False, "--full", help="Larger input and longer training (slower, more accurate)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE override of models/digits.yaml."),
-    seeds: int = typer.Option(1, "--seeds", min=1, help="Run over seeds 0..N-1 (seed s>0 in RUN_DIR/seeds/seed-s) and "
-                              "write mean ± std of each headline figure to RUN_DIR/seeds.json."),
+    seeds: int = typer.Option(
+        1,
+        "--seeds",
+        min=1,
+        help="Run over seeds 0..N-1 (seed s>0 in RUN_DIR/seeds/seed-s) and "
+        "write mean ± std of each headline figure to RUN_DIR/seeds.json.",
+    ),
 ) -> None:
     """The main job on bundled real data: MNIST → UCI digits, Lite0 → adapted → int8 student → checked."""
     from edgexfer.demo import run_demo
@@ -355,8 +460,9 @@ def demo(
     if seeds > 1:
         from edgexfer.demo.seeds import run_demo_seeds
 
-        spread = run_demo_seeds(run_dir, seeds=seeds, full=full, progress=sys.stdout.isatty(), log=console.print,
-                                overrides=overrides)
+        spread = run_demo_seeds(
+            run_dir, seeds=seeds, full=full, progress=sys.stdout.isatty(), log=console.print, overrides=overrides
+        )
         summary = spread["summary"]
     else:
         summary = run_demo(run_dir, full=full, progress=sys.stdout.isatty(), log=console.print, overrides=overrides)
@@ -367,17 +473,24 @@ def demo(
     for column in ("model", "role", "mnist acc", "uci-digits acc", "size", "latency, batch 1", "MACs"):
         table.add_column(column, justify="left" if column in ("model", "role") else "right")
     for row in summary["headline"]:
-        table.add_row(row["model"], row["role"], fmt.percent(row["source_accuracy"]),
-                      fmt.percent(row["target_accuracy"]), fmt.size(row["bytes"]), fmt.milliseconds(row["latency_ms"]),
-                      fmt.macs(row["macs"]))
+        table.add_row(
+            row["model"],
+            row["role"],
+            fmt.percent(row["source_accuracy"]),
+            fmt.percent(row["target_accuracy"]),
+            fmt.size(row["bytes"]),
+            fmt.milliseconds(row["latency_ms"]),
+            fmt.macs(row["macs"]),
+        )
     console.print(table)
     if spread is not None:
         table = Table(title=f"over seeds {', '.join(map(str, spread['seeds']))}: mean ± std (sample)")
         for column in ("figure", "mean ± std", "per seed"):
             table.add_column(column, justify="left" if column == "figure" else "right")
         for name, figure in spread["metrics"].items():
-            table.add_row(name, f"{figure['mean']:.4f} ± {figure['std']:.4f}",
-                          " ".join(f"{v:.4f}" for v in figure["values"]))
+            table.add_row(
+                name, f"{figure['mean']:.4f} ± {figure['std']:.4f}", " ".join(f"{v:.4f}" for v in figure["values"])
+            )
         console.print(table)
         console.print(f"spread: {spread['file']}")
     console.print(f"report: {summary.get('report')}")
@@ -423,8 +536,13 @@ def _render_per_class(result: dict, title: str) -> None:
 
 
 # Modules that add stage commands with ``register(app)``; each keeps its commands thin too.
-_COMMAND_MODULES: tuple[str, ...] = ("edgexfer.cli.compress", "edgexfer.cli.deploy", "edgexfer.cli.crossdomain",
-                                     "edgexfer.cli.repro", "edgexfer.cli.scale")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "edgexfer.cli.compress",
+    "edgexfer.cli.deploy",
+    "edgexfer.cli.crossdomain",
+    "edgexfer.cli.repro",
+    "edgexfer.cli.scale",
+)
 
 
 def _register_command_modules() -> None:
@@ -453,8 +571,9 @@ def main() -> None:
     except EdgexferError as exc:
         from rich.markup import escape  # a message may hold brackets, e.g. "edgexfer[train]"
 
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True,
-                          markup=True)
+        err_console.print(
+            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True, markup=True
+        )
         sys.exit(exc.exit_code)
     except ImportError as exc:  # a training command on the runtime-only install (no [train] extra)
         from edgexfer._env import missing_train_extra
@@ -464,6 +583,7 @@ def main() -> None:
             raise
         from rich.markup import escape
 
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True,
-                          markup=True)
+        err_console.print(
+            f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True, markup=True
+        )
         sys.exit(error.exit_code)

@@ -19,11 +19,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def reproduce(
-        target: Path = typer.Argument(..., help="An artifact directory, or a run directory of `edgexfer run` "
-                                                "(every artifact stage, each from the original inputs)."),
+        target: Path = typer.Argument(
+            ...,
+            help="An artifact directory, or a run directory of `edgexfer run` "
+            "(every artifact stage, each from the original inputs).",
+        ),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full comparison to FILE."),
-        work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Where the temporary re-runs go (default: "
-                                                                       "the system's temporary directory)."),
+        work_dir: Optional[Path] = typer.Option(
+            None, "--work-dir", help="Where the temporary re-runs go (default: the system's temporary directory)."
+        ),
     ) -> None:
         """Re-run what made ARTIFACT (or each stage of RUN_DIR) from its manifest; exit 0 if bit-identical, 4 if not."""
         from edgexfer import api
@@ -39,11 +43,14 @@ def register(app: typer.Typer) -> None:
             if delta is None and "outputs" in model:
                 delta = model["outputs"].get("max_abs_diff")
             first = stage.get("run_seconds") or stage.get("original_seconds")
-            table.add_row(stage.get("stage_name") or stage["stage"],
-                          "[green]identical[/green]" if stage["identical"] else "[red]differs[/red]",
-                          f"{stage['seconds']:.1f}", "—" if first is None else f"{first:.1f}",
-                          "—" if delta is None else f"{delta:.3g}",
-                          f"{stage['comparison']['metrics']['max_abs_diff']:.4g}")
+            table.add_row(
+                stage.get("stage_name") or stage["stage"],
+                "[green]identical[/green]" if stage["identical"] else "[red]differs[/red]",
+                f"{stage['seconds']:.1f}",
+                "—" if first is None else f"{first:.1f}",
+                "—" if delta is None else f"{delta:.3g}",
+                f"{stage['comparison']['metrics']['max_abs_diff']:.4g}",
+            )
         console.print(table)
         for stage in result["stages"]:
             if stage["explanation"] != "bit-identical":

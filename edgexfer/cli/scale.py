@@ -14,10 +14,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def clean(
-        remove: bool = typer.Option(False, "--remove", help="Remove the listed checkpoints (those of runs that "
-                                                            "are not running)."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Only the checkpoint of the stage writing this "
-                                                               "artifact directory."),
+        remove: bool = typer.Option(
+            False, "--remove", help="Remove the listed checkpoints (those of runs that are not running)."
+        ),
+        out: Optional[Path] = typer.Option(
+            None, "--out", help="Only the checkpoint of the stage writing this artifact directory."
+        ),
     ) -> None:
         """List (or --remove) the checkpoints that interrupted training runs left under
         EDGEXFER_CACHE/checkpoints; re-running the interrupted command resumes from them."""
@@ -38,10 +40,21 @@ def register(app: typer.Typer) -> None:
         for column in ("out", "stage", "progress", "updated", "size", "state"):
             table.add_column(column)
         for e in entries:
-            progress = ", ".join([f"{p} done" for p in e["finished_phases"]] + [
-                f"{p} {v['epochs_done']}/{v['epochs']} epochs" for p, v in e["progress"].items()
-                if p not in e["finished_phases"]])
-            table.add_row(str(e["out"]), str(e["stage"]), progress or "—", str(e["updated_at"] or "—"),
-                          f"{e['bytes'] / 1e6:.1f} MB", "running" if e["running"] else "interrupted")
+            progress = ", ".join(
+                [f"{p} done" for p in e["finished_phases"]]
+                + [
+                    f"{p} {v['epochs_done']}/{v['epochs']} epochs"
+                    for p, v in e["progress"].items()
+                    if p not in e["finished_phases"]
+                ]
+            )
+            table.add_row(
+                str(e["out"]),
+                str(e["stage"]),
+                progress or "—",
+                str(e["updated_at"] or "—"),
+                f"{e['bytes'] / 1e6:.1f} MB",
+                "running" if e["running"] else "interrupted",
+            )
         console.print(table)
         console.print("re-run the same command to resume; `edgexfer clean --remove` deletes the interrupted ones")

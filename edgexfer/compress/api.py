@@ -18,8 +18,16 @@ def _quiet(*_: Any) -> None:
     return None
 
 
-def distill(teacher: str | Path, data: str | Path, out: str | Path, *, progress: bool = False, log=None,
-            config: DistillConfig | None = None, **options: Any) -> Artifact:
+def distill(
+    teacher: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = False,
+    log=None,
+    config: DistillConfig | None = None,
+    **options: Any,
+) -> Artifact:
     """Distill a fine-tuned teacher artifact into a student backbone (``options``: ``DistillConfig``
     fields, e.g. ``student="cnn_small", temperature=4, alpha=0.7, baseline=True``)."""
     from edgexfer.compress.distill import distill as run
@@ -27,8 +35,16 @@ def distill(teacher: str | Path, data: str | Path, out: str | Path, *, progress:
     return run(teacher, data, out, config or DistillConfig.build(**options), progress=progress, log=log or _quiet)
 
 
-def prune(model: str | Path, data: str | Path, out: str | Path, *, progress: bool = False, log=None,
-          config: PruneConfig | None = None, **options: Any) -> Artifact:
+def prune(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = False,
+    log=None,
+    config: PruneConfig | None = None,
+    **options: Any,
+) -> Artifact:
     """Magnitude-prune a Keras artifact while fine-tuning (``options``: ``PruneConfig`` fields, e.g.
     ``sparsity=0.5, schedule="polynomial"`` or ``structure="2:4"``)."""
     from edgexfer.compress.prune import prune as run
@@ -36,8 +52,16 @@ def prune(model: str | Path, data: str | Path, out: str | Path, *, progress: boo
     return run(model, data, out, config or PruneConfig.build(**options), progress=progress, log=log or _quiet)
 
 
-def quantize(model: str | Path, data: str | Path, out: str | Path, *, progress: bool = False, log=None,
-             config: QuantizeConfig | None = None, **options: Any) -> Artifact:
+def quantize(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = False,
+    log=None,
+    config: QuantizeConfig | None = None,
+    **options: Any,
+) -> Artifact:
     """QAT (pruning-preserving on a pruned input) or PTQ settings of a Keras artifact (``options``:
     ``QuantizeConfig`` fields, e.g. ``mode="qat"`` or ``mode="ptq", type="int8", calibration_images=200``)."""
     from edgexfer.compress.quantize import quantize as run

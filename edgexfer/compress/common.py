@@ -9,8 +9,9 @@ from __future__ import annotations
 import gzip
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,17 +32,20 @@ def keras_artifact(path, role: str = "MODEL") -> Artifact:
     artifact = Artifact(path)
     model_path = artifact.model_path
     if model_path.suffix not in KERAS_SUFFIXES:
-        raise ArtifactError(f"{role} {str(artifact.path)!r} holds {model_path.name}, not a Keras model; pass "
-                            "the artifact of a training or compression stage (finetune, distill, prune, "
-                            "quantize), not an export")
+        raise ArtifactError(
+            f"{role} {str(artifact.path)!r} holds {model_path.name}, not a Keras model; pass "
+            "the artifact of a training or compression stage (finetune, distill, prune, "
+            "quantize), not an export"
+        )
     return artifact
 
 
 def check_out(out, *inputs: Artifact) -> None:
     for artifact in inputs:
         if Path(out).resolve() == artifact.path.resolve():
-            raise ConfigError(f"--out {str(out)!r} is the input artifact; a stage never changes its input, "
-                              "choose another directory")
+            raise ConfigError(
+                f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose another directory"
+            )
 
 
 def scan_data(artifact: Artifact, data, *, strict: bool, role: str = "model"):
@@ -50,9 +54,14 @@ def scan_data(artifact: Artifact, data, *, strict: bool, role: str = "model"):
 
     split = run_split(artifact)
     try:
-        dataset = scan_image_folder(data, class_names=artifact.manifest.label_names, seed=split["seed"],
-                                    val_fraction=split["val_fraction"], test_fraction=split["test_fraction"],
-                                    strict=strict)
+        dataset = scan_image_folder(
+            data,
+            class_names=artifact.manifest.label_names,
+            seed=split["seed"],
+            val_fraction=split["val_fraction"],
+            test_fraction=split["test_fraction"],
+            strict=strict,
+        )
     except DataError as exc:
         if "do not match the model's classes" in str(exc):
             raise DataError(f"the {role}'s classes ({str(artifact.path)!r}) and the data's differ: {exc}") from None
@@ -73,8 +82,17 @@ def stage_inputs(model_dir, data_dir, out, config) -> tuple:
     dataset, split = scan_data(source, data_dir, strict=config.strict)
     train = limit_samples(dataset.split("train"), config.max_train_images, config.seed)
     eval_split, eval_samples = evaluation_samples(dataset)
-    return (source, manifest, manifest.preprocessing, dataset, split, train, dataset.split("val"),
-            eval_split, eval_samples)
+    return (
+        source,
+        manifest,
+        manifest.preprocessing,
+        dataset,
+        split,
+        train,
+        dataset.split("val"),
+        eval_split,
+        eval_samples,
+    )
 
 
 def limit_samples(samples: Sequence, limit: int | None, seed: int) -> list:
@@ -85,8 +103,7 @@ def limit_samples(samples: Sequence, limit: int | None, seed: int) -> list:
     from sklearn.model_selection import train_test_split
 
     try:
-        kept, _ = train_test_split(samples, train_size=limit, stratify=[s.label for s in samples],
-                                   random_state=seed)
+        kept, _ = train_test_split(samples, train_size=limit, stratify=[s.label for s in samples], random_state=seed)
     except ValueError:  # fewer picks than classes
         order = np.random.default_rng(seed).permutation(len(samples))[:limit]
         kept = [samples[i] for i in sorted(order)]
@@ -98,8 +115,10 @@ def evaluation_samples(dataset) -> tuple[str, list]:
     for name in ("test", "val"):
         if dataset.split(name):
             return name, dataset.split(name)
-    raise DataError(f"{str(dataset.root)!r} has no test or validation images to measure accuracy on; "
-                    "add images or raise the val/test fractions")
+    raise DataError(
+        f"{str(dataset.root)!r} has no test or validation images to measure accuracy on; "
+        "add images or raise the val/test fractions"
+    )
 
 
 def load_uint8(samples: Sequence, preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +133,7 @@ def keras_probs(model, images_uint8: np.ndarray, preprocessing: Preprocessing, b
 
     outputs = []
     for start in range(0, len(images_uint8), _EVAL_CHUNK):
-        x = normalize(images_uint8[start:start + _EVAL_CHUNK], preprocessing)
+        x = normalize(images_uint8[start : start + _EVAL_CHUNK], preprocessing)
         outputs.append(model.predict(x, batch_size=batch_size, verbose=0))
     return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
 
@@ -169,8 +188,13 @@ def weight_stats(model) -> dict[str, Any]:
     for weight in model.weights:
         values = weight.numpy()
         all_zeros += int(values.size - np.count_nonzero(values))
-    return {"params": params, "params_nonzero": params - all_zeros,
-            "sparsity": round(zeros / total, 4) if total else 0.0, "kernel_params": total, "layers": layers}
+    return {
+        "params": params,
+        "params_nonzero": params - all_zeros,
+        "sparsity": round(zeros / total, 4) if total else 0.0,
+        "kernel_params": total,
+        "layers": layers,
+    }
 
 
 def file_sizes(path: Path) -> dict[str, int]:
@@ -188,11 +212,14 @@ def pick_calibration(samples: Sequence, count: int, seed: int) -> list:
 
     samples = list(samples)
     if len(samples) < MIN_CALIBRATION_IMAGES:
-        raise DataError(f"the training split has {len(samples)} images; a calibration set needs at least "
-                        f"{MIN_CALIBRATION_IMAGES} representative images: add training images")
+        raise DataError(
+            f"the training split has {len(samples)} images; a calibration set needs at least "
+            f"{MIN_CALIBRATION_IMAGES} representative images: add training images"
+        )
     if len(samples) < count:
-        log.warning("asked for %d calibration images, the training split has %d; using all of them",
-                     count, len(samples))
+        log.warning(
+            "asked for %d calibration images, the training split has %d; using all of them", count, len(samples)
+        )
     return limit_samples(samples, count, seed)
 
 
@@ -205,9 +232,17 @@ def quiet_native_logs():
     return contextlib.nullcontext() if _env.verbose_logging() else _env._stderr_silenced()  # noqa: SLF001
 
 
-def converted_tflite(keras_model, manifest: Manifest, quant: str, *, calibration: np.ndarray | None,
-                     is_qat: bool, images_uint8: np.ndarray, labels: np.ndarray,
-                     keep: Path | None = None) -> dict[str, Any]:
+def converted_tflite(
+    keras_model,
+    manifest: Manifest,
+    quant: str,
+    *,
+    calibration: np.ndarray | None,
+    is_qat: bool,
+    images_uint8: np.ndarray,
+    labels: np.ndarray,
+    keep: Path | None = None,
+) -> dict[str, Any]:
     """Convert ``keras_model`` to TFLite with edgexfer's exporter, run it with LiteRT on the
     evaluation images and describe it: accuracy, size, gzip size, float32 tensors, sparsity."""
     from edgexfer.compress.tflite_stats import tflite_weight_sparsity
@@ -216,8 +251,15 @@ def converted_tflite(keras_model, manifest: Manifest, quant: str, *, calibration
 
     with tempfile.TemporaryDirectory(prefix="edgexfer-measure-") as tmp:
         with quiet_native_logs():
-            info = export_model(keras_model, manifest, tmp, "tflite", quant,
-                                calibration=calibration if quant == "int8" else None, is_qat=is_qat)
+            info = export_model(
+                keras_model,
+                manifest,
+                tmp,
+                "tflite",
+                quant,
+                calibration=calibration if quant == "int8" else None,
+                is_qat=is_qat,
+            )
         path = Path(tmp) / info["model_file"]
         with quiet_native_logs():
             model = load_model(path, label_names=manifest.label_names, preprocessing=manifest.preprocessing)
@@ -227,7 +269,14 @@ def converted_tflite(keras_model, manifest: Manifest, quant: str, *, calibration
             keep.write_bytes(content)
     quantization = info["quantization"]
     sparsity = tflite_weight_sparsity(content)
-    return {"quant": quant, "accuracy": accuracy(probs, labels), "size_bytes": info["size_bytes"],
-            "gzip_bytes": info["gzip_bytes"], "fp32_tensor_count": quantization.get("fp32_tensor_count"),
-            "input_dtype": quantization.get("input", {}).get("dtype"), "warnings": info["warnings"],
-            "weight_sparsity": sparsity["sparsity"], "weight_layers": sparsity["layers"]}
+    return {
+        "quant": quant,
+        "accuracy": accuracy(probs, labels),
+        "size_bytes": info["size_bytes"],
+        "gzip_bytes": info["gzip_bytes"],
+        "fp32_tensor_count": quantization.get("fp32_tensor_count"),
+        "input_dtype": quantization.get("input", {}).get("dtype"),
+        "warnings": info["warnings"],
+        "weight_sparsity": sparsity["sparsity"],
+        "weight_layers": sparsity["layers"],
+    }

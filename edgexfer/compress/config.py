@@ -25,8 +25,11 @@ class _StageConfig(FrozenConfig):
     seed: int = 0
     deterministic: bool = True
     strict: bool = False
-    strategy: Strategy = Field("default", description="tf.distribute strategy: default | mirrored | multi-worker "
-                                                      "(TF_CONFIG; --batch-size is the global batch)")
+    strategy: Strategy = Field(
+        "default",
+        description="tf.distribute strategy: default | mirrored | multi-worker "
+        "(TF_CONFIG; --batch-size is the global batch)",
+    )
 
 
 class DistillConfig(_StageConfig):
@@ -37,23 +40,32 @@ class DistillConfig(_StageConfig):
     """
 
     student: str = Field(..., description="registered backbone name of the student")
-    student_weights: str | None = Field(None, description="imagenet | none | PATH; default: imagenet where "
-                                                          "the backbone has it, else none")
+    student_weights: str | None = Field(
+        None, description="imagenet | none | PATH; default: imagenet where the backbone has it, else none"
+    )
     student_width: float | None = Field(None, description="width multiplier (MobileNet alpha)")
-    student_img_size: int | None = Field(None, ge=1, le=1024, description="student input size; default: the "
-                                                                         "teacher's")
-    bn_momentum: float | None = Field(0.99, gt=0.0, lt=1.0, description="BatchNorm momentum of the student; "
-                                      "keras.applications use 0.999, whose moving statistics lag behind a "
-                                      "short from-scratch schedule (MobileNetV2 stayed at chance in inference "
-                                      "mode); None keeps the backbone's")
+    student_img_size: int | None = Field(None, ge=1, le=1024, description="student input size; default: the teacher's")
+    bn_momentum: float | None = Field(
+        0.99,
+        gt=0.0,
+        lt=1.0,
+        description="BatchNorm momentum of the student; "
+        "keras.applications use 0.999, whose moving statistics lag behind a "
+        "short from-scratch schedule (MobileNetV2 stayed at chance in inference "
+        "mode); None keeps the backbone's",
+    )
     head: HeadOptions = HeadOptions()
     temperature: float = Field(4.0, gt=0.0, le=100.0, description="softmax temperature T of the soft targets")
-    alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the soft-target loss; 1 - alpha weighs "
-                                                          "the hard labels")
+    alpha: float = Field(
+        0.7, ge=0.0, le=1.0, description="weight of the soft-target loss; 1 - alpha weighs the hard labels"
+    )
     baseline: bool = Field(False, description="also train the same student without distillation")
-    unlabelled: str | None = Field(None, description="folder of extra images with no labels used (e.g. the "
-                                                    "target domain): the student learns them from the "
-                                                    "teacher's soft targets alone")
+    unlabelled: str | None = Field(
+        None,
+        description="folder of extra images with no labels used (e.g. the "
+        "target domain): the student learns them from the "
+        "teacher's soft targets alone",
+    )
     max_unlabelled_images: int | None = Field(None, ge=1, description="seeded random cap on the unlabelled images")
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -61,26 +73,27 @@ class DistillConfig(_StageConfig):
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     # Off by default: a distilled student learns more slowly than its baseline (the soft targets
     # regularise), and stopping on a small validation split cut it short (mnist-5k, cnn_small).
-    early_stopping_patience: int = Field(0, ge=0, description="patience on val accuracy, best weights "
-                                                              "restored; 0: off")
+    early_stopping_patience: int = Field(0, ge=0, description="patience on val accuracy, best weights restored; 0: off")
 
 
 class PruneConfig(_StageConfig):
     """tfmot magnitude pruning while fine-tuning, then ``strip_pruning``."""
 
-    sparsity: float | None = Field(None, description="target fraction of zero weights in the prunable "
-                                                     "layers, in [0, 1); 2:4 implies 0.5")
+    sparsity: float | None = Field(
+        None, description="target fraction of zero weights in the prunable layers, in [0, 1); 2:4 implies 0.5"
+    )
     structure: Literal["unstructured", "2:4"] = "unstructured"
     schedule: Literal["constant", "polynomial"] = "polynomial"
-    initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="polynomial schedule: sparsity at "
-                                                                     "the first step")
+    initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="polynomial schedule: sparsity at the first step")
     # Defaults: the target sparsity is reached halfway, and the second half fine-tunes at it. With
     # 4 epochs, end 0.7 and lr 3e-4, 75 % sparsity lost 14.4 points on mnist-5k (Lite0 teacher) and
     # 1.1 on fashion-mnist (cnn_medium); with these, 1.0 and 0.6 (BENCHMARKS.md).
-    end_fraction: float = Field(0.5, gt=0.0, le=1.0, description="polynomial schedule: fraction of the "
-                                                                 "steps after which the target is reached")
-    frequency: int | None = Field(None, ge=1, description="steps between mask updates; default: about "
-                                                          "10 updates over the schedule")
+    end_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="polynomial schedule: fraction of the steps after which the target is reached"
+    )
+    frequency: int | None = Field(
+        None, ge=1, description="steps between mask updates; default: about 10 updates over the schedule"
+    )
     epochs: int = Field(10, ge=1, description="fine-tuning epochs while pruning")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(5e-4, gt=0.0, le=1.0)
@@ -90,8 +103,9 @@ class PruneConfig(_StageConfig):
     @classmethod
     def _sparsity_range(cls, value):
         if value is not None and not 0.0 <= value < 1.0:
-            raise ValueError("sparsity is the fraction of weights set to zero: it must be in [0, 1) "
-                             "(0.5 prunes half of them)")
+            raise ValueError(
+                "sparsity is the fraction of weights set to zero: it must be in [0, 1) (0.5 prunes half of them)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -99,11 +113,12 @@ class PruneConfig(_StageConfig):
         if self.structure == "unstructured" and self.sparsity is None:
             raise ValueError("unstructured pruning needs a target sparsity, e.g. --sparsity 0.5")
         if self.structure == "2:4" and self.sparsity not in (None, 0.5):
-            raise ValueError(f"2:4 pruning zeroes exactly 2 of every 4 weights (sparsity 0.5), got "
-                             f"sparsity {self.sparsity}; pass --sparsity 0.5 or leave it out")
+            raise ValueError(
+                f"2:4 pruning zeroes exactly 2 of every 4 weights (sparsity 0.5), got "
+                f"sparsity {self.sparsity}; pass --sparsity 0.5 or leave it out"
+            )
         if self.schedule == "polynomial" and self.sparsity is not None and self.initial_sparsity > self.sparsity:
-            raise ValueError(f"initial_sparsity {self.initial_sparsity} is above the target sparsity "
-                             f"{self.sparsity}")
+            raise ValueError(f"initial_sparsity {self.initial_sparsity} is above the target sparsity {self.sparsity}")
         return self
 
     @property
@@ -116,22 +131,24 @@ class QuantizeConfig(_StageConfig):
 
     mode: Literal["qat", "ptq"] = "qat"
     type: Literal["int8", "fp16", "dynamic"] = Field("int8", description="PTQ kind; QAT is int8")
-    calibration_images: int = Field(200, description="representative images drawn from the training split "
-                                                     "(int8)")
+    calibration_images: int = Field(200, description="representative images drawn from the training split (int8)")
     epochs: int = Field(2, ge=1, description="QAT fine-tuning epochs")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
     warmup_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    preserve_sparsity: bool | None = Field(None, description="pruning-preserving QAT; default: when the "
-                                                             "input artifact is pruned")
+    preserve_sparsity: bool | None = Field(
+        None, description="pruning-preserving QAT; default: when the input artifact is pruned"
+    )
     compare_ptq: bool = Field(True, description="QAT: also measure PTQ int8 of the input model")
 
     @field_validator("calibration_images")
     @classmethod
     def _enough_calibration(cls, value):
         if value < MIN_CALIBRATION_IMAGES:
-            raise ValueError(f"a calibration set of {value} images is too small: int8 ranges need at least "
-                             f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)")
+            raise ValueError(
+                f"a calibration set of {value} images is too small: int8 ranges need at least "
+                f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)"
+            )
         return value
 
     @model_validator(mode="after")

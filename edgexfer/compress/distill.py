@@ -34,7 +34,7 @@ from edgexfer.artifact import Artifact, Manifest, Preprocessing
 from edgexfer.compress import common
 from edgexfer.compress.config import DistillConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, save_keras_model, load_keras_model
+from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 from edgexfer.train import distributed
@@ -52,8 +52,10 @@ def student_settings(config: DistillConfig, teacher_preprocessing: Preprocessing
     size = config.student_img_size or teacher_preprocessing.input_size
     if size < spec.min_input_size:
         given = f"--student-img-size {size}" if config.student_img_size else f"{size} px, the teacher's input size"
-        raise ConfigError(f"student input size ({given}) is too small for {spec.name}: it needs at "
-                          f"least {spec.min_input_size} px; pass --student-img-size {spec.min_input_size} or more")
+        raise ConfigError(
+            f"student input size ({given}) is too small for {spec.name}: it needs at "
+            f"least {spec.min_input_size} px; pass --student-img-size {spec.min_input_size} or more"
+        )
     width = config.student_width
     if width is not None and width != spec.default_width and width not in spec.widths:
         allowed = ", ".join(str(w) for w in spec.widths) or "none (this backbone has one width)"
@@ -77,7 +79,8 @@ def teacher_logits_model(teacher):
         linear.set_weights(dense.get_weights())
         return keras.Model(teacher.input, logits, name="teacher_logits_model"), "head_dense pre-activation"
     log_probs = keras.layers.Lambda(lambda p: tf.math.log(tf.maximum(p, 1e-12)), name="teacher_log_probs")(
-        teacher.output)
+        teacher.output
+    )
     return keras.Model(teacher.input, log_probs, name="teacher_logits_model"), "log-probabilities"
 
 
@@ -124,7 +127,7 @@ def _distiller(student, dense, teacher, temperature: float, alpha: float, online
                     t_log = tf.nn.log_softmax(tf.cast(teacher_logits, logits.dtype) / temperature)
                     s_log = tf.nn.log_softmax(logits / temperature)
                     soft = tf.reduce_mean(tf.reduce_sum(tf.exp(t_log) * (t_log - s_log), axis=-1))
-                    soft = soft * (temperature ** 2)
+                    soft = soft * (temperature**2)
                 else:
                     soft = tf.constant(0.0)
                 loss = alpha * soft + (1.0 - alpha) * hard
@@ -158,7 +161,8 @@ def _normalise(tf, images, preprocessing: Preprocessing, from_size: int):
     x = images
     if preprocessing.input_size != from_size:
         method = {"nearest": "nearest", "bicubic": "bicubic", "area": "area", "lanczos": "lanczos3"}.get(
-            preprocessing.resize, "bilinear")
+            preprocessing.resize, "bilinear"
+        )
         x = tf.image.resize(x, [preprocessing.input_size] * 2, method=method, antialias=True)
     if preprocessing.color == "BGR":
         x = x[..., ::-1]
@@ -179,11 +183,13 @@ def _cached_dataset(train, student_pre: Preprocessing, logits: np.ndarray, confi
     teacher = tf.data.Dataset.from_tensor_slices(logits[order].astype(np.float32))
     size = student_pre.input_size
     buffer = int(min(len(samples), max(1024, _SHUFFLE_BUFFER_BYTES // (size * size * 3 * 4))))
-    return (tf.data.Dataset.zip((images, teacher))
-            .map(lambda pair, t: ((pair[0], t), pair[1]))
-            .shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True)
-            .batch(config.batch_size)
-            .prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.Dataset.zip((images, teacher))
+        .map(lambda pair, t: ((pair[0], t), pair[1]))
+        .shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def _online_dataset(train, student_pre: Preprocessing, teacher_pre: Preprocessing, config: DistillConfig):
@@ -195,16 +201,40 @@ def _online_dataset(train, student_pre: Preprocessing, teacher_pre: Preprocessin
     tf, _ = import_tf()
     size = max(student_pre.input_size, teacher_pre.input_size)
     raw = Preprocessing(input_size=size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize=student_pre.resize)
-    ds = make_dataset(train, raw, batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                      augment=AugmentConfig(**config.augment.model_dump()), cache=True)
-    return ds.map(lambda x, y: ((_normalise(tf, x, student_pre, size), _normalise(tf, x, teacher_pre, size)), y),
-                  num_parallel_calls=tf.data.AUTOTUNE)
+    ds = make_dataset(
+        train,
+        raw,
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augment=AugmentConfig(**config.augment.model_dump()),
+        cache=True,
+    )
+    return ds.map(
+        lambda x, y: ((_normalise(tf, x, student_pre, size), _normalise(tf, x, teacher_pre, size)), y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
 
-def _train_student(config: DistillConfig, spec_name: str, size: int, weights: str, num_classes: int, train_ds,
-                   val_ds, steps: int, teacher, alpha: float, online: bool, description: str, progress: bool,
-                   strategy=None, checkpoint: StageCheckpoint | None = None, phase: str = "student",
-                   val_steps: int = 1):
+def _train_student(
+    config: DistillConfig,
+    spec_name: str,
+    size: int,
+    weights: str,
+    num_classes: int,
+    train_ds,
+    val_ds,
+    steps: int,
+    teacher,
+    alpha: float,
+    online: bool,
+    description: str,
+    progress: bool,
+    strategy=None,
+    checkpoint: StageCheckpoint | None = None,
+    phase: str = "student",
+    val_steps: int = 1,
+):
     from edgexfer._env import import_tf
     from edgexfer.backbones.registry import create_backbone
     from edgexfer.data import data_errors
@@ -223,20 +253,29 @@ def _train_student(config: DistillConfig, spec_name: str, size: int, weights: st
         student = build_classifier(backbone, head, name=f"{spec_name}_student")
         distiller = _distiller(student, head[-1], teacher, config.temperature, alpha, online)
         total = steps * config.epochs
-        distiller.compile(optimizer=keras.optimizers.Adam(
-            train_common.cosine_with_warmup(config.learning_rate, total, config.warmup_fraction)))
+        distiller.compile(
+            optimizer=keras.optimizers.Adam(
+                train_common.cosine_with_warmup(config.learning_rate, total, config.warmup_fraction)
+            )
+        )
     if checkpoint is not None and checkpoint.completed(phase) is not None:
         return student, checkpoint.restore(phase, student)
-    callbacks = [train_common.rich_progress_callback(description, config.epochs, steps, enabled=progress),
-                 *train_common.tensorboard_callbacks(description.split()[0])]
+    callbacks = [
+        train_common.rich_progress_callback(description, config.epochs, steps, enabled=progress),
+        *train_common.tensorboard_callbacks(description.split()[0]),
+    ]
     if config.early_stopping_patience:
         callbacks.append(train_common.restore_best_early_stopping(config.early_stopping_patience))
     if checkpoint is not None:
         callbacks += checkpoint.callbacks(phase, config.epochs)
     cluster = distributed.cluster_of(config.strategy, strategy)
     with data_errors():
-        history = distiller.fit(**distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps, val_steps),
-                                epochs=config.epochs, verbose=0, callbacks=callbacks)
+        history = distiller.fit(
+            **distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps, val_steps),
+            epochs=config.epochs,
+            verbose=0,
+            callbacks=callbacks,
+        )
     history = {key: [round(float(v), 5) for v in values] for key, values in history.history.items()}
     if checkpoint is not None:
         checkpoint.complete(phase, student, history)
@@ -256,8 +295,10 @@ def _unlabelled_samples(config: DistillConfig, label_names, log) -> list:
         chosen = np.random.default_rng(config.seed).choice(len(paths), config.max_unlabelled_images, replace=False)
         paths = [paths[i] for i in sorted(chosen)]
     if images.had_labels:
-        log(f"unlabelled {config.unlabelled}: its class folders are ignored; the student learns these "
-            f"{len(paths)} images from the teacher's soft targets only")
+        log(
+            f"unlabelled {config.unlabelled}: its class folders are ignored; the student learns these "
+            f"{len(paths)} images from the teacher's soft targets only"
+        )
     return [Sample(Path(p), -1) for p in paths]
 
 
@@ -287,9 +328,19 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     user_config, cluster = config, distributed.cluster_of(config.strategy, strategy)
     if cluster.multi_worker:
         config = config.model_copy(update={"batch_size": distributed.per_worker_batch(config.batch_size, cluster)})
-    checkpoint = StageCheckpoint("distill", out, {"config": user_config.model_dump(), "teacher": source.parent_ref()[
-        "sha256"], "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}}, log=log,
-        is_chief=cluster.is_chief, strategy=strategy, multi_worker=cluster.multi_worker)
+    checkpoint = StageCheckpoint(
+        "distill",
+        out,
+        {
+            "config": user_config.model_dump(),
+            "teacher": source.parent_ref()["sha256"],
+            "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
+        },
+        log=log,
+        is_chief=cluster.is_chief,
+        strategy=strategy,
+        multi_worker=cluster.multi_worker,
+    )
     timings: dict[str, float] = {}
     started = time.perf_counter()
     teacher = load_keras_model(source.model_path)
@@ -303,9 +354,11 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     # Multi-worker: this worker's shard (labelled and unlabelled images alike) at its share of the batch.
     train, shard_info = distributed.shard(train, cluster, config.seed)
     if cluster.multi_worker:
-        log(f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
+        log(
+            f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
             f"{config.batch_size} of the global {user_config.batch_size}"
-            + ("; the chief writes the artifact" if not cluster.is_chief else ""))
+            + ("; the chief writes the artifact" if not cluster.is_chief else "")
+        )
     steps = max(1, math.ceil(len(train) / config.batch_size))
     val_steps = max(1, math.ceil(len(val) / config.batch_size))
     if online:
@@ -318,15 +371,32 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
         train_ds = _cached_dataset(train, student_pre, logits, config)
         logits_note = f"cached ({len(logits)} × {logits.shape[1]}, computed once)"
     val_ds = make_dataset(val, student_pre, batch_size=config.batch_size, cache=True)
-    log(f"distilling {teacher_manifest.backbone} ({teacher_pre.input_size}px) into {spec.name} at {size}px "
+    log(
+        f"distilling {teacher_manifest.backbone} ({teacher_pre.input_size}px) into {spec.name} at {size}px "
         f"(weights {weights}, T={config.temperature}, alpha={config.alpha}) on {labelled_count} images"
-        f"{f' + {len(unlabelled)} unlabelled' if unlabelled else ''}; teacher logits {logits_note}")
+        f"{f' + {len(unlabelled)} unlabelled' if unlabelled else ''}; teacher logits {logits_note}"
+    )
 
     with train_common.timed(timings, "distill_seconds"):
-        student, history = _train_student(config, spec.name, size, weights, num_classes, train_ds, val_ds, steps,
-                                          logits_model if online else None, config.alpha, online, f"distill → {spec.name}", progress,
-                                          strategy=strategy, checkpoint=checkpoint, phase="student",
-                                          val_steps=val_steps)
+        student, history = _train_student(
+            config,
+            spec.name,
+            size,
+            weights,
+            num_classes,
+            train_ds,
+            val_ds,
+            steps,
+            logits_model if online else None,
+            config.alpha,
+            online,
+            f"distill → {spec.name}",
+            progress,
+            strategy=strategy,
+            checkpoint=checkpoint,
+            phase="student",
+            val_steps=val_steps,
+        )
     distill_step_seconds = timings["distill_seconds"] / (steps * config.epochs)
     allreduce = int(sum(int(np.prod(v.shape)) for v in student.trainable_variables)) * 4
     if cluster.multi_worker:  # evaluate and save a plain copy: a distributed predict returns a shard
@@ -340,15 +410,32 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     if config.baseline:
         log(f"baseline: the same {spec.name} without distillation (alpha 0, same init, data and schedule)")
         with train_common.timed(timings, "baseline_seconds"):
-            plain, plain_history = _train_student(config, spec.name, size, weights, num_classes, train_ds, val_ds,
-                                                  steps, None, 0.0, online, f"baseline {spec.name}", progress,
-                                                  strategy=strategy, checkpoint=checkpoint, phase="baseline",
-                                                  val_steps=val_steps)
+            plain, plain_history = _train_student(
+                config,
+                spec.name,
+                size,
+                weights,
+                num_classes,
+                train_ds,
+                val_ds,
+                steps,
+                None,
+                0.0,
+                online,
+                f"baseline {spec.name}",
+                progress,
+                strategy=strategy,
+                checkpoint=checkpoint,
+                phase="baseline",
+                val_steps=val_steps,
+            )
             if cluster.multi_worker:
                 plain = distributed.local_copy(plain)
-        baseline = {"accuracy": common.accuracy(common.keras_probs(plain, x_eval, student_pre), y_eval),
-                    "val_accuracy": common.accuracy(common.keras_probs(plain, x_val, student_pre), y_val),
-                    "history": plain_history}
+        baseline = {
+            "accuracy": common.accuracy(common.keras_probs(plain, x_eval, student_pre), y_eval),
+            "val_accuracy": common.accuracy(common.keras_probs(plain, x_val, student_pre), y_val),
+            "history": plain_history,
+        }
 
     with distributed.writing_artifact_on_chief(out, cluster) as writer:
         model_path = writer.file(MODEL_FILE)
@@ -359,41 +446,74 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
         size_after = common.file_sizes(model_path)
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
         metrics: dict[str, Any] = {
-            "eval_split": eval_split, "eval_images": int(len(y_eval)),
-            "teacher_accuracy": teacher_accuracy, "accuracy_before": teacher_accuracy,
-            "accuracy_after": student_accuracy, "student_accuracy": student_accuracy,
-            f"{eval_split}_accuracy": student_accuracy, "val_accuracy": student_val,
+            "eval_split": eval_split,
+            "eval_images": int(len(y_eval)),
+            "teacher_accuracy": teacher_accuracy,
+            "accuracy_before": teacher_accuracy,
+            "accuracy_after": student_accuracy,
+            "student_accuracy": student_accuracy,
+            f"{eval_split}_accuracy": student_accuracy,
+            "val_accuracy": student_val,
             "accuracy_gap_to_teacher": round(teacher_accuracy - student_accuracy, 6),
-            "params_teacher": teacher_stats["params"], "params_before": teacher_stats["params"],
-            "params": student_stats["params"], "params_after": student_stats["params"],
+            "params_teacher": teacher_stats["params"],
+            "params_before": teacher_stats["params"],
+            "params": student_stats["params"],
+            "params_after": student_stats["params"],
             "params_ratio": round(teacher_stats["params"] / student_stats["params"], 2),
-            "size_bytes_before": size_before["size_bytes"], "size_bytes_after": size_after["size_bytes"],
-            "gzip_bytes_before": size_before["gzip_bytes"], "gzip_bytes_after": size_after["gzip_bytes"],
+            "size_bytes_before": size_before["size_bytes"],
+            "size_bytes_after": size_after["size_bytes"],
+            "gzip_bytes_before": size_before["gzip_bytes"],
+            "gzip_bytes_after": size_after["gzip_bytes"],
             "model_bytes": size_after["size_bytes"],
-            "sparsity_before": teacher_stats["sparsity"], "sparsity_after": student_stats["sparsity"],
-            "teacher_logits": "online" if online else "cached", "teacher_logits_source": logits_source,
-            "temperature": config.temperature, "alpha": config.alpha,
-            "history": history, "timings_seconds": timings,
+            "sparsity_before": teacher_stats["sparsity"],
+            "sparsity_after": student_stats["sparsity"],
+            "teacher_logits": "online" if online else "cached",
+            "teacher_logits_source": logits_source,
+            "temperature": config.temperature,
+            "alpha": config.alpha,
+            "history": history,
+            "timings_seconds": timings,
             "splits": {"train": labelled_count, "val": len(val), eval_split: int(len(y_eval))},
             "unlabelled_images": len(unlabelled),
-            "distributed": {**distributed.describe(cluster, shard_info, user_config.batch_size),
-                            "allreduce_bytes_per_step": allreduce, "step_seconds": round(distill_step_seconds, 4)},
+            "distributed": {
+                **distributed.describe(cluster, shard_info, user_config.batch_size),
+                "allreduce_bytes_per_step": allreduce,
+                "step_seconds": round(distill_step_seconds, 4),
+            },
             "resumed": checkpoint.resumed,
             "peak_rss_mb": round(train_common.peak_rss_mb(), 1),
         }
         if baseline is not None:
-            metrics.update(baseline_accuracy=baseline["accuracy"], baseline_val_accuracy=baseline["val_accuracy"],
-                           distillation_gain=round(student_accuracy - baseline["accuracy"], 6),
-                           baseline_history=baseline["history"])
+            metrics.update(
+                baseline_accuracy=baseline["accuracy"],
+                baseline_val_accuracy=baseline["val_accuracy"],
+                distillation_gain=round(student_accuracy - baseline["accuracy"], 6),
+                baseline_history=baseline["history"],
+            )
         manifest = Manifest(
-            stage="distill", label_names=list(teacher_manifest.label_names), preprocessing=student_pre,
-            backbone=spec.name, weights=f"imagenet: {spec.weights_source}" if weights == "imagenet" else weights,
-            config=user_config.model_dump(), model_file=MODEL_FILE, parent=source.parent_ref(),
-            dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}, seed=config.seed,
-            extra={"width": config.student_width, "split": split, "strategy": config.strategy,
-                   "workers": cluster.workers,
-                   "teacher": {"path": str(source.path.resolve()), "backbone": teacher_manifest.backbone,
-                               "input_size": teacher_pre.input_size, "params": teacher_stats["params"]}})
+            stage="distill",
+            label_names=list(teacher_manifest.label_names),
+            preprocessing=student_pre,
+            backbone=spec.name,
+            weights=f"imagenet: {spec.weights_source}" if weights == "imagenet" else weights,
+            config=user_config.model_dump(),
+            model_file=MODEL_FILE,
+            parent=source.parent_ref(),
+            dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
+            seed=config.seed,
+            extra={
+                "width": config.student_width,
+                "split": split,
+                "strategy": config.strategy,
+                "workers": cluster.workers,
+                "teacher": {
+                    "path": str(source.path.resolve()),
+                    "backbone": teacher_manifest.backbone,
+                    "input_size": teacher_pre.input_size,
+                    "params": teacher_stats["params"],
+                },
+            },
+        )
         artifact = writer.commit(manifest, metrics)
     checkpoint.finish()
     return artifact

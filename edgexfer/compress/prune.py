@@ -21,7 +21,7 @@ from edgexfer.artifact import Artifact, Manifest
 from edgexfer.compress import common
 from edgexfer.compress.config import PruneConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, save_keras_model, load_keras_model
+from edgexfer.models_io import MODEL_FILE, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 from edgexfer.train import distributed
@@ -56,7 +56,7 @@ def plan_pruning(model, structure: str = "unstructured") -> PrunePlan:
         params = int(sum(int(np.prod(w.shape)) for w in layer.weights))
         kind = type(layer).__name__
 
-        def dense(reason: str) -> None:
+        def dense(reason: str, layer=layer, kind=kind, params=params) -> None:
             plan.dense.append({"layer": layer.name, "class": kind, "params": params, "reason": reason})
 
         custom = hasattr(layer, "get_prunable_weights")
@@ -77,8 +77,11 @@ def plan_pruning(model, structure: str = "unstructured") -> PrunePlan:
 
 
 def _m_by_n_unsupported(layer, keras) -> str | None:
-    if isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)) or not isinstance(
-            layer, (keras.layers.Conv2D, keras.layers.Dense)) or isinstance(layer, keras.layers.Conv2DTranspose):
+    if (
+        isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D))
+        or not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+        or isinstance(layer, keras.layers.Conv2DTranspose)
+    ):
         return f"2:4 sparsity is for Conv2D and Dense kernels; {type(layer).__name__} stays dense"
     if getattr(layer, "groups", 1) != 1:
         return "2:4 sparsity does not apply to grouped convolutions"
@@ -100,14 +103,22 @@ def make_schedule(config: PruneConfig, total_steps: int):
     if config.schedule == "constant" or config.structure == "2:4":
         frequency = config.frequency or max(1, total_steps // 10)
         return tfmot.sparsity.keras.ConstantSparsity(target, begin_step=0, frequency=frequency), {
-            "kind": "constant", "sparsity": target, "frequency": frequency}
+            "kind": "constant",
+            "sparsity": target,
+            "frequency": frequency,
+        }
     end = max(1, int(total_steps * config.end_fraction))
     frequency = min(config.frequency or max(1, end // 10), end)
     end -= end % frequency
     return tfmot.sparsity.keras.PolynomialDecay(
-        initial_sparsity=config.initial_sparsity, final_sparsity=target, begin_step=0, end_step=end,
-        frequency=frequency), {"kind": "polynomial", "initial_sparsity": config.initial_sparsity,
-                               "final_sparsity": target, "end_step": end, "frequency": frequency}
+        initial_sparsity=config.initial_sparsity, final_sparsity=target, begin_step=0, end_step=end, frequency=frequency
+    ), {
+        "kind": "polynomial",
+        "initial_sparsity": config.initial_sparsity,
+        "final_sparsity": target,
+        "end_step": end,
+        "frequency": frequency,
+    }
 
 
 def apply_pruning(model, plan: PrunePlan, schedule, structure: str):
@@ -153,8 +164,9 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     from edgexfer.data import make_dataset
     from edgexfer.export.convert import has_quantize_layers
 
-    source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = \
-        common.stage_inputs(model_dir, data_dir, out, config)
+    source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = common.stage_inputs(
+        model_dir, data_dir, out, config
+    )
 
     tf, keras = import_tf()
     import tensorflow_model_optimization as tfmot
@@ -165,23 +177,39 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     train, shard_info = distributed.shard(train, cluster, config.seed)
     if cluster.multi_worker:
         config = config.model_copy(update={"batch_size": distributed.per_worker_batch(config.batch_size, cluster)})
-        log(f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
+        log(
+            f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
             f"{config.batch_size} of the global {user_config.batch_size}"
-            + ("; the chief writes the artifact" if not cluster.is_chief else ""))
-    checkpoint = StageCheckpoint("prune", out, {"config": user_config.model_dump(), "parent": source.parent_ref()[
-        "sha256"], "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}}, log=log,
-        is_chief=cluster.is_chief, strategy=strategy, multi_worker=cluster.multi_worker)
+            + ("; the chief writes the artifact" if not cluster.is_chief else "")
+        )
+    checkpoint = StageCheckpoint(
+        "prune",
+        out,
+        {
+            "config": user_config.model_dump(),
+            "parent": source.parent_ref()["sha256"],
+            "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
+        },
+        log=log,
+        is_chief=cluster.is_chief,
+        strategy=strategy,
+        multi_worker=cluster.multi_worker,
+    )
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = load_keras_model(source.model_path)
     if has_quantize_layers(model):
-        raise ConfigError(f"MODEL {str(source.path)!r} is quantization-aware (QAT); prune the float model "
-                          "first, then quantize the pruned one (pruning-preserving QAT keeps the sparsity)")
+        raise ConfigError(
+            f"MODEL {str(source.path)!r} is quantization-aware (QAT); prune the float model "
+            "first, then quantize the pruned one (pruning-preserving QAT keeps the sparsity)"
+        )
     common.make_trainable(model)
     plan = plan_pruning(model, config.structure)
     if not plan.pruned:
-        raise ConfigError(f"no layer of MODEL {str(source.path)!r} can be pruned "
-                          f"({'; '.join(sorted({d['reason'] for d in plan.dense}))})")
+        raise ConfigError(
+            f"no layer of MODEL {str(source.path)!r} can be pruned "
+            f"({'; '.join(sorted({d['reason'] for d in plan.dense}))})"
+        )
     x_eval, y_eval = common.load_uint8(eval_samples, preprocessing)
     before = common.weight_stats(model)
     accuracy_before = common.accuracy(common.keras_probs(model, x_eval, preprocessing), y_eval)
@@ -191,31 +219,43 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     schedule, schedule_info = make_schedule(config, total_steps)
     with strategy.scope():
         pruned = apply_pruning(model, plan, schedule, config.structure)
-        pruned.compile(optimizer=keras.optimizers.Adam(train_common.cosine_with_warmup(config.learning_rate, total_steps, 0.0)),
-                       loss=keras.losses.SparseCategoricalCrossentropy(),
-                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        pruned.compile(
+            optimizer=keras.optimizers.Adam(train_common.cosine_with_warmup(config.learning_rate, total_steps, 0.0)),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
     augment = _augment(config)
-    train_ds = make_dataset(train, preprocessing, batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                            augment=augment, cache=True)
+    train_ds = make_dataset(
+        train, preprocessing, batch_size=config.batch_size, shuffle=True, seed=config.seed, augment=augment, cache=True
+    )
     val_ds = make_dataset(val, preprocessing, batch_size=config.batch_size, cache=True) if val else None
     what = "2:4" if config.structure == "2:4" else f"{config.target_sparsity:.0%}"
-    log(f"pruning {len(plan.pruned)} layers to {what} sparsity ({schedule_info['kind']} schedule) while "
+    log(
+        f"pruning {len(plan.pruned)} layers to {what} sparsity ({schedule_info['kind']} schedule) while "
         f"fine-tuning {config.epochs} epochs on {len(train)} images; {len(plan.dense)} layers with weights "
-        "stay dense")
-    callbacks = [tfmot.sparsity.keras.UpdatePruningStep(),
-                 train_common.rich_progress_callback(f"prune ({what})", config.epochs, steps, enabled=progress),
-                 *train_common.tensorboard_callbacks("prune")]
+        "stay dense"
+    )
+    callbacks = [
+        tfmot.sparsity.keras.UpdatePruningStep(),
+        train_common.rich_progress_callback(f"prune ({what})", config.epochs, steps, enabled=progress),
+        *train_common.tensorboard_callbacks("prune"),
+    ]
     from edgexfer.data import data_errors
 
     allreduce = int(sum(int(np.prod(v.shape)) for v in pruned.trainable_variables)) * 4
     if checkpoint.completed("prune") is not None:
         history_dict = checkpoint.restore("prune", pruned)
     else:
-        inputs = distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps,
-                                        max(1, math.ceil(len(val) / config.batch_size)))
+        inputs = distributed.fit_inputs(
+            strategy, cluster, train_ds, val_ds, steps, max(1, math.ceil(len(val) / config.batch_size))
+        )
         with train_common.timed(timings, "prune_seconds"), data_errors():
-            history = pruned.fit(**inputs, epochs=config.epochs, verbose=0,
-                                 callbacks=callbacks + checkpoint.callbacks("prune", config.epochs))
+            history = pruned.fit(
+                **inputs,
+                epochs=config.epochs,
+                verbose=0,
+                callbacks=callbacks + checkpoint.callbacks("prune", config.epochs),
+            )
         history_dict = _history(history)
         checkpoint.complete("prune", pruned, history_dict)
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
@@ -244,25 +284,42 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
         size_before = common.file_sizes(source.model_path)
         size_after = common.file_sizes(model_path)
         metrics: dict[str, Any] = {
-            "eval_split": eval_split, "eval_images": int(len(y_eval)),
-            "accuracy_before": accuracy_before, "accuracy_after": accuracy_after,
+            "eval_split": eval_split,
+            "eval_images": int(len(y_eval)),
+            "accuracy_before": accuracy_before,
+            "accuracy_after": accuracy_after,
             "accuracy_drop": round(accuracy_before - accuracy_after, 6),
             f"{eval_split}_accuracy": accuracy_after,
-            "params": after["params"], "params_before": before["params"], "params_after": after["params"],
-            "params_nonzero_before": before["params_nonzero"], "params_nonzero_after": after["params_nonzero"],
-            "target_sparsity": config.target_sparsity, "structure": config.structure,
-            "sparsity_before": before["sparsity"], "sparsity_after": after["sparsity"],
+            "params": after["params"],
+            "params_before": before["params"],
+            "params_after": after["params"],
+            "params_nonzero_before": before["params_nonzero"],
+            "params_nonzero_after": after["params_nonzero"],
+            "target_sparsity": config.target_sparsity,
+            "structure": config.structure,
+            "sparsity_before": before["sparsity"],
+            "sparsity_after": after["sparsity"],
             "pruned_layers_sparsity": reached,
-            "layers": layers, "dense_layers": plan.dense,
-            "size_bytes_before": size_before["size_bytes"], "size_bytes_after": size_after["size_bytes"],
-            "gzip_bytes_before": size_before["gzip_bytes"], "gzip_bytes_after": size_after["gzip_bytes"],
+            "layers": layers,
+            "dense_layers": plan.dense,
+            "size_bytes_before": size_before["size_bytes"],
+            "size_bytes_after": size_after["size_bytes"],
+            "gzip_bytes_before": size_before["gzip_bytes"],
+            "gzip_bytes_after": size_after["gzip_bytes"],
             "gzip_ratio": round(size_before["gzip_bytes"] / size_after["gzip_bytes"], 3),
-            "model_bytes": size_after["size_bytes"], "schedule": schedule_info,
-            "history": history_dict, "splits": {"train": len(train), "val": len(val), eval_split: len(y_eval)},
-            "distributed": {**distributed.describe(cluster, shard_info, user_config.batch_size),
-                            "allreduce_bytes_per_step": allreduce,
-                            **({"step_seconds": round(timings["prune_seconds"] / total_steps, 4)}
-                               if "prune_seconds" in timings else {})},
+            "model_bytes": size_after["size_bytes"],
+            "schedule": schedule_info,
+            "history": history_dict,
+            "splits": {"train": len(train), "val": len(val), eval_split: len(y_eval)},
+            "distributed": {
+                **distributed.describe(cluster, shard_info, user_config.batch_size),
+                "allreduce_bytes_per_step": allreduce,
+                **(
+                    {"step_seconds": round(timings["prune_seconds"] / total_steps, 4)}
+                    if "prune_seconds" in timings
+                    else {}
+                ),
+            },
             "resumed": checkpoint.resumed,
         }
         if config.structure == "2:4":
@@ -273,23 +330,41 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
             with train_common.timed(timings, "tflite_seconds"), common.quiet_native_logs():
                 tfl_before = common.bytes_sizes(tflite_bytes(model, "none"))
                 tfl_after = common.bytes_sizes(tflite_bytes(stripped, "none"))
-            metrics["tflite_fp32"] = {"size_bytes_before": tfl_before["size_bytes"],
-                                      "size_bytes_after": tfl_after["size_bytes"],
-                                      "gzip_bytes_before": tfl_before["gzip_bytes"],
-                                      "gzip_bytes_after": tfl_after["gzip_bytes"],
-                                      "gzip_ratio": round(tfl_before["gzip_bytes"] / tfl_after["gzip_bytes"], 3)}
+            metrics["tflite_fp32"] = {
+                "size_bytes_before": tfl_before["size_bytes"],
+                "size_bytes_after": tfl_after["size_bytes"],
+                "gzip_bytes_before": tfl_before["gzip_bytes"],
+                "gzip_bytes_after": tfl_after["gzip_bytes"],
+                "gzip_ratio": round(tfl_before["gzip_bytes"] / tfl_after["gzip_bytes"], 3),
+            }
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
         metrics["timings_seconds"] = timings
         metrics["peak_rss_mb"] = round(train_common.peak_rss_mb(), 1)
         written = Manifest(
-            stage="prune", label_names=list(manifest.label_names), preprocessing=preprocessing,
-            backbone=manifest.backbone, weights=manifest.weights, config=user_config.model_dump(),
-            model_file=MODEL_FILE, parent=source.parent_ref(),
-            dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}, seed=config.seed,
-            extra={**_carried(manifest), "split": split, "strategy": config.strategy, "workers": cluster.workers,
-                   "pruning": {"structure": config.structure, "target_sparsity": config.target_sparsity,
-                               "sparsity": reached, "pruned_layers": list(plan.pruned),
-                               "dense_layers": [d["layer"] for d in plan.dense]}})
+            stage="prune",
+            label_names=list(manifest.label_names),
+            preprocessing=preprocessing,
+            backbone=manifest.backbone,
+            weights=manifest.weights,
+            config=user_config.model_dump(),
+            model_file=MODEL_FILE,
+            parent=source.parent_ref(),
+            dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
+            seed=config.seed,
+            extra={
+                **_carried(manifest),
+                "split": split,
+                "strategy": config.strategy,
+                "workers": cluster.workers,
+                "pruning": {
+                    "structure": config.structure,
+                    "target_sparsity": config.target_sparsity,
+                    "sparsity": reached,
+                    "pruned_layers": list(plan.pruned),
+                    "dense_layers": [d["layer"] for d in plan.dense],
+                },
+            },
+        )
         artifact = writer.commit(written, metrics)
     checkpoint.finish()
     return artifact

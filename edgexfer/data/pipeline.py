@@ -15,10 +15,10 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 # still mixes classes well.
 _SHUFFLE_BUFFER_BYTES = 256 << 20
 _LARGE_CACHE_BYTES = 4 << 30
-_TF_RESIZE = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "area": "area",
-              "lanczos": "lanczos3"}
+_TF_RESIZE = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "area": "area", "lanczos": "lanczos3"}
 
 
 @dataclass(frozen=True)
@@ -60,11 +59,17 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.flip, bool):
             raise ConfigError(f"augment flip must be true or false, got {self.flip!r}")
-        ranges = {"crop_zoom": (self.crop_zoom, 1.0, False), "brightness": (self.brightness, 1.0, True),
-                  "contrast": (self.contrast, 1.0, False)}
+        ranges = {
+            "crop_zoom": (self.crop_zoom, 1.0, False),
+            "brightness": (self.brightness, 1.0, True),
+            "contrast": (self.contrast, 1.0, False),
+        }
         for name, (value, top, closed) in ranges.items():
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                0.0 <= value <= top if closed else 0.0 <= value < top)
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and (0.0 <= value <= top if closed else 0.0 <= value < top)
+            )
             if not ok:
                 allowed = f"[0, {top:g}]" if closed else f"[0, {top:g})"
                 raise ConfigError(f"augment {name} must be a number in {allowed}, got {value!r}")
@@ -74,8 +79,9 @@ class AugmentConfig:
         return self.flip or self.crop_zoom > 0 or self.brightness > 0 or self.contrast > 0
 
 
-def load_arrays(samples: Sequence[Sample], preprocessing, *, workers: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(
+    samples: Sequence[Sample], preprocessing, *, workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Decode ``samples`` into ``(uint8 N×H×W×3 images, int32 labels)`` with a thread pool.
 
     For small sets (tests, calibration data); large sets belong in :func:`make_dataset`.
@@ -88,8 +94,7 @@ def load_arrays(samples: Sequence[Sample], preprocessing, *, workers: int | None
         return np.zeros((0, size, size, 3), np.uint8), labels
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        images = list(pool.map(
-            lambda s: load_image(s.path, size, preprocessing.resize, preprocessing.color), samples))
+        images = list(pool.map(lambda s: load_image(s.path, size, preprocessing.resize, preprocessing.color), samples))
     return np.stack(images), labels
 
 
@@ -151,9 +156,14 @@ def make_dataset(
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)  # file names: cheap
     ds = ds.map(decode_map, num_parallel_calls=tf.data.AUTOTUNE)
     if cache is True and len(paths) * size * size * 3 > _LARGE_CACHE_BYTES:
-        log.warning("caching %d decoded %dx%d images in memory takes %.1f GB; pass cache=PATH (disk) "
-                    "or cache=False (stream) if that is too much", len(paths), size, size,
-                    len(paths) * size * size * 3 / 1e9)
+        log.warning(
+            "caching %d decoded %dx%d images in memory takes %.1f GB; pass cache=PATH (disk) "
+            "or cache=False (stream) if that is too much",
+            len(paths),
+            size,
+            size,
+            len(paths) * size * size * 3 / 1e9,
+        )
     if cache:
         ds = ds.cache(_cache_file(cache, paths, labels, preprocessing) if not isinstance(cache, bool) else "")
         if shuffle:
@@ -165,9 +175,12 @@ def make_dataset(
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         method = _TF_RESIZE[resize]
         ds = tf.data.Dataset.zip((ds, keys)).map(
-            lambda pair, key: (_augment(tf, pair[0], tf.stack([tf.constant(seed, tf.int64), key]),
-                                        augment, method), pair[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
+            lambda pair, key: (
+                _augment(tf, pair[0], tf.stack([tf.constant(seed, tf.int64), key]), augment, method),
+                pair[1],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     mean_t, std_t = tf.constant(mean), tf.constant(std)
 
@@ -222,8 +235,7 @@ def _augment(tf, image, seed, config: AugmentConfig, method: str):
 
 
 def _cache_file(cache: str | os.PathLike[str], paths: list[str], labels: np.ndarray, preprocessing) -> str:
-    key = json.dumps([paths, labels.tolist(), int(preprocessing.input_size), preprocessing.resize,
-                      preprocessing.color])
+    key = json.dumps([paths, labels.tolist(), int(preprocessing.input_size), preprocessing.resize, preprocessing.color])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     base = Path(cache)
     if base.is_dir():

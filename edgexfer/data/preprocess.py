@@ -31,9 +31,7 @@ def check_resize(resize: str) -> Image.Resampling:
     try:
         return RESIZE_METHODS[resize]
     except KeyError:
-        raise ConfigError(
-            f"resize {resize!r} is not supported; use one of {', '.join(RESIZE_METHODS)}"
-        ) from None
+        raise ConfigError(f"resize {resize!r} is not supported; use one of {', '.join(RESIZE_METHODS)}") from None
 
 
 def check_color(color: str) -> str:
@@ -71,9 +69,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
             values = values * 255.0
         gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in image.info
-    ) or (mode == "L" and "transparency" in image.info)
+    has_alpha = (
+        mode in ("RGBA", "LA", "PA", "RGBa", "La")
+        or (mode == "P" and "transparency" in image.info)
+        or (mode == "L" and "transparency" in image.info)
+    )
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -129,8 +129,10 @@ def normalisation_constants(preprocessing) -> tuple[np.ndarray, np.ndarray]:
     mean = np.asarray(preprocessing.mean, dtype=np.float32)
     std = np.asarray(preprocessing.std, dtype=np.float32)
     if mean.shape != std.shape or mean.ndim != 1:
-        raise ConfigError(f"preprocessing mean {preprocessing.mean!r} and std {preprocessing.std!r} "
-                          "must be per-channel lists of the same length")
+        raise ConfigError(
+            f"preprocessing mean {preprocessing.mean!r} and std {preprocessing.std!r} "
+            "must be per-channel lists of the same length"
+        )
     if np.any(std <= 0):
         raise ConfigError(f"preprocessing std {preprocessing.std!r} must be positive")
     return mean, std

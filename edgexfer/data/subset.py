@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -16,8 +17,7 @@ def stratified_subset(samples: Sequence[Any], count: int, seed: int = 0) -> list
     by_class: dict[int, list[Any]] = {}
     for sample in samples:
         by_class.setdefault(sample.label, []).append(sample)
-    queues = [[members[i] for i in rng.permutation(len(members))]
-              for _, members in sorted(by_class.items())]
+    queues = [[members[i] for i in rng.permutation(len(members))] for _, members in sorted(by_class.items())]
     chosen: list[Any] = []
     depth = 0
     while len(chosen) < count:

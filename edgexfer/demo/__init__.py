@@ -11,25 +11,42 @@ from pathlib import Path
 from typing import Any
 
 from edgexfer.errors import ConfigError
-from edgexfer.evaluate.latency import batch1_p50
 from edgexfer.recipes_index import RECIPES_DIR
 
 # Shipped in the package (edgexfer/recipes → models/), so the demo runs from an installed wheel too.
 RECIPE = RECIPES_DIR / "digits.yaml"
 # --full: a larger input, longer training; slower, more accurate.
-FULL_OVERRIDES = ["finetune.img_size=96", "finetune.epochs=15", "finetune.fine_tune_epochs=10",
-                  "distill.epochs=40", "distill.student=cnn_medium", "prune.epochs=6", "quantize.epochs=4"]
+FULL_OVERRIDES = [
+    "finetune.img_size=96",
+    "finetune.epochs=15",
+    "finetune.fine_tune_epochs=10",
+    "distill.epochs=40",
+    "distill.student=cnn_medium",
+    "prune.epochs=6",
+    "quantize.epochs=4",
+]
 
 
-def run_demo(run_dir: str | Path = "runs/demo", *, full: bool = False, progress: bool = False, log=print,
-             overrides: list[str] | None = None) -> dict[str, Any]:
+def run_demo(
+    run_dir: str | Path = "runs/demo",
+    *,
+    full: bool = False,
+    progress: bool = False,
+    log=print,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the demo pipeline; returns the run summary with the headline rows."""
     from edgexfer.pipeline import run_pipeline
 
     if not RECIPE.is_file():
         raise ConfigError(f"the demo recipe {RECIPE} is missing; reinstall edgexfer (pip install 'edgexfer[train]')")
-    summary = run_pipeline(RECIPE, run_dir=run_dir, overrides=(FULL_OVERRIDES if full else []) + (overrides or []),
-                           progress=progress, log=log)
+    summary = run_pipeline(
+        RECIPE,
+        run_dir=run_dir,
+        overrides=(FULL_OVERRIDES if full else []) + (overrides or []),
+        progress=progress,
+        log=log,
+    )
     summary["headline"] = headline_rows(Path(run_dir))
     return summary
 
@@ -45,7 +62,17 @@ def headline_rows(run_dir: Path) -> list[dict[str, Any]]:
     roles = {row["model"].name: row["role"] for row in summary_rows(road)}
     source = next((d for d in road.domains if d != road.target), None)
     chosen = [m for m in road.models.values() if m.name in roles or m.is_export]
-    return [{"model": m.label, "role": roles.get(m.name, ""),
-             "source_accuracy": m.acc(source), "target_accuracy": m.acc(road.target),
-             "accuracy": {d: m.acc(d) for d in road.domains}, "bytes": m.bytes, "params": m.params,
-             "latency_ms": m.latency_ms, "macs": m.macs} for m in chosen]
+    return [
+        {
+            "model": m.label,
+            "role": roles.get(m.name, ""),
+            "source_accuracy": m.acc(source),
+            "target_accuracy": m.acc(road.target),
+            "accuracy": {d: m.acc(d) for d in road.domains},
+            "bytes": m.bytes,
+            "params": m.params,
+            "latency_ms": m.latency_ms,
+            "macs": m.macs,
+        }
+        for m in chosen
+    ]

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SEEDS_FILE = "seeds.json"
 ADAPTED_EXPORT = "export_adapted"
@@ -68,8 +69,9 @@ def adapted_int8_on_source(run_dir: Path) -> float | None:
     source = run_dir / "data" / "source"
     if not (export / "manifest.json").is_file() or not source.is_dir():
         return None
-    result = check_artifacts([export], source, out=run_dir / "seeds-check" / "adapted-source", split="test",
-                             measure_latency=False)
+    result = check_artifacts(
+        [export], source, out=run_dir / "seeds-check" / "adapted-source", split="test", measure_latency=False
+    )
     candidates = result.get("candidates") or []
     return float(candidates[0]["parity"]["accuracy"]) if candidates else None
 
@@ -87,8 +89,15 @@ def spread(values_by_seed: dict[int, dict[str, float]]) -> dict[str, Any]:
     return {"seeds": seeds, "std_ddof": 1, "metrics": metrics}
 
 
-def run_demo_seeds(run_dir: str | Path = "runs/demo", *, seeds: int = 3, full: bool = False, progress: bool = False,
-                   log: Callable[..., None] = print, overrides: list[str] | None = None) -> dict[str, Any]:
+def run_demo_seeds(
+    run_dir: str | Path = "runs/demo",
+    *,
+    seeds: int = 3,
+    full: bool = False,
+    progress: bool = False,
+    log: Callable[..., None] = print,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
     """Run the demo over seeds ``0..seeds-1`` and write ``RUN_DIR/seeds.json``; returns its content
     plus the seed-0 summary (``summary``) so the caller can render the usual table."""
     from edgexfer.demo import RECIPE, run_demo

@@ -19,9 +19,10 @@ import gzip
 import json
 import os
 import platform
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,8 +50,8 @@ def _quiet(_message: str) -> None:
 @dataclass
 class _Candidate:
     artifact: Artifact
-    kind: str                 # tflite | onnx | saved_model
-    parent: Artifact          # nearest Keras ancestor
+    kind: str  # tflite | onnx | saved_model
+    parent: Artifact  # nearest Keras ancestor
     name: str = ""
     warnings: list[str] = field(default_factory=list)
 
@@ -62,13 +63,23 @@ class _Candidate:
 # --------------------------------------------------------------------------------- check
 
 
-def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.PathLike[str], *,
-                    out: str | os.PathLike[str] | None = None, split: str = "all",
-                    min_agreement: float | None = None, max_acc_drop: float | None = None,
-                    latency: lat.LatencySettings | None = None, measure_latency: bool = True,
-                    max_images: int | None = None, batch_size: int = 64, strict: bool = False,
-                    raise_on_failure: bool = False, log: Log | None = None,
-                    device: str = "auto") -> dict[str, Any]:
+def check_artifacts(
+    artifacts: Sequence[str | os.PathLike[str]],
+    data: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    split: str = "all",
+    min_agreement: float | None = None,
+    max_acc_drop: float | None = None,
+    latency: lat.LatencySettings | None = None,
+    measure_latency: bool = True,
+    max_images: int | None = None,
+    batch_size: int = 64,
+    strict: bool = False,
+    raise_on_failure: bool = False,
+    log: Log | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Check exported artifacts against their Keras parents on the image folder ``data``.
 
     ``device`` (cpu | cuda | auto) is where onnxruntime runs the .onnx candidates: with
@@ -103,8 +114,10 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
     keras_reference = _tensorflow_installed()
     gated = min_agreement is not None or max_acc_drop is not None
     if not keras_reference and gated and len(artifacts) < 2:
-        raise ConfigError("a gate (--min-agreement/--max-acc-drop) compares with the Keras parent, which needs "
-                          'TensorFlow: pip install "edgexfer[train]"; or pass a second exported file to compare with')
+        raise ConfigError(
+            "a gate (--min-agreement/--max-acc-drop) compares with the Keras parent, which needs "
+            'TensorFlow: pip install "edgexfer[train]"; or pass a second exported file to compare with'
+        )
 
     for path in artifacts:  # --device cuda that cannot work fails before anything is loaded
         where = Path(path)
@@ -115,8 +128,10 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
     label_names = candidates[0].artifact.manifest.label_names
     for candidate in candidates[1:]:
         if candidate.artifact.manifest.label_names != label_names:
-            raise ConfigError(f"{str(candidate.artifact.path)!r} has other classes than "
-                              f"{str(candidates[0].artifact.path)!r}; check models of one task together")
+            raise ConfigError(
+                f"{str(candidate.artifact.path)!r} has other classes than "
+                f"{str(candidates[0].artifact.path)!r}; check models of one task together"
+            )
 
     samples, dataset = _test_samples(data, candidates[0].artifact, split, strict, max_images)
     log(f"test data: {len(samples)} images of {len(label_names)} classes from {data} ({split})")
@@ -131,8 +146,10 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
     for index, candidate in enumerate(candidates):
         if candidate.kind in ("tflite", "onnx"):
             model, placements[index] = prov.load_on_device(candidate.artifact.path, device, num_threads=threads0)
-            log(f"predicting with {candidate.name} ({candidate.kind}, {placements[index].provider} on "
-                f"{placements[index].device})")
+            log(
+                f"predicting with {candidate.name} ({candidate.kind}, {placements[index].provider} on "
+                f"{placements[index].device})"
+            )
             probs[index] = model.predict_proba(pixels.uint8(model.preprocessing), batch_size)
             if placements[index].device != "cpu":  # the GPU session against a CPU session of the same file
                 cpu_model, _ = prov.load_on_device(candidate.artifact.path, "cpu", num_threads=threads0)
@@ -157,16 +174,16 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
             log(f"predicting with {candidate.name} (SavedModel, TensorFlow)")
             serve = lat.load_saved_model_signature(candidate.model_path)
             x = pixels.normalized(candidate.artifact.manifest.preprocessing)
-            probs[index] = np.concatenate([_first_output(serve(x[i:i + batch_size]))
-                                           for i in range(0, len(x), batch_size)])
+            probs[index] = np.concatenate(
+                [_first_output(serve(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+            )
 
     rows = []
     for index, candidate in enumerate(candidates):
         reference = parents[candidate.parent.path.resolve()]["probs"] if keras_reference else probs[0]
         parity = parity_metrics(reference, probs[index], labels, label_names)
         is_reference = not keras_reference and index == 0  # agrees with itself by construction: not gated
-        failures = [] if is_reference else gate_failures(parity, min_agreement=min_agreement,
-                                                         max_acc_drop=max_acc_drop)
+        failures = [] if is_reference else gate_failures(parity, min_agreement=min_agreement, max_acc_drop=max_acc_drop)
         rows.append(_candidate_row(candidate, parity, failures))
         if is_reference:
             rows[-1]["reference"] = True
@@ -176,24 +193,38 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
             rows[-1]["parity_vs_cpu"] = vs_cpu[index]
 
     parent_rows = []
-    for key, parent in parents.items():
+    for parent in parents.values():
         accuracy = float((parent["probs"].argmax(1) == labels).mean()) if len(labels) else float("nan")
-        parent_rows.append({"name": parent["artifact"].path.name, "artifact": str(parent["artifact"].path),
-                            "stage": parent["artifact"].manifest.stage, "accuracy": accuracy,
-                            **_size(parent["artifact"].model_path, parent["artifact"]), "latency": []})
+        parent_rows.append(
+            {
+                "name": parent["artifact"].path.name,
+                "artifact": str(parent["artifact"].path),
+                "stage": parent["artifact"].manifest.stage,
+                "accuracy": accuracy,
+                **_size(parent["artifact"].model_path, parent["artifact"]),
+                "latency": [],
+            }
+        )
 
     if measure_latency:
         for index, candidate in enumerate(candidates):
             x = pixels.normalized(candidate.artifact.manifest.preprocessing)
-            rows[index]["latency"] = _latency_rows(candidate.kind, candidate.model_path, x, settings,
-                                                   model=candidate.name, log=log, device=device)
+            rows[index]["latency"] = _latency_rows(
+                candidate.kind, candidate.model_path, x, settings, model=candidate.name, log=log, device=device
+            )
         for row, (key, parent) in zip(parent_rows, parents.items()):
             x = pixels.normalized(parent["artifact"].manifest.preprocessing)
             log(f"timing the Keras parent {row['name']}")
-            row["latency"] = lat.measure(lat.keras_runs(keras_models[key]), x, settings, model=row["name"],
-                                         runtime="keras-tensorflow", threads=tf_threads,
-                                         threads_used=tf_threads or lat.resolve_threads(0),
-                                         **tensorflow_placement().to_dict())
+            row["latency"] = lat.measure(
+                lat.keras_runs(keras_models[key]),
+                x,
+                settings,
+                model=row["name"],
+                runtime="keras-tensorflow",
+                threads=tf_threads,
+                threads_used=tf_threads or lat.resolve_threads(0),
+                **tensorflow_placement().to_dict(),
+            )
         for row in rows if keras_reference else []:
             parent_row = next(p for p in parent_rows if p["artifact"] == row["parent"]["path"])
             _add_speedups(row["latency"], parent_row["latency"])
@@ -203,15 +234,21 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], data: str | os.
         "gated": gated,
         "thresholds": {"min_agreement": min_agreement, "max_acc_drop": max_acc_drop},
         "failed": [row["name"] for row in rows if not row["passed"]],
-        "data": str(Path(data)), "split": split, "n": int(len(labels)),
+        "data": str(Path(data)),
+        "split": split,
+        "n": int(len(labels)),
         "skipped_files": [str(p) for p, _ in dataset.skipped],
         "label_names": list(label_names),
         "candidates": rows,
         "parents": parent_rows,
-        "reference": {"kind": "keras"} if keras_reference else {
-            "kind": "export", "name": rows[0]["name"],
+        "reference": {"kind": "keras"}
+        if keras_reference
+        else {
+            "kind": "export",
+            "name": rows[0]["name"],
             "why": "TensorFlow is not installed (runtime-only install), so no Keras parent can be loaded: parity "
-                   f"is against the first exported file, {rows[0]['name']}"},
+            f"is against the first exported file, {rows[0]['name']}",
+        },
         "device": device,
         "latency_settings": settings.to_dict() if measure_latency else None,
         "environment": _environment(tf_threads),
@@ -231,8 +268,11 @@ def gate_error(result: dict[str, Any]) -> ParityError | None:
     if result.get("passed", True):
         return None
     parts = [f"{row['name']}: {'; '.join(row['failures'])}" for row in result["candidates"] if not row["passed"]]
-    error = ParityError(f"check failed for {len(parts)} of {len(result['candidates'])} model(s) — "
-                        + " | ".join(parts) + f" (report: {result['report']['markdown']})")
+    error = ParityError(
+        f"check failed for {len(parts)} of {len(result['candidates'])} model(s) — "
+        + " | ".join(parts)
+        + f" (report: {result['report']['markdown']})"
+    )
     error.result = result  # type: ignore[attr-defined]
     return error
 
@@ -247,9 +287,11 @@ def _tensorflow_installed() -> bool:
 def _session_parity(probs: np.ndarray, cpu_probs: np.ndarray) -> dict[str, Any]:
     """Top-1 agreement and max/mean |Δp| of one file's GPU session against its CPU session."""
     diff = np.abs(probs - cpu_probs)
-    return {"agreement": float((probs.argmax(1) == cpu_probs.argmax(1)).mean()) if len(probs) else float("nan"),
-            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-            "mean_abs_diff": float(diff.mean()) if diff.size else 0.0}
+    return {
+        "agreement": float((probs.argmax(1) == cpu_probs.argmax(1)).mean()) if len(probs) else float("nan"),
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+    }
 
 
 def _candidate(path: str | os.PathLike[str], need_parent: bool = True) -> _Candidate:
@@ -257,18 +299,24 @@ def _candidate(path: str | os.PathLike[str], need_parent: bool = True) -> _Candi
     if path.is_file() and (path.parent / MANIFEST).is_file():
         path = path.parent  # a model file inside an export artifact
     if path.is_file():
-        raise ArtifactError(f"{str(path)!r} is a bare model file; check compares an export artifact "
-                            "with its Keras parent: pass the --out directory of edgexfer export")
+        raise ArtifactError(
+            f"{str(path)!r} is a bare model file; check compares an export artifact "
+            "with its Keras parent: pass the --out directory of edgexfer export"
+        )
     artifact = Artifact(path)
     model_path = artifact.model_path
     if model_path.suffix in KERAS_SUFFIXES:
-        raise ArtifactError(f"{str(artifact.path)!r} holds a Keras model ({model_path.name}); check compares "
-                            "exported models with their Keras parent: pass export artifacts "
-                            "(edgexfer export ARTIFACT --format tflite --out DIR)")
+        raise ArtifactError(
+            f"{str(artifact.path)!r} holds a Keras model ({model_path.name}); check compares "
+            "exported models with their Keras parent: pass export artifacts "
+            "(edgexfer export ARTIFACT --format tflite --out DIR)"
+        )
     kind = _KIND_BY_SUFFIX.get(model_path.suffix.lower()) or ("saved_model" if model_path.is_dir() else None)
     if kind is None:
-        raise ArtifactError(f"{str(artifact.path)!r} holds {model_path.name}, which check cannot run; "
-                            "export to tflite, onnx or saved_model")
+        raise ArtifactError(
+            f"{str(artifact.path)!r} holds {model_path.name}, which check cannot run; "
+            "export to tflite, onnx or saved_model"
+        )
     if not need_parent:  # runtime-only install: compared with the other exported files, not with Keras
         return _Candidate(artifact, kind, None)  # type: ignore[arg-type]
     parent, warnings = keras_ancestor(artifact)
@@ -279,8 +327,10 @@ def keras_ancestor(artifact: Artifact) -> tuple[Artifact, list[str]]:
     """The nearest artifact in ``artifact``'s lineage that holds a Keras model, and warnings
     for every link whose recorded sha256 no longer matches the parent's model file."""
     if not artifact.manifest.parent:
-        raise ArtifactError(f"{str(artifact.path)!r} records no parent (manifest.parent); check needs the "
-                            "Keras artifact it was exported from")
+        raise ArtifactError(
+            f"{str(artifact.path)!r} records no parent (manifest.parent); check needs the "
+            "Keras artifact it was exported from"
+        )
     warnings = []
     chain = artifact.lineage()
     for child, parent in zip(chain, chain[1:]):
@@ -290,8 +340,10 @@ def keras_ancestor(artifact: Artifact) -> tuple[Artifact, list[str]]:
         except ArtifactError:
             actual = None
         if recorded and actual and recorded != actual:
-            warnings.append(f"{parent.path} changed since {child.path.name} was made from it (sha256 "
-                            f"{actual[:12]}… ≠ recorded {recorded[:12]}…); parity is against the current file")
+            warnings.append(
+                f"{parent.path} changed since {child.path.name} was made from it (sha256 "
+                f"{actual[:12]}… ≠ recorded {recorded[:12]}…); parity is against the current file"
+            )
         try:
             is_keras = parent.model_path.suffix in KERAS_SUFFIXES
         except ArtifactError:
@@ -301,8 +353,10 @@ def keras_ancestor(artifact: Artifact) -> tuple[Artifact, list[str]]:
     last = chain[-1].manifest.parent
     gone = last and not (Path(last["path"]) / MANIFEST).is_file()
     where = f" (its parent {last['path']!r} no longer exists)" if gone else ""
-    raise ArtifactError(f"no Keras model in the lineage of {str(artifact.path)!r}{where}; check compares "
-                        "exported models with the Keras model they came from")
+    raise ArtifactError(
+        f"no Keras model in the lineage of {str(artifact.path)!r}{where}; check compares "
+        "exported models with the Keras model they came from"
+    )
 
 
 def _name_uniquely(candidates: list[_Candidate]) -> None:
@@ -376,8 +430,13 @@ def _candidate_row(candidate: _Candidate, parity: dict[str, Any], failures: list
         "quant": config.get("quant", quantization.get("mode", "none")),
         "io_type": quantization.get("io_type", (quantization.get("input") or {}).get("dtype")),
         "model_file": candidate.model_path.name,
-        "parent": {"path": str(candidate.parent.path), "stage": candidate.parent.manifest.stage,
-                   "model_file": candidate.parent.model_path.name} if candidate.parent else None,
+        "parent": {
+            "path": str(candidate.parent.path),
+            "stage": candidate.parent.manifest.stage,
+            "model_file": candidate.parent.model_path.name,
+        }
+        if candidate.parent
+        else None,
         "parity": parity,
         **size,
         "parent_size_bytes": parent_size,
@@ -400,8 +459,16 @@ def _size(path: Path, artifact: Artifact | None = None) -> dict[str, int]:
     return {"size_bytes": int(size), "gzip_bytes": int(gz)}
 
 
-def _latency_rows(kind: str, model_path: Path, x: np.ndarray, settings: lat.LatencySettings, *,
-                  model: str, log: Log, device: str = "auto") -> list[dict[str, Any]]:
+def _latency_rows(
+    kind: str,
+    model_path: Path,
+    x: np.ndarray,
+    settings: lat.LatencySettings,
+    *,
+    model: str,
+    log: Log,
+    device: str = "auto",
+) -> list[dict[str, Any]]:
     """Latency rows of one exported model on ``device`` (cpu | cuda | auto), each naming its
     provider and device. cpu: every thread count on the CPU runtime; cuda: onnxruntime CUDA only
     (``ConfigError`` when it is not in use, and for .tflite); auto: the CPU rows, plus CUDA rows
@@ -412,24 +479,47 @@ def _latency_rows(kind: str, model_path: Path, x: np.ndarray, settings: lat.Late
     if kind == "saved_model":
         log(f"timing {model} (TensorFlow)")
         threads = lat.set_tensorflow_threads(settings.threads[0])
-        return lat.measure(lat.saved_model_runs(model_path), x, settings, model=model,
-                           runtime="saved_model-tensorflow", threads=threads,
-                           threads_used=threads or lat.resolve_threads(0), **tensorflow_placement().to_dict())
+        return lat.measure(
+            lat.saved_model_runs(model_path),
+            x,
+            settings,
+            model=model,
+            runtime="saved_model-tensorflow",
+            threads=threads,
+            threads_used=threads or lat.resolve_threads(0),
+            **tensorflow_placement().to_dict(),
+        )
     if device != "cuda" or kind == "tflite":
         for threads in settings.threads:
             label = lat.runtime_label(kind)
             log(f"timing {model} on {label}, {threads or 'all'} thread(s)")
             runs, placement = lat.runtime_runs_on(model_path, "cpu" if device == "auto" else device, threads)
-            rows += lat.measure(runs, x, settings, model=model, runtime=label, threads=threads,
-                                threads_used=lat.resolve_threads(threads), **placement.to_dict())
+            rows += lat.measure(
+                runs,
+                x,
+                settings,
+                model=model,
+                runtime=label,
+                threads=threads,
+                threads_used=lat.resolve_threads(threads),
+                **placement.to_dict(),
+            )
     if kind == "onnx" and (device == "cuda" or (device == "auto" and prov.ORT_CUDA in lat.ort_providers())):
         log(f"timing {model} on onnxruntime CUDA")
         runs, placement = lat.runtime_runs_on(model_path, device, None)
         if placement.provider != prov.ORT_CUDA:  # auto: the provider is installed but did not start
             log(f"onnxruntime's CUDA provider did not start ({prov.cuda_unavailable_reason()}); CUDA skipped")
         else:
-            rows += lat.measure(runs, x, settings, model=model, runtime=lat.runtime_label(kind, lat.ORT_CUDA),
-                                threads=None, threads_used=None, **placement.to_dict())
+            rows += lat.measure(
+                runs,
+                x,
+                settings,
+                model=model,
+                runtime=lat.runtime_label(kind, lat.ORT_CUDA),
+                threads=None,
+                threads_used=None,
+                **placement.to_dict(),
+            )
     return rows
 
 
@@ -447,18 +537,25 @@ def _environment(tf_threads: int | None) -> dict[str, Any]:
         providers = lat.ort_providers()
     except ImportError:
         providers = []
-    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "cpus_usable": lat.resolve_threads(0), "onnxruntime_providers": providers,
-            "tensorflow_intra_op_threads": tf_threads, "versions": library_versions()}
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": lat.resolve_threads(0),
+        "onnxruntime_providers": providers,
+        "tensorflow_intra_op_threads": tf_threads,
+        "versions": library_versions(),
+    }
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def _write_reports(result: dict[str, Any], out_dir: Path, json_name: str, md_name: str,
-                   render: Callable[[dict[str, Any]], str]) -> dict[str, str]:
+def _write_reports(
+    result: dict[str, Any], out_dir: Path, json_name: str, md_name: str, render: Callable[[dict[str, Any]], str]
+) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / json_name, out_dir / md_name
     report = {"json": str(json_path), "markdown": str(md_path)}
@@ -478,9 +575,15 @@ def _atomic_write(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------------- benchmark
 
 
-def benchmark_models(models: Sequence[str | os.PathLike[str]], *, out: str | os.PathLike[str] | None = None,
-                     latency: lat.LatencySettings | None = None, seed: int = 0,
-                     log: Log | None = None, device: str = "auto") -> dict[str, Any]:
+def benchmark_models(
+    models: Sequence[str | os.PathLike[str]],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    latency: lat.LatencySettings | None = None,
+    seed: int = 0,
+    log: Log | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Latency (p50/p90/p99), throughput (images/s at batch 1 and N) and size of models.
 
     ``models``: ``.tflite``/``.onnx`` files or artifact directories (export artifacts, or
@@ -513,35 +616,65 @@ def benchmark_models(models: Sequence[str | os.PathLike[str]], *, out: str | os.
         pre = entry["preprocessing"]
         from edgexfer.runtime import normalize
 
-        pixels = rng.integers(0, 256, (settings.batch_size, pre.input_size, pre.input_size, pre.channels),
-                              dtype=np.uint8)
+        pixels = rng.integers(
+            0, 256, (settings.batch_size, pre.input_size, pre.input_size, pre.channels), dtype=np.uint8
+        )
         x = normalize(pixels, pre)
-        sizes.append({"model": entry["name"], "path": str(entry["model_path"]), "format": entry["format"],
-                      "quant": entry["quant"], **_size(entry["model_path"], entry.get("artifact"))})
+        sizes.append(
+            {
+                "model": entry["name"],
+                "path": str(entry["model_path"]),
+                "format": entry["format"],
+                "quant": entry["quant"],
+                **_size(entry["model_path"], entry.get("artifact")),
+            }
+        )
         if entry["kind"] == "keras":
             tf_threads = lat.set_tensorflow_threads(settings.threads[0])
             log(f"timing {entry['name']} (Keras, TensorFlow)")
             keras_model = load_keras_model(entry["artifact"].model_path)
             placement = tensorflow_placement()
             if device == "cuda" and placement.device == "cpu":
-                raise ConfigError(f"--device cuda: TensorFlow sees no GPU, so {entry['name']} (Keras) would run on "
-                                  "the CPU; use --device cpu or auto")
-            measured = lat.measure(lat.keras_runs(keras_model), x, settings, model=entry["name"],
-                                   runtime="keras-tensorflow", threads=tf_threads,
-                                   threads_used=tf_threads or lat.resolve_threads(0), **placement.to_dict())
+                raise ConfigError(
+                    f"--device cuda: TensorFlow sees no GPU, so {entry['name']} (Keras) would run on "
+                    "the CPU; use --device cpu or auto"
+                )
+            measured = lat.measure(
+                lat.keras_runs(keras_model),
+                x,
+                settings,
+                model=entry["name"],
+                runtime="keras-tensorflow",
+                threads=tf_threads,
+                threads_used=tf_threads or lat.resolve_threads(0),
+                **placement.to_dict(),
+            )
         else:
             if entry["kind"] == "saved_model":
                 tf_threads = lat.set_tensorflow_threads(settings.threads[0])
-            measured = _latency_rows(entry["kind"], entry["model_path"], x, settings, model=entry["name"], log=log,
-                                     device=device)
+            measured = _latency_rows(
+                entry["kind"], entry["model_path"], x, settings, model=entry["name"], log=log, device=device
+            )
         for row in measured:
             row.update(format=entry["format"], quant=entry["quant"], size_bytes=sizes[-1]["size_bytes"])
         rows += measured
 
-    result = {"models": [{k: str(v) if isinstance(v, Path) else v for k, v in e.items()
-                          if k in ("name", "model_path", "format", "quant", "kind")} for e in entries],
-              "rows": rows, "sizes": sizes, "latency_settings": settings.to_dict(), "device": device,
-              "environment": _environment(tf_threads), "created_at": _now()}
+    result = {
+        "models": [
+            {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in e.items()
+                if k in ("name", "model_path", "format", "quant", "kind")
+            }
+            for e in entries
+        ],
+        "rows": rows,
+        "sizes": sizes,
+        "latency_settings": settings.to_dict(),
+        "device": device,
+        "environment": _environment(tf_threads),
+        "created_at": _now(),
+    }
     result["report"] = _write_reports(result, out_dir, BENCHMARK_JSON, BENCHMARK_MD, render_benchmark_markdown)
     log(f"wrote {result['report']['json']} and {result['report']['markdown']}")
     return result
@@ -566,12 +699,26 @@ def _benchmark_entry(path: Path) -> dict[str, Any]:
         else:
             kind = _KIND_BY_SUFFIX.get(model_path.suffix.lower()) or "saved_model"
             fmt, quant = config.get("format", kind), config.get("quant", "none")
-        return {"name": artifact.path.name, "where": artifact.path, "model_path": model_path, "kind": kind,
-                "format": fmt, "quant": quant, "preprocessing": manifest.preprocessing, "artifact": artifact}
+        return {
+            "name": artifact.path.name,
+            "where": artifact.path,
+            "model_path": model_path,
+            "kind": kind,
+            "format": fmt,
+            "quant": quant,
+            "preprocessing": manifest.preprocessing,
+            "artifact": artifact,
+        }
     model = load_model(path)  # a bare file: the runtime checks it is a model and reads its metadata
-    return {"name": path.name, "where": path.parent / path.stem, "model_path": path, "kind": model.backend,
-            "format": model.manifest.get("format", model.backend), "quant": model.manifest.get("quant", "?"),
-            "preprocessing": model.preprocessing}
+    return {
+        "name": path.name,
+        "where": path.parent / path.stem,
+        "model_path": path,
+        "kind": model.backend,
+        "format": model.manifest.get("format", model.backend),
+        "quant": model.manifest.get("quant", "?"),
+        "preprocessing": model.preprocessing,
+    }
 
 
 # ------------------------------------------------------------------------------- reports
@@ -602,8 +749,13 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-_RUNTIME_SHORT = {"litert-xnnpack": "litert", "onnxruntime-cpu": "ort-cpu", "onnxruntime-cuda": "ort-cuda",
-                  "keras-tensorflow": "keras", "saved_model-tensorflow": "tf"}
+_RUNTIME_SHORT = {
+    "litert-xnnpack": "litert",
+    "onnxruntime-cpu": "ort-cpu",
+    "onnxruntime-cuda": "ort-cuda",
+    "keras-tensorflow": "keras",
+    "saved_model-tensorflow": "tf",
+}
 
 
 def _ms(value: float | None) -> str:
@@ -618,19 +770,44 @@ def latency_table_rows(rows: Sequence[dict[str, Any]], short: bool = False) -> l
     (``short``: abbreviated runtime names, for a terminal; else the runtime names its provider)."""
     out = []
     for row in rows:
-        threads = "—" if row.get("threads_used") is None else (
-            f"{row['threads_used']}" + ("*" if row.get("threads") == 0 else ""))
+        threads = (
+            "—"
+            if row.get("threads_used") is None
+            else (f"{row['threads_used']}" + ("*" if row.get("threads") == 0 else ""))
+        )
         runtime = _RUNTIME_SHORT.get(row["runtime"], row["runtime"]) if short else row["runtime"]
         if not short and row.get("provider"):
             runtime += f" ({row['provider']})"
         speedup = row.get("speedup_vs_keras")
-        out.append([row["model"], runtime, row.get("device", "?"), threads, str(row["batch"]), _ms(row["p50_ms"]), _ms(row["p90_ms"]),
-                    _ms(row["p99_ms"]), f"{row['images_per_second']:,.0f}",
-                    f"{speedup:.2f}×" if speedup else "—"])
+        out.append(
+            [
+                row["model"],
+                runtime,
+                row.get("device", "?"),
+                threads,
+                str(row["batch"]),
+                _ms(row["p50_ms"]),
+                _ms(row["p90_ms"]),
+                _ms(row["p99_ms"]),
+                f"{row['images_per_second']:,.0f}",
+                f"{speedup:.2f}×" if speedup else "—",
+            ]
+        )
     return out
 
 
-LATENCY_HEADER = ("model", "runtime", "device", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "×Keras p50")
+LATENCY_HEADER = (
+    "model",
+    "runtime",
+    "device",
+    "threads",
+    "batch",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "images/s",
+    "×Keras p50",
+)
 PARITY_HEADER = ("model", "format", "accuracy", "Δacc", "agreement", "max|Δp|", "mean|Δp|", "size", "gate")
 PARITY_HEADER_SHORT = ("model", "format", "acc", "Δacc", "agree", "max|Δp|", "mean|Δp|", "size", "gate")
 
@@ -641,8 +818,19 @@ def parity_table_rows(result: dict[str, Any], short: bool = False) -> list[list[
     failure reasons (``short``: for a terminal; no ratio, no reasons)."""
     rows = []
     for parent in result["parents"]:
-        rows.append([f"{parent['name']} (Keras)", "keras", _fmt(parent["accuracy"]), "—", "—", "—", "—",
-                     _bytes(parent["size_bytes"]), "—"])
+        rows.append(
+            [
+                f"{parent['name']} (Keras)",
+                "keras",
+                _fmt(parent["accuracy"]),
+                "—",
+                "—",
+                "—",
+                "—",
+                _bytes(parent["size_bytes"]),
+                "—",
+            ]
+        )
     for row in result["candidates"]:
         p = row["parity"]
         if row.get("reference"):
@@ -655,10 +843,19 @@ def parity_table_rows(result: dict[str, Any], short: bool = False) -> list[list[
             gate = "FAIL" + ("" if short else ": " + "; ".join(row["failures"]))
         delta = p["accuracy"] - p["reference_accuracy"] + 0.0  # + 0.0: no "-0.0000"
         ratio = f" ({row['size_ratio']:.2f}×)" if row.get("size_ratio") is not None and not short else ""
-        rows.append([row["name"], f"{row['format']}/{row['quant']}", _fmt(p["accuracy"]),
-                     f"{delta:+.4f}" if abs(delta) >= 5e-5 else "0",
-                     _fmt(p["agreement"]), f"{p['max_abs_diff']:.1e}", f"{p['mean_abs_diff']:.1e}",
-                     _bytes(row["size_bytes"]) + ratio, gate])
+        rows.append(
+            [
+                row["name"],
+                f"{row['format']}/{row['quant']}",
+                _fmt(p["accuracy"]),
+                f"{delta:+.4f}" if abs(delta) >= 5e-5 else "0",
+                _fmt(p["agreement"]),
+                f"{p['max_abs_diff']:.1e}",
+                f"{p['mean_abs_diff']:.1e}",
+                _bytes(row["size_bytes"]) + ratio,
+                gate,
+            ]
+        )
     return rows
 
 
@@ -667,55 +864,105 @@ def per_class_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name in result["label_names"]:
         first = result["candidates"][0]["parity"]["per_class"][name]
-        rows.append([name, str(first["n"])] + [_fmt(row["parity"]["per_class"][name]["agreement"])
-                                               for row in result["candidates"]])
+        rows.append(
+            [name, str(first["n"])]
+            + [_fmt(row["parity"]["per_class"][name]["agreement"]) for row in result["candidates"]]
+        )
     return header, rows
 
 
 def render_check_markdown(result: dict[str, Any]) -> str:
     thresholds = result["thresholds"]
-    status = ("PASSED" if result["passed"] else f"FAILED ({', '.join(result['failed'])})") if result["gated"] \
+    status = (
+        ("PASSED" if result["passed"] else f"FAILED ({', '.join(result['failed'])})")
+        if result["gated"]
         else "no gate (pass --min-agreement / --max-acc-drop)"
-    lines = [f"# edgexfer check — {status}", "",
-             f"Test data: `{result['data']}` ({result['split']}, {result['n']} images, "
-             f"{len(result['label_names'])} classes). Thresholds: min agreement "
-             f"{_fmt(thresholds['min_agreement'])}, max accuracy drop {_fmt(thresholds['max_acc_drop'])}.",
-             "", "## Parity with the Keras parent" if result.get("reference", {}).get("kind", "keras") == "keras"
-             else f"## Parity with {result['reference']['name']} (no Keras parent: {result['reference']['why']})", "",
-             "Δacc: accuracy minus the Keras parent's; agreement: fraction of images with the parent's "
-             "top-1 class; |Δp|: absolute difference of the probabilities; size: bytes on disk (× the parent's).",
-             "", _md_table(PARITY_HEADER, parity_table_rows(result)), ""]
+    )
+    lines = [
+        f"# edgexfer check — {status}",
+        "",
+        f"Test data: `{result['data']}` ({result['split']}, {result['n']} images, "
+        f"{len(result['label_names'])} classes). Thresholds: min agreement "
+        f"{_fmt(thresholds['min_agreement'])}, max accuracy drop {_fmt(thresholds['max_acc_drop'])}.",
+        "",
+        "## Parity with the Keras parent"
+        if result.get("reference", {}).get("kind", "keras") == "keras"
+        else f"## Parity with {result['reference']['name']} (no Keras parent: {result['reference']['why']})",
+        "",
+        "Δacc: accuracy minus the Keras parent's; agreement: fraction of images with the parent's "
+        "top-1 class; |Δp|: absolute difference of the probabilities; size: bytes on disk (× the parent's).",
+        "",
+        _md_table(PARITY_HEADER, parity_table_rows(result)),
+        "",
+    ]
     header, rows = per_class_rows(result)
     lines += ["## Per-class top-1 agreement (over each true class)", "", _md_table(header, rows), ""]
-    latency_rows = [r for row in result["parents"] for r in row["latency"]] + \
-                   [r for row in result["candidates"] for r in row["latency"]]
+    latency_rows = [r for row in result["parents"] for r in row["latency"]] + [
+        r for row in result["candidates"] for r in row["latency"]
+    ]
     if latency_rows:
         settings = result["latency_settings"]
-        lines += ["## Latency", "",
-                  f"{settings['warmup']} warm-up runs, then up to {settings['runs']} timed runs per row "
-                  f"(time.perf_counter); {settings['cpu_count']} CPUs on this machine. Compare rows of this "
-                  "report with each other, not with other runs. Threads marked * are all usable cores "
-                  "(--threads 0).", "",
-                  _md_table(LATENCY_HEADER, latency_table_rows(latency_rows)), ""]
+        lines += [
+            "## Latency",
+            "",
+            f"{settings['warmup']} warm-up runs, then up to {settings['runs']} timed runs per row "
+            f"(time.perf_counter); {settings['cpu_count']} CPUs on this machine. Compare rows of this "
+            "report with each other, not with other runs. Threads marked * are all usable cores "
+            "(--threads 0).",
+            "",
+            _md_table(LATENCY_HEADER, latency_table_rows(latency_rows)),
+            "",
+        ]
     warnings = [f"{row['name']}: {w}" for row in result["candidates"] for w in row["warnings"]]
     if warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
-    lines += ["## Lineage", ""] + [f"- `{row['name']}` ({row['artifact']}) ← Keras `{row['parent']['path']}` "
-                                   f"({row['parent']['stage']})" if row.get("parent") else
-                                   f"- `{row['name']}` ({row['artifact']}): Keras parent not loaded"
-                                   for row in result["candidates"]] + [""]
+    lines += (
+        ["## Lineage", ""]
+        + [
+            f"- `{row['name']}` ({row['artifact']}) ← Keras `{row['parent']['path']}` ({row['parent']['stage']})"
+            if row.get("parent")
+            else f"- `{row['name']}` ({row['artifact']}): Keras parent not loaded"
+            for row in result["candidates"]
+        ]
+        + [""]
+    )
     gpu_rows = [row for row in result["candidates"] if row.get("parity_vs_cpu")]
     if gpu_rows:
-        lines += ["## GPU session against the CPU session of the same file", "",
-                  _md_table(("model", "provider", "device", "agreement", "max|Δp|", "mean|Δp|"),
-                            [[row["name"], row["placement"]["provider"], row["placement"]["device"],
-                              _fmt(row["parity_vs_cpu"]["agreement"]), f"{row['parity_vs_cpu']['max_abs_diff']:.1e}",
-                              f"{row['parity_vs_cpu']['mean_abs_diff']:.1e}"] for row in gpu_rows]), ""]
+        lines += [
+            "## GPU session against the CPU session of the same file",
+            "",
+            _md_table(
+                ("model", "provider", "device", "agreement", "max|Δp|", "mean|Δp|"),
+                [
+                    [
+                        row["name"],
+                        row["placement"]["provider"],
+                        row["placement"]["device"],
+                        _fmt(row["parity_vs_cpu"]["agreement"]),
+                        f"{row['parity_vs_cpu']['max_abs_diff']:.1e}",
+                        f"{row['parity_vs_cpu']['mean_abs_diff']:.1e}",
+                    ]
+                    for row in gpu_rows
+                ],
+            ),
+            "",
+        ]
     return "\n".join(lines)
 
 
-BENCHMARK_HEADER = ("model", "format", "runtime", "device", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
-                    "size")
+BENCHMARK_HEADER = (
+    "model",
+    "format",
+    "runtime",
+    "device",
+    "threads",
+    "batch",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "images/s",
+    "size",
+)
 
 
 def benchmark_table_rows(result: dict[str, Any], short: bool = False) -> list[list[str]]:
@@ -727,14 +974,26 @@ def benchmark_table_rows(result: dict[str, Any], short: bool = False) -> list[li
 
 def render_benchmark_markdown(result: dict[str, Any]) -> str:
     settings = result["latency_settings"]
-    lines = ["# edgexfer benchmark", "",
-             f"{settings['warmup']} warm-up runs, then up to {settings['runs']} timed runs per row "
-             f"(time.perf_counter), random input; {settings['cpu_count']} CPUs on this machine "
-             f"({result['environment']['processor']}). Throughput is images per second at the median (p50) latency.",
-             "", _md_table(BENCHMARK_HEADER, benchmark_table_rows(result)), "", "## Size", "",
-             _md_table(("model", "format", "quant", "bytes", "gzip bytes"),
-                       [[s["model"], s["format"], s["quant"], f"{s['size_bytes']:,}", f"{s['gzip_bytes']:,}"]
-                        for s in result["sizes"]]), ""]
+    lines = [
+        "# edgexfer benchmark",
+        "",
+        f"{settings['warmup']} warm-up runs, then up to {settings['runs']} timed runs per row "
+        f"(time.perf_counter), random input; {settings['cpu_count']} CPUs on this machine "
+        f"({result['environment']['processor']}). Throughput is images per second at the median (p50) latency.",
+        "",
+        _md_table(BENCHMARK_HEADER, benchmark_table_rows(result)),
+        "",
+        "## Size",
+        "",
+        _md_table(
+            ("model", "format", "quant", "bytes", "gzip bytes"),
+            [
+                [s["model"], s["format"], s["quant"], f"{s['size_bytes']:,}", f"{s['gzip_bytes']:,}"]
+                for s in result["sizes"]
+            ],
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -9,8 +9,9 @@ moving to that domain.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from edgexfer.errors import ConfigError
 from edgexfer.models_io import load_keras_model
@@ -36,18 +37,27 @@ def parse_domains(specs: Iterable[str]) -> dict[str, str]:
     for spec in specs:
         name, path = parse_domain(spec)
         if name in domains:
-            raise ConfigError(f"--data name {name!r} is given twice ({domains[name]!r} and {path!r}); "
-                              "give each domain its own NAME")
+            raise ConfigError(
+                f"--data name {name!r} is given twice ({domains[name]!r} and {path!r}); give each domain its own NAME"
+            )
         domains[name] = path
     if not domains:
         raise ConfigError("pass at least one --data NAME=DIR")
     return domains
 
 
-def evaluate_domains(artifact: str | os.PathLike[str], domains: Mapping[str, str | os.PathLike[str]], *,
-                     class_map: Mapping[str, str] | str | None = None, split: str | Mapping[str, str] = "all",
-                     batch_size: int = 64, top_k: int = 5, strict: bool = False,
-                     trained_domains: Iterable[str] = (), measure_latency: bool = False) -> dict[str, Any]:
+def evaluate_domains(
+    artifact: str | os.PathLike[str],
+    domains: Mapping[str, str | os.PathLike[str]],
+    *,
+    class_map: Mapping[str, str] | str | None = None,
+    split: str | Mapping[str, str] = "all",
+    batch_size: int = 64,
+    top_k: int = 5,
+    strict: bool = False,
+    trained_domains: Iterable[str] = (),
+    measure_latency: bool = False,
+) -> dict[str, Any]:
     """Accuracy of ``artifact`` on each labelled folder of ``domains`` (name → folder) and the
     gap to the first one. ``class_map`` renames folder classes to the model's (applied to
     every domain where those folders exist).
@@ -65,10 +75,10 @@ def evaluate_domains(artifact: str | os.PathLike[str], domains: Mapping[str, str
     """
     from edgexfer.artifact import Artifact
     from edgexfer.config import EvaluateConfig
+    from edgexfer.data.class_map import check_map_used, parse_class_map
     from edgexfer.data.pipeline import data_errors
     from edgexfer.evaluate.evaluator import predict_samples
     from edgexfer.evaluate.metrics import classification_metrics
-    from edgexfer.data.class_map import check_map_used, parse_class_map
     from edgexfer.evaluate.splits import resolve_splits, run_split, samples_of, scan_domain
 
     if not domains:
@@ -93,13 +103,23 @@ def evaluate_domains(artifact: str | os.PathLike[str], domains: Mapping[str, str
         for name, samples in samples_by_domain.items():
             probs, labels = predict_samples(model, samples, manifest.preprocessing, config.batch_size)
             row = classification_metrics(labels, probs, manifest.label_names, top_k=config.top_k)
-            rows[name] = {"data": str(domains[name]), "split": splits[name],
-                          "labels_used_for_training": name in trained, **row}
-    for name, row in rows.items():
+            rows[name] = {
+                "data": str(domains[name]),
+                "split": splits[name],
+                "labels_used_for_training": name in trained,
+                **row,
+            }
+    for row in rows.values():
         row["gap"] = rows[reference]["accuracy"] - row["accuracy"]
-    result = {"artifact": str(loaded.path), "stage": manifest.stage, "reference": reference,
-              "split": split if isinstance(split, str) else dict(splits), "split_settings": run_split(loaded),
-              "domains": rows, "max_gap": max(row["gap"] for row in rows.values())}
+    result = {
+        "artifact": str(loaded.path),
+        "stage": manifest.stage,
+        "reference": reference,
+        "split": split if isinstance(split, str) else dict(splits),
+        "split_settings": run_split(loaded),
+        "domains": rows,
+        "max_gap": max(row["gap"] for row in rows.values()),
+    }
     if measure_latency:
         result.update(_cost(model, samples_by_domain[reference], manifest.preprocessing))
     return result
@@ -116,6 +136,13 @@ def _cost(model, samples: list, preprocessing) -> dict[str, Any]:
     x = normalize(images, preprocessing)
     threads = lat.set_tensorflow_threads(1)
     settings = lat.LatencySettings(batch_size=1)
-    rows = lat.measure(lat.keras_runs(model), x, settings, model=str(getattr(model, "name", "keras")),
-                       runtime="keras-tensorflow", threads=threads, threads_used=threads or lat.resolve_threads(0))
+    rows = lat.measure(
+        lat.keras_runs(model),
+        x,
+        settings,
+        model=str(getattr(model, "name", "keras")),
+        runtime="keras-tensorflow",
+        threads=threads,
+        threads_used=threads or lat.resolve_threads(0),
+    )
     return {"macs": keras_macs(model), "latency": rows}

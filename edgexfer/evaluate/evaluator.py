@@ -22,8 +22,9 @@ def predict_samples(model, samples: list, preprocessing, batch_size: int) -> tup
     return probs, np.array([s.label for s in samples], dtype=int)
 
 
-def evaluate_artifact(artifact_path: str | Path, data_dir: str | Path, config: EvaluateConfig,
-                      confusion_png: str | Path | None = None) -> dict[str, Any]:
+def evaluate_artifact(
+    artifact_path: str | Path, data_dir: str | Path, config: EvaluateConfig, confusion_png: str | Path | None = None
+) -> dict[str, Any]:
     """Accuracy, top-k, per-class metrics and the confusion matrix of a Keras artifact."""
     from edgexfer.evaluate.metrics import classification_metrics, save_confusion_png
     from edgexfer.evaluate.splits import samples_of, scan_domain
@@ -39,11 +40,19 @@ def evaluate_artifact(artifact_path: str | Path, data_dir: str | Path, config: E
     with data_errors():
         probs, labels = predict_samples(model, samples, manifest.preprocessing, config.batch_size)
     result = classification_metrics(labels, probs, manifest.label_names, top_k=config.top_k)
-    result.update(artifact=str(artifact.path), data=str(Path(data_dir)), split=config.split,
-                  skipped_files=[str(p) for p, _ in dataset.skipped])
+    result.update(
+        artifact=str(artifact.path),
+        data=str(Path(data_dir)),
+        split=config.split,
+        skipped_files=[str(p) for p, _ in dataset.skipped],
+    )
     if confusion_png:
-        save_confusion_png(result["confusion_matrix"], manifest.label_names, confusion_png,
-                           title=f"{manifest.backbone} on {Path(data_dir).name} ({config.split})")
+        save_confusion_png(
+            result["confusion_matrix"],
+            manifest.label_names,
+            confusion_png,
+            title=f"{manifest.backbone} on {Path(data_dir).name} ({config.split})",
+        )
         result["confusion_png"] = str(confusion_png)
     return result
 
@@ -63,12 +72,16 @@ def check_output_file(path: str | Path, option: str) -> None:
 
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"{option} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'results.json')!r}"
-                          if option == "--json" else f"{option} {str(path)!r} is a folder; give a file name")
+        raise ConfigError(
+            f"{option} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'results.json')!r}"
+            if option == "--json"
+            else f"{option} {str(path)!r} is a folder; give a file name"
+        )
     parent = path.parent
     if not parent.is_dir():
-        raise ConfigError(f"{option} {str(path)!r}: the folder {str(parent)!r} does not exist; create it or choose "
-                          "another path")
+        raise ConfigError(
+            f"{option} {str(path)!r}: the folder {str(parent)!r} does not exist; create it or choose another path"
+        )
     try:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=tmp_prefix(path.name)):
             pass
@@ -76,5 +89,6 @@ def check_output_file(path: str | Path, option: str) -> None:
             with open(path, "ab"):
                 pass
     except OSError as exc:
-        raise ConfigError(f"{option} {str(path)!r} cannot be written ({exc.strerror or exc}); choose a writable "
-                          "location") from None
+        raise ConfigError(
+            f"{option} {str(path)!r} cannot be written ({exc.strerror or exc}); choose a writable location"
+        ) from None

@@ -12,8 +12,9 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,9 +62,15 @@ class LatencySettings:
         return (1,) if self.batch_size == 1 else (1, self.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"warmup": self.warmup, "runs": self.runs, "batch_sizes": list(self.batch_sizes),
-                "threads": list(self.threads), "threads_resolved": [resolve_threads(t) for t in self.threads],
-                "max_seconds": self.max_seconds, "cpu_count": os.cpu_count()}
+        return {
+            "warmup": self.warmup,
+            "runs": self.runs,
+            "batch_sizes": list(self.batch_sizes),
+            "threads": list(self.threads),
+            "threads_resolved": [resolve_threads(t) for t in self.threads],
+            "max_seconds": self.max_seconds,
+            "cpu_count": os.cpu_count(),
+        }
 
 
 def parse_threads(text: str | Sequence[int] | int) -> tuple[int, ...]:
@@ -75,13 +82,13 @@ def parse_threads(text: str | Sequence[int] | int) -> tuple[int, ...]:
         try:
             values = [int(p) for p in parts]
         except ValueError:
-            raise ConfigError(f"--threads {text!r} is invalid; use comma-separated counts, e.g. 1,2,0 "
-                              "(0 = all cores)") from None
+            raise ConfigError(
+                f"--threads {text!r} is invalid; use comma-separated counts, e.g. 1,2,0 (0 = all cores)"
+            ) from None
     else:
         values = [int(v) for v in text]
     if not values or any(v < 0 for v in values):
-        raise ConfigError(f"--threads {text!r} is invalid; use comma-separated counts ≥ 0, e.g. 1,2,0 "
-                          "(0 = all cores)")
+        raise ConfigError(f"--threads {text!r} is invalid; use comma-separated counts ≥ 0, e.g. 1,2,0 (0 = all cores)")
     return tuple(dict.fromkeys(values))  # unique, in the order given
 
 
@@ -101,13 +108,21 @@ def percentiles(times_s: Sequence[float]) -> dict[str, float]:
     if ms.size == 0:
         raise ValueError("no timings")
     p = np.percentile(ms, PERCENTILES)
-    return {**{f"p{q}_ms": round(float(v), 4) for q, v in zip(PERCENTILES, p)},
-            "mean_ms": round(float(ms.mean()), 4), "min_ms": round(float(ms.min()), 4),
-            "max_ms": round(float(ms.max()), 4)}
+    return {
+        **{f"p{q}_ms": round(float(v), 4) for q, v in zip(PERCENTILES, p)},
+        "mean_ms": round(float(ms.mean()), 4),
+        "min_ms": round(float(ms.min()), 4),
+        "max_ms": round(float(ms.max()), 4),
+    }
 
 
-def time_callable(fn: Callable[[], Any], *, warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS,
-                  max_seconds: float = DEFAULT_MAX_SECONDS) -> dict[str, Any]:
+def time_callable(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+) -> dict[str, Any]:
     """Run ``fn`` ``warmup`` times untimed, then time up to ``runs`` calls one by one.
 
     Stops early (after at least 3 timed runs) once ``max_seconds`` of timed runs are spent.
@@ -133,8 +148,9 @@ def time_callable(fn: Callable[[], Any], *, warmup: int = DEFAULT_WARMUP, runs: 
     return {**percentiles(times), "runs": len(times), "warmup": warmup}
 
 
-def measure(fn_for_batch: Callable[[np.ndarray], Callable[[], Any]], x: np.ndarray,
-            settings: LatencySettings, **labels: Any) -> list[dict[str, Any]]:
+def measure(
+    fn_for_batch: Callable[[np.ndarray], Callable[[], Any]], x: np.ndarray, settings: LatencySettings, **labels: Any
+) -> list[dict[str, Any]]:
     """One latency row per batch size of ``settings``: ``fn_for_batch(batch)`` returns the
     zero-argument callable to time. ``labels`` (model, runtime, threads …) go into each row.
     Throughput ``images_per_second`` is the batch over the median latency (robust to the
@@ -142,11 +158,18 @@ def measure(fn_for_batch: Callable[[np.ndarray], Callable[[], Any]], x: np.ndarr
     rows = []
     for batch in settings.batch_sizes:
         data = _batch_of(x, batch)
-        stats = time_callable(fn_for_batch(data), warmup=settings.warmup, runs=settings.runs,
-                              max_seconds=settings.max_seconds)
-        rows.append({**labels, "batch": batch, **stats,
-                     "images_per_second": _per_second(batch, stats["p50_ms"]),
-                     "images_per_second_mean": _per_second(batch, stats["mean_ms"])})
+        stats = time_callable(
+            fn_for_batch(data), warmup=settings.warmup, runs=settings.runs, max_seconds=settings.max_seconds
+        )
+        rows.append(
+            {
+                **labels,
+                "batch": batch,
+                **stats,
+                "images_per_second": _per_second(batch, stats["p50_ms"]),
+                "images_per_second_mean": _per_second(batch, stats["mean_ms"]),
+            }
+        )
     return rows
 
 
@@ -180,8 +203,9 @@ def runtime_runs_on(model_path, device: str, threads: int | None):
     onnxruntime does not honour is a ``ConfigError`` saying why (never a CPU number)."""
     from edgexfer.runtime.providers import load_on_device
 
-    model, placement = load_on_device(model_path, device,
-                                      num_threads=resolve_threads(threads) if threads is not None else None)
+    model, placement = load_on_device(
+        model_path, device, num_threads=resolve_threads(threads) if threads is not None else None
+    )
     return model.invoke_fn, placement
 
 
@@ -240,7 +264,6 @@ def load_saved_model_signature(path):
     """The ``serving_default`` signature of an edgexfer SavedModel, as ``fn(x) -> dict``."""
     from edgexfer._env import import_tf
     from edgexfer.errors import ArtifactError
-
     from edgexfer.model_safety import check_saved_model
 
     tf, _ = import_tf()

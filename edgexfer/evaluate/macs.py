@@ -44,8 +44,9 @@ def tflite_macs(path: str | os.PathLike[str]) -> int:
     """MACs of one batch-1 inference of a ``.tflite`` file, from its op graph (no TensorFlow)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(path),
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     shapes = {t["index"]: tuple(int(d) for d in t["shape"]) for t in interpreter.get_tensor_details()}
     total = 0
     for op in interpreter._get_ops_details():  # noqa: SLF001 — LiteRT's only view of the op graph
@@ -82,8 +83,11 @@ def _flat_layers(model) -> list[Any]:
 
 
 def _is_wrapper(layer) -> bool:
-    return hasattr(layer, "layer") and type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2",
-                                                                 "PruneLowMagnitude")
+    return hasattr(layer, "layer") and type(layer).__name__ in (
+        "QuantizeWrapper",
+        "QuantizeWrapperV2",
+        "PruneLowMagnitude",
+    )
 
 
 def _unwrap(layer):

@@ -8,7 +8,8 @@ probabilities, and per-class agreement (over the images of each true class).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,9 @@ from edgexfer.errors import ConfigError
 _EPS = 1e-9
 
 
-def parity_metrics(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray,
-                   class_names: Sequence[str]) -> dict[str, Any]:
+def parity_metrics(
+    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
     """Compare ``candidate`` probabilities (N×C) with the ``reference`` (Keras) ones.
 
     ``accuracy_drop`` is reference accuracy minus candidate accuracy (positive: worse).
@@ -30,11 +32,13 @@ def parity_metrics(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
     candidate = np.asarray(candidate, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
     if reference.shape != candidate.shape:
-        raise ConfigError(f"probabilities of shape {candidate.shape} cannot be compared with the "
-                          f"reference's {reference.shape}")
+        raise ConfigError(
+            f"probabilities of shape {candidate.shape} cannot be compared with the reference's {reference.shape}"
+        )
     if reference.ndim != 2 or reference.shape[1] != len(class_names) or len(labels) != len(reference):
-        raise ConfigError(f"expected N×{len(class_names)} probabilities for {len(labels)} labels, "
-                          f"got {reference.shape}")
+        raise ConfigError(
+            f"expected N×{len(class_names)} probabilities for {len(labels)} labels, got {reference.shape}"
+        )
     n = len(labels)
     ref_top, cand_top = reference.argmax(axis=1), candidate.argmax(axis=1)
     agree = ref_top == cand_top
@@ -44,9 +48,12 @@ def parity_metrics(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
     per_class = {}
     for index, name in enumerate(class_names):
         mask = labels == index
-        per_class[name] = {"n": int(mask.sum()), "agreement": _mean(agree[mask]),
-                           "accuracy": _mean(cand_top[mask] == index),
-                           "reference_accuracy": _mean(ref_top[mask] == index)}
+        per_class[name] = {
+            "n": int(mask.sum()),
+            "agreement": _mean(agree[mask]),
+            "accuracy": _mean(cand_top[mask] == index),
+            "reference_accuracy": _mean(ref_top[mask] == index),
+        }
     return {
         "n": int(n),
         "accuracy": cand_acc,
@@ -60,8 +67,9 @@ def parity_metrics(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
     }
 
 
-def gate_failures(parity: dict[str, Any], *, min_agreement: float | None = None,
-                  max_acc_drop: float | None = None) -> list[str]:
+def gate_failures(
+    parity: dict[str, Any], *, min_agreement: float | None = None, max_acc_drop: float | None = None
+) -> list[str]:
     """Why a candidate fails the gate (empty when it passes or no threshold is set)."""
     failures = []
     if min_agreement is not None and not parity["agreement"] + _EPS >= min_agreement:
@@ -81,11 +89,11 @@ def check_thresholds(min_agreement: float | None, max_acc_drop: float | None) ->
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if min_agreement is not None and not 0 <= min_agreement <= 1:
-        raise ConfigError(f"--min-agreement {min_agreement:g} is outside 0..1; it is a fraction of the images, "
-                          "e.g. 0.99")
+        raise ConfigError(
+            f"--min-agreement {min_agreement:g} is outside 0..1; it is a fraction of the images, e.g. 0.99"
+        )
     if max_acc_drop is not None and not -1 <= max_acc_drop <= 1:
-        raise ConfigError(f"--max-acc-drop {max_acc_drop:g} is outside -1..1; it is a fraction of accuracy, "
-                          "e.g. 0.01")
+        raise ConfigError(f"--max-acc-drop {max_acc_drop:g} is outside -1..1; it is a fraction of accuracy, e.g. 0.01")
 
 
 def _mean(values: np.ndarray) -> float:

@@ -24,16 +24,16 @@ EXPORT_NAMES = {"tflite": "TFLite", "onnx": "ONNX", "saved_model": "SavedModel"}
 class Model:
     """One model file of the run."""
 
-    name: str                      # its stage (the artifact directory's name)
-    stage: str                     # the stage type that made it (finetune, adapt, export …)
-    kind: str                      # "Keras" or e.g. "TFLite int8"
+    name: str  # its stage (the artifact directory's name)
+    stage: str  # the stage type that made it (finetune, adapt, export …)
+    kind: str  # "Keras" or e.g. "TFLite int8"
     path: Path
-    parent: str | None = None      # the stage it was made from
+    parent: str | None = None  # the stage it was made from
     keras_parent: str | None = None  # exports: the Keras model they were converted from
     bytes: int | None = None
     params: int | None = None
     macs: int | None = None
-    macs_from: str | None = None   # how MACs were found, where not counted on this file
+    macs_from: str | None = None  # how MACs were found, where not counted on this file
     latency_ms: float | None = None
     latency_threads: str | None = None
     latency_from: str | None = None  # the stage that timed it
@@ -57,7 +57,7 @@ class Domain:
     name: str
     data: str
     labels_used: bool | None = None  # did any training stage read this domain's labels
-    split: str | None = None         # the part scored: test (held out) or all
+    split: str | None = None  # the part scored: test (held out) or all
     n: int | None = None
 
 
@@ -66,7 +66,7 @@ class Road:
     run_dir: Path
     models: dict[str, Model]
     domains: dict[str, Domain]
-    target: str | None                 # the domain the run adapts to (labels never used)
+    target: str | None  # the domain the run adapts to (labels never used)
     evaluations: list[tuple[str, dict]]
     checks: list[tuple[str, dict]]
     seeds: dict[str, Any] | None = None
@@ -159,8 +159,12 @@ def collect_road(run_dir: str | Path, stage_order: list[str] | None = None) -> R
         if model is None:
             continue
         for domain, row in result.get("domains", {}).items():
-            model.accuracy[domain] = {"value": row.get("accuracy"), "n": row.get("n"),
-                                      "split": row.get("split", result.get("split")), "by": stage}
+            model.accuracy[domain] = {
+                "value": row.get("accuracy"),
+                "n": row.get("n"),
+                "split": row.get("split", result.get("split")),
+                "by": stage,
+            }
         if result.get("macs"):
             model.macs = int(result["macs"])
         _set_latency(model, result.get("latency") or [], stage)
@@ -176,8 +180,11 @@ def collect_road(run_dir: str | Path, stage_order: list[str] | None = None) -> R
                 continue
             model.kind = f"{EXPORT_NAMES.get(candidate['format'], candidate['format'])} {candidate['quant']}"
             model.bytes = candidate.get("size_bytes", model.bytes)
-            model.accuracy[domain] = {"value": candidate["parity"]["accuracy"],
-                                      "agreement": candidate["parity"].get("agreement"), **cell}
+            model.accuracy[domain] = {
+                "value": candidate["parity"]["accuracy"],
+                "agreement": candidate["parity"].get("agreement"),
+                **cell,
+            }
             if model.latency_ms is None:
                 _set_latency(model, candidate.get("latency") or [], stage)
         for parent in result.get("parents", []):
@@ -204,11 +211,24 @@ def _model(name: str, folder: Path, manifest: dict) -> Model:
     metrics = _read(folder / "metrics.json")
     keras = path.suffix in KERAS_SUFFIXES
     config = manifest.get("config") or {}
-    kind = "Keras" if keras else (f"{EXPORT_NAMES.get(config.get('format'), config.get('format') or path.suffix[1:])} "
-                                  f"{config.get('quant') or 'none'}")
+    kind = (
+        "Keras"
+        if keras
+        else (
+            f"{EXPORT_NAMES.get(config.get('format'), config.get('format') or path.suffix[1:])} "
+            f"{config.get('quant') or 'none'}"
+        )
+    )
     size = path.stat().st_size if path.is_file() else None
-    model = Model(name=name, stage=manifest.get("stage", name), kind=kind, path=path, parent=parent, bytes=size,
-                  params=metrics.get("params") or metrics.get("student_params"))
+    model = Model(
+        name=name,
+        stage=manifest.get("stage", name),
+        kind=kind,
+        path=path,
+        parent=parent,
+        bytes=size,
+        params=metrics.get("params") or metrics.get("student_params"),
+    )
     if not keras:
         model.keras_parent = parent
         model.macs = model_file_macs(path)

@@ -12,7 +12,8 @@ Imports no TensorFlow.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from edgexfer.errors import ArtifactError, ConfigError
 
@@ -34,13 +35,19 @@ def run_split(artifact) -> dict[str, Any]:
         manifest = item.manifest
         split = (manifest.extra or {}).get("split")
         if isinstance(split, dict) and {"val_fraction", "test_fraction"} <= set(split):
-            return {"seed": int(split.get("seed", 0)), "val_fraction": float(split["val_fraction"]),
-                    "test_fraction": float(split["test_fraction"])}
+            return {
+                "seed": int(split.get("seed", 0)),
+                "val_fraction": float(split["val_fraction"]),
+                "test_fraction": float(split["test_fraction"]),
+            }
         config = manifest.config or {}
         if "val_fraction" in config and "test_fraction" in config:
             seed = manifest.seed if manifest.seed is not None else config.get("seed", 0)
-            return {"seed": int(seed or 0), "val_fraction": float(config["val_fraction"]),
-                    "test_fraction": float(config["test_fraction"])}
+            return {
+                "seed": int(seed or 0),
+                "val_fraction": float(config["val_fraction"]),
+                "test_fraction": float(config["test_fraction"]),
+            }
     return {**DEFAULT_SPLIT, "seed": int(artifact.manifest.seed or 0)}
 
 
@@ -52,14 +59,21 @@ def recorded_split(artifact) -> dict[str, Any] | None:
     except ArtifactError:
         chain = [artifact]
     for item in chain:
-        if isinstance((item.manifest.extra or {}).get("split"), dict) or \
-                {"val_fraction", "test_fraction"} <= set(item.manifest.config or {}):
+        if isinstance((item.manifest.extra or {}).get("split"), dict) or {"val_fraction", "test_fraction"} <= set(
+            item.manifest.config or {}
+        ):
             return run_split(artifact)
     return None
 
 
-def scan_domain(artifact, folder: str | os.PathLike[str], *, class_map: Mapping[str, str] | None = None,
-                strict: bool = False, carve: bool = True):
+def scan_domain(
+    artifact,
+    folder: str | os.PathLike[str],
+    *,
+    class_map: Mapping[str, str] | None = None,
+    strict: bool = False,
+    carve: bool = True,
+):
     """The labelled folder, with the model's label indices, carved exactly as the run's training
     data was (same seed, same fractions): its ``test`` split is the run's held-out split.
 
@@ -92,8 +106,10 @@ def samples_of(dataset, split: str, *, where: str) -> list:
     samples = dataset.splits.get(split) or []
     if not samples:
         has = ", ".join(f"{name} ({len(items):,} images)" for name, items in dataset.splits.items() if items)
-        raise ConfigError(f"{where}: the folder has no {split!r} split; it has {has or 'no images'} "
-                          f"— ask for one of those, or split: all")
+        raise ConfigError(
+            f"{where}: the folder has no {split!r} split; it has {has or 'no images'} "
+            f"— ask for one of those, or split: all"
+        )
     return list(samples)
 
 
@@ -105,13 +121,13 @@ def resolve_splits(split: str | Mapping[str, str], domains, *, where: str = "spl
     elif isinstance(split, Mapping):
         unknown = [name for name in split if name not in domains]
         if unknown:
-            raise ConfigError(f"{where} names domain {unknown[0]!r}, which is not evaluated; "
-                              f"domains: {', '.join(domains)}")
+            raise ConfigError(
+                f"{where} names domain {unknown[0]!r}, which is not evaluated; domains: {', '.join(domains)}"
+            )
         chosen = {name: split.get(name, "all") for name in domains}
     else:
         raise ConfigError(f"{where} is one of {', '.join(SPLIT_CHOICES)} or a mapping domain: split")
     for name, value in chosen.items():
         if value not in SPLIT_CHOICES:
-            raise ConfigError(f"{where} {value!r} for domain {name!r} is not one of "
-                              f"{', '.join(SPLIT_CHOICES)}")
+            raise ConfigError(f"{where} {value!r} for domain {name!r} is not one of {', '.join(SPLIT_CHOICES)}")
     return chosen

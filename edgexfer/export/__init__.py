@@ -6,5 +6,13 @@ Importing this package imports no TensorFlow; the converters import it when they
 from edgexfer.export.convert import MIN_CALIBRATION_IMAGES, calibration_array, export_artifact, export_model
 from edgexfer.export.formats import FORMATS, QUANT_MODES, ExportFormat, check_format_quant
 
-__all__ = ["FORMATS", "MIN_CALIBRATION_IMAGES", "QUANT_MODES", "ExportFormat", "calibration_array",
-           "check_format_quant", "export_artifact", "export_model"]
+__all__ = [
+    "FORMATS",
+    "MIN_CALIBRATION_IMAGES",
+    "QUANT_MODES",
+    "ExportFormat",
+    "calibration_array",
+    "check_format_quant",
+    "export_artifact",
+    "export_model",
+]

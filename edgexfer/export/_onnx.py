@@ -18,9 +18,16 @@ OPSET_RANGE = (13, 17)  # what tf2onnx 1.17 converts reliably (DESIGN.md); 21 fa
 CALIBRATION_BATCH = 8
 
 
-def convert_onnx(keras_model, dest: Path, quant: str, info: EmbeddedInfo, *,
-                 calibration: np.ndarray | None = None, opset: int | None = 15,
-                 is_qat: bool = False) -> dict[str, Any]:
+def convert_onnx(
+    keras_model,
+    dest: Path,
+    quant: str,
+    info: EmbeddedInfo,
+    *,
+    calibration: np.ndarray | None = None,
+    opset: int | None = 15,
+    is_qat: bool = False,
+) -> dict[str, Any]:
     """Write ``dest`` (an ``.onnx`` file with edgexfer ``metadata_props``, and the keys and
     doc strings other consumers read: ``onnx_keys``).
 
@@ -49,25 +56,37 @@ def convert_onnx(keras_model, dest: Path, quant: str, info: EmbeddedInfo, *,
     embed_common_onnx_metadata(model_proto, info)
     onnx.save(model_proto, str(dest))
 
-    quantization: dict[str, Any] = {"mode": quant, "from_qat": bool(is_qat), "opset": opset,
-                                    "input": {"dtype": "float32"}, "output": {"dtype": "float32"},
-                                    **describe_onnx(model_proto)}
+    quantization: dict[str, Any] = {
+        "mode": quant,
+        "from_qat": bool(is_qat),
+        "opset": opset,
+        "input": {"dtype": "float32"},
+        "output": {"dtype": "float32"},
+        **describe_onnx(model_proto),
+    }
     if quant == "int8" and is_qat:
-        quantization.update(scheme="QAT ranges via int8 TFLite and tf2onnx from_tflite (QDQ)",
-                            calibration_images=0 if calibration is None else int(len(calibration)))
+        quantization.update(
+            scheme="QAT ranges via int8 TFLite and tf2onnx from_tflite (QDQ)",
+            calibration_images=0 if calibration is None else int(len(calibration)),
+        )
     elif quant == "int8":
-        quantization.update(scheme="QDQ per-channel, QInt8 activations and weights, MinMax",
-                            calibration_images=int(len(calibration)))
+        quantization.update(
+            scheme="QDQ per-channel, QInt8 activations and weights, MinMax", calibration_images=int(len(calibration))
+        )
     elif quant == "dynamic":
         quantization.update(scheme="dynamic: QInt8 weights, activations quantized at run time")
     warnings_out = []
     if quant == "dynamic":
-        warnings_out.append("onnxruntime runs dynamically quantized convolutions (ConvInteger) on "
-                            "the CPU far slower than fp32 (MobileNetV2 96 px: 9.1 vs 0.8 ms); "
-                            "export --quant int8 for speed")
+        warnings_out.append(
+            "onnxruntime runs dynamically quantized convolutions (ConvInteger) on "
+            "the CPU far slower than fp32 (MobileNetV2 96 px: 9.1 vs 0.8 ms); "
+            "export --quant int8 for speed"
+        )
     if is_qat and quant == "none":
-        warnings_out.append("ONNX from a QAT model keeps fp32 weights behind Quantize/DequantizeLinear "
-                            "and runs slower than fp32 in onnxruntime; export tflite int8 for speed")
+        warnings_out.append(
+            "ONNX from a QAT model keeps fp32 weights behind Quantize/DequantizeLinear "
+            "and runs slower than fp32 in onnxruntime; export tflite int8 for speed"
+        )
     return {"quantization": quantization, "warnings": warnings_out}
 
 
@@ -79,12 +98,15 @@ def describe_onnx(model_proto) -> dict[str, Any]:
     ops: dict[str, int] = {}
     for node in model_proto.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    float_weights = [t.name for t in model_proto.graph.initializer
-                     if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2]
-    return {"node_count": len(model_proto.graph.node),
-            "quantize_linear_count": ops.get("QuantizeLinear", 0) + ops.get("DynamicQuantizeLinear", 0),
-            "fp32_weight_count": len(float_weights),
-            "fp32_weights": float_weights[:10]}
+    float_weights = [
+        t.name for t in model_proto.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2
+    ]
+    return {
+        "node_count": len(model_proto.graph.node),
+        "quantize_linear_count": ops.get("QuantizeLinear", 0) + ops.get("DynamicQuantizeLinear", 0),
+        "fp32_weight_count": len(float_weights),
+        "fp32_weights": float_weights[:10],
+    }
 
 
 def _from_keras(keras_model, opset: int):
@@ -114,15 +136,14 @@ def _from_qat_tflite(keras_model, tflite_path: Path, opset: int, calibration: np
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             model_proto, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=opset)
     except Exception as exc:
-        raise ExportError(f"ONNX conversion of the QAT model (tf2onnx from_tflite, opset {opset}) "
-                          f"failed: {first_line(exc)}") from exc
+        raise ExportError(
+            f"ONNX conversion of the QAT model (tf2onnx from_tflite, opset {opset}) failed: {first_line(exc)}"
+        ) from exc
     return model_proto
 
 
-def _quantize(float_path: Path, pre_path: Path, out_path: Path, quant: str,
-              calibration: np.ndarray | None) -> None:
-    from onnxruntime.quantization import (QuantFormat, QuantType, quant_pre_process, quantize_dynamic,
-                                          quantize_static)
+def _quantize(float_path: Path, pre_path: Path, out_path: Path, quant: str, calibration: np.ndarray | None) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
 
     try:
         # symbolic shape inference fails on tf2onnx graphs; ONNX shape inference suffices
@@ -130,9 +151,15 @@ def _quantize(float_path: Path, pre_path: Path, out_path: Path, quant: str,
         if quant == "dynamic":
             quantize_dynamic(str(pre_path), str(out_path), weight_type=QuantType.QInt8)
         else:
-            quantize_static(str(pre_path), str(out_path), _calibration_reader(calibration),
-                            quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(pre_path),
+                str(out_path),
+                _calibration_reader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+            )
     except Exception as exc:
         raise ExportError(f"ONNX {quant} quantization (onnxruntime) failed: {first_line(exc)}") from exc
 
@@ -150,7 +177,7 @@ def _calibration_reader(images: np.ndarray):
         def get_next(self):
             if self.position >= len(self.data):
                 return None
-            batch = self.data[self.position:self.position + CALIBRATION_BATCH]
+            batch = self.data[self.position : self.position + CALIBRATION_BATCH]
             self.position += CALIBRATION_BATCH
             return {INPUT_NAME: batch}
 

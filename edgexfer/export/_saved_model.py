@@ -13,9 +13,16 @@ from edgexfer.runtime.metadata import EmbeddedInfo, first_line
 INPUT_NAME = "input"
 
 
-def convert_saved_model(keras_model, dest: Path, quant: str, info: EmbeddedInfo, *,
-                        calibration: np.ndarray | None = None, opset: int | None = None,
-                        is_qat: bool = False) -> dict[str, Any]:
+def convert_saved_model(
+    keras_model,
+    dest: Path,
+    quant: str,
+    info: EmbeddedInfo,
+    *,
+    calibration: np.ndarray | None = None,
+    opset: int | None = None,
+    is_qat: bool = False,
+) -> dict[str, Any]:
     """Write the SavedModel directory ``dest``; labels and preprocessing go to
     ``assets.extra/`` (the SavedModel convention for files the graph does not use)."""
     from edgexfer._env import import_tf
@@ -35,6 +42,12 @@ def convert_saved_model(keras_model, dest: Path, quant: str, info: EmbeddedInfo,
     extra.mkdir(exist_ok=True)
     (extra / "edgexfer.json").write_text(info.to_json() + "\n")
     (extra / "labels.txt").write_text("\n".join(info.label_names) + "\n")
-    return {"quantization": {"mode": quant, "from_qat": bool(is_qat),
-                             "input": {"dtype": "float32"}, "output": {"dtype": "float32"}},
-            "warnings": []}
+    return {
+        "quantization": {
+            "mode": quant,
+            "from_qat": bool(is_qat),
+            "input": {"dtype": "float32"},
+            "output": {"dtype": "float32"},
+        },
+        "warnings": [],
+    }

@@ -9,15 +9,28 @@ from typing import Any
 import numpy as np
 
 from edgexfer.errors import ConfigError, ExportError
-from edgexfer.export.tflite_io import (DEFAULT_INT8_IO_TYPE, check_io_type, not_integer_error, pixel_quantization,
-                                       set_pixel_input)
+from edgexfer.export.tflite_io import (
+    DEFAULT_INT8_IO_TYPE,
+    check_io_type,
+    not_integer_error,
+    pixel_quantization,
+    set_pixel_input,
+)
 from edgexfer.runtime.metadata import EmbeddedInfo, embed_tflite_metadata
 from edgexfer.runtime.tflite_metadata import ModelDescription, embed_standard_metadata
 
 
-def convert_tflite(keras_model, dest: Path, quant: str, info: EmbeddedInfo, *,
-                   calibration: np.ndarray | None = None, opset: int | None = None,
-                   is_qat: bool = False, io_type: str | None = None) -> dict[str, Any]:
+def convert_tflite(
+    keras_model,
+    dest: Path,
+    quant: str,
+    info: EmbeddedInfo,
+    *,
+    calibration: np.ndarray | None = None,
+    opset: int | None = None,
+    is_qat: bool = False,
+    io_type: str | None = None,
+) -> dict[str, Any]:
     """Write ``dest`` (a ``.tflite`` file with edgexfer metadata and standard TFLite Metadata);
     return quantization details.
 
@@ -48,8 +61,10 @@ def convert_tflite(keras_model, dest: Path, quant: str, info: EmbeddedInfo, *,
         content = tflite_bytes(keras_model, quant, calibration, io_type=io)
         details = describe_tflite(content, exclude_io=io == "float32")
         if io != "float32" and details["input"]["dtype"] != io:
-            raise ExportError(f"TFLite int8 conversion produced {details['input']['dtype']} input; "
-                              "pass calibration images (a representative dataset) so every op is int8")
+            raise ExportError(
+                f"TFLite int8 conversion produced {details['input']['dtype']} input; "
+                "pass calibration images (a representative dataset) so every op is int8"
+            )
         if details["fp32_tensor_count"] and io == "uint8":
             if io_type == "uint8":
                 raise not_integer_error(io, quant, details)
@@ -57,14 +72,18 @@ def convert_tflite(keras_model, dest: Path, quant: str, info: EmbeddedInfo, *,
             content = tflite_bytes(keras_model, quant, calibration, io_type=io)
             details = describe_tflite(content)
         if details["fp32_tensor_count"]:
-            warnings_out.append(f"int8 model keeps {details['fp32_tensor_count']} float32 tensors "
-                                f"(e.g. {details['fp32_tensors'][0]!r}); those ops run in float")
+            warnings_out.append(
+                f"int8 model keeps {details['fp32_tensor_count']} float32 tensors "
+                f"(e.g. {details['fp32_tensors'][0]!r}); those ops run in float"
+            )
         if io == "uint8":
             content, bias = set_pixel_input(content, info.preprocessing)
             details = describe_tflite(content)
             if bias:
-                warnings_out.append(f"uint8 input: mean {info.preprocessing.mean[0]} is not an integer; its "
-                                    f"zero point is rounded, a bias of {bias:.4f} in model-input units")
+                warnings_out.append(
+                    f"uint8 input: mean {info.preprocessing.mean[0]} is not an integer; its "
+                    f"zero point is rounded, a bias of {bias:.4f} in model-input units"
+                )
 
     io_record = {"io_type": io, "input": details["input"], "output": details["output"]}
     info = EmbeddedInfo(info.label_names, info.preprocessing, {**info.manifest, **io_record})
@@ -85,14 +104,18 @@ def model_description(info: EmbeddedInfo, quant: str, io: str) -> ModelDescripti
     names = ", ".join(info.label_names[:10]) + (" …" if len(info.label_names) > 10 else "")
     return ModelDescription(
         name=f"{backbone} classifier",
-        description=(f"Classifies an image into one of {len(info.label_names)} classes ({names}). "
-                     f"Exported by edgexfer from its {manifest.get('source_stage', '?')} stage; "
-                     f"quantization {quant}, {io} input and output."),
-        version=f"edgexfer {__version__}")
+        description=(
+            f"Classifies an image into one of {len(info.label_names)} classes ({names}). "
+            f"Exported by edgexfer from its {manifest.get('source_stage', '?')} stage; "
+            f"quantization {quant}, {io} input and output."
+        ),
+        version=f"edgexfer {__version__}",
+    )
 
 
-def tflite_bytes(keras_model, quant: str, calibration: np.ndarray | None = None,
-                 int8_io: bool = True, io_type: str | None = None) -> bytes:
+def tflite_bytes(
+    keras_model, quant: str, calibration: np.ndarray | None = None, int8_io: bool = True, io_type: str | None = None
+) -> bytes:
     """Run ``TFLiteConverter`` for one quantization mode. For int8, ``io_type`` (uint8 | int8 |
     float32) sets the input/output type; without it ``int8_io`` says int8 (True) or float32
     (False: float input/output around an int8 graph, what tf2onnx's ``from_tflite`` is given)."""
@@ -130,13 +153,18 @@ def describe_tflite(content: bytes, max_names: int = 10, exclude_io: bool = Fals
     interpreter = Interpreter(model_content=content)
     tensors = interpreter.get_tensor_details()
     io_indices = {d["index"] for d in interpreter.get_input_details() + interpreter.get_output_details()}
-    fp32 = [t["name"] for t in tensors if np.dtype(t["dtype"]) == np.float32
-            and not (exclude_io and t["index"] in io_indices)]
-    return {"input": _io(interpreter.get_input_details()[0]),
-            "output": _io(interpreter.get_output_details()[0]),
-            "tensor_count": len(tensors),
-            "fp32_tensor_count": len(fp32),
-            "fp32_tensors": fp32[:max_names]}
+    fp32 = [
+        t["name"]
+        for t in tensors
+        if np.dtype(t["dtype"]) == np.float32 and not (exclude_io and t["index"] in io_indices)
+    ]
+    return {
+        "input": _io(interpreter.get_input_details()[0]),
+        "output": _io(interpreter.get_output_details()[0]),
+        "tensor_count": len(tensors),
+        "fp32_tensor_count": len(fp32),
+        "fp32_tensors": fp32[:max_names],
+    }
 
 
 def _io(detail: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +180,7 @@ def _representative_dataset(calibration: np.ndarray):
 
     def generate():
         for i in range(len(images)):
-            yield [images[i:i + 1]]
+            yield [images[i : i + 1]]
 
     return generate
 
@@ -162,5 +190,5 @@ def _converter_error_line(exc: BaseException) -> str:
     # converter errors start with a long location prefix; the useful part is the 'error:' line
     for line in lines:
         if "error:" in line:
-            return line[line.index("error:"):]
+            return line[line.index("error:") :]
     return lines[0] if lines else type(exc).__name__

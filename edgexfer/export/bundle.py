@@ -28,8 +28,13 @@ from edgexfer.errors import ArtifactError, ConfigError
 
 EXAMPLE = "predict.py"
 RUNTIME_PACKAGE = {".tflite": ("ai-edge-litert", "LiteRT"), ".onnx": ("onnxruntime", "onnxruntime")}
-_RESIZE_WORDS = {"bilinear": "bilinear", "nearest": "nearest-neighbour", "bicubic": "bicubic",
-                 "area": "box (pixel-area average)", "lanczos": "Lanczos"}
+_RESIZE_WORDS = {
+    "bilinear": "bilinear",
+    "nearest": "nearest-neighbour",
+    "bicubic": "bicubic",
+    "area": "box (pixel-area average)",
+    "lanczos": "Lanczos",
+}
 
 
 def write_bundle(artifact: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
@@ -38,12 +43,15 @@ def write_bundle(artifact: str | os.PathLike[str], dest: str | os.PathLike[str])
     model_path = source.model_path
     suffix = model_path.suffix.lower()
     if suffix not in RUNTIME_PACKAGE:
-        raise ArtifactError(f"{str(source.path)!r} holds {model_path.name}; a deploy bundle is made from a .tflite "
-                            "or .onnx export (edgexfer export ARTIFACT --format tflite|onnx|tflite-micro)")
+        raise ArtifactError(
+            f"{str(source.path)!r} holds {model_path.name}; a deploy bundle is made from a .tflite "
+            "or .onnx export (edgexfer export ARTIFACT --format tflite|onnx|tflite-micro)"
+        )
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise ConfigError(f"bundle folder {str(dest)!r} already exists and is not empty; choose a new folder "
-                          "(nothing was written)")
+        raise ConfigError(
+            f"bundle folder {str(dest)!r} already exists and is not empty; choose a new folder (nothing was written)"
+        )
     manifest = source.manifest
     config = manifest.config or {}
     fmt = config.get("format", suffix.lstrip("."))
@@ -56,11 +64,14 @@ def write_bundle(artifact: str | os.PathLike[str], dest: str | os.PathLike[str])
             shutil.copyfile(source.path / name, tmp / name)
         (tmp / "labels.txt").write_text("".join(f"{name}\n" for name in manifest.label_names))
         io = _io_details(tmp / model_path.name)
-        (tmp / "preprocessing.json").write_text(json.dumps(
-            {**manifest.preprocessing.to_dict(), "input": io["input"], "output": io["output"]}, indent=2) + "\n")
+        (tmp / "preprocessing.json").write_text(
+            json.dumps({**manifest.preprocessing.to_dict(), "input": io["input"], "output": io["output"]}, indent=2)
+            + "\n"
+        )
         (tmp / EXAMPLE).write_text(_EXAMPLE.replace("__MODEL__", model_path.name))
-        (tmp / "README.md").write_text(_readme(manifest, fmt, config.get("quant", "none"), model_path, io,
-                                               extra_files, source))
+        (tmp / "README.md").write_text(
+            _readme(manifest, fmt, config.get("quant", "none"), model_path, io, extra_files, source)
+        )
         if dest.exists():
             dest.rmdir()  # empty (checked above)
         os.replace(tmp, dest)
@@ -77,62 +88,95 @@ def _io_details(model_file: Path) -> dict[str, Any]:
     model = load_model(model_file)
     backend = model._backend  # noqa: SLF001 - the runtime's own view of the tensors
     detail = {}
-    for key, dtype, quant in (("input", backend.input_dtype, backend.input_quant),
-                              ("output", backend.output_dtype, backend.output_quant)):
-        detail[key] = {"dtype": str(dtype), "scale": quant[0] if quant else None,
-                       "zero_point": quant[1] if quant else None}
+    for key, dtype, quant in (
+        ("input", backend.input_dtype, backend.input_quant),
+        ("output", backend.output_dtype, backend.output_quant),
+    ):
+        detail[key] = {
+            "dtype": str(dtype),
+            "scale": quant[0] if quant else None,
+            "zero_point": quant[1] if quant else None,
+        }
     p = model.preprocessing
     detail["input"]["shape"] = [1, p.input_size, p.input_size, p.channels]
     detail["output"]["shape"] = [1, len(model.label_names)]
     return detail
 
 
-def _readme(manifest, fmt: str, quant: str, model_path: Path, io: dict[str, Any], extra_files: list[str],
-            source: Artifact) -> str:
+def _readme(
+    manifest, fmt: str, quant: str, model_path: Path, io: dict[str, Any], extra_files: list[str], source: Artifact
+) -> str:
     p = manifest.preprocessing
     package, runtime = RUNTIME_PACKAGE[model_path.suffix.lower()]
     size = p.input_size
     channels = "".join(p.color)  # "RGB" / "BGR"
     inp, out = io["input"], io["output"]
-    lines = [f"# {manifest.backbone or 'edgexfer'} classifier — {fmt} {quant}", "",
-             f"Exported by edgexfer from `{source.path}` ({manifest.stage}; parent "
-             f"`{(manifest.parent or {}).get('path', '?')}`). {len(manifest.label_names)} classes.", "",
-             "| file | what |", "|---|---|",
-             f"| `{model_path.name}` | the model ({model_path.stat().st_size:,} bytes); labels and preprocessing "
-             "are also embedded in it |",
-             "| `labels.txt` | class names, one a line, in output order |",
-             "| `preprocessing.json` | the numbers below, machine-readable |",
-             f"| `{EXAMPLE}` | a minimal example: numpy, Pillow and {package} only |"]
+    lines = [
+        f"# {manifest.backbone or 'edgexfer'} classifier — {fmt} {quant}",
+        "",
+        f"Exported by edgexfer from `{source.path}` ({manifest.stage}; parent "
+        f"`{(manifest.parent or {}).get('path', '?')}`). {len(manifest.label_names)} classes.",
+        "",
+        "| file | what |",
+        "|---|---|",
+        f"| `{model_path.name}` | the model ({model_path.stat().st_size:,} bytes); labels and preprocessing "
+        "are also embedded in it |",
+        "| `labels.txt` | class names, one a line, in output order |",
+        "| `preprocessing.json` | the numbers below, machine-readable |",
+        f"| `{EXAMPLE}` | a minimal example: numpy, Pillow and {package} only |",
+    ]
     if extra_files:
         lines.append("| `model.c`, `model.h` | the same model as C source for TensorFlow Lite Micro |")
-    lines += ["", "## Run the example", "", "```bash", f"pip install numpy pillow {package}",
-              f"python {EXAMPLE} image.jpg [more images ...]", "```", "",
-              "It prints the top classes and their probabilities for each image. `pip install edgexfer` "
-              "(the runtime-only install) also runs it: `edgexfer predict "
-              f"{model_path.name} image.jpg`.", "", "## Input", "",
-              f"One tensor `{inp['dtype']}` of shape `{inp['shape']}` (batch, height, width, channels: NHWC). "
-              "From an image file:", "",
-              "1. Decode it, apply the EXIF orientation, and convert to 3-channel RGB (grayscale is repeated "
-              "over the channels; transparent pixels are composited on black).",
-              f"2. Resize to {size}×{size} pixels, ignoring the aspect ratio, with the "
-              f"{_RESIZE_WORDS.get(p.resize, p.resize)} filter (Pillow's `{p.resize}`; it antialiases "
-              "when shrinking).",
-              f"3. Channel order {channels}" + (" (reverse RGB)." if p.color == "BGR" else "."),
-              "4. Per channel, as float32: `x = (pixel - mean) / std` with "
-              f"mean = {list(p.mean)} and std = {list(p.std)} (pixel in 0…255)."]
+    lines += [
+        "",
+        "## Run the example",
+        "",
+        "```bash",
+        f"pip install numpy pillow {package}",
+        f"python {EXAMPLE} image.jpg [more images ...]",
+        "```",
+        "",
+        "It prints the top classes and their probabilities for each image. `pip install edgexfer` "
+        "(the runtime-only install) also runs it: `edgexfer predict "
+        f"{model_path.name} image.jpg`.",
+        "",
+        "## Input",
+        "",
+        f"One tensor `{inp['dtype']}` of shape `{inp['shape']}` (batch, height, width, channels: NHWC). "
+        "From an image file:",
+        "",
+        "1. Decode it, apply the EXIF orientation, and convert to 3-channel RGB (grayscale is repeated "
+        "over the channels; transparent pixels are composited on black).",
+        f"2. Resize to {size}×{size} pixels, ignoring the aspect ratio, with the "
+        f"{_RESIZE_WORDS.get(p.resize, p.resize)} filter (Pillow's `{p.resize}`; it antialiases "
+        "when shrinking).",
+        f"3. Channel order {channels}" + (" (reverse RGB)." if p.color == "BGR" else "."),
+        "4. Per channel, as float32: `x = (pixel - mean) / std` with "
+        f"mean = {list(p.mean)} and std = {list(p.std)} (pixel in 0…255).",
+    ]
     if inp["scale"] is not None:
-        lines.append(f"5. Quantise to {inp['dtype']}: `q = clip(round(x / {inp['scale']!r}) + {inp['zero_point']}, "
-                     "-128, 127)` (input scale and zero point).")
-    lines += ["", "## Output", "",
-              f"One tensor `{out['dtype']}` of shape `{out['shape']}`: a probability per class (softmax), in the "
-              "order of `labels.txt`."]
+        lines.append(
+            f"5. Quantise to {inp['dtype']}: `q = clip(round(x / {inp['scale']!r}) + {inp['zero_point']}, "
+            "-128, 127)` (input scale and zero point)."
+        )
+    lines += [
+        "",
+        "## Output",
+        "",
+        f"One tensor `{out['dtype']}` of shape `{out['shape']}`: a probability per class (softmax), in the "
+        "order of `labels.txt`.",
+    ]
     if out["scale"] is not None:
         lines.append(f"Dequantise: `p = (q - ({out['zero_point']})) * {out['scale']!r}`.")
-    lines += ["", "## Runtimes", "",
-              f"- Python: `{package}` (as in `{EXAMPLE}`), or `pip install edgexfer` and `edgexfer predict`.",
-              "- Android / iOS: LiteRT (TensorFlow Lite) with the `.tflite` file; do steps 1–5 in the app."
-              if model_path.suffix == ".tflite" else
-              "- C, C++, C#, Java, JavaScript: onnxruntime's bindings with the `.onnx` file; do steps 1–4 in the app."]
+    lines += [
+        "",
+        "## Runtimes",
+        "",
+        f"- Python: `{package}` (as in `{EXAMPLE}`), or `pip install edgexfer` and `edgexfer predict`.",
+        "- Android / iOS: LiteRT (TensorFlow Lite) with the `.tflite` file; do steps 1–5 in the app."
+        if model_path.suffix == ".tflite"
+        else "- C, C++, C#, Java, JavaScript: onnxruntime's bindings with the `.onnx` file; do steps 1–4 in the app.",
+    ]
     if extra_files:
         lines += ["", "## Microcontroller (TensorFlow Lite Micro)", "", _MICRO_HOWTO]
     return "\n".join(lines) + "\n"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import gzip
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +20,9 @@ from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifac
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.export._onnx import OPSET_RANGE
 from edgexfer.export.formats import FORMATS, check_format_quant
+from edgexfer.models_io import load_keras_model
 from edgexfer.runtime.images import list_image_files, load_images, normalize
 from edgexfer.runtime.metadata import EmbeddedInfo
-from edgexfer.models_io import load_keras_model
 
 MIN_CALIBRATION_IMAGES = 10
 DEFAULT_MAX_CALIBRATION_IMAGES = 300
@@ -31,9 +32,18 @@ _QUANTIZE_LAYER_CLASSES = {"QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV
 CalibrationSource = np.ndarray | str | os.PathLike | Sequence[str | os.PathLike]
 
 
-def export_model(keras_model, manifest: Manifest, dest_dir: str | os.PathLike[str], fmt: str,
-                 quant: str = "none", *, calibration: np.ndarray | None = None, opset: int = 15,
-                 is_qat: bool = False, io_type: str | None = None) -> dict[str, Any]:
+def export_model(
+    keras_model,
+    manifest: Manifest,
+    dest_dir: str | os.PathLike[str],
+    fmt: str,
+    quant: str = "none",
+    *,
+    calibration: np.ndarray | None = None,
+    opset: int = 15,
+    is_qat: bool = False,
+    io_type: str | None = None,
+) -> dict[str, Any]:
     """Convert ``keras_model`` into ``dest_dir/<model file>`` and describe the result.
 
     ``calibration`` holds preprocessed float32 images (``N×H×W×C``, N ≥ 10); int8 needs it
@@ -46,33 +56,66 @@ def export_model(keras_model, manifest: Manifest, dest_dir: str | os.PathLike[st
     row = check_format_quant(fmt, quant)
     check_io_type_for(row, io_type)
     if fmt == "onnx" and not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
-        raise ConfigError(f"--opset {opset} is not supported by tf2onnx here; allowed: "
-                          f"{OPSET_RANGE[0]}–{OPSET_RANGE[1]}")
+        raise ConfigError(
+            f"--opset {opset} is not supported by tf2onnx here; allowed: {OPSET_RANGE[0]}–{OPSET_RANGE[1]}"
+        )
     input_shape = tuple(keras_model.input_shape[1:])
     _check_calibration(calibration, quant, fmt, is_qat, input_shape)
     if quant != "int8":
         calibration = None  # only int8 calibrates; ignore images given for other modes
 
-    info = EmbeddedInfo(manifest.label_names, manifest.preprocessing, {
-        "stage": "export", "format": fmt, "quant": quant, "source_stage": manifest.stage,
-        "backbone": manifest.backbone, "weights": manifest.weights})
+    info = EmbeddedInfo(
+        manifest.label_names,
+        manifest.preprocessing,
+        {
+            "stage": "export",
+            "format": fmt,
+            "quant": quant,
+            "source_stage": manifest.stage,
+            "backbone": manifest.backbone,
+            "weights": manifest.weights,
+        },
+    )
     dest = Path(dest_dir) / row.model_file
     start = time.perf_counter()
     extra = {"io_type": io_type} if row.io_types else {}
-    result = row.converter(keras_model, dest, quant, info, calibration=calibration,
-                           opset=opset if fmt == "onnx" else None, is_qat=is_qat, **extra)
+    result = row.converter(
+        keras_model,
+        dest,
+        quant,
+        info,
+        calibration=calibration,
+        opset=opset if fmt == "onnx" else None,
+        is_qat=is_qat,
+        **extra,
+    )
     seconds = time.perf_counter() - start
     size, gzip_size = _sizes(dest)
-    return {"format": fmt, "quant": quant, "model_file": row.model_file,
-            "quantization": result["quantization"], "warnings": result.get("warnings", []),
-            "conversion_seconds": round(seconds, 3), "size_bytes": size, "gzip_bytes": gzip_size}
+    return {
+        "format": fmt,
+        "quant": quant,
+        "model_file": row.model_file,
+        "quantization": result["quantization"],
+        "warnings": result.get("warnings", []),
+        "conversion_seconds": round(seconds, 3),
+        "size_bytes": size,
+        "gzip_bytes": gzip_size,
+    }
 
 
-def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
-                    quant: str = "none", calibration_images: CalibrationSource | None = None, *,
-                    opset: int = 15, max_calibration_images: int = DEFAULT_MAX_CALIBRATION_IMAGES,
-                    is_qat: bool | None = None, calibration_source: str | None = None,
-                    io_type: str | None = None) -> Artifact:
+def export_artifact(
+    artifact_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    fmt: str,
+    quant: str = "none",
+    calibration_images: CalibrationSource | None = None,
+    *,
+    opset: int = 15,
+    max_calibration_images: int = DEFAULT_MAX_CALIBRATION_IMAGES,
+    is_qat: bool | None = None,
+    calibration_source: str | None = None,
+    io_type: str | None = None,
+) -> Artifact:
     """The export stage: read the Keras artifact at ``artifact_path``, write an export artifact
     at ``out`` (``model.tflite`` / ``model.onnx`` / ``saved_model``) and return it.
 
@@ -85,13 +128,16 @@ def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLik
     check_io_type_for(check_format_quant(fmt, quant), io_type)  # fail before loading anything
     source = Artifact(artifact_path)
     if Path(out).resolve() == source.path.resolve():
-        raise ConfigError(f"--out {str(out)!r} is the input artifact; a stage never changes its "
-                          "input, choose another directory")
+        raise ConfigError(
+            f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose another directory"
+        )
     model_path = source.model_path
     if model_path.suffix not in KERAS_SUFFIXES:
-        raise ArtifactError(f"artifact {str(source.path)!r} holds {model_path.name}, not a Keras "
-                            f"model ({', '.join(KERAS_SUFFIXES)}); export from a training or "
-                            "compression stage's artifact")
+        raise ArtifactError(
+            f"artifact {str(source.path)!r} holds {model_path.name}, not a Keras "
+            f"model ({', '.join(KERAS_SUFFIXES)}); export from a training or "
+            "compression stage's artifact"
+        )
     manifest = source.manifest
     calibration = None
     if quant == "int8" and calibration_images is not None:
@@ -101,13 +147,25 @@ def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLik
     qat = is_qat if is_qat is not None else _manifest_says_qat(manifest) or has_quantize_layers(keras_model)
 
     with writing_artifact(out) as writer:
-        info = export_model(keras_model, manifest, writer.tmp, fmt, quant, calibration=calibration,
-                            opset=opset, is_qat=qat, io_type=io_type)
+        info = export_model(
+            keras_model,
+            manifest,
+            writer.tmp,
+            fmt,
+            quant,
+            calibration=calibration,
+            opset=opset,
+            is_qat=qat,
+            io_type=io_type,
+        )
         quantization = dict(info["quantization"])
         if manifest.quantization:
             quantization["source"] = manifest.quantization
-        config = {"format": fmt, "quant": quant,
-                  "calibration_images": 0 if calibration is None else int(len(calibration))}
+        config = {
+            "format": fmt,
+            "quant": quant,
+            "calibration_images": 0 if calibration is None else int(len(calibration)),
+        }
         if calibration is not None and calibration_source:
             config["calibration_source"] = calibration_source
         if fmt == "onnx":
@@ -116,15 +174,28 @@ def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLik
             config["io_type"] = quantization["io_type"]
         source_size = _sizes(model_path, with_gzip=False)[0]
         exported = Manifest(
-            stage="export", label_names=list(manifest.label_names), preprocessing=manifest.preprocessing,
-            backbone=manifest.backbone, weights=manifest.weights, config=config,
-            model_file=info["model_file"], parent=source.parent_ref(), dataset=manifest.dataset,
-            seed=manifest.seed, quantization=quantization,
-            extra={"warnings": info["warnings"]} if info["warnings"] else {})
-        metrics = {"format": fmt, "quant": quant, "size_bytes": info["size_bytes"],
-                   "gzip_bytes": info["gzip_bytes"], "source_size_bytes": source_size,
-                   "size_ratio": round(info["size_bytes"] / source_size, 4) if source_size else None,
-                   "conversion_seconds": info["conversion_seconds"]}
+            stage="export",
+            label_names=list(manifest.label_names),
+            preprocessing=manifest.preprocessing,
+            backbone=manifest.backbone,
+            weights=manifest.weights,
+            config=config,
+            model_file=info["model_file"],
+            parent=source.parent_ref(),
+            dataset=manifest.dataset,
+            seed=manifest.seed,
+            quantization=quantization,
+            extra={"warnings": info["warnings"]} if info["warnings"] else {},
+        )
+        metrics = {
+            "format": fmt,
+            "quant": quant,
+            "size_bytes": info["size_bytes"],
+            "gzip_bytes": info["gzip_bytes"],
+            "source_size_bytes": source_size,
+            "size_ratio": round(info["size_bytes"] / source_size, 4) if source_size else None,
+            "conversion_seconds": info["conversion_seconds"],
+        }
         for key in ("fp32_tensor_count", "fp32_weight_count"):
             if key in quantization:
                 metrics[key] = quantization[key]
@@ -133,8 +204,9 @@ def export_artifact(artifact_path: str | os.PathLike[str], out: str | os.PathLik
         return writer.commit(exported, metrics)
 
 
-def calibration_array(images: CalibrationSource, preprocessing: Preprocessing,
-                      max_images: int = DEFAULT_MAX_CALIBRATION_IMAGES) -> np.ndarray:
+def calibration_array(
+    images: CalibrationSource, preprocessing: Preprocessing, max_images: int = DEFAULT_MAX_CALIBRATION_IMAGES
+) -> np.ndarray:
     """Preprocessed float32 calibration images from pixels, a folder or a list of files.
 
     A folder or list longer than ``max_images`` is subsampled evenly (sorted order), so
@@ -159,8 +231,10 @@ def check_io_type_for(row, io_type: str | None) -> None:
     check_io_type(io_type)
     if io_type is not None and io_type not in row.io_types:
         offered = [name for name, other in FORMATS.items() if other.io_types]
-        raise ConfigError(f"--io-type is not available for {row.name}; only {', '.join(offered)} "
-                          "exports choose their input/output type")
+        raise ConfigError(
+            f"--io-type is not available for {row.name}; only {', '.join(offered)} "
+            "exports choose their input/output type"
+        )
 
 
 def has_quantize_layers(keras_model) -> bool:
@@ -174,12 +248,13 @@ def _manifest_says_qat(manifest: Manifest) -> bool:
 
 
 def _missing_calibration_message(fmt: str) -> str:
-    return (f"--quant int8 for {fmt} needs calibration images (a representative dataset, at least "
-            f"{MIN_CALIBRATION_IMAGES}); pass --calibration <image folder>, e.g. the training folder")
+    return (
+        f"--quant int8 for {fmt} needs calibration images (a representative dataset, at least "
+        f"{MIN_CALIBRATION_IMAGES}); pass --calibration <image folder>, e.g. the training folder"
+    )
 
 
-def _check_calibration(calibration: np.ndarray | None, quant: str, fmt: str, is_qat: bool,
-                       input_shape: tuple) -> None:
+def _check_calibration(calibration: np.ndarray | None, quant: str, fmt: str, is_qat: bool, input_shape: tuple) -> None:
     if quant != "int8":
         return
     if calibration is None:
@@ -187,17 +262,24 @@ def _check_calibration(calibration: np.ndarray | None, quant: str, fmt: str, is_
             return  # a QAT model carries its own ranges
         raise ConfigError(_missing_calibration_message(fmt))
     if not isinstance(calibration, np.ndarray) or calibration.ndim != 4:
-        raise ConfigError("calibration must be a float32 array of preprocessed images N×H×W×C, got "
-                          f"{type(calibration).__name__} {getattr(calibration, 'shape', '')}")
+        raise ConfigError(
+            "calibration must be a float32 array of preprocessed images N×H×W×C, got "
+            f"{type(calibration).__name__} {getattr(calibration, 'shape', '')}"
+        )
     if tuple(calibration.shape[1:]) != tuple(input_shape):
-        raise ConfigError(f"calibration images have shape {tuple(calibration.shape[1:])}, the model "
-                          f"takes {tuple(input_shape)}")
+        raise ConfigError(
+            f"calibration images have shape {tuple(calibration.shape[1:])}, the model takes {tuple(input_shape)}"
+        )
     if np.issubdtype(calibration.dtype, np.integer):
-        raise ConfigError("calibration images must be preprocessed float32 ((x - mean) / std), got "
-                          f"{calibration.dtype}; export_artifact preprocesses uint8 pixels for you")
+        raise ConfigError(
+            "calibration images must be preprocessed float32 ((x - mean) / std), got "
+            f"{calibration.dtype}; export_artifact preprocesses uint8 pixels for you"
+        )
     if len(calibration) < MIN_CALIBRATION_IMAGES:
-        raise ConfigError(f"calibration has {len(calibration)} images; int8 needs at least "
-                          f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)")
+        raise ConfigError(
+            f"calibration has {len(calibration)} images; int8 needs at least "
+            f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)"
+        )
 
 
 def _sizes(path: Path, with_gzip: bool = True) -> tuple[int, int | None]:

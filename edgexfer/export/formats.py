@@ -6,8 +6,8 @@ Importing this module imports no TensorFlow (converters import it when called).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from edgexfer.errors import ConfigError
 from edgexfer.export._onnx import convert_onnx
@@ -28,11 +28,11 @@ class ExportFormat:
     """
 
     name: str
-    suffix: str            # "" for a directory
+    suffix: str  # "" for a directory
     quant_modes: tuple[str, ...]
     converter: Callable[..., dict]
     description: str
-    runtime: bool = True   # whether edgexfer.runtime can run it
+    runtime: bool = True  # whether edgexfer.runtime can run it
     io_types: tuple[str, ...] = ()  # --io-type values the converter takes (tflite_io.IO_TYPES)
 
     @property
@@ -40,37 +40,62 @@ class ExportFormat:
         return "saved_model" if not self.suffix else f"model{self.suffix}"
 
 
-FORMATS: dict[str, ExportFormat] = {row.name: row for row in (
-    ExportFormat("tflite", ".tflite", ("none", "fp16", "dynamic", "int8"), convert_tflite,
-                 "TensorFlow Lite flatbuffer for LiteRT (Android, iOS, microcontrollers) with standard "
-                 "TFLite Metadata (MediaPipe Tasks, Task Library); int8 is full-integer with uint8 "
-                 "input/output by default (--io-type uint8|int8|float32)",
-                 io_types=("uint8", "int8", "float32")),
-    ExportFormat("onnx", ".onnx", ("none", "dynamic", "int8"), convert_onnx,
-                 "ONNX via tf2onnx for onnxruntime; int8 is static QDQ per-channel; dynamic "
-                 "quantizes weights only (smaller, but slower than fp32 in onnxruntime)"),
-    ExportFormat("tflite-micro", ".tflite", ("int8",), convert_tflite_micro,
-                 "fully int8 TFLite plus model.c/model.h for TensorFlow Lite Micro (microcontrollers): "
-                 "the model bytes, labels, input quantisation and preprocessing, tensor-arena estimate; "
-                 "also from a .tflite export artifact"),
-    ExportFormat("saved_model", "", ("none",), convert_saved_model,
-                 "TensorFlow SavedModel directory (TF Serving, further conversion); needs "
-                 "TensorFlow to run", runtime=False),
-)}
+FORMATS: dict[str, ExportFormat] = {
+    row.name: row
+    for row in (
+        ExportFormat(
+            "tflite",
+            ".tflite",
+            ("none", "fp16", "dynamic", "int8"),
+            convert_tflite,
+            "TensorFlow Lite flatbuffer for LiteRT (Android, iOS, microcontrollers) with standard "
+            "TFLite Metadata (MediaPipe Tasks, Task Library); int8 is full-integer with uint8 "
+            "input/output by default (--io-type uint8|int8|float32)",
+            io_types=("uint8", "int8", "float32"),
+        ),
+        ExportFormat(
+            "onnx",
+            ".onnx",
+            ("none", "dynamic", "int8"),
+            convert_onnx,
+            "ONNX via tf2onnx for onnxruntime; int8 is static QDQ per-channel; dynamic "
+            "quantizes weights only (smaller, but slower than fp32 in onnxruntime)",
+        ),
+        ExportFormat(
+            "tflite-micro",
+            ".tflite",
+            ("int8",),
+            convert_tflite_micro,
+            "fully int8 TFLite plus model.c/model.h for TensorFlow Lite Micro (microcontrollers): "
+            "the model bytes, labels, input quantisation and preprocessing, tensor-arena estimate; "
+            "also from a .tflite export artifact",
+        ),
+        ExportFormat(
+            "saved_model",
+            "",
+            ("none",),
+            convert_saved_model,
+            "TensorFlow SavedModel directory (TF Serving, further conversion); needs TensorFlow to run",
+            runtime=False,
+        ),
+    )
+}
 
 
 def check_format_quant(fmt: str, quant: str) -> ExportFormat:
     """The ``FORMATS`` row for ``fmt`` after checking ``quant`` is allowed; else ``ConfigError``."""
     row = FORMATS.get(fmt)
     if row is None:
-        raise ConfigError(f"--format {fmt!r} is not supported{_did_you_mean(fmt, FORMATS)}; "
-                          f"allowed: {', '.join(FORMATS)}")
+        raise ConfigError(
+            f"--format {fmt!r} is not supported{_did_you_mean(fmt, FORMATS)}; allowed: {', '.join(FORMATS)}"
+        )
     if quant not in QUANT_MODES:
-        raise ConfigError(f"--quant {quant!r} is not a quantization mode{_did_you_mean(quant, QUANT_MODES)}; "
-                          f"allowed: {', '.join(QUANT_MODES)}")
+        raise ConfigError(
+            f"--quant {quant!r} is not a quantization mode{_did_you_mean(quant, QUANT_MODES)}; "
+            f"allowed: {', '.join(QUANT_MODES)}"
+        )
     if quant not in row.quant_modes:
-        raise ConfigError(f"--quant {quant} is not available for {fmt}; "
-                          f"{fmt} allows: {', '.join(row.quant_modes)}")
+        raise ConfigError(f"--quant {quant} is not available for {fmt}; {fmt} allows: {', '.join(row.quant_modes)}")
     return row
 
 

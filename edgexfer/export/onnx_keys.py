@@ -27,11 +27,13 @@ ULTRALYTICS_KEYS = ("names", "imgsz", "task", "channels", "description", "author
 def preprocessing_words(info: EmbeddedInfo) -> str:
     """The preprocessing in words, for a ``doc_string``."""
     pre = info.preprocessing
-    return (f"Input: float32 N×{pre.input_size}×{pre.input_size}×{pre.channels} ({pre.layout}), "
-            f"{pre.color} pixels resized to {pre.input_size}×{pre.input_size} ({pre.resize}, aspect ratio not "
-            f"kept), then (pixel - mean) / std per channel with mean {list(pre.mean)} and std {list(pre.std)} "
-            f"(pixels 0..255). Output: N×{len(info.label_names)} class probabilities (softmax), in the order "
-            "of the 'names' metadata.")
+    return (
+        f"Input: float32 N×{pre.input_size}×{pre.input_size}×{pre.channels} ({pre.layout}), "
+        f"{pre.color} pixels resized to {pre.input_size}×{pre.input_size} ({pre.resize}, aspect ratio not "
+        f"kept), then (pixel - mean) / std per channel with mean {list(pre.mean)} and std {list(pre.std)} "
+        f"(pixels 0..255). Output: N×{len(info.label_names)} class probabilities (softmax), in the order "
+        "of the 'names' metadata."
+    )
 
 
 def common_onnx_metadata(info: EmbeddedInfo) -> dict[str, str]:
@@ -41,14 +43,18 @@ def common_onnx_metadata(info: EmbeddedInfo) -> dict[str, str]:
     pre = info.preprocessing
     manifest = info.manifest
     names = {i: name for i, name in enumerate(info.label_names)}
-    return {"names": repr(names),
-            "imgsz": repr([pre.input_size, pre.input_size]),
-            "task": "classify",
-            "channels": str(pre.channels),
-            "description": (f"{manifest.get('backbone', 'image')} classifier exported by edgexfer "
-                            f"({manifest.get('quant', 'none')}); " + preprocessing_words(info)),
-            "author": "edgexfer",
-            "version": __version__}
+    return {
+        "names": repr(names),
+        "imgsz": repr([pre.input_size, pre.input_size]),
+        "task": "classify",
+        "channels": str(pre.channels),
+        "description": (
+            f"{manifest.get('backbone', 'image')} classifier exported by edgexfer "
+            f"({manifest.get('quant', 'none')}); " + preprocessing_words(info)
+        ),
+        "author": "edgexfer",
+        "version": __version__,
+    }
 
 
 def embed_common_onnx_metadata(model_proto, info: EmbeddedInfo) -> None:
@@ -61,6 +67,5 @@ def embed_common_onnx_metadata(model_proto, info: EmbeddedInfo) -> None:
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = key, value
     words = preprocessing_words(info)
-    model_proto.doc_string = (f"Image classifier ({len(info.label_names)} classes) exported by edgexfer. "
-                              + words)
+    model_proto.doc_string = f"Image classifier ({len(info.label_names)} classes) exported by edgexfer. " + words
     model_proto.graph.doc_string = words

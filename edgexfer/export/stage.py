@@ -16,16 +16,20 @@ unlabelled target-domain images. Imports no TensorFlow until the conversion runs
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from edgexfer.artifact import Artifact, Manifest
-from edgexfer.errors import ArtifactError, ConfigError, DataError
 from edgexfer.data.subset import stratified_subset
-from edgexfer.export.convert import (DEFAULT_MAX_CALIBRATION_IMAGES, KERAS_SUFFIXES, MIN_CALIBRATION_IMAGES,
-                                     export_artifact)
+from edgexfer.errors import ArtifactError, ConfigError, DataError
+from edgexfer.export.convert import (
+    DEFAULT_MAX_CALIBRATION_IMAGES,
+    KERAS_SUFFIXES,
+    MIN_CALIBRATION_IMAGES,
+    export_artifact,
+)
 from edgexfer.export.formats import FORMATS, check_format_quant
 from edgexfer.provenance import recorded
 
@@ -33,10 +37,18 @@ DEFAULT_CALIBRATION_FILE = "calibration.npy"
 
 
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
-def export_stage(artifact: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
-                 quant: str | None = None, *, calibration_data: str | os.PathLike[str] | None = None,
-                 calibration_images: int = DEFAULT_MAX_CALIBRATION_IMAGES, opset: int = 15,
-                 log: Callable[[str], None] | None = None, io_type: str | None = None) -> Artifact:
+def export_stage(
+    artifact: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    fmt: str,
+    quant: str | None = None,
+    *,
+    calibration_data: str | os.PathLike[str] | None = None,
+    calibration_images: int = DEFAULT_MAX_CALIBRATION_IMAGES,
+    opset: int = 15,
+    log: Callable[[str], None] | None = None,
+    io_type: str | None = None,
+) -> Artifact:
     """Export the Keras artifact ``artifact`` to ``fmt`` (a ``FORMATS`` row) at ``out``.
 
     ``quant`` defaults to what the artifact's quantize stage chose (``ptq`` → its type,
@@ -54,8 +66,10 @@ def export_stage(artifact: str | os.PathLike[str], out: str | os.PathLike[str], 
 
     check_io_type_for(FORMATS[fmt], io_type)
     if calibration_images < MIN_CALIBRATION_IMAGES:
-        raise ConfigError(f"--calibration-images {calibration_images} is too few; int8 needs at least "
-                          f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)")
+        raise ConfigError(
+            f"--calibration-images {calibration_images} is too few; int8 needs at least "
+            f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)"
+        )
     source = Artifact(artifact)
     model_path = source.model_path  # "has no model file" before anything is loaded
     if fmt == "tflite-micro" and model_path.suffix == ".tflite":  # the same bytes as C; no TensorFlow
@@ -63,8 +77,10 @@ def export_stage(artifact: str | os.PathLike[str], out: str | os.PathLike[str], 
 
         return export_tflite_artifact(source, out)
     if model_path.suffix not in KERAS_SUFFIXES:
-        raise ArtifactError(f"artifact {str(source.path)!r} holds {model_path.name}, not a Keras model "
-                            f"({', '.join(KERAS_SUFFIXES)}); export from a training or compression stage's artifact")
+        raise ArtifactError(
+            f"artifact {str(source.path)!r} holds {model_path.name}, not a Keras model "
+            f"({', '.join(KERAS_SUFFIXES)}); export from a training or compression stage's artifact"
+        )
     manifest = source.manifest
     quant = quant or ("int8" if fmt == "tflite-micro" else default_quant(manifest, fmt))
 
@@ -77,9 +93,17 @@ def export_stage(artifact: str | os.PathLike[str], out: str | os.PathLike[str], 
             log("int8 from a quantization-aware model: ranges come from its fake-quant layers")
     elif calibration_data is not None:
         log(f"--calibration-data is only used by --quant int8; ignored for --quant {quant}")
-    return export_artifact(source.path, out, fmt, quant, calibration_images=calibration, opset=opset,
-                           max_calibration_images=calibration_images, calibration_source=description,
-                           io_type=io_type)
+    return export_artifact(
+        source.path,
+        out,
+        fmt,
+        quant,
+        calibration_images=calibration,
+        opset=opset,
+        max_calibration_images=calibration_images,
+        calibration_source=description,
+        io_type=io_type,
+    )
 
 
 def default_quant(manifest: Manifest, fmt: str) -> str:
@@ -94,13 +118,16 @@ def default_quant(manifest: Manifest, fmt: str) -> str:
         return "none"
     allowed = FORMATS[fmt].quant_modes
     if wanted not in allowed:
-        raise ConfigError(f"the artifact was quantized for {mode} {wanted}, which {fmt} does not offer "
-                          f"({fmt} allows: {', '.join(allowed)}); pass --quant explicitly")
+        raise ConfigError(
+            f"the artifact was quantized for {mode} {wanted}, which {fmt} does not offer "
+            f"({fmt} allows: {', '.join(allowed)}); pass --quant explicitly"
+        )
     return wanted
 
 
-def resolve_calibration(source: Artifact, calibration_data: str | os.PathLike[str] | None,
-                        max_images: int) -> tuple[np.ndarray | None, str | None]:
+def resolve_calibration(
+    source: Artifact, calibration_data: str | os.PathLike[str] | None, max_images: int
+) -> tuple[np.ndarray | None, str | None]:
     """uint8 calibration pixels ``N×H×W×3`` and a description of their source; ``(None, None)``
     for a QAT model with nothing to calibrate on (its fake-quant layers carry the ranges)."""
     manifest = source.manifest
@@ -120,10 +147,11 @@ def resolve_calibration(source: Artifact, calibration_data: str | os.PathLike[st
         return pixels, f"the artifact's dataset {dataset_path} (train split)"
     if str(quantization.get("mode", "")).lower() in ("qat", "pqat"):
         return None, None
-    why = (f"its dataset {dataset_path!r} no longer exists" if dataset_path
-           else "it records no dataset path")
-    raise ConfigError(f"--quant int8 needs calibration images from the target domain, and {why}; pass "
-                      "--calibration-data DIR (an image folder with the model's classes)")
+    why = f"its dataset {dataset_path!r} no longer exists" if dataset_path else "it records no dataset path"
+    raise ConfigError(
+        f"--quant int8 needs calibration images from the target domain, and {why}; pass "
+        "--calibration-data DIR (an image folder with the model's classes)"
+    )
 
 
 def load_stored_calibration(path: Path, manifest: Manifest) -> np.ndarray:
@@ -131,18 +159,23 @@ def load_stored_calibration(path: Path, manifest: Manifest) -> np.ndarray:
     try:
         pixels = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ArtifactError(f"stored calibration set {str(path)!r} cannot be read ({exc}); re-run the "
-                            "quantize stage or pass --calibration-data DIR") from None
+        raise ArtifactError(
+            f"stored calibration set {str(path)!r} cannot be read ({exc}); re-run the "
+            "quantize stage or pass --calibration-data DIR"
+        ) from None
     size, channels = manifest.preprocessing.input_size, manifest.preprocessing.channels
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, channels):
-        raise ArtifactError(f"stored calibration set {str(path)!r} holds {pixels.dtype} "
-                            f"{'×'.join(map(str, pixels.shape))}, expected uint8 N×{size}×{size}×{channels}; "
-                            "re-run the quantize stage or pass --calibration-data DIR")
+        raise ArtifactError(
+            f"stored calibration set {str(path)!r} holds {pixels.dtype} "
+            f"{'×'.join(map(str, pixels.shape))}, expected uint8 N×{size}×{size}×{channels}; "
+            "re-run the quantize stage or pass --calibration-data DIR"
+        )
     return pixels
 
 
-def calibration_from_folder(folder: str | os.PathLike[str], manifest: Manifest, max_images: int,
-                            what: str) -> np.ndarray:
+def calibration_from_folder(
+    folder: str | os.PathLike[str], manifest: Manifest, max_images: int, what: str
+) -> np.ndarray:
     """uint8 pixels of up to ``max_images`` images of ``folder``.
 
     Class sub-folders must be exactly the model's classes (``DataError`` otherwise); the
@@ -154,8 +187,9 @@ def calibration_from_folder(folder: str | os.PathLike[str], manifest: Manifest, 
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{what} {str(folder)!r} does not exist or is not a folder; pass an image folder "
-                        "of target-domain images")
+        raise DataError(
+            f"{what} {str(folder)!r} does not exist or is not a folder; pass an image folder of target-domain images"
+        )
     has_subfolders = any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
     if not has_subfolders:
         files = list_image_files(folder)

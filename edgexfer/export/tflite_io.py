@@ -42,8 +42,10 @@ def pixel_quantization(preprocessing: Preprocessing) -> tuple[float, int, float]
     """
     mean, std = tuple(preprocessing.mean), tuple(preprocessing.std)
     if len(set(mean)) != 1 or len(set(std)) != 1:
-        raise ConfigError(f"--io-type uint8 needs one mean/std for all channels, but the preprocessing has "
-                          f"mean {list(mean)} and std {list(std)}; use --io-type float32 or int8")
+        raise ConfigError(
+            f"--io-type uint8 needs one mean/std for all channels, but the preprocessing has "
+            f"mean {list(mean)} and std {list(std)}; use --io-type float32 or int8"
+        )
     zero_point = int(round(mean[0]))
     if not 0 <= zero_point <= 255 or not std[0] > 0:
         raise ConfigError(f"--io-type uint8 needs 0 ≤ mean ≤ 255 and std > 0, got mean {mean[0]} std {std[0]}")
@@ -70,8 +72,10 @@ def set_pixel_input(content: bytes, preprocessing: Preprocessing) -> tuple[bytes
     consumers = [op for op in graph.operators if index in list(op.inputs)]
     codes = [_opcode_name(model, op) for op in consumers]
     if codes != [_QUANTIZE_OPCODE_NAME]:
-        raise ExportError(f"the uint8 input feeds {codes or 'no op'}, not one QUANTIZE op; cannot give it "
-                          "the pixel quantization; use --io-type int8 or float32")
+        raise ExportError(
+            f"the uint8 input feeds {codes or 'no op'}, not one QUANTIZE op; cannot give it "
+            "the pixel quantization; use --io-type int8 or float32"
+        )
     tensor.quantization.scale = np.array([scale], dtype=np.float32)
     tensor.quantization.zeroPoint = np.array([zero_point], dtype=np.int64)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), bias
@@ -81,9 +85,11 @@ def not_integer_error(io_type: str, quant: str, details: dict[str, Any]) -> Expo
     """The one-line error for an integer I/O type asked of a model that keeps float tensors."""
     names = details.get("fp32_tensors") or []
     shown = ", ".join(repr(n) for n in names[:3]) + (" …" if details["fp32_tensor_count"] > 3 else "")
-    return ExportError(f"--io-type {io_type} needs a fully integer model, but this --quant {quant} export keeps "
-                       f"{details['fp32_tensor_count']} float32 tensors ({shown}); export with --quant int8 "
-                       "(calibration images make every op int8) or use --io-type float32")
+    return ExportError(
+        f"--io-type {io_type} needs a fully integer model, but this --quant {quant} export keeps "
+        f"{details['fp32_tensor_count']} float32 tensors ({shown}); export with --quant int8 "
+        "(calibration images make every op int8) or use --io-type float32"
+    )
 
 
 def _opcode_name(model, op) -> str:

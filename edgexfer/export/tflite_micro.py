@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,10 +47,10 @@ HEADER_NAME = "model.h"
 SOURCE_NAME = "model.c"
 TFLITE_NAME = "model.tflite"
 # Bookkeeping TFLite Micro keeps in the arena (bytes, 64-bit host sizes, which are ≥ the 32-bit MCU's).
-_PER_TENSOR_BYTES = 64     # TfLiteEvalTensor + its dims + allocation-info record
+_PER_TENSOR_BYTES = 64  # TfLiteEvalTensor + its dims + allocation-info record
 _PER_IO_TENSOR_BYTES = 128  # the full TfLiteTensor of each model input/output
-_PER_OP_BYTES = 96          # TfLiteNode, its input/output index arrays, the op's user data
-_PER_CHANNEL_BYTES = 8      # int32 multiplier + int32 shift of per-channel requantisation
+_PER_OP_BYTES = 96  # TfLiteNode, its input/output index arrays, the op's user data
+_PER_CHANNEL_BYTES = 8  # int32 multiplier + int32 shift of per-channel requantisation
 _HEADROOM = 0.10
 _PER_CHANNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
@@ -65,8 +66,19 @@ class _Tensor:
 
     @property
     def nbytes(self) -> int:
-        itemsize = {"INT8": 1, "UINT8": 1, "BOOL": 1, "INT16": 2, "FLOAT16": 2, "BFLOAT16": 2, "INT32": 4,
-                    "FLOAT32": 4, "UINT32": 4, "INT64": 8, "FLOAT64": 8}.get(self.type, 4)
+        itemsize = {
+            "INT8": 1,
+            "UINT8": 1,
+            "BOOL": 1,
+            "INT16": 2,
+            "FLOAT16": 2,
+            "BFLOAT16": 2,
+            "INT32": 4,
+            "FLOAT32": 4,
+            "UINT32": 4,
+            "INT64": 8,
+            "FLOAT64": 8,
+        }.get(self.type, 4)
         return int(np.prod([max(d, 1) for d in self.shape], dtype=np.int64)) * itemsize
 
 
@@ -99,23 +111,35 @@ def read_graph(content: bytes, where: str = "model") -> TFLiteGraph:
     try:
         model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
         graph = model.subgraphs[0]
-        codes = [op_names.get(max(int(c.builtinCode), int(c.deprecatedBuiltinCode)), "CUSTOM")
-                 for c in model.operatorCodes]
+        codes = [
+            op_names.get(max(int(c.builtinCode), int(c.deprecatedBuiltinCode)), "CUSTOM") for c in model.operatorCodes
+        ]
         buffers = model.buffers
         tensors = []
         for index, t in enumerate(graph.tensors):
             buffer = buffers[t.buffer] if t.buffer is not None and 0 < t.buffer < len(buffers) else None
-            constant = buffer is not None and ((buffer.data is not None and len(buffer.data) > 0)
-                                               or (buffer.offset or 0) > 1)
+            constant = buffer is not None and (
+                (buffer.data is not None and len(buffer.data) > 0) or (buffer.offset or 0) > 1
+            )
             name = t.name.decode("utf-8", "replace") if isinstance(t.name, bytes) else str(t.name or "")
             shape = tuple(int(d) for d in (t.shape if t.shape is not None else []))
             tensors.append(_Tensor(index, name, type_names.get(t.type, str(t.type)), shape, constant))
-        operators = tuple(_Operator(i, codes[op.opcodeIndex],
-                                    tuple(int(x) for x in (op.inputs if op.inputs is not None else []) if x >= 0),
-                                    tuple(int(x) for x in (op.outputs if op.outputs is not None else [])))
-                          for i, op in enumerate(graph.operators or []))
-        return TFLiteGraph(tuple(tensors), operators, tuple(int(i) for i in graph.inputs),
-                           tuple(int(i) for i in graph.outputs), len(model.subgraphs))
+        operators = tuple(
+            _Operator(
+                i,
+                codes[op.opcodeIndex],
+                tuple(int(x) for x in (op.inputs if op.inputs is not None else []) if x >= 0),
+                tuple(int(x) for x in (op.outputs if op.outputs is not None else [])),
+            )
+            for i, op in enumerate(graph.operators or [])
+        )
+        return TFLiteGraph(
+            tuple(tensors),
+            operators,
+            tuple(int(i) for i in graph.inputs),
+            tuple(int(i) for i in graph.outputs),
+            len(model.subgraphs),
+        )
     except Exception as exc:  # a damaged flatbuffer raises anything from IndexError to struct.error
         raise ExportError(f"{where}: cannot read the TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
 
@@ -154,9 +178,11 @@ def check_fully_int8(graph: TFLiteGraph, where: str) -> None:
         return
     count = sum(1 for t in graph.tensors if t.type in _FLOAT_TYPES)
     shown = ", ".join(found[:12]) + (f" … and {len(found) - 12} more" if len(found) > 12 else "")
-    raise ExportError(f"{where} is not fully int8: {count} float tensors, in {shown}; tflite-micro needs every "
-                      "tensor in int8: export the Keras artifact with --format tflite-micro --quant int8 (post-"
-                      "training quantization with --calibration-data DIR, or from a QAT model)")
+    raise ExportError(
+        f"{where} is not fully int8: {count} float tensors, in {shown}; tflite-micro needs every "
+        "tensor in int8: export the Keras artifact with --format tflite-micro --quant int8 (post-"
+        "training quantization with --calibration-data DIR, or from a QAT model)"
+    )
 
 
 def estimate_arena(graph: TFLiteGraph) -> dict[str, int]:
@@ -180,20 +206,35 @@ def estimate_arena(graph: TFLiteGraph) -> dict[str, int]:
     for step in range(-1, end + 1):
         total = sum(aligned(graph.tensors[i].nbytes) for i, (a, b) in live.items() if a <= step <= b)
         peak = max(peak, total)
-    channels = sum(graph.tensors[op.outputs[0]].shape[-1] for op in graph.operators
-                   if op.code in _PER_CHANNEL_OPS and op.outputs and graph.tensors[op.outputs[0]].shape)
-    overhead = (_PER_TENSOR_BYTES * len(graph.tensors) + _PER_IO_TENSOR_BYTES * (len(graph.inputs) + len(graph.outputs))
-                + _PER_OP_BYTES * len(graph.operators) + _PER_CHANNEL_BYTES * channels)
+    channels = sum(
+        graph.tensors[op.outputs[0]].shape[-1]
+        for op in graph.operators
+        if op.code in _PER_CHANNEL_OPS and op.outputs and graph.tensors[op.outputs[0]].shape
+    )
+    overhead = (
+        _PER_TENSOR_BYTES * len(graph.tensors)
+        + _PER_IO_TENSOR_BYTES * (len(graph.inputs) + len(graph.outputs))
+        + _PER_OP_BYTES * len(graph.operators)
+        + _PER_CHANNEL_BYTES * channels
+    )
     total = int(math.ceil((peak + overhead) * (1 + _HEADROOM) / 1024.0)) * 1024
-    return {"activation_peak_bytes": int(peak), "bookkeeping_bytes": int(overhead), "arena_bytes": total,
-            "activation_tensors": len(live), "operators": len(graph.operators)}
+    return {
+        "activation_peak_bytes": int(peak),
+        "bookkeeping_bytes": int(overhead),
+        "arena_bytes": total,
+        "activation_tensors": len(live),
+        "operators": len(graph.operators),
+    }
 
 
 def _c_string(text: str) -> str:
     """A C string literal valid in C and C++: printable ASCII as is, every other byte of the
     UTF-8 encoding (and backslash, quote, ``?`` against trigraphs) as an octal escape."""
-    return '"' + "".join(chr(b) if 32 <= b < 127 and chr(b) not in '\\"?' else f"\\{b:03o}"
-                         for b in text.encode("utf-8")) + '"'
+    return (
+        '"'
+        + "".join(chr(b) if 32 <= b < 127 and chr(b) not in '\\"?' else f"\\{b:03o}" for b in text.encode("utf-8"))
+        + '"'
+    )
 
 
 def _c_float(value: float) -> str:
@@ -214,8 +255,9 @@ def input_lut(preprocessing, scale: float, zero_point: int) -> np.ndarray:
     return np.stack(rows)
 
 
-def write_c_sources(content: bytes, dest_dir: str | os.PathLike[str], *, label_names: Sequence[str],
-                    preprocessing, where: str = "model") -> dict[str, Any]:
+def write_c_sources(
+    content: bytes, dest_dir: str | os.PathLike[str], *, label_names: Sequence[str], preprocessing, where: str = "model"
+) -> dict[str, Any]:
     """Check ``content`` is fully int8 and write ``model.h``/``model.c`` into ``dest_dir``.
 
     Returns what it measured: model bytes, the arena estimate, input/output quantisation.
@@ -223,49 +265,71 @@ def write_c_sources(content: bytes, dest_dir: str | os.PathLike[str], *, label_n
     graph = read_graph(content, where)
     check_fully_int8(graph, where)
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise ExportError(f"{where} has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; an edgexfer "
-                          "classifier has one of each")
+        raise ExportError(
+            f"{where} has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; an edgexfer "
+            "classifier has one of each"
+        )
     quant = _io_quantization(content, where)
     in_t, out_t = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     if in_t.type != "INT8" or out_t.type != "INT8":
-        raise ExportError(f"{where}: input {in_t.type} and output {out_t.type}; tflite-micro needs int8 input and "
-                          "output (export the Keras artifact with --format tflite-micro, or a .tflite with "
-                          "--quant int8 --io-type int8)")
+        raise ExportError(
+            f"{where}: input {in_t.type} and output {out_t.type}; tflite-micro needs int8 input and "
+            "output (export the Keras artifact with --format tflite-micro, or a .tflite with "
+            "--quant int8 --io-type int8)"
+        )
     arena = estimate_arena(graph)
     height, width, channels = (list(in_t.shape[1:]) + [1, 1, 1])[:3]
     if channels != preprocessing.channels or height != preprocessing.input_size:
-        raise ExportError(f"{where}: input shape {in_t.shape} does not match the preprocessing "
-                          f"({preprocessing.input_size} px, {preprocessing.channels} channels); re-export the model")
+        raise ExportError(
+            f"{where}: input shape {in_t.shape} does not match the preprocessing "
+            f"({preprocessing.input_size} px, {preprocessing.channels} channels); re-export the model"
+        )
     ops = sorted({op.code for op in graph.operators})
     dest = Path(dest_dir)
     lut = input_lut(preprocessing, *quant["input"])
     defines = {
         "EDGEXFER_MODEL_LEN": f"{len(content)}u",
         "EDGEXFER_TENSOR_ARENA_SIZE": f"{arena['arena_bytes']}u",
-        "EDGEXFER_INPUT_HEIGHT": str(height), "EDGEXFER_INPUT_WIDTH": str(width),
-        "EDGEXFER_INPUT_CHANNELS": str(channels), "EDGEXFER_NUM_CLASSES": str(len(label_names)),
-        "EDGEXFER_INPUT_SCALE": _c_float(quant["input"][0]), "EDGEXFER_INPUT_ZERO_POINT": str(quant["input"][1]),
-        "EDGEXFER_OUTPUT_SCALE": _c_float(quant["output"][0]), "EDGEXFER_OUTPUT_ZERO_POINT": str(quant["output"][1]),
+        "EDGEXFER_INPUT_HEIGHT": str(height),
+        "EDGEXFER_INPUT_WIDTH": str(width),
+        "EDGEXFER_INPUT_CHANNELS": str(channels),
+        "EDGEXFER_NUM_CLASSES": str(len(label_names)),
+        "EDGEXFER_INPUT_SCALE": _c_float(quant["input"][0]),
+        "EDGEXFER_INPUT_ZERO_POINT": str(quant["input"][1]),
+        "EDGEXFER_OUTPUT_SCALE": _c_float(quant["output"][0]),
+        "EDGEXFER_OUTPUT_ZERO_POINT": str(quant["output"][1]),
     }
     header = _HEADER.format(
         defines="\n".join(f"#define {k} {v}" for k, v in defines.items()),
         mean=", ".join(_c_float(v) for v in preprocessing.mean[:channels]),
         std=", ".join(_c_float(v) for v in preprocessing.std[:channels]),
-        resize=preprocessing.resize, color=preprocessing.color, ops="\n".join(f" *   {op}" for op in ops),
-        peak=arena["activation_peak_bytes"], book=arena["bookkeeping_bytes"], channels=channels,
-        resolver=len(ops))
+        resize=preprocessing.resize,
+        color=preprocessing.color,
+        ops="\n".join(f" *   {op}" for op in ops),
+        peak=arena["activation_peak_bytes"],
+        book=arena["bookkeeping_bytes"],
+        channels=channels,
+        resolver=len(ops),
+    )
     data = ",".join(("\n  " if i % 16 == 0 else "") + f"0x{b:02x}" for i, b in enumerate(content))
     lut_rows = ",\n".join("  {" + ",".join(str(int(v)) for v in row) + "}" for row in lut)
     source = _SOURCE.format(
-        data=data, labels=",\n".join(f"  {_c_string(name)}" for name in label_names), lut=lut_rows,
+        data=data,
+        labels=",\n".join(f"  {_c_string(name)}" for name in label_names),
+        lut=lut_rows,
         mean=", ".join(_c_float(v) for v in preprocessing.mean[:channels]),
-        std=", ".join(_c_float(v) for v in preprocessing.std[:channels]))
+        std=", ".join(_c_float(v) for v in preprocessing.std[:channels]),
+    )
     _write_text(dest / HEADER_NAME, header)
     _write_text(dest / SOURCE_NAME, source)
-    return {"model_bytes": len(content), "arena": arena, "operators": ops,
-            "input": {"scale": quant["input"][0], "zero_point": quant["input"][1]},
-            "output": {"scale": quant["output"][0], "zero_point": quant["output"][1]},
-            "files": [HEADER_NAME, SOURCE_NAME, TFLITE_NAME]}
+    return {
+        "model_bytes": len(content),
+        "arena": arena,
+        "operators": ops,
+        "input": {"scale": quant["input"][0], "zero_point": quant["input"][1]},
+        "output": {"scale": quant["output"][0], "zero_point": quant["output"][1]},
+        "files": [HEADER_NAME, SOURCE_NAME, TFLITE_NAME],
+    }
 
 
 def _io_quantization(content: bytes, where: str) -> dict[str, tuple[float, int]]:
@@ -395,8 +459,13 @@ def convert_tflite_micro(keras_model, dest: Path, quant: str, info, **options) -
     # the phone runtimes' uint8 default of a .tflite export.
     options["io_type"] = options.get("io_type") or "int8"
     result = convert_tflite(keras_model, dest, quant, info, **options)
-    micro = write_c_sources(dest.read_bytes(), dest.parent, label_names=info.label_names,
-                            preprocessing=info.preprocessing, where="the converted int8 model")
+    micro = write_c_sources(
+        dest.read_bytes(),
+        dest.parent,
+        label_names=info.label_names,
+        preprocessing=info.preprocessing,
+        where="the converted int8 model",
+    )
     result["quantization"]["tflite_micro"] = micro
     # the converter's own "keeps float32 tensors" warning cannot apply: write_c_sources refused those
     result["warnings"] = [w for w in result.get("warnings", []) if "float32 tensors" not in w]
@@ -414,25 +483,45 @@ def export_tflite_artifact(source, out: str | os.PathLike[str]):
     from edgexfer.artifact import Manifest, writing_artifact
 
     if Path(out).resolve() == source.path.resolve():
-        raise ExportError(f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose "
-                          "another directory")
+        raise ExportError(
+            f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose another directory"
+        )
     manifest = source.manifest
     content = source.model_path.read_bytes()
     with writing_artifact(out) as writer:
-        micro = write_c_sources(content, writer.tmp, label_names=manifest.label_names,
-                                preprocessing=manifest.preprocessing, where=str(source.model_path))
+        micro = write_c_sources(
+            content,
+            writer.tmp,
+            label_names=manifest.label_names,
+            preprocessing=manifest.preprocessing,
+            where=str(source.model_path),
+        )
         shutil.copyfile(source.model_path, writer.tmp / TFLITE_NAME)
         quantization = {**(manifest.quantization or {}), "mode": "int8", "tflite_micro": micro}
         exported = Manifest(
-            stage="export", label_names=list(manifest.label_names), preprocessing=manifest.preprocessing,
-            backbone=manifest.backbone, weights=manifest.weights,
+            stage="export",
+            label_names=list(manifest.label_names),
+            preprocessing=manifest.preprocessing,
+            backbone=manifest.backbone,
+            weights=manifest.weights,
             config={"format": "tflite-micro", "quant": "int8", "from_tflite": str(source.model_path.resolve())},
-            model_file=TFLITE_NAME, parent=source.parent_ref(), dataset=manifest.dataset, seed=manifest.seed,
-            quantization=quantization)
+            model_file=TFLITE_NAME,
+            parent=source.parent_ref(),
+            dataset=manifest.dataset,
+            seed=manifest.seed,
+            quantization=quantization,
+        )
         import gzip
 
-        metrics = {"format": "tflite-micro", "quant": "int8", "size_bytes": len(content),
-                   "gzip_bytes": len(gzip.compress(content, compresslevel=9)), "source_size_bytes": None,
-                   "size_ratio": None, "conversion_seconds": 0.0, "fp32_tensor_count": 0,
-                   "tensor_arena_bytes": micro["arena"]["arena_bytes"]}
+        metrics = {
+            "format": "tflite-micro",
+            "quant": "int8",
+            "size_bytes": len(content),
+            "gzip_bytes": len(gzip.compress(content, compresslevel=9)),
+            "source_size_bytes": None,
+            "size_ratio": None,
+            "conversion_seconds": 0.0,
+            "fp32_tensor_count": 0,
+            "tensor_arena_bytes": micro["arena"]["arena_bytes"],
+        }
         return writer.commit(exported, metrics)

@@ -9,5 +9,13 @@ from edgexfer.runtime.images import load_image, load_images, normalize
 from edgexfer.runtime.metadata import EmbeddedInfo, read_embedded_info
 from edgexfer.runtime.model import EdgeModel, Prediction, load_model
 
-__all__ = ["EdgeModel", "EmbeddedInfo", "Prediction", "load_image", "load_images", "load_model",
-           "normalize", "read_embedded_info"]
+__all__ = [
+    "EdgeModel",
+    "EmbeddedInfo",
+    "Prediction",
+    "load_image",
+    "load_images",
+    "load_model",
+    "normalize",
+    "read_embedded_info",
+]

@@ -8,8 +8,8 @@ feeds a model the same pixels it was trained on. Imports no TensorFlow.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -44,9 +44,11 @@ def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {str(folder)!r} does not exist or is not a directory")
-    files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
     if not files:
-        raise DataError(f"image folder {str(folder)!r} holds no images "
-                        f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"image folder {str(folder)!r} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files

@@ -41,19 +41,26 @@ class EmbeddedInfo:
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"label_names": list(self.label_names),
-                           "preprocessing": self.preprocessing.to_dict(),
-                           "manifest": self.manifest}, sort_keys=True)
+        return json.dumps(
+            {
+                "label_names": list(self.label_names),
+                "preprocessing": self.preprocessing.to_dict(),
+                "manifest": self.manifest,
+            },
+            sort_keys=True,
+        )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> "EmbeddedInfo":
+    def from_dict(cls, data: dict[str, Any], where: str) -> EmbeddedInfo:
         try:
             if not isinstance(data, dict):
                 raise TypeError(f"a JSON {type(data).__name__}, not an object")
             _check_label_names(data["label_names"])
-            return cls(label_names=[str(name) for name in data["label_names"]],
-                       preprocessing=Preprocessing.from_dict(data["preprocessing"]),
-                       manifest=dict(data.get("manifest") or {}))
+            return cls(
+                label_names=[str(name) for name in data["label_names"]],
+                preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+                manifest=dict(data.get("manifest") or {}),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{where}: malformed edgexfer metadata ({exc}); re-export the model") from None
 
@@ -114,7 +121,7 @@ def read_tflite_metadata(content: bytes, where: str = "model") -> EmbeddedInfo |
                 continue
             buffer = model.Buffers(entry.Buffer())
             if buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
-                raw = content[buffer.Offset(): buffer.Offset() + buffer.Size()]
+                raw = content[buffer.Offset() : buffer.Offset() + buffer.Size()]
             else:
                 raw = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
             return EmbeddedInfo.from_dict(json.loads(raw.decode("utf-8")), where)
@@ -130,9 +137,11 @@ def read_tflite_metadata(content: bytes, where: str = "model") -> EmbeddedInfo |
 
 def onnx_metadata_props(info: EmbeddedInfo) -> dict[str, str]:
     """The ``metadata_props`` entries that carry ``info`` in an ONNX model."""
-    return {ONNX_LABELS_KEY: json.dumps(list(info.label_names)),
-            ONNX_PREPROCESSING_KEY: json.dumps(info.preprocessing.to_dict(), sort_keys=True),
-            ONNX_MANIFEST_KEY: json.dumps(info.manifest, sort_keys=True)}
+    return {
+        ONNX_LABELS_KEY: json.dumps(list(info.label_names)),
+        ONNX_PREPROCESSING_KEY: json.dumps(info.preprocessing.to_dict(), sort_keys=True),
+        ONNX_MANIFEST_KEY: json.dumps(info.manifest, sort_keys=True),
+    }
 
 
 def embed_onnx_metadata(model_proto, info: EmbeddedInfo) -> None:
@@ -150,9 +159,11 @@ def info_from_onnx_props(props: dict[str, str], where: str = "model") -> Embedde
     if ONNX_LABELS_KEY not in props or ONNX_PREPROCESSING_KEY not in props:
         return None
     try:
-        data = {"label_names": json.loads(props[ONNX_LABELS_KEY]),
-                "preprocessing": json.loads(props[ONNX_PREPROCESSING_KEY]),
-                "manifest": json.loads(props.get(ONNX_MANIFEST_KEY, "{}"))}
+        data = {
+            "label_names": json.loads(props[ONNX_LABELS_KEY]),
+            "preprocessing": json.loads(props[ONNX_PREPROCESSING_KEY]),
+            "manifest": json.loads(props.get(ONNX_MANIFEST_KEY, "{}")),
+        }
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{where}: malformed edgexfer metadata ({exc}); re-export the model") from None
     return EmbeddedInfo.from_dict(data, where)

@@ -7,17 +7,23 @@ imported when a model of its kind is loaded) and TF-free edgexfer modules.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from edgexfer.artifact import MANIFEST, Artifact, Preprocessing
 from edgexfer.errors import ArtifactError, ConfigError, DataError
 from edgexfer.runtime.images import load_images, normalize
-from edgexfer.runtime.metadata import (EmbeddedInfo, first_line, info_from_onnx_props, is_tflite_bytes,
-                                       read_tflite_metadata)
+from edgexfer.runtime.metadata import (
+    EmbeddedInfo,
+    first_line,
+    info_from_onnx_props,
+    is_tflite_bytes,
+    read_tflite_metadata,
+)
 from edgexfer.runtime.tflite_metadata import info_from_standard_metadata
 
 RUNTIME_SUFFIXES = {".tflite": "tflite", ".onnx": "onnx"}
@@ -33,8 +39,12 @@ class Prediction:
     top_k: list[tuple[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "label": self.label, "score": self.score,
-                "top_k": [{"label": label, "score": score} for label, score in self.top_k]}
+        return {
+            "path": self.path,
+            "label": self.label,
+            "score": self.score,
+            "top_k": [{"label": label, "score": score} for label, score in self.top_k],
+        }
 
 
 class _TFLiteBackend:
@@ -52,12 +62,13 @@ class _TFLiteBackend:
                 self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
                 self.interpreter.allocate_tensors()
         except Exception as exc:
-            raise ArtifactError(f"{str(path)!r} is not a TFLite model LiteRT can load "
-                                f"({first_line(exc)})") from None
+            raise ArtifactError(f"{str(path)!r} is not a TFLite model LiteRT can load ({first_line(exc)})") from None
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ArtifactError(f"{str(path)!r} has {len(inputs)} inputs and {len(outputs)} outputs; "
-                                "an edgexfer classifier has one of each")
+            raise ArtifactError(
+                f"{str(path)!r} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                "an edgexfer classifier has one of each"
+            )
         self.input, self.output = inputs[0], outputs[0]
         self.input_dtype = np.dtype(self.input["dtype"])
         self.output_dtype = np.dtype(self.output["dtype"])
@@ -90,19 +101,25 @@ class _OrtBackend:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options,
-                                                providers=list(providers or ["CPUExecutionProvider"]))
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+            )
         except Exception as exc:
-            raise ArtifactError(f"{str(path)!r} is not an ONNX model onnxruntime can load "
-                                f"({first_line(exc)})") from None
+            raise ArtifactError(
+                f"{str(path)!r} is not an ONNX model onnxruntime can load ({first_line(exc)})"
+            ) from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ArtifactError(f"{str(path)!r} has {len(inputs)} inputs and {len(outputs)} outputs; "
-                                "an edgexfer classifier has one of each")
+            raise ArtifactError(
+                f"{str(path)!r} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                "an edgexfer classifier has one of each"
+            )
         self.input_name = inputs[0].name
         if inputs[0].type != "tensor(float)" or outputs[0].type != "tensor(float)":
-            raise ArtifactError(f"{str(path)!r} takes {inputs[0].type} and returns {outputs[0].type}; "
-                                "the runtime runs ONNX models with float input and output")
+            raise ArtifactError(
+                f"{str(path)!r} takes {inputs[0].type} and returns {outputs[0].type}; "
+                "the runtime runs ONNX models with float input and output"
+            )
         self.input_dtype = self.output_dtype = np.dtype(np.float32)
         self.input_quant = self.output_quant = None
         self.input_shape = tuple(v if isinstance(v, int) else None for v in inputs[0].shape[1:])
@@ -159,18 +176,24 @@ class EdgeModel:
         """Class probabilities (float32 ``N×C``) for uint8 ``N×H×W×C`` pixels at the input size."""
         images = np.asarray(images_uint8)
         if images.dtype != np.uint8:
-            raise DataError(f"predict_proba takes uint8 pixels, got dtype {images.dtype}; "
-                            "for already preprocessed float input use predict_preprocessed")
+            raise DataError(
+                f"predict_proba takes uint8 pixels, got dtype {images.dtype}; "
+                "for already preprocessed float input use predict_preprocessed"
+            )
         if images.ndim != 4 or images.shape[1:] != self.input_shape:
-            raise DataError(f"images must have shape N×{'×'.join(map(str, self.input_shape))}, got "
-                            f"{'×'.join(map(str, images.shape))}; predict_files resizes for you")
+            raise DataError(
+                f"images must have shape N×{'×'.join(map(str, self.input_shape))}, got "
+                f"{'×'.join(map(str, images.shape))}; predict_files resizes for you"
+            )
         if self._pixel_input:
             # a uint8 input quantized as (pixel - mean) / std takes the pixels themselves, as
             # MediaPipe Tasks and the Task Library feed it (no float round trip, no rounding)
             if batch_size < 1:
                 raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-            outputs = [self._dequantize(self._backend.run(np.ascontiguousarray(images[start:start + batch_size])))
-                       for start in range(0, len(images), batch_size)]
+            outputs = [
+                self._dequantize(self._backend.run(np.ascontiguousarray(images[start : start + batch_size])))
+                for start in range(0, len(images), batch_size)
+            ]
             if not outputs:
                 return np.zeros((0, len(self.label_names)), np.float32)
             return np.concatenate(outputs)
@@ -181,13 +204,14 @@ class EdgeModel:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         x = np.asarray(x, dtype=np.float32)
-        outputs = [self._run(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+        outputs = [self._run(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
         if not outputs:
             return np.zeros((0, len(self.label_names)), np.float32)
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
-    def predict_files(self, paths: Iterable[str | os.PathLike[str]], top_k: int = 5,
-                      batch_size: int = 32) -> list[Prediction]:
+    def predict_files(
+        self, paths: Iterable[str | os.PathLike[str]], top_k: int = 5, batch_size: int = 32
+    ) -> list[Prediction]:
         """Read, resize and classify image files; a bad file raises ``DataError`` naming it."""
         if top_k < 1:
             raise ConfigError(f"top_k must be at least 1, got {top_k}")
@@ -195,7 +219,7 @@ class EdgeModel:
         k = min(top_k, len(self.label_names))
         results: list[Prediction] = []
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
+            chunk = paths[start : start + batch_size]
             probs = self.predict_proba(load_images(chunk, self.preprocessing), batch_size)
             for path, row in zip(chunk, probs):
                 order = np.argsort(-row, kind="stable")[:k]
@@ -237,23 +261,33 @@ class EdgeModel:
         shape = self._backend.input_shape
         expected = self.input_shape
         if len(shape) != 3 or any(s is not None and s != e for s, e in zip(shape, expected)):
-            raise ArtifactError(f"{str(self.path)!r}: the model's input {shape} does not match its "
-                                f"preprocessing (input_size {expected[0]}, channels {expected[2]}); "
-                                "re-export the model")
+            raise ArtifactError(
+                f"{str(self.path)!r}: the model's input {shape} does not match its "
+                f"preprocessing (input_size {expected[0]}, channels {expected[2]}); "
+                "re-export the model"
+            )
         outputs = self._backend.num_outputs
         if outputs is not None and outputs != len(self.label_names):
-            raise ArtifactError(f"{str(self.path)!r}: the model has {outputs} outputs but "
-                                f"{len(self.label_names)} label names; re-export the model")
+            raise ArtifactError(
+                f"{str(self.path)!r}: the model has {outputs} outputs but "
+                f"{len(self.label_names)} label names; re-export the model"
+            )
 
     def __repr__(self) -> str:
-        return (f"EdgeModel({str(self.path)!r}, backend={self.backend!r}, "
-                f"classes={len(self.label_names)}, input_dtype={self.input_dtype.name})")
+        return (
+            f"EdgeModel({str(self.path)!r}, backend={self.backend!r}, "
+            f"classes={len(self.label_names)}, input_dtype={self.input_dtype.name})"
+        )
 
 
-def load_model(path: str | os.PathLike[str], *, num_threads: int | None = None,
-               label_names: Sequence[str] | None = None,
-               preprocessing: Preprocessing | None = None,
-               providers: Sequence[str] | None = None) -> EdgeModel:
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    num_threads: int | None = None,
+    label_names: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    providers: Sequence[str] | None = None,
+) -> EdgeModel:
     """Load a ``.tflite``/``.onnx`` file or an export artifact directory for inference.
 
     Labels and preprocessing come from the artifact's manifest, else from the metadata
@@ -262,8 +296,9 @@ def load_model(path: str | os.PathLike[str], *, num_threads: int | None = None,
     exported by edgexfer). ``providers``: onnxruntime execution providers in priority order
     (default CPU only), e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``.
     """
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                    or num_threads < 0):
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0
+    ):
         raise ConfigError(f"threads must be a count of at least 1, or 0 for all cores; got {num_threads!r}")
     if num_threads == 0:  # all cores, as `edgexfer check --threads 0` means
         num_threads = _usable_cores()
@@ -275,18 +310,28 @@ def load_model(path: str | os.PathLike[str], *, num_threads: int | None = None,
         artifact = Artifact(path)
         model_path = artifact.model_path
         if model_path.suffix.lower() not in RUNTIME_SUFFIXES:
-            raise ArtifactError(f"artifact {str(path)!r} holds {model_path.name}, which the runtime "
-                                "cannot run; export it to tflite or onnx first (edgexfer export)")
-        manifest_info = EmbeddedInfo(artifact.manifest.label_names, artifact.manifest.preprocessing,
-                                     {"stage": artifact.manifest.stage, "backbone": artifact.manifest.backbone,
-                                      "quantization": artifact.manifest.quantization})
+            raise ArtifactError(
+                f"artifact {str(path)!r} holds {model_path.name}, which the runtime "
+                "cannot run; export it to tflite or onnx first (edgexfer export)"
+            )
+        manifest_info = EmbeddedInfo(
+            artifact.manifest.label_names,
+            artifact.manifest.preprocessing,
+            {
+                "stage": artifact.manifest.stage,
+                "backbone": artifact.manifest.backbone,
+                "quantization": artifact.manifest.quantization,
+            },
+        )
         path = model_path
     if not path.is_file():
         raise ArtifactError(f"model {str(path)!r} does not exist")
     kind = RUNTIME_SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise ArtifactError(f"{str(path)!r} is not a TFLite/ONNX model: expected a .tflite or .onnx "
-                            "file or an export artifact directory")
+        raise ArtifactError(
+            f"{str(path)!r} is not a TFLite/ONNX model: expected a .tflite or .onnx "
+            "file or an export artifact directory"
+        )
 
     if kind == "tflite":
         content = path.read_bytes()
@@ -295,8 +340,10 @@ def load_model(path: str | os.PathLike[str], *, num_threads: int | None = None,
         embedded = read_tflite_metadata(content, where=str(path))
         standard = info_from_standard_metadata(content, where=str(path))  # checked even when not used
         if embedded is not None and standard is not None and standard.label_names != embedded.label_names:
-            raise ArtifactError(f"{str(path)!r}: its standard TFLite metadata and its edgexfer entry name "
-                                "different labels; re-export the model")
+            raise ArtifactError(
+                f"{str(path)!r}: its standard TFLite metadata and its edgexfer entry name "
+                "different labels; re-export the model"
+            )
         embedded = embedded or standard
         backend = _TFLiteBackend(path, num_threads)
     else:
@@ -306,11 +353,16 @@ def load_model(path: str | os.PathLike[str], *, num_threads: int | None = None,
     info = manifest_info or embedded
     if label_names is not None or preprocessing is not None:
         base = info or EmbeddedInfo([], Preprocessing(input_size=0))
-        info = EmbeddedInfo(list(label_names) if label_names is not None else base.label_names,
-                            preprocessing or base.preprocessing, base.manifest)
+        info = EmbeddedInfo(
+            list(label_names) if label_names is not None else base.label_names,
+            preprocessing or base.preprocessing,
+            base.manifest,
+        )
     if info is None or not info.label_names or not info.preprocessing.input_size:
-        raise ArtifactError(f"{str(path)!r} carries no edgexfer labels and preprocessing (it was not exported "
-                            "by edgexfer); export the model's artifact with `edgexfer export`")
+        raise ArtifactError(
+            f"{str(path)!r} carries no edgexfer labels and preprocessing (it was not exported "
+            "by edgexfer); export the model's artifact with `edgexfer export`"
+        )
     return EdgeModel(path, backend, info)
 
 
@@ -340,4 +392,3 @@ def _quant_params(detail: dict[str, Any]) -> tuple[float, int] | None:
         return None
     scale, zero_point = detail["quantization"]
     return (float(scale), int(zero_point)) if scale else None
-

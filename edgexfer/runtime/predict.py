@@ -7,8 +7,9 @@ installed): numpy, Pillow, LiteRT/onnxruntime and TF-free edgexfer modules only.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +36,15 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return paths
 
 
-def predict_paths(model: EdgeModel | str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *,
-                  top_k: int = 5, batch_size: int = 32, num_threads: int | None = None,
-                  on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def predict_paths(
+    model: EdgeModel | str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+    num_threads: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Top-``k`` predictions for image files and folders.
 
     ``model``: an ``EdgeModel`` or a ``.tflite``/``.onnx`` file or export artifact directory.
@@ -54,7 +61,7 @@ def predict_paths(model: EdgeModel | str | os.PathLike[str], inputs: Sequence[st
     k = min(top_k, len(edge.label_names))
     predictions: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
+        chunk = paths[start : start + batch_size]
         probs = edge.predict_proba(np.stack([_decode(p, edge) for p in chunk]), batch_size)
         for path, row in zip(chunk, probs):
             order = np.argsort(-row, kind="stable")[:k]
@@ -62,8 +69,13 @@ def predict_paths(model: EdgeModel | str | os.PathLike[str], inputs: Sequence[st
             predictions.append(Prediction(str(path), ranked[0][0], ranked[0][1], ranked))
         if on_batch is not None:
             on_batch(min(start + batch_size, len(paths)), len(paths))
-    return {"model": str(edge.path), "backend": edge.backend, "labels": list(edge.label_names),
-            "count": len(predictions), "predictions": [p.to_dict() for p in predictions]}
+    return {
+        "model": str(edge.path),
+        "backend": edge.backend,
+        "labels": list(edge.label_names),
+        "count": len(predictions),
+        "predictions": [p.to_dict() for p in predictions],
+    }
 
 
 def _decode(path: Path, model: EdgeModel) -> np.ndarray:
@@ -73,5 +85,7 @@ def _decode(path: Path, model: EdgeModel) -> np.ndarray:
     except EdgexferError:
         raise
     except Exception as exc:  # noqa: BLE001 - an image mode or codec Pillow cannot convert
-        raise DataError(f"cannot read image {str(path)!r}: unsupported image ({type(exc).__name__}: "
-                        f"{first_line(exc)}); convert it to an RGB PNG or JPEG") from None
+        raise DataError(
+            f"cannot read image {str(path)!r}: unsupported image ({type(exc).__name__}: "
+            f"{first_line(exc)}); convert it to an RGB PNG or JPEG"
+        ) from None

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from edgexfer.errors import ConfigError
 
 DEVICES = ("cpu", "cuda", "auto")
 ORT_CPU = "CPUExecutionProvider"
 ORT_CUDA = "CUDAExecutionProvider"
-LITERT_PROVIDER = "XNNPACK"        # LiteRT's default CPU delegate
+LITERT_PROVIDER = "XNNPACK"  # LiteRT's default CPU delegate
 TENSORFLOW_PROVIDER = "TensorFlow"
 GPU_EXTRA_HINT = 'pip uninstall -y onnxruntime && pip install "edgexfer[gpu]"'
 
@@ -68,8 +68,9 @@ def requested_providers(device: str, available: Sequence[str] | None = None) -> 
     return [ORT_CUDA, ORT_CPU] if ORT_CUDA in available else [ORT_CPU]
 
 
-def placement_of(session_providers: Sequence[str], device: str, *, where: str = "the model",
-                 device_id: int = 0) -> Placement:
+def placement_of(
+    session_providers: Sequence[str], device: str, *, where: str = "the model", device_id: int = 0
+) -> Placement:
     """Where a session built for ``device`` really runs, from ``session.get_providers()``.
 
     ``cuda`` without ``CUDAExecutionProvider`` in use: ``ConfigError`` saying why.
@@ -78,13 +79,16 @@ def placement_of(session_providers: Sequence[str], device: str, *, where: str = 
     if ORT_CUDA in session_providers and device != "cpu":
         return Placement(ORT_CUDA, f"cuda:{device_id}")
     if device == "cuda":
-        raise ConfigError(f"--device cuda: onnxruntime runs {where} on the CPU, not CUDA: {cuda_unavailable_reason()}; "
-                          "use --device cpu (or auto) to measure on the CPU")
+        raise ConfigError(
+            f"--device cuda: onnxruntime runs {where} on the CPU, not CUDA: {cuda_unavailable_reason()}; "
+            "use --device cpu (or auto) to measure on the CPU"
+        )
     return CPU_ORT
 
 
-def cuda_unavailable_reason(available: Sequence[str] | None = None, driver: tuple[str, int] | None = None,
-                            version: str | None = None) -> str:
+def cuda_unavailable_reason(
+    available: Sequence[str] | None = None, driver: tuple[str, int] | None = None, version: str | None = None
+) -> str:
     """Why onnxruntime's CUDA provider is not in use, most basic cause first: a CPU-only
     onnxruntime build, no NVIDIA driver, no CUDA device, or a provider that failed to start.
     ``available``/``driver``/``version`` are looked up when not given (tests pass them)."""
@@ -94,8 +98,10 @@ def cuda_unavailable_reason(available: Sequence[str] | None = None, driver: tupl
         available = list(ort.get_available_providers()) if available is None else available
         version = ort.__version__ if version is None else version
     if ORT_CUDA not in available:
-        return (f"the installed onnxruntime {version} is a CPU-only build (providers: {', '.join(available)}); "
-                f"install the GPU build: {GPU_EXTRA_HINT}")
+        return (
+            f"the installed onnxruntime {version} is a CPU-only build (providers: {', '.join(available)}); "
+            f"install the GPU build: {GPU_EXTRA_HINT}"
+        )
     state, count = driver if driver is not None else cuda_driver_state()
     if state == "no-driver":
         return "no NVIDIA driver: libcuda.so.1 (libcuda) cannot be loaded on this machine"
@@ -103,9 +109,11 @@ def cuda_unavailable_reason(available: Sequence[str] | None = None, driver: tupl
         return "the NVIDIA driver is installed but cuInit failed (no usable GPU, or driver and kernel module differ)"
     if count == 0:
         return "the NVIDIA driver reports no CUDA device (check CUDA_VISIBLE_DEVICES and nvidia-smi)"
-    return (f"onnxruntime-gpu {version} has the CUDA provider and the driver sees {count} device(s), but the "
-            "provider did not start: the CUDA/cuDNN libraries it was built for are missing or of another "
-            "version (see onnxruntime's CUDA requirements; its warning log names the library)")
+    return (
+        f"onnxruntime-gpu {version} has the CUDA provider and the driver sees {count} device(s), but the "
+        "provider did not start: the CUDA/cuDNN libraries it was built for are missing or of another "
+        "version (see onnxruntime's CUDA requirements; its warning log names the library)"
+    )
 
 
 def cuda_driver_state() -> tuple[str, int]:
@@ -145,16 +153,20 @@ def preflight(device: str, suffixes: Sequence[str], where: str = "the models") -
         if suffix == ".tflite":
             tflite_placement(device, where)
     if ".onnx" in suffixes and ORT_CUDA not in ort_available_providers():
-        raise ConfigError(f"--device cuda: onnxruntime cannot run {where} on CUDA: {cuda_unavailable_reason()}; "
-                          "use --device cpu (or auto) to measure on the CPU")
+        raise ConfigError(
+            f"--device cuda: onnxruntime cannot run {where} on CUDA: {cuda_unavailable_reason()}; "
+            "use --device cpu (or auto) to measure on the CPU"
+        )
 
 
 def tflite_placement(device: str, where: str = "the model") -> Placement:
     """LiteRT runs on the CPU: fine for ``cpu``/``auto``, a ``ConfigError`` for ``cuda``."""
     check_device(device)
     if device == "cuda":
-        raise ConfigError(f"--device cuda: {where} is a .tflite model, which LiteRT runs on the CPU here (no GPU "
-                          "delegate); time .onnx exports on CUDA, or use --device auto to run .tflite on the CPU")
+        raise ConfigError(
+            f"--device cuda: {where} is a .tflite model, which LiteRT runs on the CPU here (no GPU "
+            "delegate); time .onnx exports on CUDA, or use --device auto to run .tflite on the CPU"
+        )
     return CPU_LITERT
 
 

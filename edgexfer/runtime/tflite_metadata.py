@@ -67,8 +67,9 @@ class ModelDescription:
 # --------------------------------------------------------------------------------- writing
 
 
-def build_model_metadata(info: EmbeddedInfo, description: ModelDescription, input_dtype: str,
-                         output_dtype: str) -> bytes:
+def build_model_metadata(
+    info: EmbeddedInfo, description: ModelDescription, input_dtype: str, output_dtype: str
+) -> bytes:
     """The ``ModelMetadata`` flatbuffer (identifier ``M001``) for an image classifier.
 
     ``input_dtype``/``output_dtype``: the model's I/O tensor types (``float32``, ``uint8``,
@@ -83,8 +84,10 @@ def build_model_metadata(info: EmbeddedInfo, description: ModelDescription, inpu
     pre = info.preprocessing
     image = fb.TensorMetadataT()
     image.name = "image"
-    image.description = (f"Input image: {pre.input_size}×{pre.input_size} {pre.color}, resized "
-                         f"with {pre.resize}; {_normalisation_words(pre)}.")
+    image.description = (
+        f"Input image: {pre.input_size}×{pre.input_size} {pre.color}, resized "
+        f"with {pre.resize}; {_normalisation_words(pre)}."
+    )
     image.content = fb.ContentT()
     image.content.contentPropertiesType = fb.ContentProperties.ImageProperties
     image.content.contentProperties = fb.ImagePropertiesT()
@@ -104,8 +107,9 @@ def build_model_metadata(info: EmbeddedInfo, description: ModelDescription, inpu
 
     scores = fb.TensorMetadataT()
     scores.name = "probability"
-    scores.description = (f"Probabilities of the {len(info.label_names)} classes (softmax, summing to 1), "
-                          f"in the order of {LABELS_FILE}.")
+    scores.description = (
+        f"Probabilities of the {len(info.label_names)} classes (softmax, summing to 1), in the order of {LABELS_FILE}."
+    )
     scores.content = fb.ContentT()
     scores.content.contentPropertiesType = fb.ContentProperties.FeatureProperties
     scores.content.contentProperties = fb.FeaturePropertiesT()
@@ -177,20 +181,26 @@ def split_packed_files(content: bytes, where: str) -> tuple[bytes, dict[str, byt
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
             infos = archive.infolist()
             if len(infos) > MAX_PACKED_FILES:
-                raise ArtifactError(f"{where}: {len(infos)} files packed after the model (at most "
-                                    f"{MAX_PACKED_FILES} are read); the file is not a classifier")
+                raise ArtifactError(
+                    f"{where}: {len(infos)} files packed after the model (at most "
+                    f"{MAX_PACKED_FILES} are read); the file is not a classifier"
+                )
             files = {}
             for entry in infos:
                 if entry.file_size > MAX_LABELS_BYTES:
-                    raise ArtifactError(f"{where}: packed file {entry.filename!r} is {entry.file_size} bytes "
-                                        f"(at most {MAX_LABELS_BYTES} are read)")
+                    raise ArtifactError(
+                        f"{where}: packed file {entry.filename!r} is {entry.file_size} bytes "
+                        f"(at most {MAX_LABELS_BYTES} are read)"
+                    )
                 files[entry.filename] = archive.read(entry)
             start = min((entry.header_offset for entry in infos), default=len(content))
     except ArtifactError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise ArtifactError(f"{where}: the files packed after the model (standard TFLite metadata) "
-                            f"cannot be read: {exc}; re-export or re-populate the model") from None
+        raise ArtifactError(
+            f"{where}: the files packed after the model (standard TFLite metadata) "
+            f"cannot be read: {exc}; re-export or re-populate the model"
+        ) from None
     return content[:start], files
 
 
@@ -233,17 +243,22 @@ def read_standard_metadata(content: bytes, where: str = "model") -> StandardMeta
         graph = model.Subgraphs(0)
         output_shape = graph.Tensors(graph.Outputs(0)).ShapeAsNumpy()
     except Exception as exc:  # a damaged flatbuffer raises anything from IndexError to struct.error
-        raise ArtifactError(f"{where}: malformed standard TFLite metadata ({type(exc).__name__}: {exc}); "
-                            "re-export the model") from None
-    if not metadata.subgraphMetadata or not metadata.subgraphMetadata[0].outputTensorMetadata \
-            or not metadata.subgraphMetadata[0].inputTensorMetadata:
+        raise ArtifactError(
+            f"{where}: malformed standard TFLite metadata ({type(exc).__name__}: {exc}); re-export the model"
+        ) from None
+    if (
+        not metadata.subgraphMetadata
+        or not metadata.subgraphMetadata[0].outputTensorMetadata
+        or not metadata.subgraphMetadata[0].inputTensorMetadata
+    ):
         raise ArtifactError(f"{where}: standard TFLite metadata describes no input/output tensor")
     subgraph = metadata.subgraphMetadata[0]
     classes = int(output_shape[-1]) if len(output_shape) else 0
     labels = _axis_labels(subgraph.outputTensorMetadata[0], files, classes, where)
     mean, std = _normalisation(subgraph.inputTensorMetadata[0], where)
-    return StandardMetadata(name=_text(metadata.name), label_names=labels, mean=mean, std=std,
-                            color=_color(subgraph.inputTensorMetadata[0]))
+    return StandardMetadata(
+        name=_text(metadata.name), label_names=labels, mean=mean, std=std, color=_color(subgraph.inputTensorMetadata[0])
+    )
 
 
 def info_from_standard_metadata(content: bytes, where: str = "model") -> EmbeddedInfo | None:
@@ -264,8 +279,9 @@ def info_from_standard_metadata(content: bytes, where: str = "model") -> Embedde
     tensor = graph.Tensors(graph.Inputs(0))
     shape = [int(v) for v in tensor.ShapeAsNumpy()]
     if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
-        raise ArtifactError(f"{where}: input shape {shape} is not a square N×H×W×3 image; "
-                            "the runtime runs square RGB image classifiers")
+        raise ArtifactError(
+            f"{where}: input shape {shape} is not a square N×H×W×3 image; the runtime runs square RGB image classifiers"
+        )
     mean, std = standard.mean, standard.std
     dtype = _dtype_name(tensor.Type())
     # uint8: fed raw pixels by MediaPipe and the Task Library, whatever NormalizationOptions
@@ -279,12 +295,16 @@ def info_from_standard_metadata(content: bytes, where: str = "model") -> Embedde
         zero_point = float(quantization.ZeroPointAsNumpy()[0]) + offset
         mean, std = (zero_point,) * 3, (1.0 / float(scales[0]),) * 3
     elif mean is None:
-        raise ArtifactError(f"{where}: float input without NormalizationOptions in its standard metadata; "
-                            "pass preprocessing= to load_model")
-    preprocessing = Preprocessing(input_size=shape[1], channels=3, mean=_three(mean), std=_three(std),
-                                  color=standard.color or "RGB")
-    return EmbeddedInfo(standard.label_names, preprocessing,
-                        {"source": "standard TFLite metadata", "name": standard.name})
+        raise ArtifactError(
+            f"{where}: float input without NormalizationOptions in its standard metadata; "
+            "pass preprocessing= to load_model"
+        )
+    preprocessing = Preprocessing(
+        input_size=shape[1], channels=3, mean=_three(mean), std=_three(std), color=standard.color or "RGB"
+    )
+    return EmbeddedInfo(
+        standard.label_names, preprocessing, {"source": "standard TFLite metadata", "name": standard.name}
+    )
 
 
 def remove_metadata_entry(content: bytes, name: str) -> bytes:
@@ -308,31 +328,41 @@ def remove_metadata_entry(content: bytes, name: str) -> bytes:
 
 
 def _normalisation_words(pre: Preprocessing) -> str:
-    return (f"model input = (pixel - mean) / std per channel, mean {list(pre.mean)}, std {list(pre.std)}")
+    return f"model input = (pixel - mean) / std per channel, mean {list(pre.mean)}, std {list(pre.std)}"
 
 
 def _axis_labels(tensor, files: dict[str, bytes], classes: int, where: str) -> list[str]:
     from edgexfer.runtime import _tflite_metadata_schema as fb
 
-    names = [_text(f.name) for f in (tensor.associatedFiles or [])
-             if f.type == fb.AssociatedFileType.TENSOR_AXIS_LABELS and not _text(f.locale)]
-    names = names or [_text(f.name) for f in (tensor.associatedFiles or [])
-                      if f.type == fb.AssociatedFileType.TENSOR_AXIS_LABELS]
+    names = [
+        _text(f.name)
+        for f in (tensor.associatedFiles or [])
+        if f.type == fb.AssociatedFileType.TENSOR_AXIS_LABELS and not _text(f.locale)
+    ]
+    names = names or [
+        _text(f.name) for f in (tensor.associatedFiles or []) if f.type == fb.AssociatedFileType.TENSOR_AXIS_LABELS
+    ]
     if not names:
-        raise ArtifactError(f"{where}: standard TFLite metadata has no TENSOR_AXIS_LABELS file for the output; "
-                            "re-export the model or pass label_names=")
+        raise ArtifactError(
+            f"{where}: standard TFLite metadata has no TENSOR_AXIS_LABELS file for the output; "
+            "re-export the model or pass label_names="
+        )
     if names[0] not in files:
-        raise ArtifactError(f"{where}: labels file {names[0]!r} named in the standard TFLite metadata is not "
-                            "packed in the model (the zip archive after the model is missing or truncated); "
-                            "re-export or re-populate it")
+        raise ArtifactError(
+            f"{where}: labels file {names[0]!r} named in the standard TFLite metadata is not "
+            "packed in the model (the zip archive after the model is missing or truncated); "
+            "re-export or re-populate it"
+        )
     try:
         text = files[names[0]].decode("utf-8")
     except UnicodeDecodeError:
         raise ArtifactError(f"{where}: labels file {names[0]!r} is not UTF-8 text") from None
     labels = [line.strip() for line in text.splitlines() if line.strip()]
     if len(labels) != classes:
-        raise ArtifactError(f"{where}: labels file {names[0]!r} has {len(labels)} labels but the model has "
-                            f"{classes} output classes; re-export the model")
+        raise ArtifactError(
+            f"{where}: labels file {names[0]!r} has {len(labels)} labels but the model has "
+            f"{classes} output classes; re-export the model"
+        )
     return labels
 
 
@@ -345,12 +375,16 @@ def _normalisation(tensor, where: str) -> tuple[tuple[float, ...] | None, tuple[
         mean = tuple(float(v) for v in (unit.options.mean if unit.options.mean is not None else []))
         std = tuple(float(v) for v in (unit.options.std if unit.options.std is not None else []))
         if len(mean) not in (1, 3) or len(std) != len(mean):
-            raise ArtifactError(f"{where}: NormalizationOptions has {len(mean)} means and {len(std)} stds "
-                                "(expected 1 or 3 of each)")
-        if not all(math.isfinite(v) and abs(v) <= 1e6 for v in mean) \
-                or not all(math.isfinite(v) and 1e-6 <= v <= 1e6 for v in std):
-            raise ArtifactError(f"{where}: NormalizationOptions mean {list(mean)} / std {list(std)} are not "
-                                "finite (std must be positive)")
+            raise ArtifactError(
+                f"{where}: NormalizationOptions has {len(mean)} means and {len(std)} stds (expected 1 or 3 of each)"
+            )
+        if not all(math.isfinite(v) and abs(v) <= 1e6 for v in mean) or not all(
+            math.isfinite(v) and 1e-6 <= v <= 1e6 for v in std
+        ):
+            raise ArtifactError(
+                f"{where}: NormalizationOptions mean {list(mean)} / std {list(std)} are not "
+                "finite (std must be positive)"
+            )
         return mean, std
     return None, None
 
@@ -382,7 +416,7 @@ def _metadata_buffer(content: bytes, name: str, where: str) -> bytes | None:
                 continue
             buffer = model.Buffers(entry.Buffer())
             if buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
-                return bytes(content[buffer.Offset(): buffer.Offset() + buffer.Size()])
+                return bytes(content[buffer.Offset() : buffer.Offset() + buffer.Size()])
             return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
     except Exception as exc:
         raise ArtifactError(f"{where}: cannot read TFLite metadata ({type(exc).__name__}: {exc})") from None
@@ -421,7 +455,7 @@ def _with_metadata_buffer(model, name: str, data: bytes) -> bytes:
 
 def _has_zip_end_record(content: bytes) -> bool:
     # The end-of-central-directory record sits in the last 22 bytes (+ a comment of ≤ 64 KiB).
-    return b"PK\x05\x06" in content[-(22 + 65535):]
+    return b"PK\x05\x06" in content[-(22 + 65535) :]
 
 
 _DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 9: "int8"}

@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -51,7 +52,7 @@ from pydantic import Field, model_validator
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.config import FrozenConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model, load_keras_model
+from edgexfer.models_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 
@@ -74,9 +75,11 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 # adapt's training loop swaps each BatchNorm layer's statistics between the source and the
 # target batch inside every step (assigning the variables), which replicas of a tf.distribute
 # strategy cannot share; it trains the top layers on cached features, minutes on one CPU.
-ADAPT_NOT_DISTRIBUTED = ("adapt cannot be distributed (--strategy default only): its training step swaps BatchNorm "
-                         "statistics between source and target batches, which tf.distribute replicas cannot share; "
-                         "run it in one process (it trains the top layers on cached features)")
+ADAPT_NOT_DISTRIBUTED = (
+    "adapt cannot be distributed (--strategy default only): its training step swaps BatchNorm "
+    "statistics between source and target batches, which tf.distribute replicas cannot share; "
+    "run it in one process (it trains the top layers on cached features)"
+)
 
 
 class AdaptConfig(FrozenConfig):
@@ -84,13 +87,17 @@ class AdaptConfig(FrozenConfig):
 
     method: Method = "adabn"
     after: Literal["none", "adabn", "coral", "dann"] | None = Field(
-        None, description="pseudo-label only: run this method first, then self-train (default: coral)")
+        None, description="pseudo-label only: run this method first, then self-train (default: coral)"
+    )
     bn: Literal["domain", "frozen"] | None = Field(
-        None, description="domain: per-domain BatchNorm statistics (source for source batches, target for "
-                          "target batches; AdaBN underneath the method); frozen: the model's own statistics "
-                          "(default: per method — adabn/dann domain, coral/pseudo-label frozen)")
+        None,
+        description="domain: per-domain BatchNorm statistics (source for source batches, target for "
+        "target batches; AdaBN underneath the method); frozen: the model's own statistics "
+        "(default: per method — adabn/dann domain, coral/pseudo-label frozen)",
+    )
     output_stats: Literal["target", "source"] = Field(
-        "target", description="BatchNorm statistics the written model carries (source: the source-statistics baseline)")
+        "target", description="BatchNorm statistics the written model carries (source: the source-statistics baseline)"
+    )
     epochs: int | None = Field(None, ge=0, description="training epochs over the source (pseudo-label: per round)")
     train_layers: int = Field(30, ge=0, description="top weighted layers trained besides the head; 0: head only")
     batch_size: int = Field(64, ge=2)
@@ -101,8 +108,11 @@ class AdaptConfig(FrozenConfig):
     threshold: float = Field(0.9, gt=0.0, lt=1.0, description="pseudo-label: minimum confidence")
     rounds: int = Field(3, ge=1, description="pseudo-label: rounds of re-labelling")
     pseudo_weight: float = Field(1.0, gt=0, description="pseudo-label: weight of the target loss")
-    class_balance: bool = Field(True, description="pseudo-label: keep at most as many pseudo-labels of a class "
-                                                   "as the target has images per class on average")
+    class_balance: bool = Field(
+        True,
+        description="pseudo-label: keep at most as many pseudo-labels of a class "
+        "as the target has images per class on average",
+    )
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="source images held out to report source accuracy")
     max_source_images: int | None = Field(None, ge=2)
     max_target_images: int | None = Field(None, ge=2)
@@ -111,15 +121,18 @@ class AdaptConfig(FrozenConfig):
     deterministic: bool = True
     strict: bool = False
     strategy: Literal["default", "mirrored", "multi-worker"] = Field(
-        "default", description="default only: adapt cannot be distributed")
+        "default", description="default only: adapt cannot be distributed"
+    )
 
     @model_validator(mode="after")
     def _consistent(self):
         if self.strategy != "default":
             raise ConfigError(ADAPT_NOT_DISTRIBUTED)  # not a ValueError: pydantic passes it through as it is
         if self.after not in (None, "none") and self.method != "pseudo-label":
-            raise ValueError(f"after={self.after!r} is for method pseudo-label (self-training after another "
-                             f"method); with method {self.method!r} leave it out")
+            raise ValueError(
+                f"after={self.after!r} is for method pseudo-label (self-training after another "
+                f"method); with method {self.method!r} leave it out"
+            )
         if self.bn == "frozen" and "adabn" in (self.method, self.after):
             raise ValueError("adabn re-estimates BatchNorm statistics; bn='frozen' contradicts it")
         return self
@@ -153,6 +166,7 @@ class AdaptConfig(FrozenConfig):
 
 
 # ----------------------------------------------------------------------------- losses (unit-tested)
+
 
 def coral_loss(source, target):
     """Deep CORAL: ``||C_s - C_t||_F^2 / (4 d^2)`` of the feature covariances (unbiased)."""
@@ -195,9 +209,19 @@ def dann_coefficient(progress: float, weight: float) -> float:
 
 # ----------------------------------------------------------------------------- the stage
 
-def adapt(model: str | Path, source: str | Path, target: str | Path, out: str | Path, method: str | None = None, *,
-          progress: bool = False, log: Callable[..., Any] | None = None, config: AdaptConfig | None = None,
-          **options: Any) -> Artifact:
+
+def adapt(
+    model: str | Path,
+    source: str | Path,
+    target: str | Path,
+    out: str | Path,
+    method: str | None = None,
+    *,
+    progress: bool = False,
+    log: Callable[..., Any] | None = None,
+    config: AdaptConfig | None = None,
+    **options: Any,
+) -> Artifact:
     """Adapt the Keras artifact ``model`` from the labelled ``source`` image folder to the
     ``target`` images (a folder of images, or an image folder whose labels are ignored) and
     write the adapted artifact at ``out``. ``method``: adabn | coral | dann | pseudo-label;
@@ -214,15 +238,24 @@ def adapt(model: str | Path, source: str | Path, target: str | Path, out: str | 
 
 
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
-def run_adapt(model_dir: str | Path, source: str | Path, target: str | Path, out: str | Path, config: AdaptConfig, *,
-              progress: bool = False, log: Callable[..., Any] = print) -> Artifact:
+def run_adapt(
+    model_dir: str | Path,
+    source: str | Path,
+    target: str | Path,
+    out: str | Path,
+    config: AdaptConfig,
+    *,
+    progress: bool = False,
+    log: Callable[..., Any] = print,
+) -> Artifact:
     """The adapt stage with a built config (see :func:`adapt`)."""
     from edgexfer.data.class_map import scan_labelled, scan_unlabelled
 
     parent = Artifact(model_dir)
     if Path(out).resolve() == parent.path.resolve():
-        raise ConfigError(f"--out {str(out)!r} is the input artifact; a stage never changes its input, "
-                          "choose another directory")
+        raise ConfigError(
+            f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose another directory"
+        )
     manifest = parent.manifest
     labels = manifest.label_names
     preprocessing = manifest.preprocessing
@@ -231,14 +264,23 @@ def run_adapt(model_dir: str | Path, source: str | Path, target: str | Path, out
     # The source is carved as the parent's training data was (the lineage's record), so the
     # run's held-out source test split stays unseen here too; only its train split is trained on.
     split = _source_split(parent, config)
-    source_data = scan_labelled(source, labels, {}, val_fraction=split["val_fraction"],
-                                test_fraction=split["test_fraction"], seed=split["seed"], strict=config.strict,
-                                source_domain=True)
+    source_data = scan_labelled(
+        source,
+        labels,
+        {},
+        val_fraction=split["val_fraction"],
+        test_fraction=split["test_fraction"],
+        seed=split["seed"],
+        strict=config.strict,
+        source_domain=True,
+    )
     target_data = scan_unlabelled(target, labels, config.class_map, strict=config.strict)
     if target_data.had_labels:
-        log(f"target {target}: has class folders ({', '.join(target_data.class_folders[:10])}"
+        log(
+            f"target {target}: has class folders ({', '.join(target_data.class_folders[:10])}"
             f"{' …' if len(target_data.class_folders) > 10 else ''}); their labels are ignored — adapt uses "
-            "only the images")
+            "only the images"
+        )
     source_train = _subset(source_data.split("train"), config.max_source_images, config.seed)
     source_val = source_data.split("val")
     target_paths = _subset(target_data.paths, config.max_target_images, config.seed)
@@ -251,17 +293,21 @@ def run_adapt(model_dir: str | Path, source: str | Path, target: str | Path, out
     common.seed_everything(config.seed, config.deterministic)
     timings: dict[str, float] = {}
     images = len(source_train) + len(source_val) + len(target_paths)
-    gigabytes = images * preprocessing.input_size ** 2 * 3 * 5 / 1e9  # uint8 pixels + float32 batches/caches
+    gigabytes = images * preprocessing.input_size**2 * 3 * 5 / 1e9  # uint8 pixels + float32 batches/caches
     if gigabytes > 4:
-        log(f"note: adapt holds the {images} images in memory (about {gigabytes:.0f} GB at "
-            f"{preprocessing.input_size}px); --max-source-images / --max-target-images lower it")
+        log(
+            f"note: adapt holds the {images} images in memory (about {gigabytes:.0f} GB at "
+            f"{preprocessing.input_size}px); --max-source-images / --max-target-images lower it"
+        )
     with data_errors(), writing_artifact(out) as writer:
         with common.timed(timings, "load_seconds"):
             xs, ys = load_arrays(source_train, preprocessing)
             xv, yv = load_arrays(source_val, preprocessing)
             xt, _ = load_arrays([Sample(p, -1) for p in target_paths], preprocessing)
-        log(f"adapt ({_describe(config)}): {len(xs)} labelled source / {len(xv)} source val / "
-            f"{len(xt)} unlabelled target images at {preprocessing.input_size}px")
+        log(
+            f"adapt ({_describe(config)}): {len(xs)} labelled source / {len(xv)} source val / "
+            f"{len(xt)} unlabelled target images at {preprocessing.input_size}px"
+        )
         model = load_keras_model(parent.model_path)
         adapter = _Adapter(model, preprocessing, config, xs, ys, xv, yv, xt, log=log, progress=progress)
         metrics_before = adapter.report("input")
@@ -273,28 +319,53 @@ def run_adapt(model_dir: str | Path, source: str | Path, target: str | Path, out
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
 
         metrics = {
-            "method": config.method, "after": config.first_method, "bn": config.bn_mode,
+            "method": config.method,
+            "after": config.first_method,
+            "bn": config.bn_mode,
             "output_stats": config.output_stats,
             "source_val_accuracy": metrics_after["source_val_accuracy"],
-            "input": metrics_before, "output": metrics_after,
+            "input": metrics_before,
+            "output": metrics_after,
             "source_stats_source_val_accuracy": adapter.source_stats_accuracy,
-            "target_labels_used": False, "target_had_labels": target_data.had_labels,
+            "target_labels_used": False,
+            "target_had_labels": target_data.had_labels,
             "images": {"source_train": len(xs), "source_val": len(xv), "target": len(xt)},
-            "trained_layers": adapter.trained_layer_names, "cut": adapter.cut_name,
-            "history": history, "params": count_params(model),
+            "trained_layers": adapter.trained_layer_names,
+            "cut": adapter.cut_name,
+            "history": history,
+            "params": count_params(model),
             "model_bytes": writer.file(MODEL_FILE).stat().st_size,
-            "timings_seconds": timings, "peak_rss_mb": round(common.peak_rss_mb(), 1),
+            "timings_seconds": timings,
+            "peak_rss_mb": round(common.peak_rss_mb(), 1),
         }
         child = Manifest(
-            stage="adapt", label_names=list(labels), preprocessing=preprocessing, backbone=manifest.backbone,
-            weights=manifest.weights, config=config.model_dump(), model_file=MODEL_FILE,
-            parent=parent.parent_ref(), seed=config.seed,
+            stage="adapt",
+            label_names=list(labels),
+            preprocessing=preprocessing,
+            backbone=manifest.backbone,
+            weights=manifest.weights,
+            config=config.model_dump(),
+            model_file=MODEL_FILE,
+            parent=parent.parent_ref(),
+            seed=config.seed,
             # ``path`` is the target domain: the one the model is deployed on (export calibrates int8 on it).
-            dataset={"path": str(Path(target).resolve()), "domain": "target", **target_data.fingerprint(),
-                     "source": {"path": str(Path(source).resolve()), **source_data.fingerprint()}},
-            extra={**manifest.extra, "split": split, "adapt": {"method": config.method, "after": config.first_method,
-                                               "bn": config.bn_mode, "output_stats": config.output_stats,
-                                               "target_labels_used": False}},
+            dataset={
+                "path": str(Path(target).resolve()),
+                "domain": "target",
+                **target_data.fingerprint(),
+                "source": {"path": str(Path(source).resolve()), **source_data.fingerprint()},
+            },
+            extra={
+                **manifest.extra,
+                "split": split,
+                "adapt": {
+                    "method": config.method,
+                    "after": config.first_method,
+                    "bn": config.bn_mode,
+                    "output_stats": config.output_stats,
+                    "target_labels_used": False,
+                },
+            },
         )
         return writer.commit(child, metrics)
 
@@ -321,6 +392,7 @@ def _subset(items: list, limit: int | None, seed: int) -> list:
 
 # ----------------------------------------------------------------------------- the model's anatomy
 
+
 def find_features_layer(model):
     """The layer whose output is the penultimate feature (the classifier head's input): the
     last global pooling/flatten layer, else the input of the last Dense layer's producer."""
@@ -333,8 +405,9 @@ def find_features_layer(model):
             return layer
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     if not dense:
-        raise ConfigError(f"model {model.name!r} has no pooling or Dense layer: cannot find its penultimate "
-                          "features to adapt")
+        raise ConfigError(
+            f"model {model.name!r} has no pooling or Dense layer: cannot find its penultimate features to adapt"
+        )
     producer = dense[-1]._inbound_nodes[0].inbound_layers
     return producer if not isinstance(producer, list) else producer[0]
 
@@ -412,6 +485,7 @@ def find_cut(model, first_trainable: int):
 
 # ----------------------------------------------------------------------------- BatchNorm statistics
 
+
 class _BatchNormStats:
     """Per-domain moving statistics of a list of BN layers, estimated PreciseBN-style: a pass
     in training mode over the domain, averaging the batch moments of every BN layer's input."""
@@ -425,8 +499,10 @@ class _BatchNormStats:
         self._probe = None
         if layers:
             probe = keras.Model(part.inputs, list(inputs))
-            axes = [[a for a in range(len(t.shape)) if a != (_axis(layer) % len(t.shape))]
-                    for layer, t in zip(layers, inputs)]
+            axes = [
+                [a for a in range(len(t.shape)) if a != (_axis(layer) % len(t.shape))]
+                for layer, t in zip(layers, inputs)
+            ]
 
             @tf.function(reduce_retracing=True)
             def moments(x):
@@ -461,8 +537,10 @@ class _BatchNormStats:
                 if len(batch) < 2:
                     continue
                 sums, squares, counts = self._probe(batch)
-                values = [(s.numpy().astype(np.float64), q.numpy().astype(np.float64), float(c.numpy()))
-                          for s, q, c in zip(sums, squares, counts)]
+                values = [
+                    (s.numpy().astype(np.float64), q.numpy().astype(np.float64), float(c.numpy()))
+                    for s, q, c in zip(sums, squares, counts)
+                ]
                 if totals is None:
                     totals = values
                 else:
@@ -488,6 +566,7 @@ def _axis(layer) -> int:
 
 # ----------------------------------------------------------------------------- the adapter
 
+
 class _Adapter:
     def __init__(self, model, preprocessing, config: AdaptConfig, xs, ys, xv, yv, xt, *, log, progress):
         from edgexfer._env import import_tf
@@ -510,7 +589,7 @@ class _Adapter:
         bns = set(id(layer) for layer in batchnorm_layers(model))
         for layer in model.layers:
             layer.trainable = False
-        trained = [layer for layer in model.layers[feat_index + 1:] if layer.weights]
+        trained = [layer for layer in model.layers[feat_index + 1 :] if layer.weights]
         budget = config.train_layers
         for layer in reversed(model.layers[:feat_index]):
             if budget <= 0:
@@ -542,8 +621,9 @@ class _Adapter:
         self.variables = [v for layer in trained for v in layer.trainable_weights]
 
         self._full_stats = _BatchNormStats(model, all_bns, bn_inputs, config.batch_size)
-        self._top_stats = _BatchNormStats(self.top, self.top_bns, [top_inputs[l.name] for l in self.top_bns],
-                                          config.batch_size)
+        self._top_stats = _BatchNormStats(
+            self.top, self.top_bns, [top_inputs[layer.name] for layer in self.top_bns], config.batch_size
+        )
         self._infer_bottom = self._compile(self.bottom) if self.bottom is not None else None
         self._infer_top = self._compile(self.top)
         self._infer_model = self._compile(model)
@@ -583,7 +663,7 @@ class _Adapter:
     def _batches(self, array: np.ndarray, images: bool, batch_size: int | None = None):
         size = batch_size or max(self.config.batch_size, 128)
         for start in range(0, len(array), size):
-            chunk = array[start:start + size]
+            chunk = array[start : start + size]
             yield self._normalise(chunk) if images else chunk
 
     def _run_bottom(self, images: np.ndarray) -> np.ndarray:
@@ -621,23 +701,30 @@ class _Adapter:
         confidence = probs.max(1)
         counts = np.bincount(probs.argmax(1), minlength=self.num_classes) / max(len(probs), 1)
         entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum() / math.log(self.num_classes))
-        return {"target_mean_confidence": round(float(confidence.mean()), 4),
-                "target_confident_fraction": round(float((confidence >= self.config.threshold).mean()), 4),
-                "target_predicted_class_entropy": round(entropy, 4)}
+        return {
+            "target_mean_confidence": round(float(confidence.mean()), 4),
+            "target_confident_fraction": round(float((confidence >= self.config.threshold).mean()), 4),
+            "target_predicted_class_entropy": round(entropy, 4),
+        }
 
     # -- reports ------------------------------------------------------------------------------
     def report(self, which: str) -> dict[str, Any]:
         """Source-val accuracy (labels known) and label-free target diagnostics of the model as
         it is (``input``: before adapting; ``output``: the written model)."""
-        probs = np.concatenate([self._infer_model(b).numpy() for b in self._batches(self.xv, images=True)]) \
-            if len(self.xv) else np.zeros((0, self.num_classes))
+        probs = (
+            np.concatenate([self._infer_model(b).numpy() for b in self._batches(self.xv, images=True)])
+            if len(self.xv)
+            else np.zeros((0, self.num_classes))
+        )
         result: dict[str, Any] = {"source_val_accuracy": self._accuracy(probs, self.yv)}
         xt_probs = np.concatenate([self._infer_model(b).numpy() for b in self._batches(self.xt, images=True)])
         if which == "input":
             self.input_target_probs = xt_probs
         confidence = xt_probs.max(1)
-        result.update(target_mean_confidence=round(float(confidence.mean()), 4),
-                      target_confident_fraction=round(float((confidence >= self.config.threshold).mean()), 4))
+        result.update(
+            target_mean_confidence=round(float(confidence.mean()), 4),
+            target_confident_fraction=round(float((confidence >= self.config.threshold).mean()), 4),
+        )
         return result
 
     def _source_stats_val_accuracy(self) -> float | None:
@@ -670,8 +757,9 @@ class _Adapter:
         for layer in self.model.layers:
             layer.trainable = self.original_trainable.get(layer.name, layer.trainable)
 
-    def _train(self, method: str, epochs: int, pseudo: tuple[np.ndarray, np.ndarray] | None = None,
-               label: str | None = None) -> dict[str, Any]:
+    def _train(
+        self, method: str, epochs: int, pseudo: tuple[np.ndarray, np.ndarray] | None = None, label: str | None = None
+    ) -> dict[str, Any]:
         if epochs <= 0:
             self._refresh_top_stats()
             return {"epochs": 0}
@@ -685,9 +773,13 @@ class _Adapter:
             raise ConfigError(f"method {method} needs target images; the target folder has none")
         discriminator = None
         if method == "dann":
-            discriminator = keras.Sequential([
-                keras.layers.Dense(config.dann_hidden, activation="relu", name="domain_hidden"),
-                keras.layers.Dense(1, name="domain_logit")], name="domain_classifier")
+            discriminator = keras.Sequential(
+                [
+                    keras.layers.Dense(config.dann_hidden, activation="relu", name="domain_hidden"),
+                    keras.layers.Dense(1, name="domain_logit"),
+                ],
+                name="domain_classifier",
+            )
             discriminator.build((None, int(self.top.output_shape[0][-1])))
         variables = list(self.variables) + (list(discriminator.trainable_variables) if discriminator else [])
         schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
@@ -750,16 +842,17 @@ class _Adapter:
                 target_order = self._cycle(target_pool, steps * batch) if uses_target else None
                 losses, extras = [], []
                 for s in range(steps):
-                    idx = order[s * batch:(s + 1) * batch]
+                    idx = order[s * batch : (s + 1) * batch]
                     if uses_target:
-                        tidx = target_order[s * batch:(s + 1) * batch]
+                        tidx = target_order[s * batch : (s + 1) * batch]
                         zt, yt = self.zt[tidx], target_labels[tidx]
                     else:
                         zt, yt = self.zs[idx[:2]], self.ys[idx[:2]]  # unused placeholders
                     wt = np.ones(len(yt), np.float32)
                     coefficient = dann_coefficient(done / max(total - 1, 1), config.dann_weight)
-                    cls, extra = step(self.zs[idx], self.ys[idx], zt, yt, wt, np.float32(coefficient),
-                                      source_stats, target_stats)
+                    cls, extra = step(
+                        self.zs[idx], self.ys[idx], zt, yt, wt, np.float32(coefficient), source_stats, target_stats
+                    )
                     losses.append(float(cls))
                     extras.append(float(extra))
                     done += 1
@@ -773,17 +866,21 @@ class _Adapter:
                 if writer is not None:
                     with writer.as_default(step=epoch):
                         tf.summary.scalar("classification_loss", history["loss"][-1])
-                        tf.summary.scalar(f"{method}_loss" if method in ("coral", "dann") else "pseudo_label_loss",
-                                          history["extra_loss"][-1])
+                        tf.summary.scalar(
+                            f"{method}_loss" if method in ("coral", "dann") else "pseudo_label_loss",
+                            history["extra_loss"][-1],
+                        )
         if writer is not None:
             writer.close()
         if domain:
             self._set_top(self.top_target)
         history["source_val_accuracy_source_stats"] = self._source_stats_val_accuracy()
         history.update(self._target_summary())
-        self.log(f"  {description}: {epochs} epochs, loss {history['loss'][-1]:.4f}, source val accuracy "
-                 f"(source statistics) {history['source_val_accuracy_source_stats']:.4f}, target confident "
-                 f"{history['target_confident_fraction']:.2%}")
+        self.log(
+            f"  {description}: {epochs} epochs, loss {history['loss'][-1]:.4f}, source val accuracy "
+            f"(source statistics) {history['source_val_accuracy_source_stats']:.4f}, target confident "
+            f"{history['target_confident_fraction']:.2%}"
+        )
         return history
 
     def _cycle(self, pool: np.ndarray, count: int) -> np.ndarray:
@@ -808,17 +905,28 @@ class _Adapter:
                     members = chosen[predicted[chosen] == c]
                     kept.extend(members[np.argsort(-confidence[members])][:cap])
                 chosen = np.array(sorted(kept), dtype=int)
-            info = {"round": round_index + 1, "pseudo_labels": int(len(chosen)),
-                    "fraction": round(len(chosen) / max(len(self.zt), 1), 4),
-                    "per_class": np.bincount(predicted[chosen], minlength=self.num_classes).tolist()}
-            self.log(f"  pseudo-label round {round_index + 1}/{config.rounds}: {len(chosen)} of {len(self.zt)} "
-                     f"target images at confidence ≥ {config.threshold}")
+            info = {
+                "round": round_index + 1,
+                "pseudo_labels": int(len(chosen)),
+                "fraction": round(len(chosen) / max(len(self.zt), 1), 4),
+                "per_class": np.bincount(predicted[chosen], minlength=self.num_classes).tolist(),
+            }
+            self.log(
+                f"  pseudo-label round {round_index + 1}/{config.rounds}: {len(chosen)} of {len(self.zt)} "
+                f"target images at confidence ≥ {config.threshold}"
+            )
             if len(chosen) == 0:
                 info["skipped"] = "no target image reached the threshold"
                 rounds.append(info)
                 break
-            info.update(self._train("pseudo-label", epochs, pseudo=(chosen, predicted[chosen].astype(np.int32)),
-                                    label=f"adapt pseudo-label round {round_index + 1}"))
+            info.update(
+                self._train(
+                    "pseudo-label",
+                    epochs,
+                    pseudo=(chosen, predicted[chosen].astype(np.int32)),
+                    label=f"adapt pseudo-label round {round_index + 1}",
+                )
+            )
             rounds.append(info)
         return {"rounds": rounds}
 
@@ -832,8 +940,14 @@ class _progress_bar:
     def __enter__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), disable=not self.enabled, transient=False)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            disable=not self.enabled,
+            transient=False,
+        )
         self.bar.start()
         task = self.bar.add_task(self.description, total=self.total)
         return lambda: self.bar.advance(task)

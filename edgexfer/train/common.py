@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from edgexfer.errors import ConfigError
 
@@ -72,8 +72,11 @@ def tensorboard_callbacks(phase: str) -> list:
     from edgexfer._env import import_tf
 
     _, keras = import_tf()
-    return [keras.callbacks.TensorBoard(log_dir=str(_TENSORBOARD_DIR[-1] / phase), histogram_freq=0,
-                                        write_graph=False, profile_batch=0)]
+    return [
+        keras.callbacks.TensorBoard(
+            log_dir=str(_TENSORBOARD_DIR[-1] / phase), histogram_freq=0, write_graph=False, profile_batch=0
+        )
+    ]
 
 
 def tensorboard_writer(phase: str):
@@ -113,8 +116,7 @@ def restore_best_early_stopping(patience: int, monitor: str = "val_accuracy"):
                 self.model.set_weights(self.best_weights)
             super().on_train_end(logs)
 
-    return _RestoreBest(monitor=monitor, mode="max", patience=max(patience, 1),
-                        restore_best_weights=True)
+    return _RestoreBest(monitor=monitor, mode="max", patience=max(patience, 1), restore_best_weights=True)
 
 
 def cosine_with_warmup(learning_rate: float, total_steps: int, warmup_fraction: float):
@@ -126,23 +128,32 @@ def cosine_with_warmup(learning_rate: float, total_steps: int, warmup_fraction: 
     warmup = int(total_steps * warmup_fraction)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else learning_rate,
-        decay_steps=max(total_steps - warmup, 1), warmup_target=learning_rate if warmup else None,
-        warmup_steps=warmup)
+        decay_steps=max(total_steps - warmup, 1),
+        warmup_target=learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
 
 
 def rich_progress_callback(description: str, epochs: int, steps_per_epoch: int | None, enabled: bool = True):
     """A Keras callback that draws one rich progress bar over all steps, with the latest
     loss/accuracy; silent when not ``enabled`` or when stdout is not a terminal."""
-    from edgexfer._env import import_tf
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from edgexfer._env import import_tf
 
     _, keras = import_tf()
 
     class _RichProgress(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                                     disable=not enabled, transient=False)
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                disable=not enabled,
+                transient=False,
+            )
             self.progress.start()
             total = epochs * steps_per_epoch if steps_per_epoch else None
             self.task = self.progress.add_task(description, total=total, status="")
@@ -152,8 +163,9 @@ def rich_progress_callback(description: str, epochs: int, steps_per_epoch: int |
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            shown = " ".join(f"{k}={v:.4f}" for k, v in logs.items()
-                             if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+            shown = " ".join(
+                f"{k}={v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")
+            )
             self.progress.update(self.task, status=f"epoch {epoch + 1}/{epochs} {shown}")
 
         def on_train_end(self, logs=None):

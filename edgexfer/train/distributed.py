@@ -31,9 +31,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,9 @@ def cluster_of(strategy_name: str, strategy=None) -> Cluster:
     spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
     workers = len(spec.get("cluster", {}).get("worker", [])) + len(spec.get("cluster", {}).get("chief", []))
     task = spec.get("task", {})
-    index = int(resolver.task_id) if resolver is not None and resolver.task_id is not None else int(task.get("index", 0))
+    index = (
+        int(resolver.task_id) if resolver is not None and resolver.task_id is not None else int(task.get("index", 0))
+    )
     if task.get("type") == "worker" and spec.get("cluster", {}).get("chief"):
         index += 1  # an explicit "chief" task is worker 0
     return Cluster("multi-worker", workers=max(workers, 1), index=index)
@@ -75,9 +78,11 @@ def check_tf_config() -> None:
     """A one-line error for a missing or malformed ``TF_CONFIG`` (before TensorFlow reads it)."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise ConfigError("--strategy multi-worker needs TF_CONFIG describing the cluster and this worker's task, "
-                          'e.g. {"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", '
-                          '"index": 0}}; tools/launch_local.py N -- edgexfer ... sets it for N workers on this machine')
+        raise ConfigError(
+            "--strategy multi-worker needs TF_CONFIG describing the cluster and this worker's task, "
+            'e.g. {"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", '
+            '"index": 0}}; tools/launch_local.py N -- edgexfer ... sets it for N workers on this machine'
+        )
     try:
         spec = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -85,8 +90,9 @@ def check_tf_config() -> None:
     workers = spec.get("cluster", {}).get("worker") if isinstance(spec, dict) else None
     task = spec.get("task") if isinstance(spec, dict) else None
     if not isinstance(workers, list) or not workers or not isinstance(task, dict) or "index" not in task:
-        raise ConfigError('TF_CONFIG must hold {"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
-                          '"worker", "index": i}}')
+        raise ConfigError(
+            'TF_CONFIG must hold {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}'
+        )
     if task.get("type") == "worker" and not 0 <= int(task["index"]) < len(workers):
         raise ConfigError(f"TF_CONFIG task index {task['index']} is outside the {len(workers)} workers listed")
 
@@ -95,9 +101,11 @@ def per_worker_batch(global_batch: int, cluster: Cluster) -> int:
     """Each worker's batch for the user's global batch; a one-line error when it does not divide."""
     if global_batch % cluster.workers:
         lower = global_batch - global_batch % cluster.workers
-        raise ConfigError(f"--batch-size {global_batch} is the global batch and must divide by the "
-                          f"{cluster.workers} workers; pass --batch-size {max(lower, cluster.workers)} "
-                          f"or {lower + cluster.workers}")
+        raise ConfigError(
+            f"--batch-size {global_batch} is the global batch and must divide by the "
+            f"{cluster.workers} workers; pass --batch-size {max(lower, cluster.workers)} "
+            f"or {lower + cluster.workers}"
+        )
     return global_batch // cluster.workers
 
 
@@ -112,17 +120,23 @@ def shard(samples: Sequence, cluster: Cluster, seed: int) -> tuple[list, dict[st
         return samples, {"workers": 1, "worker_images": [len(samples)], "left_out_images": 0}
     each = len(samples) // cluster.workers
     if each == 0:
-        raise ConfigError(f"{len(samples)} training images cannot be shared by {cluster.workers} workers; "
-                          "add images or use fewer workers")
+        raise ConfigError(
+            f"{len(samples)} training images cannot be shared by {cluster.workers} workers; "
+            "add images or use fewer workers"
+        )
     order = np.random.default_rng(seed).permutation(len(samples))
-    mine = order[cluster.index * each:(cluster.index + 1) * each]
-    info = {"workers": cluster.workers, "worker_images": [each] * cluster.workers,
-            "left_out_images": len(samples) - each * cluster.workers}
+    mine = order[cluster.index * each : (cluster.index + 1) * each]
+    info = {
+        "workers": cluster.workers,
+        "worker_images": [each] * cluster.workers,
+        "left_out_images": len(samples) - each * cluster.workers,
+    }
     return [samples[i] for i in sorted(mine)], info
 
 
-def fit_inputs(strategy, cluster: Cluster, train_ds, val_ds, steps_per_epoch: int,
-               val_steps: int | None) -> dict[str, Any]:
+def fit_inputs(
+    strategy, cluster: Cluster, train_ds, val_ds, steps_per_epoch: int, val_steps: int | None
+) -> dict[str, Any]:
     """``model.fit`` keyword arguments for the training and validation datasets.
 
     Single process: the datasets as they are. Multi-worker: each worker's own (already
@@ -135,7 +149,8 @@ def fit_inputs(strategy, cluster: Cluster, train_ds, val_ds, steps_per_epoch: in
         return {"x": train_ds, "validation_data": val_ds}
     kwargs: dict[str, Any] = {
         "x": strategy.distribute_datasets_from_function(lambda _context: train_ds.repeat()),
-        "steps_per_epoch": int(steps_per_epoch)}
+        "steps_per_epoch": int(steps_per_epoch),
+    }
     if val_ds is not None:
         kwargs["validation_data"] = strategy.distribute_datasets_from_function(lambda _context: val_ds)
         kwargs["validation_steps"] = int(val_steps)
@@ -166,13 +181,23 @@ def predict_local(model, dataset) -> np.ndarray:
     return np.concatenate(outputs) if outputs else np.zeros((0, *model.output_shape[1:]), np.float32)
 
 
-def describe(cluster: Cluster, info: dict[str, Any], global_batch: int, model=None,
-             train_seconds: float | None = None, steps: int | None = None) -> dict[str, Any]:
+def describe(
+    cluster: Cluster,
+    info: dict[str, Any],
+    global_batch: int,
+    model=None,
+    train_seconds: float | None = None,
+    steps: int | None = None,
+) -> dict[str, Any]:
     """What ``metrics.json["distributed"]`` records: cluster size, shards, batches, and what a
     real cluster's scaling depends on (the bytes all-reduced per step and the step time)."""
-    result: dict[str, Any] = {"strategy": cluster.strategy, "workers": cluster.workers,
-                              "global_batch": global_batch, "per_worker_batch": global_batch // cluster.workers,
-                              **info}
+    result: dict[str, Any] = {
+        "strategy": cluster.strategy,
+        "workers": cluster.workers,
+        "global_batch": global_batch,
+        "per_worker_batch": global_batch // cluster.workers,
+        **info,
+    }
     if model is not None:
         trainable = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
         # Ring all-reduce of float32 gradients: each step every worker reduces this many bytes

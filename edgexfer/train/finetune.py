@@ -24,7 +24,6 @@ directory behind; it is safe to delete.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 import time
@@ -57,8 +56,16 @@ _FEATURE_SHUFFLE_BUFFER_BYTES = 64 << 20
 _FEATURE_DTYPE = np.float32
 
 
-def plan_data_cache(mode: str, *, images: int, input_size: int, feature_dim: int, cache_images: bool,
-                    cache_features: bool, budget: int | None = None) -> dict[str, Any]:
+def plan_data_cache(
+    mode: str,
+    *,
+    images: int,
+    input_size: int,
+    feature_dim: int,
+    cache_images: bool,
+    cache_features: bool,
+    budget: int | None = None,
+) -> dict[str, Any]:
     """Where finetune keeps decoded images and phase 1 features between epochs.
 
     ``images``: train+val image count; ``cache_images``: whether an image pipeline runs for
@@ -73,9 +80,13 @@ def plan_data_cache(mode: str, *, images: int, input_size: int, feature_dim: int
     image_bytes = images * input_size * input_size * 3 if cache_images else 0
     feature_bytes = images * feature_dim * np.dtype(_FEATURE_DTYPE).itemsize if cache_features else 0
     where = mode if mode != "auto" else ("memory" if image_bytes + feature_bytes <= budget else "disk")
-    return {"mode": mode, "images": where if cache_images else "unused",
-            "features": ("memory" if where == "memory" else "disk") if cache_features else "off",
-            "memory_bytes_if_cached": image_bytes + feature_bytes, "budget_bytes": budget}
+    return {
+        "mode": mode,
+        "images": where if cache_images else "unused",
+        "features": ("memory" if where == "memory" else "disk") if cache_features else "off",
+        "memory_bytes_if_cached": image_bytes + feature_bytes,
+        "budget_bytes": budget,
+    }
 
 
 def _describe_plan(plan: dict[str, Any]) -> str:
@@ -113,8 +124,9 @@ class _RunFiles:
 
 
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
-def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, progress: bool = True,
-             log=print) -> Artifact:
+def finetune(
+    data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, progress: bool = True, log=print
+) -> Artifact:
     """Fine-tune ``config.backbone`` on the image folder ``data_dir``; write an artifact at ``out``."""
     from edgexfer._env import import_tf
     from edgexfer.backbones.registry import create_backbone, get_backbone
@@ -126,8 +138,13 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
     spec.check_options(input_size, config.width)
     preprocessing = spec.preprocessing(input_size)
 
-    dataset = scan_image_folder(data_dir, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                                seed=config.seed, strict=config.strict)
+    dataset = scan_image_folder(
+        data_dir,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        strict=config.strict,
+    )
     train_samples = _limit(dataset.split("train"), config.max_train_images, config.seed)
     val_samples, test_samples = dataset.split("val"), dataset.split("test")
     class_names = dataset.class_names
@@ -142,51 +159,91 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
     train_samples, shard_info = distributed.shard(train_samples, cluster, config.seed)
     if cluster.multi_worker:
         config = config.model_copy(update={"batch_size": distributed.per_worker_batch(config.batch_size, cluster)})
-        log(f"worker {cluster.index} of {cluster.workers}: {len(train_samples)} training images (its shard), "
+        log(
+            f"worker {cluster.index} of {cluster.workers}: {len(train_samples)} training images (its shard), "
             f"batch {config.batch_size} of the global {user_config.batch_size}"
-            + ("; the chief writes the artifact" if not cluster.is_chief else ""))
-    checkpoint = StageCheckpoint("finetune", out, {"config": user_config.model_dump(), "data": {
-        "path": str(Path(data_dir).resolve()), **dataset.fingerprint()}}, log=log, is_chief=cluster.is_chief,
-        strategy=strategy, multi_worker=cluster.multi_worker)
+            + ("; the chief writes the artifact" if not cluster.is_chief else "")
+        )
+    checkpoint = StageCheckpoint(
+        "finetune",
+        out,
+        {"config": user_config.model_dump(), "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()}},
+        log=log,
+        is_chief=cluster.is_chief,
+        strategy=strategy,
+        multi_worker=cluster.multi_worker,
+    )
     allreduce_bytes: dict[str, int] = {}
     timings: dict[str, float] = {}
     peak_rss: dict[str, float] = {}
     started = time.perf_counter()
     run_files = _RunFiles()
 
-    with data_errors(), distributed.writing_artifact_on_chief(out, cluster) as writer, \
-            contextlib.closing(run_files):
+    with data_errors(), distributed.writing_artifact_on_chief(out, cluster) as writer, contextlib.closing(run_files):
         with strategy.scope():
             backbone = create_backbone(config.backbone, input_size, config.weights, config.width)
             backbone.trainable = False
-            head_layers = build_head_layers(len(class_names), config.head.dropout, config.head.hidden_units,
-                                            seed=derive_seed(config.seed, "finetune", "head"))
+            head_layers = build_head_layers(
+                len(class_names),
+                config.head.dropout,
+                config.head.hidden_units,
+                seed=derive_seed(config.seed, "finetune", "head"),
+            )
             model = build_classifier(backbone, head_layers, name=f"{config.backbone}_classifier")
-        plan = plan_data_cache(config.image_cache, images=len(train_samples) + len(val_samples),
-                               input_size=input_size, feature_dim=int(np.prod(backbone.output_shape[1:])),
-                               cache_images=config.fine_tune_epochs > 0 or not config.feature_cache,
-                               cache_features=config.feature_cache)
+        plan = plan_data_cache(
+            config.image_cache,
+            images=len(train_samples) + len(val_samples),
+            input_size=input_size,
+            feature_dim=int(np.prod(backbone.output_shape[1:])),
+            cache_images=config.fine_tune_epochs > 0 or not config.feature_cache,
+            cache_features=config.feature_cache,
+        )
         image_cache = run_files.get() if plan["images"] == "disk" else plan["images"] == "memory"
         peak_rss["setup"] = round(common.peak_rss_mb(), 1)
 
         class_weight = _class_weights(train_samples, len(class_names)) if config.class_weights == "balanced" else None
         history: dict[str, Any] = {}
-        log(f"phase 1: head on frozen {config.backbone} ({len(train_samples)} train / {len(val_samples)} val "
+        log(
+            f"phase 1: head on frozen {config.backbone} ({len(train_samples)} train / {len(val_samples)} val "
             f"images at {input_size}px, feature cache {'on' if config.feature_cache else 'off'}; "
-            f"{_describe_plan(plan)})")
+            f"{_describe_plan(plan)})"
+        )
         allreduce_bytes["phase1"] = _trainable_bytes(model)
         if checkpoint.completed("phase1") is not None:
             history["phase1"] = checkpoint.restore("phase1", model)
         elif config.feature_cache:
             history["phase1"] = _train_head_on_cached_features(
-                backbone, head_layers, train_samples, val_samples, preprocessing, config, strategy,
-                class_weight, timings, progress, spill_dir=run_files.get() if plan["features"] == "disk" else None,
-                extra_callbacks=checkpoint.callbacks("phase1", config.epochs))
+                backbone,
+                head_layers,
+                train_samples,
+                val_samples,
+                preprocessing,
+                config,
+                strategy,
+                class_weight,
+                timings,
+                progress,
+                spill_dir=run_files.get() if plan["features"] == "disk" else None,
+                extra_callbacks=checkpoint.callbacks("phase1", config.epochs),
+            )
         else:
-            history["phase1"] = _fit_images(model, train_samples, val_samples, preprocessing, config, strategy,
-                                            config.epochs, config.learning_rate, class_weight, timings,
-                                            "phase1", progress, augment=True, cache=image_cache,
-                                            extra_callbacks=checkpoint.callbacks("phase1", config.epochs))
+            history["phase1"] = _fit_images(
+                model,
+                train_samples,
+                val_samples,
+                preprocessing,
+                config,
+                strategy,
+                config.epochs,
+                config.learning_rate,
+                class_weight,
+                timings,
+                "phase1",
+                progress,
+                augment=True,
+                cache=image_cache,
+                extra_callbacks=checkpoint.callbacks("phase1", config.epochs),
+            )
         if "skipped" not in checkpoint.resumed.get("phase1", {}):
             checkpoint.complete("phase1", model, history["phase1"])
         peak_rss["phase1"] = round(common.peak_rss_mb(), 1)
@@ -199,9 +256,22 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
                 history["phase2"] = checkpoint.restore("phase2", model)
             else:
                 history["phase2"] = _fit_images(
-                    model, train_samples, val_samples, preprocessing, config, strategy, config.fine_tune_epochs,
-                    config.fine_tune_learning_rate, class_weight, timings, "phase2", progress, augment=True,
-                    cache=image_cache, extra_callbacks=checkpoint.callbacks("phase2", config.fine_tune_epochs))
+                    model,
+                    train_samples,
+                    val_samples,
+                    preprocessing,
+                    config,
+                    strategy,
+                    config.fine_tune_epochs,
+                    config.fine_tune_learning_rate,
+                    class_weight,
+                    timings,
+                    "phase2",
+                    progress,
+                    augment=True,
+                    cache=image_cache,
+                    extra_callbacks=checkpoint.callbacks("phase2", config.fine_tune_epochs),
+                )
                 checkpoint.complete("phase2", model, history["phase2"])
             peak_rss["phase2"] = round(common.peak_rss_mb(), 1)
         timings["total_train_seconds"] = round(time.perf_counter() - started, 3)
@@ -235,16 +305,27 @@ def finetune(data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, p
             "history": history,
             "splits": {"train": len(train_samples), "val": len(val_samples), "test": len(test_samples)},
             "skipped_files": [str(p) for p, _ in dataset.skipped],
-            "distributed": _distributed_metrics(cluster, shard_info, user_config, allreduce_bytes, timings,
-                                                len(train_samples)),
+            "distributed": _distributed_metrics(
+                cluster, shard_info, user_config, allreduce_bytes, timings, len(train_samples)
+            ),
             "resumed": checkpoint.resumed,
         }
         manifest = Manifest(
-            stage="finetune", label_names=class_names, preprocessing=preprocessing, backbone=config.backbone,
-            weights=_weights_provenance(spec, config.weights), config=user_config.model_dump(),
-            model_file=MODEL_FILE, dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
-            seed=config.seed, extra={"width": config.width, "strategy": config.strategy,
-                                     "replicas": strategy.num_replicas_in_sync, "workers": cluster.workers},
+            stage="finetune",
+            label_names=class_names,
+            preprocessing=preprocessing,
+            backbone=config.backbone,
+            weights=_weights_provenance(spec, config.weights),
+            config=user_config.model_dump(),
+            model_file=MODEL_FILE,
+            dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
+            seed=config.seed,
+            extra={
+                "width": config.width,
+                "strategy": config.strategy,
+                "replicas": strategy.num_replicas_in_sync,
+                "workers": cluster.workers,
+            },
         )
         artifact = writer.commit(manifest, metrics)
     checkpoint.finish()
@@ -256,16 +337,22 @@ def _trainable_bytes(model) -> int:
     return int(sum(int(np.prod(v.shape)) for v in model.trainable_variables)) * 4
 
 
-def _distributed_metrics(cluster, shard_info, user_config: FinetuneConfig, allreduce_bytes: dict, timings: dict,
-                         shard_images: int) -> dict:
+def _distributed_metrics(
+    cluster, shard_info, user_config: FinetuneConfig, allreduce_bytes: dict, timings: dict, shard_images: int
+) -> dict:
     """Cluster size, per-worker shards and batches, all-reduce volume and step time per phase."""
     result = distributed.describe(cluster, shard_info, user_config.batch_size)
     per_worker = result["per_worker_batch"]
-    steps = {"phase1": int(np.ceil(shard_images / per_worker)) * user_config.epochs,
-             "phase2": int(np.ceil(shard_images / per_worker)) * user_config.fine_tune_epochs}
+    steps = {
+        "phase1": int(np.ceil(shard_images / per_worker)) * user_config.epochs,
+        "phase2": int(np.ceil(shard_images / per_worker)) * user_config.fine_tune_epochs,
+    }
     result["allreduce_bytes_per_step"] = allreduce_bytes
-    result["step_seconds"] = {phase: round(timings[f"{phase}_seconds"] / steps[phase], 4)
-                              for phase in allreduce_bytes if steps[phase] and f"{phase}_seconds" in timings}
+    result["step_seconds"] = {
+        phase: round(timings[f"{phase}_seconds"] / steps[phase], 4)
+        for phase in allreduce_bytes
+        if steps[phase] and f"{phase}_seconds" in timings
+    }
     return result
 
 
@@ -287,7 +374,8 @@ def _class_weights(samples: list, num_classes: int) -> dict[int, float]:
     present = np.unique(labels)
     weights = compute_class_weight("balanced", classes=present, y=labels)
     return {int(c): float(w) for c, w in zip(present, weights)} | {
-        c: 1.0 for c in range(num_classes) if c not in present}
+        c: 1.0 for c in range(num_classes) if c not in present
+    }
 
 
 def _weights_provenance(spec, weights: str) -> str:
@@ -296,9 +384,20 @@ def _weights_provenance(spec, weights: str) -> str:
     return weights
 
 
-def _train_head_on_cached_features(backbone, head_layers, train_samples, val_samples, preprocessing,
-                                   config: FinetuneConfig, strategy, class_weight, timings, progress,
-                                   spill_dir: Path | None = None, extra_callbacks=()) -> dict:
+def _train_head_on_cached_features(
+    backbone,
+    head_layers,
+    train_samples,
+    val_samples,
+    preprocessing,
+    config: FinetuneConfig,
+    strategy,
+    class_weight,
+    timings,
+    progress,
+    spill_dir: Path | None = None,
+    extra_callbacks=(),
+) -> dict:
     """Phase 1 with the feature cache: the frozen backbone runs once over the data.
 
     The features are one in-memory matrix per split, or, with ``spill_dir``, a file per split
@@ -313,15 +412,24 @@ def _train_head_on_cached_features(backbone, head_layers, train_samples, val_sam
         features, labels = {}, {}
         for split, samples in (("train", train_samples), ("val", val_samples)):
             if spill_dir is None:
-                images = make_dataset(samples, preprocessing, batch_size=config.batch_size, cache=False,
-                                      return_labels=False)
-                features[split] = (distributed.predict_local(backbone, images) if config.strategy == "multi-worker"
-                                   else backbone.predict(images, verbose=0))
+                images = make_dataset(
+                    samples, preprocessing, batch_size=config.batch_size, cache=False, return_labels=False
+                )
+                features[split] = (
+                    distributed.predict_local(backbone, images)
+                    if config.strategy == "multi-worker"
+                    else backbone.predict(images, verbose=0)
+                )
                 labels[split] = np.array([s.label for s in samples])
             else:
                 features[split], labels[split] = _spill_features(
-                    backbone, samples, preprocessing, config, Path(spill_dir) / f"features-{split}.f32",
-                    shuffle_seed=config.seed if split == "train" else None)
+                    backbone,
+                    samples,
+                    preprocessing,
+                    config,
+                    Path(spill_dir) / f"features-{split}.f32",
+                    shuffle_seed=config.seed if split == "train" else None,
+                )
     feature_dim = int(np.prod(backbone.output_shape[1:]))
 
     with strategy.scope():
@@ -330,28 +438,47 @@ def _train_head_on_cached_features(backbone, head_layers, train_samples, val_sam
     steps = int(np.ceil(len(labels["train"]) / config.batch_size))
     _compile(head_model, strategy, config.learning_rate, steps * config.epochs, config)
     if spill_dir is None:
-        train_ds = (tf.data.Dataset.from_tensor_slices((features["train"], _targets(labels["train"], head_model)))
-                    .shuffle(len(labels["train"]), seed=config.seed).batch(config.batch_size).prefetch(2))
+        train_ds = (
+            tf.data.Dataset.from_tensor_slices((features["train"], _targets(labels["train"], head_model)))
+            .shuffle(len(labels["train"]), seed=config.seed)
+            .batch(config.batch_size)
+            .prefetch(2)
+        )
         val_ds = tf.data.Dataset.from_tensor_slices((features["val"], _targets(labels["val"], head_model))).batch(
-            config.batch_size)
+            config.batch_size
+        )
     else:
         row_bytes = feature_dim * np.dtype(_FEATURE_DTYPE).itemsize
         buffer = min(len(labels["train"]), max(1024, _FEATURE_SHUFFLE_BUFFER_BYTES // row_bytes))
-        train_ds = _feature_file_dataset(features["train"], labels["train"], feature_dim, head_model,
-                                         config.batch_size, shuffle_buffer=buffer, seed=config.seed)
+        train_ds = _feature_file_dataset(
+            features["train"],
+            labels["train"],
+            feature_dim,
+            head_model,
+            config.batch_size,
+            shuffle_buffer=buffer,
+            seed=config.seed,
+        )
         val_ds = _feature_file_dataset(features["val"], labels["val"], feature_dim, head_model, config.batch_size)
     cluster = distributed.cluster_of(config.strategy, strategy)
-    inputs = distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps,
-                                    int(np.ceil(len(labels["val"]) / config.batch_size)))
+    inputs = distributed.fit_inputs(
+        strategy, cluster, train_ds, val_ds, steps, int(np.ceil(len(labels["val"]) / config.batch_size))
+    )
     with common.timed(timings, "phase1_seconds"):
-        history = head_model.fit(**inputs, epochs=config.epochs, verbose=0, class_weight=class_weight,
-                                 callbacks=_callbacks(config, "phase 1 (head, cached features)", config.epochs,
-                                                      steps, progress) + list(extra_callbacks))
+        history = head_model.fit(
+            **inputs,
+            epochs=config.epochs,
+            verbose=0,
+            class_weight=class_weight,
+            callbacks=_callbacks(config, "phase 1 (head, cached features)", config.epochs, steps, progress)
+            + list(extra_callbacks),
+        )
     return _history(history)
 
 
-def _spill_features(backbone, samples, preprocessing, config: FinetuneConfig, path: Path,
-                    shuffle_seed: int | None) -> tuple[str, np.ndarray]:
+def _spill_features(
+    backbone, samples, preprocessing, config: FinetuneConfig, path: Path, shuffle_seed: int | None
+) -> tuple[str, np.ndarray]:
     """Write the backbone's features of ``samples`` to ``path`` (raw float32 rows), batch by batch.
 
     Returns the path and the labels in file order. This is what keeps phase 1 flat in memory.
@@ -377,8 +504,9 @@ def _spill_features(backbone, samples, preprocessing, config: FinetuneConfig, pa
         samples = [samples[i] for i in order]
     labels = np.array([s.label for s in samples], dtype=np.int32)
     size = int(preprocessing.input_size)
-    extract = tf.function(lambda x: backbone(x, training=False),
-                          input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    extract = tf.function(
+        lambda x: backbone(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)]
+    )
     images = make_dataset(samples, preprocessing, batch_size=config.batch_size, cache=False, return_labels=False)
     with open(path, "wb") as file:
         for batch in images:
@@ -387,8 +515,16 @@ def _spill_features(backbone, samples, preprocessing, config: FinetuneConfig, pa
     return str(path), labels
 
 
-def _feature_file_dataset(path: str, labels: np.ndarray, feature_dim: int, head_model, batch_size: int, *,
-                          shuffle_buffer: int = 0, seed: int = 0):
+def _feature_file_dataset(
+    path: str,
+    labels: np.ndarray,
+    feature_dim: int,
+    head_model,
+    batch_size: int,
+    *,
+    shuffle_buffer: int = 0,
+    seed: int = 0,
+):
     """Batches of ``(features, targets)`` streamed from a file :func:`_spill_features` wrote."""
     from edgexfer._env import import_tf
 
@@ -399,14 +535,30 @@ def _feature_file_dataset(path: str, labels: np.ndarray, feature_dim: int, head_
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dtype = tf.as_dtype(_FEATURE_DTYPE)
-    return ds.batch(batch_size).map(
-        lambda raw, y: (tf.cast(tf.io.decode_raw(raw, dtype), tf.float32), y),
-        num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    return (
+        ds.batch(batch_size)
+        .map(lambda raw, y: (tf.cast(tf.io.decode_raw(raw, dtype), tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(2)
+    )
 
 
-def _fit_images(model, train_samples, val_samples, preprocessing, config: FinetuneConfig, strategy, epochs: int,
-                learning_rate: float, class_weight, timings, phase: str, progress: bool, augment: bool,
-                cache: bool | Path = True, extra_callbacks=()) -> dict:
+def _fit_images(
+    model,
+    train_samples,
+    val_samples,
+    preprocessing,
+    config: FinetuneConfig,
+    strategy,
+    epochs: int,
+    learning_rate: float,
+    class_weight,
+    timings,
+    phase: str,
+    progress: bool,
+    augment: bool,
+    cache: bool | Path = True,
+    extra_callbacks=(),
+) -> dict:
     """Train ``model`` end to end on the image pipeline (phase 2, or phase 1 without cache).
 
     ``cache``: True (decoded images in memory), a directory (tf.data cache files there) or
@@ -416,8 +568,15 @@ def _fit_images(model, train_samples, val_samples, preprocessing, config: Finetu
 
     augment_config = _augment_config(config) if augment else None
     num_classes = model.output_shape[-1]
-    train_ds = make_dataset(train_samples, preprocessing, batch_size=config.batch_size, shuffle=True,
-                            seed=config.seed, augment=augment_config, cache=cache)
+    train_ds = make_dataset(
+        train_samples,
+        preprocessing,
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augment=augment_config,
+        cache=cache,
+    )
     val_ds = make_dataset(val_samples, preprocessing, batch_size=config.batch_size, cache=cache)
     if config.label_smoothing:
         train_ds = train_ds.map(lambda x, y: (x, _one_hot(y, num_classes)))
@@ -425,12 +584,20 @@ def _fit_images(model, train_samples, val_samples, preprocessing, config: Finetu
     steps = int(np.ceil(len(train_samples) / config.batch_size))
     _compile(model, strategy, learning_rate, steps * epochs, config)
     cluster = distributed.cluster_of(config.strategy, strategy)
-    inputs = distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps,
-                                    int(np.ceil(len(val_samples) / config.batch_size)))
+    inputs = distributed.fit_inputs(
+        strategy, cluster, train_ds, val_ds, steps, int(np.ceil(len(val_samples) / config.batch_size))
+    )
     with common.timed(timings, f"{phase}_seconds"):
-        history = model.fit(**inputs, epochs=epochs, verbose=0, class_weight=class_weight,
-                            callbacks=_callbacks(config, f"{phase} ({'fine-tune' if phase == 'phase2' else 'head'})",
-                                                 epochs, steps, progress) + list(extra_callbacks))
+        history = model.fit(
+            **inputs,
+            epochs=epochs,
+            verbose=0,
+            class_weight=class_weight,
+            callbacks=_callbacks(
+                config, f"{phase} ({'fine-tune' if phase == 'phase2' else 'head'})", epochs, steps, progress
+            )
+            + list(extra_callbacks),
+        )
     return _history(history)
 
 
@@ -472,8 +639,10 @@ def _compile(model, strategy, learning_rate: float, total_steps: int, config: Fi
 
 
 def _callbacks(config: FinetuneConfig, description: str, epochs: int, steps: int, progress: bool) -> list:
-    callbacks = [common.rich_progress_callback(description, epochs, steps, enabled=progress),
-                 *common.tensorboard_callbacks(description.split()[0])]
+    callbacks = [
+        common.rich_progress_callback(description, epochs, steps, enabled=progress),
+        *common.tensorboard_callbacks(description.split()[0]),
+    ]
     if config.early_stopping_patience:
         callbacks.append(common.restore_best_early_stopping(config.early_stopping_patience))
     return callbacks

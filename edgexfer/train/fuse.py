@@ -20,21 +20,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
-from edgexfer.errors import ArtifactError, ConfigError
-from edgexfer.models_io import MODEL_FILE, count_params, save_keras_model, load_keras_model
 from edgexfer.config import FrozenConfig
+from edgexfer.errors import ArtifactError, ConfigError
+from edgexfer.models_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 
-ALPHA_MEANING = ("theta = alpha * theta_source + (1 - alpha) * theta_finetuned: alpha is the weight of the "
-                 "source model; 0 keeps the fine-tuned model, 1 takes the source weights (shared layers only; "
-                 "the fine-tuned head is kept where the source's differs)")
+ALPHA_MEANING = (
+    "theta = alpha * theta_source + (1 - alpha) * theta_finetuned: alpha is the weight of the "
+    "source model; 0 keeps the fine-tuned model, 1 takes the source weights (shared layers only; "
+    "the fine-tuned head is kept where the source's differs)"
+)
 CURVE_JSON = "alpha_curve.json"
 CURVE_PNG = "alpha_curve.png"
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -42,13 +45,16 @@ DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
 class FuseConfig(FrozenConfig):
     alpha: float | Literal["auto"] = Field(
-        "auto", description="weight of the source model in [0, 1] (0: fine-tuned, 1: source), or auto")
+        "auto", description="weight of the source model in [0, 1] (0: fine-tuned, 1: source), or auto"
+    )
     alphas: tuple[float, ...] = Field(DEFAULT_ALPHAS, description="the grid auto sweeps")
     val_data: str | None = Field(None, description="labelled image folder that auto selects alpha on")
     curve_data: dict[str, str] = Field(default_factory=dict, description="more labelled folders to draw curves for")
     class_map: dict[str, str] = Field(default_factory=dict)
-    bn_reset: str | None = Field(None, description="images (labels unused) to re-estimate BatchNorm statistics "
-                                                   "on after interpolating, at every alpha")
+    bn_reset: str | None = Field(
+        None,
+        description="images (labels unused) to re-estimate BatchNorm statistics on after interpolating, at every alpha",
+    )
     split: Literal["all", "train", "val", "test"] = "all"
     batch_size: int = Field(64, ge=1)
     max_images: int | None = Field(None, ge=2, description="at most this many images per folder (seeded)")
@@ -72,8 +78,10 @@ class FuseConfig(FrozenConfig):
     @model_validator(mode="after")
     def _auto_needs_data(self):
         if self.alpha == "auto" and not self.val_data:
-            raise ValueError("alpha 'auto' selects alpha on a labelled validation folder: pass val_data "
-                             "(--val-data DIR, from the source or the target domain — your choice)")
+            raise ValueError(
+                "alpha 'auto' selects alpha on a labelled validation folder: pass val_data "
+                "(--val-data DIR, from the source or the target domain — your choice)"
+            )
         return self
 
 
@@ -111,14 +119,18 @@ def match_layers(source_model, finetuned_model) -> tuple[list[str], list[str]]:
         elif index >= head_start:
             kept.append(layer.name)
         else:
-            found = "missing" if other is None else (
-                f"weights {[tuple(w.shape) for w in other.weights]} vs {[tuple(w.shape) for w in layer.weights]}")
+            found = (
+                "missing"
+                if other is None
+                else (f"weights {[tuple(w.shape) for w in other.weights]} vs {[tuple(w.shape) for w in layer.weights]}")
+            )
             differing.append(f"{layer.name} ({found})")
     if differing:
         raise ConfigError(
             f"fuse needs two models of the same architecture; {len(differing)} backbone layer(s) of the fine-tuned "
             f"model differ in the source: {'; '.join(differing[:4])}{' …' if len(differing) > 4 else ''}. "
-            "Fuse a model with the source it was fine-tuned from (same backbone, e.g. imagenet:<backbone>)")
+            "Fuse a model with the source it was fine-tuned from (same backbone, e.g. imagenet:<backbone>)"
+        )
     if not shared:
         raise ConfigError("the source and fine-tuned models share no layer: nothing to interpolate")
     return shared, kept
@@ -138,9 +150,17 @@ class Interpolator:
             layer.set_weights([(alpha * s + (1.0 - alpha) * f).astype(f.dtype) for s, f in zip(src, ft)])
 
 
-def fuse(source: str | Path, finetuned: str | Path, out: str | Path, alpha: float | str | None = None, *,
-         log: Callable[..., Any] | None = None, progress: bool = False, config: FuseConfig | None = None,
-         **options: Any) -> Artifact:
+def fuse(
+    source: str | Path,
+    finetuned: str | Path,
+    out: str | Path,
+    alpha: float | str | None = None,
+    *,
+    log: Callable[..., Any] | None = None,
+    progress: bool = False,
+    config: FuseConfig | None = None,
+    **options: Any,
+) -> Artifact:
     """Interpolate ``source`` (an artifact, or ``imagenet:<backbone>``) and the ``finetuned``
     artifact: θ = α·θ_source + (1−α)·θ_finetuned (α = 0: fine-tuned, 1: source; shared layers
     only, the fine-tuned head is kept where the source's differs). ``alpha="auto"`` sweeps
@@ -161,21 +181,31 @@ def fuse(source: str | Path, finetuned: str | Path, out: str | Path, alpha: floa
 
 
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
-def run_fuse(source: str | Path, finetuned: str | Path, out: str | Path, config: FuseConfig, *,
-             log: Callable[..., Any] = print, progress: bool = False) -> Artifact:
+def run_fuse(
+    source: str | Path,
+    finetuned: str | Path,
+    out: str | Path,
+    config: FuseConfig,
+    *,
+    log: Callable[..., Any] = print,
+    progress: bool = False,
+) -> Artifact:
     """The fuse stage with a built config (see :func:`fuse`)."""
     started = time.perf_counter()
     target_artifact = Artifact(finetuned)
     if Path(out).resolve() in (target_artifact.path.resolve(), Path(str(source)).resolve()):
-        raise ConfigError(f"--out {str(out)!r} is an input artifact; a stage never changes its input, "
-                          "choose another directory")
+        raise ConfigError(
+            f"--out {str(out)!r} is an input artifact; a stage never changes its input, choose another directory"
+        )
     manifest = target_artifact.manifest
     source_model, source_info = load_source_model(source, target_artifact)
     model = load_keras_model(target_artifact.model_path)
     shared, kept = match_layers(source_model, model)
     if kept:
-        log(f"the source has a different head: {len(shared)} shared layers interpolated, the fine-tuned "
-            f"{', '.join(kept)} kept")
+        log(
+            f"the source has a different head: {len(shared)} shared layers interpolated, the fine-tuned "
+            f"{', '.join(kept)} kept"
+        )
     interpolator = Interpolator(source_model, model, shared)
     del source_model
     reset = _BatchNormReset(model, config, manifest) if config.bn_reset else None
@@ -214,31 +244,55 @@ def run_fuse(source: str | Path, finetuned: str | Path, out: str | Path, config:
 
     with writing_artifact(out) as writer:
         save_keras_model(model, writer.file(MODEL_FILE))
-        metrics: dict[str, Any] = {"alpha": alpha, "alpha_meaning": ALPHA_MEANING,
-                                   "interpolated_layers": len(shared), "kept_from_finetuned": kept,
-                                   "bn_reset": config.bn_reset,
-                                   "params": count_params(model),
-                                   "model_bytes": writer.file(MODEL_FILE).stat().st_size}
+        metrics: dict[str, Any] = {
+            "alpha": alpha,
+            "alpha_meaning": ALPHA_MEANING,
+            "interpolated_layers": len(shared),
+            "kept_from_finetuned": kept,
+            "bn_reset": config.bn_reset,
+            "params": count_params(model),
+            "model_bytes": writer.file(MODEL_FILE).stat().st_size,
+        }
         if curves:
-            at = {name: {f"alpha={a:g}": acc for a, acc in zip(alphas, accs) if a in (0.0, 1.0, alpha)}
-                  for name, accs in curves.items()}
+            at = {
+                name: {f"alpha={a:g}": acc for a, acc in zip(alphas, accs) if a in (0.0, 1.0, alpha)}
+                for name, accs in curves.items()
+            }
             metrics["accuracy"] = {name: accs[alphas.index(alpha)] for name, accs in curves.items()}
             metrics["accuracy_at"] = at
-            curve = {"alpha_meaning": ALPHA_MEANING, "alphas": alphas, "curves": curves,
-                     "selected_on": selection, "chosen_alpha": alpha,
-                     "data": {name: str(path) for name, path in _named_data(config).items()}}
+            curve = {
+                "alpha_meaning": ALPHA_MEANING,
+                "alphas": alphas,
+                "curves": curves,
+                "selected_on": selection,
+                "chosen_alpha": alpha,
+                "data": {name: str(path) for name, path in _named_data(config).items()},
+            }
             writer.write_json(CURVE_JSON, curve)
             _plot_curve(curve, writer.file(CURVE_PNG))
             metrics["curve_json"], metrics["curve_png"] = CURVE_JSON, CURVE_PNG
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         child = Manifest(
-            stage="fuse", label_names=list(manifest.label_names), preprocessing=manifest.preprocessing,
-            backbone=manifest.backbone, weights=manifest.weights, config=config.model_dump(),
-            model_file=MODEL_FILE, parent=target_artifact.parent_ref(), dataset=manifest.dataset,
+            stage="fuse",
+            label_names=list(manifest.label_names),
+            preprocessing=manifest.preprocessing,
+            backbone=manifest.backbone,
+            weights=manifest.weights,
+            config=config.model_dump(),
+            model_file=MODEL_FILE,
+            parent=target_artifact.parent_ref(),
+            dataset=manifest.dataset,
             seed=manifest.seed,
-            extra={**manifest.extra, "fuse": {"alpha": alpha, "alpha_meaning": ALPHA_MEANING,
-                                              "source": source_info, "interpolated_layers": len(shared),
-                                              "kept_from_finetuned": kept}},
+            extra={
+                **manifest.extra,
+                "fuse": {
+                    "alpha": alpha,
+                    "alpha_meaning": ALPHA_MEANING,
+                    "source": source_info,
+                    "interpolated_layers": len(shared),
+                    "kept_from_finetuned": kept,
+                },
+            },
         )
         return writer.commit(child, metrics)
 
@@ -253,13 +307,13 @@ class _BatchNormReset:
 
     def __init__(self, model, config: FuseConfig, manifest):
         from edgexfer.data import Sample, load_arrays
-        from edgexfer.train.adapt import _BatchNormStats, batchnorm_layers
         from edgexfer.data.class_map import scan_unlabelled
+        from edgexfer.train.adapt import _BatchNormStats, batchnorm_layers
 
         found = scan_unlabelled(config.bn_reset, strict=config.strict)
         paths = found.paths
         if config.max_images and len(paths) > config.max_images:
-            order = np.random.default_rng(config.seed).permutation(len(paths))[:config.max_images]
+            order = np.random.default_rng(config.seed).permutation(len(paths))[: config.max_images]
             paths = [paths[i] for i in sorted(order)]
         pixels, _ = load_arrays([Sample(p, -1) for p in paths], manifest.preprocessing)
         mean = np.asarray(manifest.preprocessing.mean, np.float32)
@@ -272,7 +326,7 @@ class _BatchNormReset:
         self.stats = _BatchNormStats(model, layers, [layer.input for layer in layers], self.batch)
 
     def __call__(self) -> None:
-        batches = (self.images[i:i + self.batch] for i in range(0, len(self.images), self.batch))
+        batches = (self.images[i : i + self.batch] for i in range(0, len(self.images), self.batch))
         self.stats.assign(self.stats.estimate(batches))
 
 
@@ -302,13 +356,19 @@ def _load_datasets(config: FuseConfig, manifest) -> dict[str, tuple[np.ndarray, 
     mean = np.asarray(manifest.preprocessing.mean, np.float32)
     std = np.asarray(manifest.preprocessing.std, np.float32)
     for name, path in named.items():
-        dataset = scan_labelled(path, manifest.label_names, config.class_map, seed=manifest.seed or 0,
-                                strict=config.strict, strict_keys=False)
+        dataset = scan_labelled(
+            path,
+            manifest.label_names,
+            config.class_map,
+            seed=manifest.seed or 0,
+            strict=config.strict,
+            strict_keys=False,
+        )
         folder_classes.update(dataset.folder_class_names)
         splits = ("train", "val", "test") if config.split == "all" else (config.split,)
         samples = [s for split in splits for s in dataset.split(split)]
         if config.max_images and len(samples) > config.max_images:
-            order = np.random.default_rng(config.seed).permutation(len(samples))[:config.max_images]
+            order = np.random.default_rng(config.seed).permutation(len(samples))[: config.max_images]
             samples = [samples[i] for i in sorted(order)]
         images, labels = load_arrays(samples, manifest.preprocessing)
         result[name] = (((images.astype(np.float32) - mean) / std), labels)
@@ -325,9 +385,16 @@ def _plot_curve(curve: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in curve["curves"].items():
-        ax.plot(curve["alphas"], values, marker="o", label=name + (" (selection)" if name == curve["selected_on"] else ""))
-    ax.axvline(curve["chosen_alpha"], color="grey", linestyle="--", linewidth=1,
-               label=f"chosen alpha = {curve['chosen_alpha']:g}")
+        ax.plot(
+            curve["alphas"], values, marker="o", label=name + (" (selection)" if name == curve["selected_on"] else "")
+        )
+    ax.axvline(
+        curve["chosen_alpha"],
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label=f"chosen alpha = {curve['chosen_alpha']:g}",
+    )
     ax.set_xlabel("alpha  (0: fine-tuned  →  1: source)")
     ax.set_ylabel("accuracy")
     ax.set_title("θ = α·θ_source + (1−α)·θ_finetuned")

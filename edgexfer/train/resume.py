@@ -33,8 +33,9 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgexfer.errors import ConfigError
 
@@ -95,8 +96,17 @@ class StageCheckpoint:
     run every worker waits for the chief's clean-up before it reads (a collective barrier).
     """
 
-    def __init__(self, stage: str, out, fingerprint: dict[str, Any], *, log: Callable[..., Any] = print,
-                 is_chief: bool = True, strategy=None, multi_worker: bool = False) -> None:
+    def __init__(
+        self,
+        stage: str,
+        out,
+        fingerprint: dict[str, Any],
+        *,
+        log: Callable[..., Any] = print,
+        is_chief: bool = True,
+        strategy=None,
+        multi_worker: bool = False,
+    ) -> None:
         self.stage, self.out, self.log, self.is_chief = stage, Path(out).resolve(), log, is_chief
         self.dir = checkpoint_dir(out)
         self.fingerprint = {"stage": stage, **fingerprint}
@@ -115,18 +125,24 @@ class StageCheckpoint:
             except (OSError, ValueError):
                 info = {}
             if info.get("pid") != os.getpid() and _alive(info):
-                raise ConfigError(f"another edgexfer process (pid {info['pid']}) is training into {str(self.out)!r}; "
-                                  "wait for it to finish or stop it first")
+                raise ConfigError(
+                    f"another edgexfer process (pid {info['pid']}) is training into {str(self.out)!r}; "
+                    "wait for it to finish or stop it first"
+                )
             if info.get("digest") != self.digest:
                 changes = _changed(info.get("fingerprint", {}), self.fingerprint)
                 why = "; ".join(changes[:4]) + (" …" if len(changes) > 4 else "") if changes else "unreadable"
-                self.log(f"checkpoint of an interrupted run at {self.dir} is for a different {self.stage} "
-                         f"({why}): starting afresh")
+                self.log(
+                    f"checkpoint of an interrupted run at {self.dir} is for a different {self.stage} "
+                    f"({why}): starting afresh"
+                )
                 shutil.rmtree(self.dir, ignore_errors=True)
             else:
                 done = [p.stem for p in self.dir.glob("*.json") if p.name != INFO]
-                self.log(f"found the checkpoint of an interrupted {self.stage} run at {self.dir}"
-                         + (f" (finished phases: {', '.join(sorted(done))})" if done else ""))
+                self.log(
+                    f"found the checkpoint of an interrupted {self.stage} run at {self.dir}"
+                    + (f" (finished phases: {', '.join(sorted(done))})" if done else "")
+                )
         self.dir.mkdir(parents=True, exist_ok=True)
         previous = {}
         if info_path.is_file():
@@ -134,10 +150,20 @@ class StageCheckpoint:
                 previous = json.loads(info_path.read_text())
             except (OSError, ValueError):
                 previous = {}
-        _write_json(info_path, {
-            "out": str(self.out), "stage": self.stage, "digest": self.digest, "fingerprint": self.fingerprint,
-            "created_at": previous.get("created_at") or _now(), "updated_at": _now(),
-            "host": socket.gethostname(), "pid": os.getpid(), "progress": previous.get("progress", {})})
+        _write_json(
+            info_path,
+            {
+                "out": str(self.out),
+                "stage": self.stage,
+                "digest": self.digest,
+                "fingerprint": self.fingerprint,
+                "created_at": previous.get("created_at") or _now(),
+                "updated_at": _now(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "progress": previous.get("progress", {}),
+            },
+        )
 
     # -- phases -----------------------------------------------------------------------------
     def completed(self, phase: str) -> dict[str, Any] | None:
@@ -161,8 +187,10 @@ class StageCheckpoint:
         from edgexfer._env import import_tf
 
         _, keras = import_tf()
-        return [keras.callbacks.BackupAndRestore(str(self.dir / phase), save_freq="epoch", delete_checkpoint=False),
-                _progress_note(keras, self, phase, epochs)]
+        return [
+            keras.callbacks.BackupAndRestore(str(self.dir / phase), save_freq="epoch", delete_checkpoint=False),
+            _progress_note(keras, self, phase, epochs),
+        ]
 
     def complete(self, phase: str, model, history: dict[str, Any]) -> None:
         """Record ``phase`` as finished: its weights and history; its epoch checkpoint goes."""
@@ -204,8 +232,10 @@ def _progress_note(keras, checkpoint: StageCheckpoint, phase: str, epochs: int):
         def on_epoch_begin(self, epoch, logs=None):
             if self.first and epoch > 0:
                 checkpoint.resumed[phase] = {"from_epoch": epoch + 1, "epochs_done_before": epoch, "epochs": epochs}
-                checkpoint.log(f"{phase}: resuming from epoch {epoch + 1} of {epochs} (epochs 1–{epoch} were "
-                               f"completed before the interruption; checkpoint {checkpoint.dir})")
+                checkpoint.log(
+                    f"{phase}: resuming from epoch {epoch + 1} of {epochs} (epochs 1–{epoch} were "
+                    f"completed before the interruption; checkpoint {checkpoint.dir})"
+                )
             self.first = False
 
         def on_epoch_end(self, epoch, logs=None):
@@ -223,7 +253,7 @@ def _barrier(strategy) -> None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 # -- listing and removing what interrupted runs left -------------------------------------------
@@ -240,10 +270,18 @@ def list_checkpoints() -> list[dict[str, Any]]:
         except (OSError, ValueError):
             info = {}
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        found.append({"dir": str(path), "out": info.get("out"), "stage": info.get("stage"),
-                      "progress": info.get("progress", {}), "updated_at": info.get("updated_at"),
-                      "bytes": size, "running": _alive(info),
-                      "finished_phases": sorted(p.stem for p in path.glob("*.json") if p.name != INFO)})
+        found.append(
+            {
+                "dir": str(path),
+                "out": info.get("out"),
+                "stage": info.get("stage"),
+                "progress": info.get("progress", {}),
+                "updated_at": info.get("updated_at"),
+                "bytes": size,
+                "running": _alive(info),
+                "finished_phases": sorted(p.stem for p in path.glob("*.json") if p.name != INFO),
+            }
+        )
     return found
 
 

@@ -17,8 +17,8 @@ from edgexfer import api
 from edgexfer.artifact import Artifact
 from edgexfer.errors import ConfigError, DataError
 from edgexfer.evaluate.domains import evaluate_domains
-from edgexfer.train.adapt import adapt, batchnorm_layers
 from edgexfer.models_io import load_keras_model
+from edgexfer.train.adapt import adapt, batchnorm_layers
 from kit import COLORS as KIT_COLORS
 from kit import make_color_folder
 
@@ -26,8 +26,18 @@ pytestmark = pytest.mark.integration
 WIDE = {**os.environ, "COLUMNS": "200"}  # rich wraps at 80 columns when not on a terminal
 
 COLORS = dict(sorted(KIT_COLORS.items()))
-TINY = dict(backbone="cnn_tiny", weights="none", img_size=16, epochs=12, fine_tune_epochs=1, unfreeze_layers=2,
-            batch_size=16, learning_rate=0.05, early_stopping_patience=0, seed=1)
+TINY = dict(
+    backbone="cnn_tiny",
+    weights="none",
+    img_size=16,
+    epochs=12,
+    fine_tune_epochs=1,
+    unfreeze_layers=2,
+    batch_size=16,
+    learning_rate=0.05,
+    early_stopping_patience=0,
+    seed=1,
+)
 FAST = dict(epochs=1, train_layers=2, batch_size=16, seed=0)
 
 
@@ -53,14 +63,17 @@ def model(domains, tmp_path_factory):
     return api.finetune(domains[0], tmp_path_factory.mktemp("runs") / "ft", **TINY)
 
 
-@pytest.mark.parametrize("method, extra", [
-    ("adabn", {}),
-    ("coral", {}),
-    ("dann", {}),
-    ("pseudo-label", {"after": "adabn", "rounds": 1, "threshold": 0.5}),
-    ("pseudo-label", {"after": "none", "rounds": 1, "threshold": 0.34}),
-    ("pseudo-label", {"rounds": 1, "threshold": 0.5}),  # the default: after coral, frozen statistics
-])
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("adabn", {}),
+        ("coral", {}),
+        ("dann", {}),
+        ("pseudo-label", {"after": "adabn", "rounds": 1, "threshold": 0.5}),
+        ("pseudo-label", {"after": "none", "rounds": 1, "threshold": 0.34}),
+        ("pseudo-label", {"rounds": 1, "threshold": 0.5}),  # the default: after coral, frozen statistics
+    ],
+)
 def test_each_method_writes_an_artifact_with_the_input_architecture(method, extra, model, domains, tmp_path):
     source, _, flat = domains
     adapted = adapt(model.path, source, flat, tmp_path / method, method=method, **FAST, **extra)
@@ -69,9 +82,13 @@ def test_each_method_writes_an_artifact_with_the_input_architecture(method, extr
     assert adapted.manifest.preprocessing == model.manifest.preprocessing
     assert adapted.manifest.extra["adapt"]["method"] == method
     assert adapted.metrics["target_labels_used"] is False and adapted.metrics["images"]["target"] == 48
-    assert architecture(load_keras_model(adapted.model_path)) == architecture(load_keras_model(model.model_path))  # no extra heads
+    assert architecture(load_keras_model(adapted.model_path)) == architecture(
+        load_keras_model(model.model_path)
+    )  # no extra heads
     if adapted.metrics["bn"] == "frozen":  # the model's own statistics, untouched
-        for old, new in zip(batchnorm_layers(load_keras_model(model.model_path)), batchnorm_layers(load_keras_model(adapted.model_path))):
+        for old, new in zip(
+            batchnorm_layers(load_keras_model(model.model_path)), batchnorm_layers(load_keras_model(adapted.model_path))
+        ):
             np.testing.assert_array_equal(old.moving_mean.numpy(), new.moving_mean.numpy())
     assert Artifact(adapted.path).model_path.name == "model.h5"
 
@@ -104,8 +121,9 @@ def test_adabn_changes_batchnorm_statistics_and_pure_adabn_trains_nothing(model,
             for a, b in zip(old.get_weights(), new.get_weights()):
                 np.testing.assert_array_equal(a, b)
     # The source-statistics baseline carries other statistics than the target-adapted model.
-    baseline = adapt(model.path, source, target, tmp_path / "base", method="adabn", epochs=0, batch_size=16,
-                     output_stats="source")
+    baseline = adapt(
+        model.path, source, target, tmp_path / "base", method="adabn", epochs=0, batch_size=16, output_stats="source"
+    )
     first = batchnorm_layers(load_keras_model(baseline.model_path))[0]
     assert not np.allclose(first.moving_mean.numpy(), batchnorm_layers(after)[0].moving_mean.numpy())
 
@@ -125,8 +143,9 @@ def test_class_mismatch_is_an_error_and_class_map_fixes_renamed_classes(model, d
     with pytest.raises(DataError, match=r"--class-map 'rouge=\?,vert=\?'"):
         adapt(model.path, source, renamed, tmp_path / "x", method="adabn", epochs=0)
     assert not (tmp_path / "x").exists()
-    adapted = adapt(model.path, source, renamed, tmp_path / "ok", method="adabn", epochs=0,
-                    class_map="rouge=red,vert=green")
+    adapted = adapt(
+        model.path, source, renamed, tmp_path / "ok", method="adabn", epochs=0, class_map="rouge=red,vert=green"
+    )
     assert adapted.manifest.config["class_map"] == {"rouge": "red", "vert": "green"}
     extra = make_domain(tmp_path / "extra", seed=4)
     (extra / "yellow").mkdir()
@@ -156,20 +175,71 @@ def test_evaluate_domains_reports_accuracy_and_gap(model, domains):
 
 def test_cli_adapt_and_multi_domain_evaluate(model, domains, tmp_path):
     source, target, _ = domains
-    run = subprocess.run([sys.executable, "-m", "edgexfer", "adapt", str(model.path), "--source", str(source),
-                          "--target", str(target), "--method", "adabn", "--epochs", "0", "--out",
-                          str(tmp_path / "cli")], capture_output=True, text=True, env=WIDE)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "adapt",
+            str(model.path),
+            "--source",
+            str(source),
+            "--target",
+            str(target),
+            "--method",
+            "adabn",
+            "--epochs",
+            "0",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+        capture_output=True,
+        text=True,
+        env=WIDE,
+    )
     assert run.returncode == 0, run.stderr
     assert "labels are ignored" in run.stdout and "source val accuracy" in run.stdout
-    run = subprocess.run([sys.executable, "-m", "edgexfer", "evaluate", str(tmp_path / "cli"), "--data",
-                          f"src={source}", "--data", f"tgt={target}", "--json", str(tmp_path / "d.json")],
-                         capture_output=True, text=True, env=WIDE)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "evaluate",
+            str(tmp_path / "cli"),
+            "--data",
+            f"src={source}",
+            "--data",
+            f"tgt={target}",
+            "--json",
+            str(tmp_path / "d.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=WIDE,
+    )
     assert run.returncode == 0, run.stderr
     assert "src" in run.stdout and "tgt" in run.stdout and "gap" in run.stdout
     assert (tmp_path / "d.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "edgexfer", "adapt", str(model.path), "--source", str(source),
-                          "--target", str(target), "--method", "mmd", "--out", str(tmp_path / "bad")],
-                         capture_output=True, text=True, env=WIDE)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "adapt",
+            str(model.path),
+            "--source",
+            str(source),
+            "--target",
+            str(target),
+            "--method",
+            "mmd",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+        env=WIDE,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "method" in bad.stderr
 
 

@@ -31,8 +31,7 @@ from PIL import Image
 
 from edgexfer.artifact import Manifest, Preprocessing, writing_artifact
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["a", "b", "c"]
@@ -41,6 +40,7 @@ LAMBDA_REFUSED = "'Lambda', a class edgexfer does not create"
 
 
 # ------------------------------------------------------------------------------- helpers
+
 
 def make_folder(root: Path, classes=LABELS, per_class=4, size=8, seed=0) -> Path:
     rng = np.random.default_rng(seed)
@@ -53,8 +53,16 @@ def make_folder(root: Path, classes=LABELS, per_class=4, size=8, seed=0) -> Path
 
 
 def write_keras_artifact(out: Path, model, parent: dict | None = None) -> Path:
-    manifest = Manifest(stage="finetune", label_names=list(LABELS), preprocessing=PRE, backbone="cnn_tiny",
-                        weights="none", model_file="model.h5", seed=0, parent=parent)
+    manifest = Manifest(
+        stage="finetune",
+        label_names=list(LABELS),
+        preprocessing=PRE,
+        backbone="cnn_tiny",
+        weights="none",
+        model_file="model.h5",
+        seed=0,
+        parent=parent,
+    )
     with writing_artifact(out) as writer:
         model.save(writer.file("model.h5"), include_optimizer=False, save_format="h5")
         writer.commit(manifest, {"accuracy": None})
@@ -97,8 +105,9 @@ def run_cli(*args, env_extra=None, prelude: str = "") -> subprocess.CompletedPro
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env_extra or {})}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     code = f"import sys; {prelude}\nfrom edgexfer.cli import main; sys.argv = ['edgexfer'] + sys.argv[1:]; main()"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def assert_one_line_error(err: str, expected: str) -> str:
@@ -112,8 +121,9 @@ def assert_one_line_error(err: str, expected: str) -> str:
     return errors[0]
 
 
-def assert_nothing_lost_nothing_half_written(before: dict[str, str], root: Path, out: Path | None,
-                                             out_existed: bool = False) -> None:
+def assert_nothing_lost_nothing_half_written(
+    before: dict[str, str], root: Path, out: Path | None, out_existed: bool = False
+) -> None:
     after = snapshot(root)
     lost = {path for path, digest in before.items() if after.get(path) != digest}
     assert not lost, f"changed or removed: {sorted(lost)[:5]}"
@@ -124,6 +134,7 @@ def assert_nothing_lost_nothing_half_written(before: dict[str, str], root: Path,
 
 
 # ------------------------------------------------------------------------------ fixtures
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
@@ -143,13 +154,15 @@ def world(tmp_path_factory):
 
     other_inputs = keras.Input((8, 8, 3))
     g = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(6, 1)(other_inputs))
-    other = write_keras_artifact(root / "other-arch",
-                                 keras.Model(other_inputs, keras.layers.Dense(3, activation="softmax")(g)))
+    other = write_keras_artifact(
+        root / "other-arch", keras.Model(other_inputs, keras.layers.Dense(3, activation="softmax")(g))
+    )
 
     evil_inputs = keras.Input((8, 8, 3))
     path = str(marker)
-    touched = keras.layers.Lambda(lambda x: (__import__("pathlib").Path(path).touch(), x)[1],
-                                  name="innocent_looking")(evil_inputs)
+    touched = keras.layers.Lambda(lambda x: (__import__("pathlib").Path(path).touch(), x)[1], name="innocent_looking")(
+        evil_inputs
+    )
     e = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(touched))
     evil = write_keras_artifact(root / "evil", keras.Model(evil_inputs, keras.layers.Dense(3, activation="softmax")(e)))
     marker.unlink(missing_ok=True)  # building the model above ran the lambda once, here
@@ -164,9 +177,18 @@ def world(tmp_path_factory):
 
     data = make_folder(root / "data")
     evil_saved_model = _saved_model_writing_a_file(tflite, root / "evil-saved-model", marker)
-    return SimpleNamespace(root=root, marker=marker, good=good, other=other, evil=evil, tflite=tflite,
-                           evil_child=evil_child, evil_saved_model=evil_saved_model, data=data,
-                           image=data / "a" / "0.png")
+    return SimpleNamespace(
+        root=root,
+        marker=marker,
+        good=good,
+        other=other,
+        evil=evil,
+        tflite=tflite,
+        evil_child=evil_child,
+        evil_saved_model=evil_saved_model,
+        data=data,
+        image=data / "a" / "0.png",
+    )
 
 
 def _saved_model_writing_a_file(template: Path, out: Path, marker: Path) -> Path:
@@ -196,8 +218,9 @@ def case_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def run_case(capsys, root: Path, args: list, expected: str, out: Path | None = None, code: int = 2,
-             watch: Path | None = None) -> SimpleNamespace:
+def run_case(
+    capsys, root: Path, args: list, expected: str, out: Path | None = None, code: int = 2, watch: Path | None = None
+) -> SimpleNamespace:
     """Run one bad input; check exit code, one line, nothing lost, nothing half-written."""
     watch = watch or root
     before = snapshot(watch)
@@ -210,6 +233,7 @@ def run_case(capsys, root: Path, args: list, expected: str, out: Path | None = N
 
 
 # ------------------------------------------------------------- 1. no code runs from an artifact
+
 
 def _loading_commands(w, out):
     """Every command that loads a Keras model, pointed at the malicious artifact."""
@@ -235,9 +259,25 @@ def _loading_commands(w, out):
     }
 
 
-LOADING = ["evaluate", "evaluate-domains", "export-tflite", "export-onnx", "export-saved_model", "distill", "prune",
-           "quantize-qat", "quantize-ptq", "quantize-check", "adapt", "fuse-source", "fuse-finetuned", "check-parent",
-           "benchmark", "benchmark-saved_model", "check-saved_model"]
+LOADING = [
+    "evaluate",
+    "evaluate-domains",
+    "export-tflite",
+    "export-onnx",
+    "export-saved_model",
+    "distill",
+    "prune",
+    "quantize-qat",
+    "quantize-ptq",
+    "quantize-check",
+    "adapt",
+    "fuse-source",
+    "fuse-finetuned",
+    "check-parent",
+    "benchmark",
+    "benchmark-saved_model",
+    "check-saved_model",
+]
 
 
 @pytest.mark.parametrize("command", LOADING)
@@ -256,6 +296,7 @@ def test_the_refusal_names_the_layer(capsys, world, case_dir):
 
 
 # ------------------------------------------------------------------------- 2. --out safety
+
 
 def _web_app(root: Path) -> Path:
     app = root / "webapp"
@@ -276,10 +317,14 @@ def _artifact_holding_the_input(world, root: Path) -> tuple[Path, Path]:
 OUT_CASES = {
     "folder-with-a-foreign-manifest": (lambda w, r: (w.good, _web_app(r)), "is not an edgexfer artifact"),
     "folder-holding-the-input": (lambda w, r: _artifact_holding_the_input(w, r)[::-1], "holds the folder 'inner'"),
-    "plain-folder-holding-the-input": (lambda w, r: (shutil.copytree(w.good, r / "runs" / "ft"), r / "runs"),
-                                       "no manifest.json"),
-    "inside-the-input": (lambda w, r: (shutil.copytree(w.good, r / "ft"), r / "ft" / "sub"),
-                         "is inside the edgexfer artifact"),
+    "plain-folder-holding-the-input": (
+        lambda w, r: (shutil.copytree(w.good, r / "runs" / "ft"), r / "runs"),
+        "no manifest.json",
+    ),
+    "inside-the-input": (
+        lambda w, r: (shutil.copytree(w.good, r / "ft"), r / "ft" / "sub"),
+        "is inside the edgexfer artifact",
+    ),
     "an-existing-file": (lambda w, r: (w.good, _touch(r / "notes.txt")), "is a file, not a folder"),
     "below-a-file": (lambda w, r: (w.good, _touch(r / "notes.txt") / "x"), "is a file, so no folder"),
     "dot": (lambda w, r: (w.good, Path(".")), "is the current folder"),
@@ -300,8 +345,22 @@ def test_out_never_replaces_what_is_not_an_artifact(capsys, world, case_dir, cas
     if command == "export":
         args = ["export", source, "--format", "tflite", "--out", out]
     else:
-        args = ["finetune", world.data, "--backbone", "cnn_tiny", "--weights", "none", "--img-size", "8",
-                "--epochs", "1", "--fine-tune-epochs", "0", "--out", out]
+        args = [
+            "finetune",
+            world.data,
+            "--backbone",
+            "cnn_tiny",
+            "--weights",
+            "none",
+            "--img-size",
+            "8",
+            "--epochs",
+            "1",
+            "--fine-tune-epochs",
+            "0",
+            "--out",
+            out,
+        ]
     watch = case_dir.parent if case == "dot-dot" else case_dir
     run_case(capsys, case_dir, args, expected, out=None, watch=watch)
 
@@ -316,6 +375,7 @@ def test_a_verified_artifact_is_still_replaced(capsys, world, case_dir):
 
 
 # ------------------------------------------------------------------------ 3. broken files
+
 
 def _manifest_case(world, root: Path, change) -> Path:
     art = shutil.copytree(world.good, root / "art")
@@ -332,6 +392,7 @@ def _set(path: tuple, value):
             target = target[key]
         target[path[-1]] = value
         return data
+
     return change
 
 
@@ -356,9 +417,12 @@ def test_a_malformed_manifest_is_one_line(capsys, world, case_dir, case, command
     change, expected = MANIFEST_CASES[case]
     art = _manifest_case(world, case_dir, change)
     out = case_dir / "out"
-    args = {"info": ["info", art], "evaluate": ["evaluate", art, world.data],
-            "export": ["export", art, "--format", "tflite", "--out", out],
-            "predict": ["predict", art, world.image]}[command]
+    args = {
+        "info": ["info", art],
+        "evaluate": ["evaluate", art, world.data],
+        "export": ["export", art, "--format", "tflite", "--out", out],
+        "predict": ["predict", art, world.image],
+    }[command]
     run_case(capsys, case_dir, args, expected, out=out)
 
 
@@ -367,10 +431,14 @@ def _onnx_with_metadata(path: Path, preprocessing) -> Path:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
-         helper.make_node("Softmax", ["m"], ["y"], axis=1)],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", None, None, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
+            helper.make_node("Softmax", ["m"], ["y"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", None, None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     if preprocessing is not None:
@@ -390,19 +458,28 @@ def _tflite_with_metadata(world, path: Path, input_size) -> Path:
 
 
 METADATA_CASES = {
-    "onnx-input-size-15000": (lambda w, r: _onnx_with_metadata(r / "m.onnx", '{"input_size": 15000}'),
-                              "input_size 15000 is outside 1..1024"),
-    "onnx-input-size-text": (lambda w, r: _onnx_with_metadata(r / "m.onnx", '{"input_size": "224px"}'),
-                             "input_size '224px' is not a whole number"),
-    "onnx-preprocessing-a-list": (lambda w, r: _onnx_with_metadata(r / "m.onnx", "[1, 2]"),
-                                  "preprocessing must be an object"),
-    "onnx-preprocessing-not-json": (lambda w, r: _onnx_with_metadata(r / "m.onnx", "{oops"),
-                                    "malformed edgexfer metadata"),
+    "onnx-input-size-15000": (
+        lambda w, r: _onnx_with_metadata(r / "m.onnx", '{"input_size": 15000}'),
+        "input_size 15000 is outside 1..1024",
+    ),
+    "onnx-input-size-text": (
+        lambda w, r: _onnx_with_metadata(r / "m.onnx", '{"input_size": "224px"}'),
+        "input_size '224px' is not a whole number",
+    ),
+    "onnx-preprocessing-a-list": (
+        lambda w, r: _onnx_with_metadata(r / "m.onnx", "[1, 2]"),
+        "preprocessing must be an object",
+    ),
+    "onnx-preprocessing-not-json": (
+        lambda w, r: _onnx_with_metadata(r / "m.onnx", "{oops"),
+        "malformed edgexfer metadata",
+    ),
     "onnx-no-metadata": (lambda w, r: _onnx_with_metadata(r / "m.onnx", None), "export the model's artifact with"),
-    "tflite-input-size-15000": (lambda w, r: _tflite_with_metadata(w, r / "m.tflite", 15000),
-                                "input_size 15000 is outside 1..1024"),
-    "tflite-input-size-text": (lambda w, r: _tflite_with_metadata(w, r / "m.tflite", "eight"),
-                               "is not a whole number"),
+    "tflite-input-size-15000": (
+        lambda w, r: _tflite_with_metadata(w, r / "m.tflite", 15000),
+        "input_size 15000 is outside 1..1024",
+    ),
+    "tflite-input-size-text": (lambda w, r: _tflite_with_metadata(w, r / "m.tflite", "eight"), "is not a whole number"),
     "not-a-model": (lambda w, r: _touch(r / "m.tflite"), "is not a TFLite model"),
 }
 
@@ -416,6 +493,7 @@ def test_model_metadata_is_bounded_and_blamed_on_the_model(capsys, world, case_d
 
 
 # ------------------------------------------------------------------------ 4. data folders
+
 
 def _non_utf8(root: Path) -> Path:
     data = make_folder(root / "data", classes=["a", "b"])
@@ -460,13 +538,38 @@ def test_a_bad_data_folder_is_one_line(capsys, world, case_dir, case):
     make, expected = DATA_CASES[case]
     data = make(case_dir)
     out = case_dir / "out"
-    run_case(capsys, case_dir, ["finetune", data, "--backbone", "cnn_tiny", "--weights", "none", "--img-size", "8",
-                                "--epochs", "1", "--fine-tune-epochs", "0", "--strict", "--out", out], expected, out=out)
+    run_case(
+        capsys,
+        case_dir,
+        [
+            "finetune",
+            data,
+            "--backbone",
+            "cnn_tiny",
+            "--weights",
+            "none",
+            "--img-size",
+            "8",
+            "--epochs",
+            "1",
+            "--fine-tune-epochs",
+            "0",
+            "--strict",
+            "--out",
+            out,
+        ],
+        expected,
+        out=out,
+    )
 
 
 def test_evaluate_on_other_classes_and_a_non_utf8_class(capsys, world, case_dir):
-    run_case(capsys, case_dir, ["evaluate", world.good, make_folder(case_dir / "xy", classes=["x", "y"])],
-             "do not match the model's classes")
+    run_case(
+        capsys,
+        case_dir,
+        ["evaluate", world.good, make_folder(case_dir / "xy", classes=["x", "y"])],
+        "do not match the model's classes",
+    )
     run_case(capsys, case_dir, ["evaluate", world.good, _non_utf8(case_dir)], "not valid UTF-8")
 
 
@@ -480,12 +583,16 @@ stages:
 """
 
 BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+)
 
 YAML_CASES = {
     "set-invalid-yaml": (None, ["--set", "finetune.epochs=[1"], "--set 'finetune.epochs=[1': not valid YAML"),
-    "set-python-tag": (None, ["--set", "finetune.epochs=!!python/object/apply:os.system ['touch MARKER']"],
-                       "tags such as !!python"),
+    "set-python-tag": (
+        None,
+        ["--set", "finetune.epochs=!!python/object/apply:os.system ['touch MARKER']"],
+        "tags such as !!python",
+    ),
     "set-no-equals": (None, ["--set", "finetune.epochs"], "use KEY=VALUE"),
     "set-unknown-stage-key": (None, ["--set", "finetune.epochz=3"], "epochz"),
     "recursive-anchor": ("name: &n [*n]\n", [], "an alias of itself"),
@@ -493,8 +600,11 @@ YAML_CASES = {
     "python-tag-in-file": ("name: !!python/object/apply:os.system ['touch MARKER']\n", [], "tags such as !!python"),
     "not-utf8": (b"name: caf\xe9\n", [], "is not UTF-8 text"),
     "typo-in-top-level": ("nmae: x\nstages: {}\n", [], "unknown key 'nmae'"),
-    "missing-parent-stage": ("name: t\ndata: {}\nstages:\n  export: {parent: finetune, format: tflite}\n", [],
-                             "finetune"),
+    "missing-parent-stage": (
+        "name: t\ndata: {}\nstages:\n  export: {parent: finetune, format: tflite}\n",
+        [],
+        "finetune",
+    ),
     "not-a-mapping": ("- 1\n- 2\n", [], "a pipeline file is a mapping"),
 }
 
@@ -506,8 +616,7 @@ def test_bad_pipeline_yaml_is_one_line_and_bounded(capsys, world, case_dir, case
     text = PIPELINE.format(data=world.data) if text is None else text
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     started = time.perf_counter()
-    run_case(capsys, case_dir, ["run", path, "--run-dir", case_dir / "runs", *extra], expected,
-             out=case_dir / "runs")
+    run_case(capsys, case_dir, ["run", path, "--run-dir", case_dir / "runs", *extra], expected, out=case_dir / "runs")
     assert time.perf_counter() - started < 30
     assert not (case_dir / "MARKER").exists()
 
@@ -515,47 +624,86 @@ def test_bad_pipeline_yaml_is_one_line_and_bounded(capsys, world, case_dir, case
 def test_config_file_with_an_alias_bomb(capsys, world, case_dir):
     config = case_dir / "config.yaml"
     config.write_text(BILLION_LAUGHS)
-    run_case(capsys, case_dir, ["finetune", world.data, "--config", config, "--out", case_dir / "out"],
-             "expands to more than", out=case_dir / "out")
+    run_case(
+        capsys,
+        case_dir,
+        ["finetune", world.data, "--config", config, "--out", case_dir / "out"],
+        "expands to more than",
+        out=case_dir / "out",
+    )
 
 
 OPTION_CASES = {
     "format-typo": (lambda w, r: ["export", w.good, "--format", "tflit", "--out", r / "out"], "did you mean 'tflite'"),
-    "quant-typo": (lambda w, r: ["export", w.good, "--format", "tflite", "--quant", "int9", "--out", r / "out"],
-                   "did you mean 'int8'"),
-    "disallowed-quant": (lambda w, r: ["export", w.good, "--format", "saved_model", "--quant", "int8",
-                                       "--out", r / "out"], "saved_model allows: none"),
-    "min-agreement-1.5": (lambda w, r: ["check", w.tflite, "--data", w.data, "--min-agreement", "1.5",
-                                        "--out", r / "out"], "--min-agreement 1.5 is outside 0..1"),
-    "min-agreement-negative": (lambda w, r: ["check", w.tflite, "--data", w.data, "--min-agreement", "-0.1",
-                                             "--out", r / "out"], "outside 0..1"),
-    "max-acc-drop-2": (lambda w, r: ["check", w.tflite, "--data", w.data, "--max-acc-drop", "2",
-                                     "--out", r / "out"], "outside -1..1"),
-    "predict-threads-negative": (lambda w, r: ["predict", w.tflite, w.image, "--threads", "-1"],
-                                 "0 for all cores"),
-    "check-threads-negative": (lambda w, r: ["check", w.tflite, "--data", w.data, "--threads", "-1",
-                                             "--out", r / "out"], "--threads"),
-    "export-without-model": (lambda w, r: ["export", _without_model(w, r), "--format", "tflite", "--out", r / "out"],
-                             "has no model file"),
+    "quant-typo": (
+        lambda w, r: ["export", w.good, "--format", "tflite", "--quant", "int9", "--out", r / "out"],
+        "did you mean 'int8'",
+    ),
+    "disallowed-quant": (
+        lambda w, r: ["export", w.good, "--format", "saved_model", "--quant", "int8", "--out", r / "out"],
+        "saved_model allows: none",
+    ),
+    "min-agreement-1.5": (
+        lambda w, r: ["check", w.tflite, "--data", w.data, "--min-agreement", "1.5", "--out", r / "out"],
+        "--min-agreement 1.5 is outside 0..1",
+    ),
+    "min-agreement-negative": (
+        lambda w, r: ["check", w.tflite, "--data", w.data, "--min-agreement", "-0.1", "--out", r / "out"],
+        "outside 0..1",
+    ),
+    "max-acc-drop-2": (
+        lambda w, r: ["check", w.tflite, "--data", w.data, "--max-acc-drop", "2", "--out", r / "out"],
+        "outside -1..1",
+    ),
+    "predict-threads-negative": (lambda w, r: ["predict", w.tflite, w.image, "--threads", "-1"], "0 for all cores"),
+    "check-threads-negative": (
+        lambda w, r: ["check", w.tflite, "--data", w.data, "--threads", "-1", "--out", r / "out"],
+        "--threads",
+    ),
+    "export-without-model": (
+        lambda w, r: ["export", _without_model(w, r), "--format", "tflite", "--out", r / "out"],
+        "has no model file",
+    ),
     "predict-keras-artifact": (lambda w, r: ["predict", w.good, w.image], "export it to tflite or onnx first"),
     "predict-corrupt-image": (lambda w, r: ["predict", w.tflite, _touch(r / "x.png")], "cannot read image"),
     "predict-missing-image": (lambda w, r: ["predict", w.tflite, r / "none.png"], "does not exist"),
-    "fuse-other-architecture": (lambda w, r: ["fuse", str(w.other), w.good, "--alpha", "0.5", "--out", r / "out"],
-                                "architecture"),
-    "prune-sparsity-1": (lambda w, r: ["prune", w.good, w.data, "--sparsity", "1.0", "--out", r / "out"],
-                         "sparsity"),
-    "adapt-other-classes": (lambda w, r: ["adapt", w.good, "--source", make_folder(r / "xy", classes=["x", "y"]),
-                                          "--target", w.data, "--method", "adabn", "--out", r / "out"],
-                            "classes"),
+    "fuse-other-architecture": (
+        lambda w, r: ["fuse", str(w.other), w.good, "--alpha", "0.5", "--out", r / "out"],
+        "architecture",
+    ),
+    "prune-sparsity-1": (lambda w, r: ["prune", w.good, w.data, "--sparsity", "1.0", "--out", r / "out"], "sparsity"),
+    "adapt-other-classes": (
+        lambda w, r: [
+            "adapt",
+            w.good,
+            "--source",
+            make_folder(r / "xy", classes=["x", "y"]),
+            "--target",
+            w.data,
+            "--method",
+            "adabn",
+            "--out",
+            r / "out",
+        ],
+        "classes",
+    ),
     "json-to-a-folder": (lambda w, r: ["evaluate", w.evil, w.data, "--json", r], "is a folder; give a file name"),
-    "json-unwritable": (lambda w, r: ["evaluate", w.evil, w.data, "--json", "/proc/edgexfer.json"],
-                        "cannot be written"),
-    "json-in-missing-folder": (lambda w, r: ["evaluate", w.evil, w.data, "--json", r / "no" / "r.json"],
-                               "does not exist"),
-    "confusion-png-unwritable": (lambda w, r: ["evaluate", w.evil, w.data, "--confusion-png", "/proc/c.png"],
-                                 "--confusion-png '/proc/c.png' cannot be written"),
-    "domains-json-unwritable": (lambda w, r: ["evaluate", w.evil, "--data", f"a={w.data}", "--json",
-                                              "/proc/e.json"], "cannot be written"),
+    "json-unwritable": (
+        lambda w, r: ["evaluate", w.evil, w.data, "--json", "/proc/edgexfer.json"],
+        "cannot be written",
+    ),
+    "json-in-missing-folder": (
+        lambda w, r: ["evaluate", w.evil, w.data, "--json", r / "no" / "r.json"],
+        "does not exist",
+    ),
+    "confusion-png-unwritable": (
+        lambda w, r: ["evaluate", w.evil, w.data, "--confusion-png", "/proc/c.png"],
+        "--confusion-png '/proc/c.png' cannot be written",
+    ),
+    "domains-json-unwritable": (
+        lambda w, r: ["evaluate", w.evil, "--data", f"a={w.data}", "--json", "/proc/e.json"],
+        "cannot be written",
+    ),
 }
 
 
@@ -581,6 +729,7 @@ def test_threads_zero_means_all_cores_in_predict_as_in_check(capsys, world):
 
 # ----------------------------------------------------------- 6. processes: stderr and signals
 
+
 def test_predict_prints_no_native_delegate_line(world):
     done = run_cli("predict", world.tflite, world.image)
     assert done.returncode == 0, done.stderr
@@ -603,10 +752,35 @@ def test_sigterm_cleans_up_like_ctrl_c(world, tmp_path):
     data = make_folder(tmp_path / "data", per_class=30, size=16)
     out = tmp_path / "runs" / "ft"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEXFER_CACHE": str(tmp_path / "cache")}
-    process = subprocess.Popen([sys.executable, "-m", "edgexfer", "finetune", str(data), "--backbone", "cnn_tiny",
-                                "--weights", "none", "--img-size", "16", "--epochs", "500", "--fine-tune-epochs", "0",
-                                "--early-stopping", "0", "--image-cache", "disk", "--out", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "finetune",
+            str(data),
+            "--backbone",
+            "cnn_tiny",
+            "--weights",
+            "none",
+            "--img-size",
+            "16",
+            "--epochs",
+            "500",
+            "--fine-tune-epochs",
+            "0",
+            "--early-stopping",
+            "0",
+            "--image-cache",
+            "disk",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not list((tmp_path / "runs").glob(".ft.tmp-*")):

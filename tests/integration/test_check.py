@@ -17,8 +17,7 @@ from edgexfer.evaluate.check import check_artifacts
 from edgexfer.evaluate.latency import LatencySettings, ort_providers
 from edgexfer.export.stage import export_stage
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
 LABELS = ["a", "b", "c"]
 PRE = Preprocessing(input_size=12, mean=(120.0, 120.0, 120.0), std=(64.0, 64.0, 64.0))
@@ -32,7 +31,7 @@ def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(110, 45, (n, 12, 12, 3))
     for i, c in enumerate(y):
         x[i, ..., c] += 25
-        x[i, 4 * c:4 * c + 4] += 20
+        x[i, 4 * c : 4 * c + 4] += 20
     return np.clip(x, 0, 255).astype(np.uint8), y
 
 
@@ -62,14 +61,29 @@ def tiny(tmp_path_factory):
 
     train_dir = write_folder(root / "train", x_train[:60], y_train[:60])
     test_dir = write_folder(root / "test", *make_images(90, seed=1))
-    manifest = Manifest(stage="finetune", label_names=LABELS, preprocessing=PRE, backbone="tiny", weights="none",
-                        model_file="model.h5", seed=0, dataset={"path": str(train_dir)})
+    manifest = Manifest(
+        stage="finetune",
+        label_names=LABELS,
+        preprocessing=PRE,
+        backbone="tiny",
+        weights="none",
+        model_file="model.h5",
+        seed=0,
+        dataset={"path": str(train_dir)},
+    )
     with writing_artifact(root / "ft") as writer:
         model.save(writer.file("model.h5"), include_optimizer=False, save_format="h5")
         writer.commit(manifest)
-    exported = {(fmt, quant): export_stage(root / "ft", root / f"{fmt}-{quant}", fmt, quant, calibration_images=40)
-                for fmt, quant in [("tflite", "none"), ("tflite", "int8"), ("onnx", "none"), ("onnx", "int8"),
-                                   ("saved_model", "none")]}
+    exported = {
+        (fmt, quant): export_stage(root / "ft", root / f"{fmt}-{quant}", fmt, quant, calibration_images=40)
+        for fmt, quant in [
+            ("tflite", "none"),
+            ("tflite", "int8"),
+            ("onnx", "none"),
+            ("onnx", "int8"),
+            ("saved_model", "none"),
+        ]
+    }
     return SimpleNamespace(root=root, test=test_dir, exported=exported)
 
 
@@ -95,16 +109,18 @@ def test_float_exports_match_keras(tiny, tmp_path):
 
 def test_int8_gate_passes_loose_and_fails_impossible_after_writing(tiny, tmp_path):
     models = [tiny.exported["tflite", "int8"].path, tiny.exported["onnx", "int8"].path]
-    result = check_artifacts(models, tiny.test, out=tmp_path / "loose", min_agreement=0.85, max_acc_drop=0.1,
-                             **NO_LATENCY)
+    result = check_artifacts(
+        models, tiny.test, out=tmp_path / "loose", min_agreement=0.85, max_acc_drop=0.1, **NO_LATENCY
+    )
     assert result["passed"] and result["failed"] == []
     for row in result["candidates"]:
         assert row["quant"] == "int8" and 0 < row["parity"]["max_abs_diff"] < 0.2
         assert row["size_ratio"] < 1
 
     with pytest.raises(ParityError) as err:
-        check_artifacts(models, tiny.test, out=tmp_path / "strict", max_acc_drop=-1.0, raise_on_failure=True,
-                        **NO_LATENCY)
+        check_artifacts(
+            models, tiny.test, out=tmp_path / "strict", max_acc_drop=-1.0, raise_on_failure=True, **NO_LATENCY
+        )
     assert err.value.exit_code == 3 and "tflite-int8" in str(err.value)
     saved = json.loads((tmp_path / "strict" / "check.json").read_text())
     assert saved["passed"] is False and saved["failed"] == ["tflite-int8", "onnx-int8"]
@@ -114,12 +130,18 @@ def test_int8_gate_passes_loose_and_fails_impossible_after_writing(tiny, tmp_pat
 
 def test_latency_rows_cover_runtimes_batches_and_the_keras_baseline(tiny, tmp_path):
     settings = LatencySettings(warmup=1, runs=3, batch_size=4, threads=(1, 2))
-    result = check_artifacts([tiny.exported["tflite", "int8"].path, tiny.exported["onnx", "none"].path], tiny.test,
-                             out=tmp_path, latency=settings, max_images=30)
+    result = check_artifacts(
+        [tiny.exported["tflite", "int8"].path, tiny.exported["onnx", "none"].path],
+        tiny.test,
+        out=tmp_path,
+        latency=settings,
+        max_images=30,
+    )
     assert result["n"] == 30
     tflite, onnx = result["candidates"]
     assert {(r["runtime"], r["threads"], r["batch"]) for r in tflite["latency"]} == {
-        ("litert-xnnpack", t, b) for t in (1, 2) for b in (1, 4)}
+        ("litert-xnnpack", t, b) for t in (1, 2) for b in (1, 4)
+    }
     gpu = "CUDAExecutionProvider" in ort_providers()
     expected_onnx = {"onnxruntime-cpu"} | ({"onnxruntime-cuda"} if gpu else set())
     assert {r["runtime"] for r in onnx["latency"]} == expected_onnx
@@ -137,8 +159,15 @@ def test_parent_is_found_through_a_non_keras_artifact(tiny, tmp_path):
     import shutil
 
     middle = tiny.exported["tflite", "none"]
-    manifest = Manifest(**{**middle.manifest.to_dict(), "preprocessing": PRE, "parent": middle.parent_ref(),
-                           "stage": "repack", "created_at": ""})
+    manifest = Manifest(
+        **{
+            **middle.manifest.to_dict(),
+            "preprocessing": PRE,
+            "parent": middle.parent_ref(),
+            "stage": "repack",
+            "created_at": "",
+        }
+    )
     with writing_artifact(tmp_path / "repacked") as writer:
         shutil.copy(middle.model_path, writer.file("model.tflite"))
         writer.commit(manifest)

@@ -59,8 +59,9 @@ def test_prune_reaches_the_sparsity_and_shrinks_the_gzip_size(pruned, teacher):
 
 def test_two_four_structured_pruning(teacher, runs):
     artifact, data = teacher
-    result = capi.prune(artifact.path, data, runs / "two_four", structure="2:4", measure_tflite=False,
-                        **{**PRUNE, "epochs": 2})
+    result = capi.prune(
+        artifact.path, data, runs / "two_four", structure="2:4", measure_tflite=False, **{**PRUNE, "epochs": 2}
+    )
     m = result.metrics
     assert m["structure"] == "2:4" and m["target_sparsity"] == 0.5
     assert m["layers"] and all(entry["pattern_2_4"] for entry in m["layers"].values())
@@ -83,8 +84,13 @@ def test_prune_lists_layers_tfmot_cannot_prune():
     assert plan.pruned == ["conv", "dense"]
     assert plan.dense == [
         {"layer": "prelu", "class": "PReLU", "params": 4, "reason": "tfmot cannot prune PReLU layers"},
-        {"layer": "bn", "class": "BatchNormalization", "params": 16,
-         "reason": "tfmot's prune registry lists no prunable weights for BatchNormalization"}]
+        {
+            "layer": "bn",
+            "class": "BatchNormalization",
+            "params": 16,
+            "reason": "tfmot's prune registry lists no prunable weights for BatchNormalization",
+        },
+    ]
 
 
 def test_qat_converts_to_a_fully_int8_tflite(qat, teacher, tmp_path):
@@ -145,9 +151,16 @@ def _keras_artifact(path, model, labels=("blue", "green", "red"), size=16, backb
 
     with writing_artifact(path) as writer:
         save_keras_model(model, writer.file(MODEL_FILE))
-        return writer.commit(Manifest(stage="finetune", label_names=list(labels),
-                                      preprocessing=preprocessing or Preprocessing(input_size=size),
-                                      backbone=backbone, weights="none", model_file=MODEL_FILE))
+        return writer.commit(
+            Manifest(
+                stage="finetune",
+                label_names=list(labels),
+                preprocessing=preprocessing or Preprocessing(input_size=size),
+                backbone=backbone,
+                weights="none",
+                model_file=MODEL_FILE,
+            )
+        )
 
 
 def test_check_lists_what_stays_float_in_mobilenet_v3(tmp_path):
@@ -195,13 +208,29 @@ def test_cli_prune_and_quantize_render_tables(pruned, teacher, tmp_path):
 
     _, data = teacher
     runner = CliRunner()
-    result = runner.invoke(app, ["quantize", str(pruned.path), str(data), "--out", str(tmp_path / "ptq"),
-                                 "--mode", "ptq", "--type", "dynamic"])
+    result = runner.invoke(
+        app,
+        ["quantize", str(pruned.path), str(data), "--out", str(tmp_path / "ptq"), "--mode", "ptq", "--type", "dynamic"],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "fp32 tensors" in result.output and "PTQ dynamic" in result.output.split("quantize (ptq dynamic)")[1]
-    result = runner.invoke(app, ["prune", str(pruned.path), str(data), "--out", str(tmp_path / "pr"),
-                                 "--sparsity", "0.6", "--schedule", "constant", "--epochs", "1",
-                                 "--no-measure-tflite"])
+    result = runner.invoke(
+        app,
+        [
+            "prune",
+            str(pruned.path),
+            str(data),
+            "--out",
+            str(tmp_path / "pr"),
+            "--sparsity",
+            "0.6",
+            "--schedule",
+            "constant",
+            "--epochs",
+            "1",
+            "--no-measure-tflite",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "sparsity reached per pruned layer" in result.output and "stay dense" in result.output
     assert Artifact(tmp_path / "pr").metrics["pruned_layers_sparsity"] >= 0.55
@@ -214,8 +243,9 @@ def test_range_calibration_covers_activations_beyond_tfmot_s_initial_six():
 
     _, keras = import_tf()
     inputs = keras.Input((4,))
-    outputs = keras.layers.Dense(3, activation="softmax", kernel_initializer=keras.initializers.Constant(10.0),
-                                 name="head_dense")(inputs)
+    outputs = keras.layers.Dense(
+        3, activation="softmax", kernel_initializer=keras.initializers.Constant(10.0), name="head_dense"
+    )(inputs)
     model = keras.Model(inputs, outputs)
     qat, _ = build_qat_model(model)
     x = np.random.default_rng(0).uniform(0, 1, (40, 4)).astype("float32")
@@ -231,10 +261,10 @@ def test_range_calibration_covers_activations_beyond_tfmot_s_initial_six():
 
 def test_all_zero_output_channels_keep_a_weight_range_so_int8_matches_keras(teacher):
     """A pruned-away channel must not get a [0, 0] weight range (its folded bias would be lost)."""
-    from edgexfer.compress.quantize import build_qat_model, calibrate_ranges, fix_degenerate_weight_ranges
-    from edgexfer.export._tflite import tflite_bytes
     from ai_edge_litert.interpreter import Interpreter
 
+    from edgexfer.compress.quantize import build_qat_model, calibrate_ranges, fix_degenerate_weight_ranges
+    from edgexfer.export._tflite import tflite_bytes
     from edgexfer.runtime.images import load_images, normalize
 
     artifact, data = teacher

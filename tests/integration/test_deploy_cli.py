@@ -25,8 +25,7 @@ from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.export import FORMATS, QUANT_MODES
 from kit import COLORS, make_color_folder
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = [(fmt, quant) for fmt, row in FORMATS.items() for quant in row.quant_modes]
@@ -36,8 +35,9 @@ DISALLOWED = [(fmt, quant) for fmt, row in FORMATS.items() for quant in QUANT_MO
 def run_cli(*args: str) -> SimpleNamespace:
     """``edgexfer ARGS`` in a subprocess: exit code, stdout, stderr."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "160"}
-    done = subprocess.run([sys.executable, "-m", "edgexfer", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "edgexfer", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
     return SimpleNamespace(code=done.returncode, out=done.stdout, err=done.stderr)
 
 
@@ -71,9 +71,20 @@ def tiny(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("deploy")
     data = make_color_folder(root / "data", per_class=16)
-    artifact = api.finetune(data, root / "ft", backbone="cnn_tiny", weights="none", img_size=16, epochs=6,
-                            fine_tune_epochs=1, unfreeze_layers=2, batch_size=16, learning_rate=0.05,
-                            early_stopping_patience=0, seed=1)
+    artifact = api.finetune(
+        data,
+        root / "ft",
+        backbone="cnn_tiny",
+        weights="none",
+        img_size=16,
+        epochs=6,
+        fine_tune_epochs=1,
+        unfreeze_layers=2,
+        batch_size=16,
+        learning_rate=0.05,
+        early_stopping_patience=0,
+        seed=1,
+    )
     return SimpleNamespace(root=root, data=data, artifact=artifact)
 
 
@@ -84,8 +95,22 @@ def exports(tiny):
     results = {}
     for fmt, quant in ALLOWED:
         out = tiny.root / f"{fmt}-{quant}"
-        results[fmt, quant] = (call_cli(capsys, "export", tiny.artifact.path, "--format", fmt, "--quant", quant,
-                                        "--out", out, "--calibration-images", "24"), out)
+        results[fmt, quant] = (
+            call_cli(
+                capsys,
+                "export",
+                tiny.artifact.path,
+                "--format",
+                fmt,
+                "--quant",
+                quant,
+                "--out",
+                out,
+                "--calibration-images",
+                "24",
+            ),
+            out,
+        )
     return results
 
 
@@ -137,8 +162,15 @@ def test_every_disallowed_combination_fails_before_loading(capsys, tiny, tmp_pat
 def test_export_of_an_artifact_without_model(capsys, tiny, tmp_path):
     empty = tmp_path / "empty"
     with writing_artifact(empty) as writer:
-        writer.commit(Manifest(stage="finetune", label_names=list(COLORS), backbone="cnn_tiny", weights="none",
-                               preprocessing=tiny.artifact.manifest.preprocessing))
+        writer.commit(
+            Manifest(
+                stage="finetune",
+                label_names=list(COLORS),
+                backbone="cnn_tiny",
+                weights="none",
+                preprocessing=tiny.artifact.manifest.preprocessing,
+            )
+        )
     result = call_cli(capsys, "export", empty, "--format", "tflite", "--out", tmp_path / "x")
     assert result.code == 2
     line = the_error(result.err)
@@ -147,8 +179,19 @@ def test_export_of_an_artifact_without_model(capsys, tiny, tmp_path):
 
 def test_calibration_data_with_other_classes(capsys, tiny, tmp_path):
     other = make_color_folder(tmp_path / "other", classes={"cat": (90, 90, 90), "dog": (20, 20, 20)}, per_class=6)
-    result = call_cli(capsys, "export", tiny.artifact.path, "--format", "tflite", "--quant", "int8",
-                      "--calibration-data", other, "--out", tmp_path / "x")
+    result = call_cli(
+        capsys,
+        "export",
+        tiny.artifact.path,
+        "--format",
+        "tflite",
+        "--quant",
+        "int8",
+        "--calibration-data",
+        other,
+        "--out",
+        tmp_path / "x",
+    )
     assert result.code == 2
     line = the_error(result.err)
     assert "calibration data (--calibration-data)" in line and "do not match the model's classes" in line
@@ -161,8 +204,19 @@ def test_explicit_calibration_data_and_loose_images(capsys, tiny, tmp_path):
     loose.mkdir()
     for path in sorted(tiny.data.rglob("*.png"))[::3]:
         shutil.copy(path, loose / f"{path.parent.name}-{path.name}")
-    result = call_cli(capsys, "export", tiny.artifact.path, "--format", "onnx", "--quant", "int8",
-                      "--calibration-data", loose, "--out", tmp_path / "onnx8")
+    result = call_cli(
+        capsys,
+        "export",
+        tiny.artifact.path,
+        "--format",
+        "onnx",
+        "--quant",
+        "int8",
+        "--calibration-data",
+        loose,
+        "--out",
+        tmp_path / "onnx8",
+    )
     assert result.code == 0, result.err
     config = Artifact(tmp_path / "onnx8").manifest.config
     assert config["calibration_images"] == 16 and config["calibration_source"].startswith("--calibration-data")
@@ -175,10 +229,17 @@ def _ptq_artifact(tiny, out: Path, calibration: np.ndarray | None, dataset_path:
     quantization = {"mode": "ptq", "type": "int8"}
     if calibration is not None:
         quantization["calibration_file"] = "calibration.npy"
-    manifest = Manifest(**{**source.manifest.to_dict(), "preprocessing": source.manifest.preprocessing,
-                           "stage": "quantize", "parent": source.parent_ref(), "created_at": "",
-                           "dataset": {**source.manifest.dataset, "path": dataset_path},
-                           "quantization": quantization})
+    manifest = Manifest(
+        **{
+            **source.manifest.to_dict(),
+            "preprocessing": source.manifest.preprocessing,
+            "stage": "quantize",
+            "parent": source.parent_ref(),
+            "created_at": "",
+            "dataset": {**source.manifest.dataset, "path": dataset_path},
+            "quantization": quantization,
+        }
+    )
     with writing_artifact(out) as writer:
         shutil.copy(source.model_path, writer.file(source.model_path.name))
         if calibration is not None:
@@ -251,8 +312,25 @@ PREDICT_NO_TF = textwrap.dedent("""
 def test_predict_json_on_a_folder_without_tensorflow(tiny, exports):
     model = exports["tflite", "int8"][1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", PREDICT_NO_TF, "predict", str(model), str(tiny.data), "--json",
-                           "--top-k", "2", "--batch-size", "10"], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PREDICT_NO_TF,
+            "predict",
+            str(model),
+            str(tiny.data),
+            "--json",
+            "--top-k",
+            "2",
+            "--batch-size",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "HEAVY=\n" in done.stderr  # neither TensorFlow nor Keras was imported
     result = json.loads(done.stdout)
@@ -271,7 +349,7 @@ def test_predict_table_and_modes(capsys, tiny, exports, tmp_path):
     Image.fromarray(base).convert("CMYK").save(tmp_path / "cmyk.jpg")
     Image.fromarray(base).convert("P").save(tmp_path / "palette.png")
     Image.fromarray(base).convert("LA").save(tmp_path / "gray_alpha.png")
-    Image.fromarray((base[..., 0].astype(np.uint16) * 257)).save(tmp_path / "gray16.png")
+    Image.fromarray(base[..., 0].astype(np.uint16) * 257).save(tmp_path / "gray16.png")
     result = call_cli(capsys, "predict", exports["onnx", "none"][1], tmp_path, "-k", "3")
     assert result.code == 0, result.err
     for name in ("cmyk.jpg", "palette.png", "gray_alpha.png", "gray16.png"):
@@ -310,14 +388,31 @@ def test_benchmark_json_fields(capsys, tiny, exports, tmp_path):
     alone = tmp_path / "alone.onnx"  # a model file on its own: format and quant from its embedded metadata
     shutil.copy(exports["onnx", "int8"][1] / "model.onnx", alone)
     models = [exports["tflite", "none"][1], alone, tiny.artifact.path]
-    result = call_cli(capsys, "benchmark", *models, "--threads", "1,0", "--runs", "3", "--warmup", "1",
-                      "--batch-size", "4", "--out", tmp_path / "bench", "--json")
+    result = call_cli(
+        capsys,
+        "benchmark",
+        *models,
+        "--threads",
+        "1,0",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        tmp_path / "bench",
+        "--json",
+    )
     assert result.code == 0, result.err
     data = json.loads(result.out)
     rows = data["rows"]
     runtimes = {(row["model"], row["runtime"]) for row in rows}
-    assert runtimes == {("tflite-none", "litert-xnnpack"), ("alone.onnx", "onnxruntime-cpu"),
-                        ("ft", "keras-tensorflow")}
+    assert runtimes == {
+        ("tflite-none", "litert-xnnpack"),
+        ("alone.onnx", "onnxruntime-cpu"),
+        ("ft", "keras-tensorflow"),
+    }
     assert len([r for r in rows if r["runtime"] != "keras-tensorflow"]) == 2 * 2 * 2  # models × threads × batches
     for row in rows:
         assert row["batch"] in (1, 4) and row["runs"] == 3
@@ -327,8 +422,12 @@ def test_benchmark_json_fields(capsys, tiny, exports, tmp_path):
     assert {r["threads"] for r in rows if r["runtime"] == "litert-xnnpack"} == {1, 0}
     assert {s["model"] for s in data["sizes"]} == {"tflite-none", "alone.onnx", "ft"}
     assert (tmp_path / "bench" / "benchmark.json").is_file()
-    assert "| tflite-none | tflite/none | litert-xnnpack (XNNPACK) | cpu |" in \
-        (tmp_path / "bench" / "benchmark.md").read_text()
+    assert (
+        "| tflite-none | tflite/none | litert-xnnpack (XNNPACK) | cpu |"
+        in (tmp_path / "bench" / "benchmark.md").read_text()
+    )
     assert {(r["runtime"], r["provider"], r["device"]) for r in rows} == {  # every row names provider and device
-        ("litert-xnnpack", "XNNPACK", "cpu"), ("onnxruntime-cpu", "CPUExecutionProvider", "cpu"),
-        ("keras-tensorflow", "TensorFlow", "cpu")}
+        ("litert-xnnpack", "XNNPACK", "cpu"),
+        ("onnxruntime-cpu", "CPUExecutionProvider", "cpu"),
+        ("keras-tensorflow", "TensorFlow", "cpu"),
+    }

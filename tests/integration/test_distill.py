@@ -35,8 +35,16 @@ def test_distilled_student_is_smaller_accurate_and_measured_against_a_baseline(d
     assert {"baseline_accuracy", "baseline_val_accuracy", "distillation_gain", "baseline_history"} <= set(metrics)
     assert metrics["distillation_gain"] == pytest.approx(metrics["student_accuracy"] - metrics["baseline_accuracy"])
     assert {"soft_loss", "hard_loss", "val_accuracy"} <= set(metrics["history"])
-    for key in ("accuracy_before", "accuracy_after", "params_before", "params_after", "size_bytes_before",
-                "size_bytes_after", "sparsity_before", "sparsity_after"):
+    for key in (
+        "accuracy_before",
+        "accuracy_after",
+        "params_before",
+        "params_after",
+        "size_bytes_before",
+        "size_bytes_after",
+        "sparsity_before",
+        "sparsity_after",
+    ):
         assert key in metrics
     manifest = distilled.manifest
     assert manifest.stage == "distill" and manifest.backbone == "cnn_tiny" and manifest.weights == "none"
@@ -63,9 +71,12 @@ def test_teacher_logits_are_the_pre_softmax_output(teacher):
 
 def test_augmented_distillation_runs_the_teacher_online_at_its_own_input_size(teacher, tmp_path):
     artifact, data = teacher
-    student = capi.distill(artifact.path, data, tmp_path / "online",
-                           **{**STUDENT, "epochs": 3, "student_img_size": 24,
-                              "augment": {"crop_zoom": 0.1, "brightness": 0.05}})
+    student = capi.distill(
+        artifact.path,
+        data,
+        tmp_path / "online",
+        **{**STUDENT, "epochs": 3, "student_img_size": 24, "augment": {"crop_zoom": 0.1, "brightness": 0.05}},
+    )
     assert student.metrics["teacher_logits"] == "online"
     assert student.manifest.preprocessing.input_size == 24
     assert artifact.manifest.preprocessing.input_size == 16
@@ -84,9 +95,27 @@ def test_cli_distill_renders_the_comparison(teacher, tmp_path):
     from edgexfer.cli import app
 
     artifact, data = teacher
-    result = CliRunner().invoke(app, ["distill", str(artifact.path), str(data), "--student", "cnn_tiny", "--out",
-                                      str(tmp_path / "cli"), "--epochs", "1", "--batch-size", "16",
-                                      "--learning-rate", "0.01", "--baseline", "--early-stopping", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "distill",
+            str(artifact.path),
+            str(data),
+            "--student",
+            "cnn_tiny",
+            "--out",
+            str(tmp_path / "cli"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--learning-rate",
+            "0.01",
+            "--baseline",
+            "--early-stopping",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "params ratio" in result.output and "gain from distillation" in result.output
     assert Artifact(tmp_path / "cli").manifest.config["baseline"] is True
@@ -97,7 +126,7 @@ def test_unlabelled_images_teach_the_student_the_teachers_answers_there(teacher,
     alone: on them the student then agrees with the teacher more than a student that never saw them."""
     from PIL import Image
 
-    from edgexfer.data import load_arrays, Sample
+    from edgexfer.data import Sample, load_arrays
 
     artifact, data = teacher
     other_domain = tmp_path / "other_domain"
@@ -113,13 +142,23 @@ def test_unlabelled_images_teach_the_student_the_teachers_answers_there(teacher,
     assert seen.metrics["splits"]["train"] == unseen.metrics["splits"]["train"]  # the labelled set is the same
 
     paths = sorted(other_domain.iterdir())
-    teacher_pred = load_keras_model(artifact.model_path).predict(
-        _normalised(load_arrays([Sample(p, -1) for p in paths], artifact.manifest.preprocessing)[0], artifact),
-        verbose=0).argmax(1)
+    teacher_pred = (
+        load_keras_model(artifact.model_path)
+        .predict(
+            _normalised(load_arrays([Sample(p, -1) for p in paths], artifact.manifest.preprocessing)[0], artifact),
+            verbose=0,
+        )
+        .argmax(1)
+    )
 
     def agreement(student):
         x = load_arrays([Sample(p, -1) for p in paths], student.manifest.preprocessing)[0]
-        return float((load_keras_model(student.model_path).predict(_normalised(x, student), verbose=0).argmax(1) == teacher_pred).mean())
+        return float(
+            (
+                load_keras_model(student.model_path).predict(_normalised(x, student), verbose=0).argmax(1)
+                == teacher_pred
+            ).mean()
+        )
 
     assert agreement(seen) >= 0.85 and agreement(seen) >= agreement(unseen) + 0.15  # measured: 0.91 vs 0.60
     assert seen.metrics["student_accuracy"] >= 0.8  # still right on the labelled domain

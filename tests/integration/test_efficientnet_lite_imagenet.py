@@ -78,8 +78,7 @@ def test_lite0_classifies_real_photos():
     logits = _logits_model(model).predict(x, verbose=0)
     for name, p, z in zip(names, probs, logits):
         top = np.argsort(-p)[:3]
-        print(f"\n{name}: top3 {top.tolist()} p={[f'{v:.3f}' for v in p[top]]} "
-              f"logits={[f'{v:.2f}' for v in z[top]]}")
+        print(f"\n{name}: top3 {top.tolist()} p={[f'{v:.3f}' for v in p[top]]} logits={[f'{v:.2f}' for v in z[top]]}")
     assert probs.argmax(1).tolist() == [285, 967, 665]
     assert probs[1, 967] > 0.8
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -112,7 +111,7 @@ def _numpy_reference_logits(name: str, image: np.ndarray) -> np.ndarray:
         y = np.zeros((out, out, w.shape[0]), np.float64)
         for i in range(k):
             for j in range(k):
-                y += xp[i:i + s * out:s, j:j + s * out:s] @ w[:, :, i, j].T
+                y += xp[i : i + s * out : s, j : j + s * out : s] @ w[:, :, i, j].T
         return y
 
     def dwconv(x, w, s=1):  # w: (C, 1, k, k)
@@ -121,12 +120,13 @@ def _numpy_reference_logits(name: str, image: np.ndarray) -> np.ndarray:
         y = np.zeros((out, out, x.shape[2]), np.float64)
         for i in range(k):
             for j in range(k):
-                y += xp[i:i + s * out:s, j:j + s * out:s] * w[:, 0, i, j]
+                y += xp[i : i + s * out : s, j : j + s * out : s] * w[:, 0, i, j]
         return y
 
     def bn(x, p):
-        return (x - sd[p + ".running_mean"]) / np.sqrt(sd[p + ".running_var"] + 1e-3) \
-            * sd[p + ".weight"] + sd[p + ".bias"]
+        return (x - sd[p + ".running_mean"]) / np.sqrt(sd[p + ".running_var"] + 1e-3) * sd[p + ".weight"] + sd[
+            p + ".bias"
+        ]
 
     relu6 = lambda x: np.clip(x, 0, 6)  # noqa: E731
     x = relu6(bn(conv(image.astype(np.float64), sd["_conv_stem.weight"], 2), "_bn0"))
@@ -144,8 +144,7 @@ def _numpy_reference_logits(name: str, image: np.ndarray) -> np.ndarray:
 
 def test_lite0_logits_match_a_numpy_reference():
     image = _photo("chelsea.png", 224)
-    keras_logits = _logits_model(E.build_imagenet_classifier("efficientnet_lite0")).predict(
-        image[None], verbose=0)[0]
+    keras_logits = _logits_model(E.build_imagenet_classifier("efficientnet_lite0")).predict(image[None], verbose=0)[0]
     ref = _numpy_reference_logits("efficientnet_lite0", image)
     diff = float(np.abs(keras_logits - ref).max())
     print(f"\nLite0 Keras vs numpy reference logits: max abs diff {diff:.2e}")

@@ -19,13 +19,19 @@ from edgexfer.errors import ArtifactError, ConfigError, DataError
 from edgexfer.export import export_artifact
 from edgexfer.runtime import load_model, normalize
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
 LABELS = ["red", "green", "blue"]
 PRE = Preprocessing(input_size=16, mean=(120.0, 120.0, 120.0), std=(64.0, 64.0, 64.0))
-RUNTIME_EXPORTS = [("tflite", "none"), ("tflite", "fp16"), ("tflite", "dynamic"), ("tflite", "int8"),
-                   ("onnx", "none"), ("onnx", "dynamic"), ("onnx", "int8")]
+RUNTIME_EXPORTS = [
+    ("tflite", "none"),
+    ("tflite", "fp16"),
+    ("tflite", "dynamic"),
+    ("tflite", "int8"),
+    ("onnx", "none"),
+    ("onnx", "dynamic"),
+    ("onnx", "int8"),
+]
 
 
 def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +41,7 @@ def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(110, 45, (n, 16, 16, 3))
     for i, c in enumerate(y):
         x[i, ..., c] += 25
-        x[i, 5 * c:5 * c + 6] += 20
+        x[i, 5 * c : 5 * c + 6] += 20
     return np.clip(x, 0, 255).astype(np.uint8), y
 
 
@@ -48,8 +54,16 @@ def tiny_cnn(keras):
 
 
 def write_keras_artifact(out: Path, model, stage: str, quantization=None) -> Path:
-    manifest = Manifest(stage=stage, label_names=LABELS, preprocessing=PRE, backbone="tiny_cnn",
-                        weights="random", model_file="model.h5", seed=0, quantization=quantization)
+    manifest = Manifest(
+        stage=stage,
+        label_names=LABELS,
+        preprocessing=PRE,
+        backbone="tiny_cnn",
+        weights="random",
+        model_file="model.h5",
+        seed=0,
+        quantization=quantization,
+    )
     with writing_artifact(out) as writer:
         model.save(writer.file("model.h5"), include_optimizer=False, save_format="h5")
         writer.commit(manifest, {"accuracy": None})
@@ -70,8 +84,9 @@ def tiny(tmp_path_factory):
     x_test, y_test = make_images(300, seed=1)
     probs = model.predict(normalize(x_test, PRE), verbose=0)
     src = write_keras_artifact(root / "finetune", model, "finetune")
-    return SimpleNamespace(root=root, src=src, model=model, keras=keras, x=x_test, y=y_test,
-                           probs=probs, calibration=x_train[:100])
+    return SimpleNamespace(
+        root=root, src=src, model=model, keras=keras, x=x_test, y=y_test, probs=probs, calibration=x_train[:100]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +94,9 @@ def exported(tiny):
     arts = {}
     for fmt, quant in RUNTIME_EXPORTS + [("saved_model", "none")]:
         calibration = tiny.calibration if quant == "int8" else None
-        arts[fmt, quant] = export_artifact(tiny.src, tiny.root / f"{fmt}-{quant}", fmt, quant,
-                                           calibration_images=calibration)
+        arts[fmt, quant] = export_artifact(
+            tiny.src, tiny.root / f"{fmt}-{quant}", fmt, quant, calibration_images=calibration
+        )
     return arts
 
 
@@ -97,9 +113,16 @@ def test_float_export_matches_keras(tiny, exported, fmt, tolerance):
     assert np.abs(probs - tiny.probs).max() <= tolerance
 
 
-@pytest.mark.parametrize("fmt,quant,max_dp", [("tflite", "fp16", 1e-2), ("tflite", "dynamic", 0.05),
-                                              ("onnx", "dynamic", 0.05), ("tflite", "int8", 0.1),
-                                              ("onnx", "int8", 0.1)])
+@pytest.mark.parametrize(
+    "fmt,quant,max_dp",
+    [
+        ("tflite", "fp16", 1e-2),
+        ("tflite", "dynamic", 0.05),
+        ("onnx", "dynamic", 0.05),
+        ("tflite", "int8", 0.1),
+        ("onnx", "int8", 0.1),
+    ],
+)
 def test_quantized_export_agrees_with_keras(tiny, exported, fmt, quant, max_dp):
     probs = load_model(exported[fmt, quant].path).predict_proba(tiny.x)
     agreement = (probs.argmax(1) == tiny.probs.argmax(1)).mean()
@@ -139,8 +162,9 @@ def test_export_manifest_and_metrics(tiny, exported):
     for (fmt, quant), artifact in exported.items():
         manifest = artifact.manifest
         assert manifest.stage == "export"
-        assert manifest.model_file == {"tflite": "model.tflite", "onnx": "model.onnx",
-                                       "saved_model": "saved_model"}[fmt]
+        assert (
+            manifest.model_file == {"tflite": "model.tflite", "onnx": "model.onnx", "saved_model": "saved_model"}[fmt]
+        )
         assert manifest.parent["sha256"] == sha256_path(source.model_path)
         assert manifest.parent["stage"] == "finetune"
         assert manifest.label_names == LABELS and manifest.preprocessing == PRE
@@ -163,8 +187,9 @@ def test_model_file_alone_carries_labels_and_preprocessing(tiny, exported, tmp_p
     assert model.label_names == LABELS
     assert model.preprocessing == PRE
     assert model.manifest["format"] == fmt and model.manifest["quant"] == quant
-    np.testing.assert_array_equal(model.predict_proba(tiny.x[:20]),
-                                  load_model(artifact.path).predict_proba(tiny.x[:20]))
+    np.testing.assert_array_equal(
+        model.predict_proba(tiny.x[:20]), load_model(artifact.path).predict_proba(tiny.x[:20])
+    )
 
 
 def test_batching_does_not_change_results(tiny, exported):
@@ -187,7 +212,7 @@ def test_predict_files(tiny, exported, tmp_path):
     Image.fromarray(tiny.x[5]).convert("RGBA").save(tmp_path / "rgba.png")
     Image.fromarray(tiny.x[6]).convert("L").save(tmp_path / "gray.png")
     Image.fromarray(tiny.x[7]).convert("CMYK").save(tmp_path / "cmyk.jpg")
-    Image.fromarray((tiny.x[8, ..., 0].astype(np.uint16) * 257)).save(tmp_path / "gray16.png")
+    Image.fromarray(tiny.x[8, ..., 0].astype(np.uint16) * 257).save(tmp_path / "gray16.png")
     paths += [tmp_path / n for n in ("big.jpg", "rgba.png", "gray.png", "cmyk.jpg", "gray16.png")]
     assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
 
@@ -232,9 +257,14 @@ def test_predict_proba_rejects_wrong_input(tiny, exported):
         model.predict_files([], top_k=0)
 
 
-@pytest.mark.parametrize("name,match", [("fake.tflite", "is not a TFLite model"),
-                                        ("fake.onnx", "is not an ONNX model"),
-                                        ("fake.txt", "is not a TFLite/ONNX model")])
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        ("fake.tflite", "is not a TFLite model"),
+        ("fake.onnx", "is not an ONNX model"),
+        ("fake.txt", "is not a TFLite/ONNX model"),
+    ],
+)
 def test_not_a_model_file(tmp_path, name, match):
     path = tmp_path / name
     path.write_text("this is a text file, not a model\n" * 10)
@@ -299,8 +329,9 @@ def test_calibration_from_an_image_folder(tiny, tmp_path):
     for i, image in enumerate(tiny.calibration[:24]):
         (tmp_path / f"class{i % 3}").mkdir(exist_ok=True)
         Image.fromarray(image).save(tmp_path / f"class{i % 3}" / f"{i}.png")
-    artifact = export_artifact(tiny.src, tiny.root / "from-folder", "tflite", "int8",
-                               calibration_images=tmp_path, max_calibration_images=12)
+    artifact = export_artifact(
+        tiny.src, tiny.root / "from-folder", "tflite", "int8", calibration_images=tmp_path, max_calibration_images=12
+    )
     assert artifact.manifest.config["calibration_images"] == 12
     probs = load_model(artifact.path).predict_proba(tiny.x)
     assert (probs.argmax(1) == tiny.probs.argmax(1)).mean() >= 0.9
@@ -315,8 +346,9 @@ def test_other_bad_inputs(tiny, exported, tmp_path):
         export_artifact(exported["tflite", "none"].path, tmp_path / "again", "onnx", "none")
     empty = tmp_path / "no-model"
     with writing_artifact(empty) as writer:
-        writer.commit(Manifest(stage="finetune", label_names=LABELS, preprocessing=PRE,
-                               backbone="tiny_cnn", weights="random"))
+        writer.commit(
+            Manifest(stage="finetune", label_names=LABELS, preprocessing=PRE, backbone="tiny_cnn", weights="random")
+        )
     with pytest.raises(ArtifactError, match="has no model file"):
         export_artifact(empty, tmp_path / "out", "tflite", "none")
 

@@ -16,8 +16,18 @@ from kit import COLORS, make_color_folder
 
 pytestmark = pytest.mark.integration
 
-TINY = dict(backbone="cnn_tiny", weights="none", img_size=16, epochs=12, fine_tune_epochs=2, unfreeze_layers=2,
-            batch_size=16, learning_rate=0.05, early_stopping_patience=0, seed=1)
+TINY = dict(
+    backbone="cnn_tiny",
+    weights="none",
+    img_size=16,
+    epochs=12,
+    fine_tune_epochs=2,
+    unfreeze_layers=2,
+    batch_size=16,
+    learning_rate=0.05,
+    early_stopping_patience=0,
+    seed=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +91,23 @@ def test_cli_finetune_bad_input_is_one_line_without_traceback(tmp_path):
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "a").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "only" / "a" / "x.png")
-    result = subprocess.run([sys.executable, "-m", "edgexfer", "finetune", str(tmp_path / "only"), "--out",
-                             str(tmp_path / "out"), "--backbone", "cnn_tiny", "--weights", "none"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "finetune",
+            str(tmp_path / "only"),
+            "--out",
+            str(tmp_path / "out"),
+            "--backbone",
+            "cnn_tiny",
+            "--weights",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "error:" in result.stderr and "class" in result.stderr
@@ -91,9 +115,21 @@ def test_cli_finetune_bad_input_is_one_line_without_traceback(tmp_path):
 
 
 def test_cli_unknown_backbone_suggests_a_name(tmp_path, color_folder):
-    result = subprocess.run([sys.executable, "-m", "edgexfer", "finetune", str(color_folder), "--out",
-                             str(tmp_path / "out"), "--backbone", "efficientnet_lite00"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "finetune",
+            str(color_folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--backbone",
+            "efficientnet_lite00",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "did you mean 'efficientnet_lite0'" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -105,8 +141,12 @@ def test_mirrored_strategy_over_two_logical_cpus(color_folder, tmp_path):
         f"a = api.finetune({str(color_folder)!r}, {str(tmp_path / 'mirrored')!r}, strategy='mirrored', **{TINY!r});"
         "print(json.dumps({'acc': a.metrics['test_accuracy'], 'replicas': a.manifest.extra['replicas']}))"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env={**__import__("os").environ, "EDGEXFER_LOGICAL_CPUS": "2"})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "EDGEXFER_LOGICAL_CPUS": "2"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2 and out["acc"] >= 0.8
@@ -131,8 +171,9 @@ def run_dir_contents(monkeypatch):
 
 
 @pytest.mark.parametrize("image_cache", ["disk", "none", "auto-over-budget"])
-def test_streaming_image_caches_reach_the_memory_accuracy(color_folder, tiny_artifact, tmp_path, monkeypatch,
-                                                          run_dir_contents, image_cache):
+def test_streaming_image_caches_reach_the_memory_accuracy(
+    color_folder, tiny_artifact, tmp_path, monkeypatch, run_dir_contents, image_cache
+):
     from edgexfer._env import cache_dir
     from edgexfer.train import finetune as module
 
@@ -159,7 +200,20 @@ def test_streaming_image_caches_reach_the_memory_accuracy(color_folder, tiny_art
 
 
 def test_cli_image_cache_rejects_unknown_values(tmp_path, color_folder):
-    result = subprocess.run([sys.executable, "-m", "edgexfer", "finetune", str(color_folder), "--out",
-                             str(tmp_path / "out"), "--image-cache", "ram"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "finetune",
+            str(color_folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--image-cache",
+            "ram",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "image_cache='ram'" in result.stderr and "'auto', 'memory', 'disk' or 'none'" in result.stderr

@@ -1,7 +1,7 @@
 """The fuse stage (weight-space interpolation) on tiny generated data."""
 
-import json
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +11,8 @@ import pytest
 
 from edgexfer import api
 from edgexfer.errors import ConfigError
-from edgexfer.train.fuse import ALPHA_MEANING, fuse
 from edgexfer.models_io import load_keras_model
+from edgexfer.train.fuse import ALPHA_MEANING, fuse
 from kit import COLORS as KIT_COLORS
 from kit import make_color_folder
 
@@ -20,8 +20,17 @@ pytestmark = pytest.mark.integration
 WIDE = {**os.environ, "COLUMNS": "200"}  # rich wraps at 80 columns when not on a terminal
 
 COLORS = dict(sorted(KIT_COLORS.items()))
-TINY = dict(backbone="cnn_tiny", weights="none", img_size=16, epochs=6, fine_tune_epochs=1, unfreeze_layers=2,
-            batch_size=16, learning_rate=0.05, early_stopping_patience=0)
+TINY = dict(
+    backbone="cnn_tiny",
+    weights="none",
+    img_size=16,
+    epochs=6,
+    fine_tune_epochs=1,
+    unfreeze_layers=2,
+    batch_size=16,
+    learning_rate=0.05,
+    early_stopping_patience=0,
+)
 
 
 make_folder = functools.partial(make_color_folder, classes=COLORS, per_class=12, size=16)
@@ -57,8 +66,9 @@ def test_alpha_zero_is_the_finetuned_model_and_one_the_source(setup, tmp_path):
     assert_layers_equal(weights_by_layer(zero), ft, ft)
     assert_layers_equal(weights_by_layer(one), src, src)
     mixed = weights_by_layer(half)
-    np.testing.assert_allclose(mixed["stage0_conv"][0], 0.5 * src["stage0_conv"][0] + 0.5 * ft["stage0_conv"][0],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        mixed["stage0_conv"][0], 0.5 * src["stage0_conv"][0] + 0.5 * ft["stage0_conv"][0], rtol=1e-5, atol=1e-6
+    )
     manifest = half.manifest
     assert manifest.stage == "fuse" and manifest.extra["fuse"]["alpha"] == 0.5
     assert manifest.extra["fuse"]["alpha_meaning"] == ALPHA_MEANING
@@ -96,8 +106,15 @@ def test_imagenet_source_means_the_pretrained_backbone(setup, tmp_path, monkeypa
 
 
 def test_auto_sweeps_alpha_and_writes_the_curve(setup, tmp_path):
-    fused = fuse(setup["source"].path, setup["finetuned"].path, tmp_path / "auto", alpha="auto",
-                 val_data=f"tgt={setup['target']}", curve_data={"src": str(setup["data"])}, alphas=(0, 0.5, 1))
+    fused = fuse(
+        setup["source"].path,
+        setup["finetuned"].path,
+        tmp_path / "auto",
+        alpha="auto",
+        val_data=f"tgt={setup['target']}",
+        curve_data={"src": str(setup["data"])},
+        alphas=(0, 0.5, 1),
+    )
     curve = json.loads((fused.path / "alpha_curve.json").read_text())
     assert curve["alphas"] == [0.0, 0.5, 1.0] and set(curve["curves"]) == {"tgt", "src"}
     assert curve["selected_on"] == "tgt" and curve["alpha_meaning"] == ALPHA_MEANING
@@ -108,8 +125,12 @@ def test_auto_sweeps_alpha_and_writes_the_curve(setup, tmp_path):
 
 
 def test_different_architectures_are_an_error(setup, tmp_path):
-    other = api.finetune(setup["data"], tmp_path / "small", seed=1, **{**TINY, "backbone": "cnn_small",
-                                                                         "fine_tune_epochs": 0, "epochs": 1})
+    other = api.finetune(
+        setup["data"],
+        tmp_path / "small",
+        seed=1,
+        **{**TINY, "backbone": "cnn_small", "fine_tune_epochs": 0, "epochs": 1},
+    )
     with pytest.raises(ConfigError, match="same architecture"):
         fuse(other.path, setup["finetuned"].path, tmp_path / "x", alpha=0.5)
     assert not (tmp_path / "x").exists()
@@ -118,21 +139,54 @@ def test_different_architectures_are_an_error(setup, tmp_path):
 
 
 def test_cli_fuse_auto_prints_the_curve(setup, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "edgexfer", "fuse", str(setup["source"].path),
-                          str(setup["finetuned"].path), "--alpha", "auto", "--alphas", "0,1", "--val-data",
-                          f"tgt={setup['target']}", "--out", str(tmp_path / "cli")], capture_output=True, text=True, env=WIDE)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "fuse",
+            str(setup["source"].path),
+            str(setup["finetuned"].path),
+            "--alpha",
+            "auto",
+            "--alphas",
+            "0,1",
+            "--val-data",
+            f"tgt={setup['target']}",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+        capture_output=True,
+        text=True,
+        env=WIDE,
+    )
     assert run.returncode == 0, run.stderr
     assert "weight of the source" in run.stdout and "alpha_curve.png" in run.stdout
-    bad = subprocess.run([sys.executable, "-m", "edgexfer", "fuse", str(setup["source"].path),
-                          str(setup["finetuned"].path), "--alpha", "2", "--out", str(tmp_path / "bad")],
-                         capture_output=True, text=True, env=WIDE)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "fuse",
+            str(setup["source"].path),
+            str(setup["finetuned"].path),
+            "--alpha",
+            "2",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+        env=WIDE,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "alpha" in bad.stderr
 
 
 def test_bn_reset_re_estimates_statistics_after_interpolating(setup, tmp_path):
     plain = fuse(setup["source"].path, setup["finetuned"].path, tmp_path / "plain", alpha=0.5)
-    reset = fuse(setup["source"].path, setup["finetuned"].path, tmp_path / "reset", alpha=0.5,
-                 bn_reset=str(setup["target"]))
+    reset = fuse(
+        setup["source"].path, setup["finetuned"].path, tmp_path / "reset", alpha=0.5, bn_reset=str(setup["target"])
+    )
     before, after = weights_by_layer(plain), weights_by_layer(reset)
     gamma, beta, mean, var = after["stage0_bn"]
     np.testing.assert_allclose(gamma, before["stage0_bn"][0])  # trained weights: interpolated, untouched

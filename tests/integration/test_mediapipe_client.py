@@ -40,10 +40,14 @@ def mediapipe_python() -> str | None:
 
 
 PYTHON = mediapipe_python()
-pytestmark = [pytest.mark.integration, pytest.mark.mediapipe,
-              pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
-              pytest.mark.skipif(PYTHON is None, reason="no Python with mediapipe: run ./run setup-mediapipe "
-                                 "or set EDGEXFER_MEDIAPIPE_PYTHON")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.mediapipe,
+    pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
+    pytest.mark.skipif(
+        PYTHON is None, reason="no Python with mediapipe: run ./run setup-mediapipe or set EDGEXFER_MEDIAPIPE_PYTHON"
+    ),
+]
 
 
 def classify(model: Path, *args: str) -> dict:
@@ -64,12 +68,26 @@ def tiny(tmp_path_factory):
         for index in range(16):
             pixels = np.clip(np.array(color) + rng.normal(0, 60, (20, 20, 3)), 0, 255).astype("uint8")
             Image.fromarray(pixels).save(root / "data" / name / f"{index}.png")
-    artifact = api.finetune(root / "data", root / "ft", backbone="cnn_tiny", weights="none", img_size=16, epochs=6,
-                            fine_tune_epochs=1, unfreeze_layers=2, batch_size=16, learning_rate=0.05,
-                            early_stopping_patience=0, seed=1)
-    exports = {quant: export_artifact(artifact.path, root / quant, "tflite", quant,
-                                      calibration_images=root / "data" if quant == "int8" else None)
-               for quant in ("none", "int8")}
+    artifact = api.finetune(
+        root / "data",
+        root / "ft",
+        backbone="cnn_tiny",
+        weights="none",
+        img_size=16,
+        epochs=6,
+        fine_tune_epochs=1,
+        unfreeze_layers=2,
+        batch_size=16,
+        learning_rate=0.05,
+        early_stopping_patience=0,
+        seed=1,
+    )
+    exports = {
+        quant: export_artifact(
+            artifact.path, root / quant, "tflite", quant, calibration_images=root / "data" if quant == "int8" else None
+        )
+        for quant in ("none", "int8")
+    }
     files = list_image_files(root / "data")
     pixels = load_images(files, artifact.manifest.preprocessing)
     np.save(root / "pixels.npy", pixels)
@@ -80,8 +98,9 @@ def agreement(model_path: Path, mediapipe: dict, probs: np.ndarray) -> tuple[flo
     labels = load_model(model_path).label_names
     top = [labels[i] for i in probs.argmax(1)]
     same = np.mean([r["label"] == t for r, t in zip(mediapipe["results"], top)])
-    delta = max(abs(r["scores"][name] - float(p)) for r, row in zip(mediapipe["results"], probs)
-                for name, p in zip(labels, row))
+    delta = max(
+        abs(r["scores"][name] - float(p)) for r, row in zip(mediapipe["results"], probs) for name, p in zip(labels, row)
+    )
     return float(same), float(delta)
 
 
@@ -117,7 +136,13 @@ def test_mediapipe_reads_a_file_whose_only_metadata_is_the_standard_one(tiny, tm
 
 def test_int8_io_is_what_mediapipe_rejects(tiny):
     """Why uint8 is the default I/O type of int8 exports."""
-    artifact = export_artifact(tiny.artifact.path, tiny.root / "int8-io", "tflite", "int8",
-                               calibration_images=tiny.root / "data", io_type="int8")
+    artifact = export_artifact(
+        tiny.artifact.path,
+        tiny.root / "int8-io",
+        "tflite",
+        "int8",
+        calibration_images=tiny.root / "data",
+        io_type="int8",
+    )
     with pytest.raises(RuntimeError, match="uint8/float32, got INT8"):
         classify(artifact.model_path, "--pixels", str(tiny.root / "pixels.npy"))

@@ -10,8 +10,7 @@ import pytest
 
 from edgexfer.model_safety import check_model_config
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
 # Plain models of the families with the most layer kinds (MobileNetV3: TFOpLambda hard-swish,
 # Multiply, Reshape); the QAT and pruned wrappers on the small CNN. Every backbone in every form

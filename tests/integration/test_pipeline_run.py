@@ -9,7 +9,6 @@ import pytest
 
 from edgexfer.errors import ConfigError
 from edgexfer.pipeline import EVENTS_FILE, run_pipeline
-
 from kit import make_color_folder
 
 pytestmark = pytest.mark.integration
@@ -56,8 +55,11 @@ def events(run_dir):
 def test_run_resume_and_partial_rerun(tmp_path, colors):
     path, run_dir = write(tmp_path, colors), tmp_path / "run"
     first = run_pipeline(path, run_dir=run_dir, log=lambda *_: None)
-    assert {name: r["status"] for name, r in first["stages"].items()} == {"finetune": "done", "export": "done",
-                                                                           "check": "done"}
+    assert {name: r["status"] for name, r in first["stages"].items()} == {
+        "finetune": "done",
+        "export": "done",
+        "check": "done",
+    }
     assert (run_dir / "export" / "model.tflite").is_file() and (run_dir / "check" / "check.json").is_file()
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and "<h2>Summary</h2>" in html
@@ -77,10 +79,25 @@ def test_run_resume_and_partial_rerun(tmp_path, colors):
 
 def test_a_failed_stage_keeps_earlier_artifacts_and_the_report_says_where(tmp_path, colors):
     # An impossible gate makes the last stage fail (exit code 3 on the CLI).
-    path = write(tmp_path, colors, PIPELINE.replace("min_agreement: 0.99", "min_agreement: 0.99\n    max_acc_drop: -0.5"))
+    path = write(
+        tmp_path, colors, PIPELINE.replace("min_agreement: 0.99", "min_agreement: 0.99\n    max_acc_drop: -0.5")
+    )
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "edgexfer", "run", str(path), "--run-dir", str(run_dir),
-                             "--tensorboard", str(tmp_path / "tb")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "run",
+            str(path),
+            "--run-dir",
+            str(run_dir),
+            "--tensorboard",
+            str(tmp_path / "tb"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 3, result.stderr[-1500:]
     assert "Traceback" not in result.stderr and "check failed" in result.stderr
     assert (run_dir / "finetune" / "model.h5").is_file() and (run_dir / "export" / "model.tflite").is_file()

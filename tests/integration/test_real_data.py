@@ -16,9 +16,20 @@ def digits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mnist_artifact(digits, tmp_path_factory):
     mnist, _ = digits
-    return api.finetune(mnist, tmp_path_factory.mktemp("runs") / "ft", backbone="efficientnet_lite0",
-                        weights="imagenet", img_size=64, max_train_images=2000, epochs=8, fine_tune_epochs=2,
-                        unfreeze_layers=20, learning_rate=3e-3, fine_tune_learning_rate=5e-4, seed=0)
+    return api.finetune(
+        mnist,
+        tmp_path_factory.mktemp("runs") / "ft",
+        backbone="efficientnet_lite0",
+        weights="imagenet",
+        img_size=64,
+        max_train_images=2000,
+        epochs=8,
+        fine_tune_epochs=2,
+        unfreeze_layers=20,
+        learning_rate=3e-3,
+        fine_tune_learning_rate=5e-4,
+        seed=0,
+    )
 
 
 def test_imagenet_lite0_learns_mnist_from_2000_images(mnist_artifact):
@@ -29,10 +40,23 @@ def test_imagenet_lite0_learns_mnist_from_2000_images(mnist_artifact):
 def test_imagenet_weights_beat_random_init_on_the_same_budget(digits, mnist_artifact, tmp_path):
     """The point of transfer learning, measured: same data, same budget, no pretrained weights."""
     mnist, _ = digits
-    scratch = api.finetune(mnist, tmp_path / "scratch", backbone="efficientnet_lite0", weights="none", img_size=64,
-                           max_train_images=2000, epochs=8, fine_tune_epochs=2, unfreeze_layers=20,
-                           learning_rate=3e-3, fine_tune_learning_rate=5e-4, seed=0)
-    assert mnist_artifact.metrics["test_accuracy"] - scratch.metrics["test_accuracy"] >= 0.05  # measured: 0.946 vs 0.862
+    scratch = api.finetune(
+        mnist,
+        tmp_path / "scratch",
+        backbone="efficientnet_lite0",
+        weights="none",
+        img_size=64,
+        max_train_images=2000,
+        epochs=8,
+        fine_tune_epochs=2,
+        unfreeze_layers=20,
+        learning_rate=3e-3,
+        fine_tune_learning_rate=5e-4,
+        seed=0,
+    )
+    assert (
+        mnist_artifact.metrics["test_accuracy"] - scratch.metrics["test_accuracy"] >= 0.05
+    )  # measured: 0.946 vs 0.862
 
 
 def test_cross_domain_evaluation_on_uci_digits(digits, mnist_artifact, tmp_path):

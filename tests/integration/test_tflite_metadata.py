@@ -23,12 +23,16 @@ from edgexfer.export import export_artifact
 from edgexfer.runtime import load_model
 from edgexfer.runtime.images import list_image_files, load_images
 from edgexfer.runtime.metadata import TFLITE_METADATA_NAME, read_tflite_metadata
-from edgexfer.runtime.tflite_metadata import (LABELS_FILE, STANDARD_METADATA_NAME, pack_files,
-                                              read_standard_metadata, remove_metadata_entry,
-                                              split_packed_files)
+from edgexfer.runtime.tflite_metadata import (
+    LABELS_FILE,
+    STANDARD_METADATA_NAME,
+    pack_files,
+    read_standard_metadata,
+    remove_metadata_entry,
+    split_packed_files,
+)
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
 COLORS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 210)}
 LABELS = sorted(COLORS)  # class folders in sorted order
@@ -50,15 +54,38 @@ def tiny(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tflite-metadata")
     data = make_color_folder(root / "data")
-    artifact = api.finetune(data, root / "ft", backbone="cnn_tiny", weights="none", img_size=16, epochs=6,
-                            fine_tune_epochs=1, unfreeze_layers=2, batch_size=16, learning_rate=0.05,
-                            early_stopping_patience=0, seed=1)
+    artifact = api.finetune(
+        data,
+        root / "ft",
+        backbone="cnn_tiny",
+        weights="none",
+        img_size=16,
+        epochs=6,
+        fine_tune_epochs=1,
+        unfreeze_layers=2,
+        batch_size=16,
+        learning_rate=0.05,
+        early_stopping_patience=0,
+        seed=1,
+    )
     files = list_image_files(data)
-    exports = {key: export_artifact(artifact.path, root / f"{key[0]}-{key[1]}-{key[2]}", key[0], key[1],
-                                    calibration_images=data if key[1] == "int8" else None,
-                                    io_type=key[2])
-               for key in [("tflite", "none", None), ("tflite", "int8", None), ("tflite", "int8", "int8"),
-                           ("tflite", "int8", "float32"), ("onnx", "none", None)]}
+    exports = {
+        key: export_artifact(
+            artifact.path,
+            root / f"{key[0]}-{key[1]}-{key[2]}",
+            key[0],
+            key[1],
+            calibration_images=data if key[1] == "int8" else None,
+            io_type=key[2],
+        )
+        for key in [
+            ("tflite", "none", None),
+            ("tflite", "int8", None),
+            ("tflite", "int8", "int8"),
+            ("tflite", "int8", "float32"),
+            ("onnx", "none", None),
+        ]
+    }
     pixels = load_images(files, artifact.manifest.preprocessing)
     return SimpleNamespace(root=root, data=data, artifact=artifact, files=files, pixels=pixels, exports=exports)
 
@@ -74,8 +101,11 @@ def test_default_int8_io_is_uint8_fed_raw_pixels(tiny):
     assert quantization["io_type"] == "uint8" and artifact.manifest.config["io_type"] == "uint8"
     assert quantization["fp32_tensor_count"] == 0
     # the input's real value is (pixel - mean) / std: a client feeds raw pixels
-    assert quantization["input"] == {"dtype": "uint8", "scale": pytest.approx(1 / pre.std[0]),
-                                     "zero_point": round(pre.mean[0])}
+    assert quantization["input"] == {
+        "dtype": "uint8",
+        "scale": pytest.approx(1 / pre.std[0]),
+        "zero_point": round(pre.mean[0]),
+    }
     assert quantization["output"]["dtype"] == "uint8"
     model = load_model(artifact.path)
     assert model.input_dtype == np.uint8
@@ -83,11 +113,13 @@ def test_default_int8_io_is_uint8_fed_raw_pixels(tiny):
 
 def test_io_types_do_not_change_int8_predictions(tiny):
     """The int8 graph is the same whichever I/O type wraps it (at most 1 output step apart)."""
-    probs = {io: load_model(tiny.exports["tflite", "int8", io].path).predict_proba(tiny.pixels)
-             for io in (None, "int8", "float32")}
-    for io in ("int8", "float32"):
-        assert (probs[io].argmax(1) == probs[None].argmax(1)).mean() == 1.0
-        assert np.abs(probs[io] - probs[None]).max() <= 2 / 256
+    probs = {
+        io_type: load_model(tiny.exports["tflite", "int8", io_type].path).predict_proba(tiny.pixels)
+        for io_type in (None, "int8", "float32")
+    }
+    for io_type in ("int8", "float32"):
+        assert (probs[io_type].argmax(1) == probs[None].argmax(1)).mean() == 1.0
+        assert np.abs(probs[io_type] - probs[None]).max() <= 2 / 256
     float_probs = load_model(tiny.exports["tflite", "none", None].path).predict_proba(tiny.pixels)
     assert (float_probs.argmax(1) == probs[None].argmax(1)).mean() >= 0.95
 
@@ -223,8 +255,12 @@ def test_check_covers_every_io_type(tiny, tmp_path):
     from edgexfer.evaluate.latency import LatencySettings
 
     keys = [("tflite", "int8", None), ("tflite", "int8", "int8"), ("tflite", "int8", "float32")]
-    result = check_artifacts([tiny.exports[key].path for key in keys], tiny.data, out=tmp_path,
-                             latency=LatencySettings(warmup=1, runs=3, batch_size=4, threads=(1,)))
+    result = check_artifacts(
+        [tiny.exports[key].path for key in keys],
+        tiny.data,
+        out=tmp_path,
+        latency=LatencySettings(warmup=1, runs=3, batch_size=4, threads=(1,)),
+    )
     assert [row["io_type"] for row in result["candidates"]] == ["uint8", "int8", "float32"]
     accuracies = set()
     for row in result["candidates"]:

@@ -19,10 +19,9 @@ from edgexfer.artifact import Manifest, Preprocessing, writing_artifact
 from edgexfer.errors import ConfigError, ExportError
 from edgexfer.export.stage import export_stage
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
-LABELS = ["left", "middle", "right \"quoted\""]  # a quote in a label: the C string must escape it
+LABELS = ["left", "middle", 'right "quoted"']  # a quote in a label: the C string must escape it
 PRE = Preprocessing(input_size=12, mean=(120.0, 110.0, 100.0), std=(64.0, 60.0, 56.0))
 CC = shutil.which("cc") or shutil.which("gcc")
 CXX = shutil.which("c++") or shutil.which("g++")
@@ -33,7 +32,7 @@ def make_images(n: int, seed: int):
     y = rng.integers(0, len(LABELS), n)
     x = rng.normal(110, 40, (n, 12, 12, 3))
     for i, c in enumerate(y):
-        x[i, :, 4 * c:4 * c + 4] += 60  # a bright vertical band: left, middle or right
+        x[i, :, 4 * c : 4 * c + 4] += 60  # a bright vertical band: left, middle or right
     return np.clip(x, 0, 255).astype(np.uint8), y
 
 
@@ -57,8 +56,15 @@ def micro(tmp_path_factory):
     for index, (image, label) in enumerate(zip(x[:90], y[:90])):
         (data / f"c{label}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(data / f"c{label}" / f"{index:03d}.png")
-    manifest = Manifest(stage="finetune", label_names=LABELS, preprocessing=PRE, backbone="tiny", weights="none",
-                        model_file="model.h5", seed=0)
+    manifest = Manifest(
+        stage="finetune",
+        label_names=LABELS,
+        preprocessing=PRE,
+        backbone="tiny",
+        weights="none",
+        model_file="model.h5",
+        seed=0,
+    )
     with writing_artifact(root / "ft") as writer:
         model.save(writer.file("model.h5"), include_optimizer=False, save_format="h5")
         writer.commit(manifest)
@@ -66,8 +72,9 @@ def micro(tmp_path_factory):
     calibration.mkdir()
     for index, image in enumerate(x[100:160]):
         Image.fromarray(image).save(calibration / f"{index:03d}.png")
-    exported = export_stage(root / "ft", root / "micro", "tflite-micro", calibration_data=calibration,
-                            calibration_images=60)
+    exported = export_stage(
+        root / "ft", root / "micro", "tflite-micro", calibration_data=calibration, calibration_images=60
+    )
     return SimpleNamespace(root=root, exported=exported, calibration=calibration, x=x)
 
 
@@ -91,22 +98,68 @@ def test_generated_c_compiles_and_holds_the_exact_model(micro, tmp_path):
     # the biggest activation (12x12x8 int8 after conv_a, with the input 12x12x3 still live) must fit
     assert recorded["arena"]["activation_peak_bytes"] >= 10 * 10 * 8 + 12 * 12 * 3
 
-    subprocess.run([CC, "-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-c", str(out / "model.c"),
-                    "-o", str(tmp_path / "model.o")], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            CC,
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-c",
+            str(out / "model.c"),
+            "-o",
+            str(tmp_path / "model.o"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     if CXX:  # TFLite Micro projects are C++: the same file must compile as C++ too
-        subprocess.run([CXX, "-x", "c++", "-std=c++11", "-Wall", "-Wextra", "-Werror", "-c", str(out / "model.c"),
-                        "-o", str(tmp_path / "model_cxx.o")], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                CXX,
+                "-x",
+                "c++",
+                "-std=c++11",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-c",
+                str(out / "model.c"),
+                "-o",
+                str(tmp_path / "model_cxx.o"),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     probe = tmp_path / "probe.c"
     probe.write_text(_PROBE)
-    subprocess.run([CC, "-std=c11", "-Wall", "-Werror", f"-I{out}", str(probe), str(tmp_path / "model.o"),
-                    "-o", str(tmp_path / "probe")], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            CC,
+            "-std=c11",
+            "-Wall",
+            "-Werror",
+            f"-I{out}",
+            str(probe),
+            str(tmp_path / "model.o"),
+            "-o",
+            str(tmp_path / "probe"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (tmp_path / "model_bytes.bin").write_bytes(b"")
-    done = subprocess.run([str(tmp_path / "probe"), str(tmp_path / "model_bytes.bin")], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [str(tmp_path / "probe"), str(tmp_path / "model_bytes.bin")], capture_output=True, text=True, check=True
+    )
     lines = done.stdout.splitlines()
     assert lines[0] == f"len {len(content)} aligned 1"
     assert (tmp_path / "model_bytes.bin").read_bytes() == content  # byte for byte what LiteRT runs
-    assert lines[1:1 + len(LABELS)] == [f"label {name}" for name in LABELS]
+    assert lines[1 : 1 + len(LABELS)] == [f"label {name}" for name in LABELS]
     scale, zero_point = recorded["input"]["scale"], recorded["input"]["zero_point"]
     lut = input_lut(PRE, scale, zero_point)
     assert lines[1 + len(LABELS)] == "lut " + " ".join(str(int(v)) for v in lut[:, [0, 77, 255]].ravel())
@@ -126,21 +179,41 @@ def test_micro_export_runs_on_litert_and_matches_int8_tflite(micro, tmp_path):
     probs = model.predict_proba(micro.x[200:260])
     x, y = micro.x[200:260], make_images(300, seed=0)[1][200:260]
     assert (probs.argmax(1) == y).mean() > 0.7  # a model that learned the bands survives int8
-    plain = export_stage(micro.root / "ft", tmp_path / "tflite", "tflite", "int8", calibration_data=micro.calibration,
-                         calibration_images=60)
+    plain = export_stage(
+        micro.root / "ft",
+        tmp_path / "tflite",
+        "tflite",
+        "int8",
+        calibration_data=micro.calibration,
+        calibration_images=60,
+    )
     assert np.allclose(load_model(plain.path).predict_proba(x), probs, atol=1e-6)
 
 
 def test_from_a_tflite_export_and_refusal_of_float_layers(micro, tmp_path):
-    int8 = export_stage(micro.root / "ft", tmp_path / "int8", "tflite", "int8", calibration_data=micro.calibration,
-                        calibration_images=60, io_type="int8")
+    int8 = export_stage(
+        micro.root / "ft",
+        tmp_path / "int8",
+        "tflite",
+        "int8",
+        calibration_data=micro.calibration,
+        calibration_images=60,
+        io_type="int8",
+    )
     again = export_stage(int8.path, tmp_path / "micro2", "tflite-micro")
     assert (again.path / "model.tflite").read_bytes() == int8.model_path.read_bytes()
     assert (again.path / "model.c").is_file() and again.manifest.config["format"] == "tflite-micro"
 
     # int8 inside, float32 in and out (uint8 would need one mean/std for all channels): not for TFLite Micro
-    float_io = export_stage(micro.root / "ft", tmp_path / "float-io", "tflite", "int8",
-                            calibration_data=micro.calibration, calibration_images=60, io_type="float32")
+    float_io = export_stage(
+        micro.root / "ft",
+        tmp_path / "float-io",
+        "tflite",
+        "int8",
+        calibration_data=micro.calibration,
+        calibration_images=60,
+        io_type="float32",
+    )
     with pytest.raises(ExportError, match="not fully int8: .* float tensors, in model input"):
         export_stage(float_io.path, tmp_path / "refused-float-io", "tflite-micro")
     float_export = export_stage(micro.root / "ft", tmp_path / "float", "tflite", "none")

@@ -34,8 +34,11 @@ from PIL import Image
 from edgexfer._env import TRAIN_EXTRA_MODULES
 from edgexfer.artifact import Manifest, Preprocessing, writing_artifact
 
-pytestmark = [pytest.mark.integration, pytest.mark.registry,
-              pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.registry,
+    pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["dark", "light"]
@@ -78,8 +81,18 @@ def built(tmp_path_factory):
         Image.fromarray(image).save(data / LABELS[label] / f"{index:03d}.png")
     with writing_artifact(root / "ft") as writer:
         model.save(writer.file("model.h5"), include_optimizer=False, save_format="h5")
-        writer.commit(Manifest(stage="finetune", label_names=LABELS, preprocessing=PRE, backbone="tiny",
-                               weights="none", model_file="model.h5", seed=0, dataset={"path": str(data)}))
+        writer.commit(
+            Manifest(
+                stage="finetune",
+                label_names=LABELS,
+                preprocessing=PRE,
+                backbone="tiny",
+                weights="none",
+                model_file="model.h5",
+                seed=0,
+                dataset={"path": str(data)},
+            )
+        )
     tflite = export_stage(root / "ft", root / "tflite", "tflite", "int8", calibration_images=20)
     onnx = export_stage(root / "ft", root / "onnx", "onnx", "none")
     return SimpleNamespace(root=root, wheel=wheel, data=data, tflite=tflite, onnx=onnx)
@@ -104,11 +117,17 @@ def test_wheel_ships_the_recipes(built):
     import zipfile
 
     names = zipfile.ZipFile(built.wheel).namelist()
-    assert {"edgexfer/recipes/digits.yaml", "edgexfer/recipes/fashion-mnist.yaml",
-            "edgexfer/recipes/template.yaml"} <= set(names)
+    assert {
+        "edgexfer/recipes/digits.yaml",
+        "edgexfer/recipes/fashion-mnist.yaml",
+        "edgexfer/recipes/template.yaml",
+    } <= set(names)
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
-    requires = [line for line in zipfile.ZipFile(built.wheel).read(metadata).decode().splitlines()
-                if line.startswith("Requires-Dist:")]
+    requires = [
+        line
+        for line in zipfile.ZipFile(built.wheel).read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
     runtime = [line for line in requires if "extra ==" not in line]
     assert not any("tensorflow" in line for line in runtime), runtime
     assert any("tensorflow" in line and 'extra == "train"' in line for line in requires)
@@ -118,16 +137,24 @@ def test_wheel_ships_the_recipes(built):
 def test_full_install_from_the_wheel_works_outside_the_source_tree(built, tmp_path):
     python = make_venv(tmp_path / "full")
     pip_install(python, "--no-deps", built.wheel, cwd=tmp_path)
-    site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path).out
-                .strip())
+    site = Path(
+        run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path).out.strip()
+    )
     # this environment's packages (TensorFlow …) after the venv's own, instead of downloading them again
-    (site / "zz_test_deps.pth").write_text("\n".join({sysconfig.get_paths()["purelib"],
-                                                      sysconfig.get_paths()["platlib"]}) + "\n")
+    (site / "zz_test_deps.pth").write_text(
+        "\n".join({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}) + "\n"
+    )
     edgexfer = tmp_path / "full" / "bin" / "edgexfer"
     work = tmp_path / "elsewhere"
     work.mkdir()
-    where = run([python, "-c", "import edgexfer, edgexfer.demo as d; print(edgexfer.__file__); "
-                               "print(d.RECIPE, d.RECIPE.is_file())"], cwd=work).out.splitlines()
+    where = run(
+        [
+            python,
+            "-c",
+            "import edgexfer, edgexfer.demo as d; print(edgexfer.__file__); print(d.RECIPE, d.RECIPE.is_file())",
+        ],
+        cwd=work,
+    ).out.splitlines()
     assert where[0].startswith(str(site)) and where[1].startswith(str(site)) and where[1].endswith(" True")
     assert "predict" in run([edgexfer, "--help"], cwd=work).out
     listing = run([edgexfer, "run", "--list"], cwd=work).out
@@ -145,9 +172,15 @@ def test_runtime_only_install_predicts_and_checks_without_tensorflow(built, tmp_
     bin_dir = tmp_path / "rt" / "bin"
     work = tmp_path / "elsewhere"
     work.mkdir()
-    missing = run([python, "-c", "import importlib.util, sys; "
-                                 f"print([m for m in {list(TRAIN_EXTRA_MODULES)!r} if importlib.util.find_spec(m)])"],
-                  cwd=work).out.strip()
+    missing = run(
+        [
+            python,
+            "-c",
+            "import importlib.util, sys; "
+            f"print([m for m in {list(TRAIN_EXTRA_MODULES)!r} if importlib.util.find_spec(m)])",
+        ],
+        cwd=work,
+    ).out.strip()
     assert missing == "[]"  # no TensorFlow, tfmot, tf2onnx, onnx, scikit-learn, matplotlib …
     assert run([python, "-c", "import tensorflow"], cwd=work, check=False).code != 0
 
@@ -155,15 +188,32 @@ def test_runtime_only_install_predicts_and_checks_without_tensorflow(built, tmp_
     for model in (built.tflite.model_path, built.onnx.path):
         result = run([bin_dir / "edgexfer", "predict", model, *images, "--json"], cwd=work)
         assert predictions(result) == [p.parent.name for p in images]
-    check = run([bin_dir / "edgexfer", "check", built.tflite.path, built.onnx.path, "--data", built.data,
-                 "--out", work / "check", "--runs", "3", "--warmup", "1"], cwd=work)
+    check = run(
+        [
+            bin_dir / "edgexfer",
+            "check",
+            built.tflite.path,
+            built.onnx.path,
+            "--data",
+            built.data,
+            "--out",
+            work / "check",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+        ],
+        cwd=work,
+    )
     saved = json.loads((work / "check" / "check.json").read_text())
     assert saved["reference"]["kind"] == "export" and saved["n"] == 40
     assert saved["candidates"][1]["parity"]["agreement"] >= 0.9
     assert "TensorFlow is not installed" in check.out
 
-    for args in (["finetune", built.data, "--out", work / "ft"], ["export", built.root / "ft", "--format", "tflite",
-                                                                   "--out", work / "x"]):
+    for args in (
+        ["finetune", built.data, "--out", work / "ft"],
+        ["export", built.root / "ft", "--format", "tflite", "--out", work / "x"],
+    ):
         refused = run([bin_dir / "edgexfer", *args], cwd=work, check=False)
         assert refused.code == 2 and "Traceback" not in refused.err
         [line] = [line for line in refused.err.splitlines() if line.strip()]

@@ -7,8 +7,15 @@ from edgexfer.errors import ArtifactError
 
 
 def _manifest(**overrides):
-    values = dict(stage="finetune", label_names=["cat", "dog"], preprocessing=Preprocessing(input_size=32),
-                  backbone="cnn_tiny", weights="none", model_file="model.h5", seed=3)
+    values = dict(
+        stage="finetune",
+        label_names=["cat", "dog"],
+        preprocessing=Preprocessing(input_size=32),
+        backbone="cnn_tiny",
+        weights="none",
+        model_file="model.h5",
+        seed=3,
+    )
     values.update(overrides)
     return Manifest(**values)
 
@@ -64,12 +71,15 @@ def test_lineage_and_parent_sha(tmp_path):
     assert [a.manifest.stage for a in child.lineage()] == ["prune", "finetune"]
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: None, "does not exist"),
-    (lambda p: p.mkdir(), "no manifest.json"),
-    (lambda p: (p.mkdir(), (p / "manifest.json").write_text("{not json")), "not valid JSON"),
-    (lambda p: (p.mkdir(), (p / "manifest.json").write_text('{"schema_version": 99}')), "schema_version 99"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.mkdir(), "no manifest.json"),
+        (lambda p: (p.mkdir(), (p / "manifest.json").write_text("{not json")), "not valid JSON"),
+        (lambda p: (p.mkdir(), (p / "manifest.json").write_text('{"schema_version": 99}')), "schema_version 99"),
+    ],
+)
 def test_bad_artifacts_get_clear_errors(tmp_path, setup, message):
     setup(tmp_path / "x")
     with pytest.raises(ArtifactError, match=message):
@@ -80,4 +90,4 @@ def test_missing_model_file_is_named(tmp_path):
     artifact = _write(tmp_path / "a")
     (tmp_path / "a" / "model.h5").unlink()
     with pytest.raises(ArtifactError, match="has no model file"):
-        artifact.model_path
+        _ = artifact.model_path

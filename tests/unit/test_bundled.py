@@ -123,16 +123,19 @@ def test_fashion_mnist_bad_sources(tmp_path, fashion_source):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not (bundled.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not (bundled.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian dataset-fashion-mnist is not installed",
+)
 def test_fashion_mnist_from_the_debian_package(tmp_path):
     summary = prepare_dataset("fashion-mnist", tmp_path / "fashion", limit=100)
     assert set(summary["counts"]["train"].values()) == {10}
     assert set(summary["counts"]["test"].values()) == {1000}
     test = tmp_path / "fashion" / "test"
     # The first test images are an ankle boot, a pullover and a trouser (labels 9, 2, 1).
-    assert [(test / c / f"{i:04d}.png").is_file() for c, i in
-            (("9_ankle_boot", 0), ("2_pullover", 1), ("1_trouser", 2))] == [True] * 3
+    assert [
+        (test / c / f"{i:04d}.png").is_file() for c, i in (("9_ankle_boot", 0), ("2_pullover", 1), ("1_trouser", 2))
+    ] == [True] * 3
     boots = pixels(test / "9_ankle_boot")
     assert boots.shape == (1000, 28, 28) and boots.mean() == pytest.approx(76.59, abs=0.05)
 

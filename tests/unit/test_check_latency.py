@@ -49,8 +49,10 @@ def test_measure_rows_at_batch_one_and_n():
         assert row["runs"] == 4 and row["images_per_second"] > 0
 
 
-@pytest.mark.parametrize("text,expected", [("1", (1,)), ("1,2,0", (1, 2, 0)), (" 4 , 1 ", (4, 1)),
-                                           ("1,1,2", (1, 2)), (2, (2,)), ([0, 3], (0, 3))])
+@pytest.mark.parametrize(
+    "text,expected",
+    [("1", (1,)), ("1,2,0", (1, 2, 0)), (" 4 , 1 ", (4, 1)), ("1,1,2", (1, 2)), (2, (2,)), ([0, 3], (0, 3))],
+)
 def test_parse_threads(text, expected):
     assert lat.parse_threads(text) == expected
 
@@ -66,9 +68,16 @@ def test_zero_threads_means_all_usable_cores():
     assert lat.resolve_threads(3) == 3
 
 
-@pytest.mark.parametrize("kwargs,match", [({"runs": 0}, "--runs"), ({"warmup": -1}, "--warmup"),
-                                          ({"batch_size": 0}, "--batch-size"), ({"threads": ()}, "--threads"),
-                                          ({"threads": (-1,)}, "--threads")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"runs": 0}, "--runs"),
+        ({"warmup": -1}, "--warmup"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"threads": ()}, "--threads"),
+        ({"threads": (-1,)}, "--threads"),
+    ],
+)
 def test_latency_settings_validate(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         lat.LatencySettings(**kwargs)

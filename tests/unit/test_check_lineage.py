@@ -7,19 +7,32 @@ import numpy as np
 import pytest
 
 from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifact
+from edgexfer.data.subset import stratified_subset
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.evaluate.check import _candidate, keras_ancestor, render_check_markdown
-from edgexfer.data.subset import stratified_subset
 from edgexfer.export.stage import default_quant, load_stored_calibration
 
 PRE = Preprocessing(input_size=8)
 
 
-def _artifact(path, model_file: str, parent: Artifact | None = None, stage="finetune", quantization=None,
-              content: bytes = b"placeholder") -> Artifact:
-    manifest = Manifest(stage=stage, label_names=["a", "b"], preprocessing=PRE, backbone="tiny", weights="none",
-                        model_file=model_file, parent=parent.parent_ref() if parent else None,
-                        quantization=quantization)
+def _artifact(
+    path,
+    model_file: str,
+    parent: Artifact | None = None,
+    stage="finetune",
+    quantization=None,
+    content: bytes = b"placeholder",
+) -> Artifact:
+    manifest = Manifest(
+        stage=stage,
+        label_names=["a", "b"],
+        preprocessing=PRE,
+        backbone="tiny",
+        weights="none",
+        model_file=model_file,
+        parent=parent.parent_ref() if parent else None,
+        quantization=quantization,
+    )
     with writing_artifact(path) as writer:
         writer.file(model_file).write_bytes(content)
         return writer.commit(manifest)
@@ -95,8 +108,9 @@ def test_stored_calibration_is_validated(tmp_path):
 
 
 def test_stratified_subset_keeps_classes_in_proportion():
-    from edgexfer.data.folder import Sample
     from pathlib import Path
+
+    from edgexfer.data.folder import Sample
 
     samples = [Sample(Path(f"a{i:02d}"), 0) for i in range(30)] + [Sample(Path(f"b{i:02d}"), 1) for i in range(10)]
     subset = stratified_subset(samples, 8, seed=0)
@@ -108,19 +122,47 @@ def test_stratified_subset_keeps_classes_in_proportion():
 
 
 def test_markdown_report_shows_the_failing_model():
-    parity = {"accuracy": 0.9, "reference_accuracy": 0.95, "accuracy_drop": 0.05, "agreement": 0.9,
-              "max_abs_diff": 0.2, "mean_abs_diff": 0.01,
-              "per_class": {"a": {"n": 5, "agreement": 1.0}, "b": {"n": 5, "agreement": 0.8}}}
-    result = {"passed": False, "gated": True, "failed": ["m-int8"], "data": "test", "split": "all", "n": 10,
-              "thresholds": {"min_agreement": 0.95, "max_acc_drop": None}, "label_names": ["a", "b"],
-              "parents": [{"name": "ft", "accuracy": 0.95, "size_bytes": 2000, "latency": []}],
-              "candidates": [{"name": "m-int8", "format": "tflite", "quant": "int8", "parity": parity,
-                              "size_bytes": 500, "size_ratio": 0.25, "passed": False,
-                              "failures": ["agreement 0.9000 < --min-agreement 0.95"], "warnings": [],
-                              "latency": [], "artifact": "x", "parent": {"path": "ft", "stage": "finetune"}}],
-              "latency_settings": None}
+    parity = {
+        "accuracy": 0.9,
+        "reference_accuracy": 0.95,
+        "accuracy_drop": 0.05,
+        "agreement": 0.9,
+        "max_abs_diff": 0.2,
+        "mean_abs_diff": 0.01,
+        "per_class": {"a": {"n": 5, "agreement": 1.0}, "b": {"n": 5, "agreement": 0.8}},
+    }
+    result = {
+        "passed": False,
+        "gated": True,
+        "failed": ["m-int8"],
+        "data": "test",
+        "split": "all",
+        "n": 10,
+        "thresholds": {"min_agreement": 0.95, "max_acc_drop": None},
+        "label_names": ["a", "b"],
+        "parents": [{"name": "ft", "accuracy": 0.95, "size_bytes": 2000, "latency": []}],
+        "candidates": [
+            {
+                "name": "m-int8",
+                "format": "tflite",
+                "quant": "int8",
+                "parity": parity,
+                "size_bytes": 500,
+                "size_ratio": 0.25,
+                "passed": False,
+                "failures": ["agreement 0.9000 < --min-agreement 0.95"],
+                "warnings": [],
+                "latency": [],
+                "artifact": "x",
+                "parent": {"path": "ft", "stage": "finetune"},
+            }
+        ],
+        "latency_settings": None,
+    }
     text = render_check_markdown(result)
     assert text.startswith("# edgexfer check — FAILED (m-int8)")
-    assert "| m-int8 | tflite/int8 | 0.9000 | -0.0500 | 0.9000 | 2.0e-01 | 1.0e-02 | 500 B (0.25×) | " \
-           "FAIL: agreement 0.9000 < --min-agreement 0.95 |" in text
+    assert (
+        "| m-int8 | tflite/int8 | 0.9000 | -0.0500 | 0.9000 | 2.0e-01 | 1.0e-02 | 500 B (0.25×) | "
+        "FAIL: agreement 0.9000 < --min-agreement 0.95 |" in text
+    )
     assert "| b | 5 | 0.8000 |" in text

@@ -13,17 +13,20 @@ from edgexfer.compress.config import DistillConfig, PruneConfig, QuantizeConfig
 from edgexfer.errors import ArtifactError, ConfigError, DataError
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"sparsity": 1.0}, "sparsity=1.0 is invalid: .*\\[0, 1\\)"),
-    ({"sparsity": -0.1}, "sparsity=-0.1 is invalid"),
-    ({"sparsity": 1.5}, "sparsity=1.5"),
-    ({}, "needs a target sparsity"),
-    ({"structure": "2:4", "sparsity": 0.75}, "2 of every 4 weights"),
-    ({"structure": "4:8", "sparsity": 0.5}, "structure='4:8'"),
-    ({"sparsity": 0.5, "schedule": "cubic"}, "schedule='cubic'"),
-    ({"sparsity": 0.3, "initial_sparsity": 0.5}, "initial_sparsity 0.5 is above"),
-    ({"sparsity": 0.5, "epocs": 3}, "did you mean 'epochs'"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"sparsity": 1.0}, "sparsity=1.0 is invalid: .*\\[0, 1\\)"),
+        ({"sparsity": -0.1}, "sparsity=-0.1 is invalid"),
+        ({"sparsity": 1.5}, "sparsity=1.5"),
+        ({}, "needs a target sparsity"),
+        ({"structure": "2:4", "sparsity": 0.75}, "2 of every 4 weights"),
+        ({"structure": "4:8", "sparsity": 0.5}, "structure='4:8'"),
+        ({"sparsity": 0.5, "schedule": "cubic"}, "schedule='cubic'"),
+        ({"sparsity": 0.3, "initial_sparsity": 0.5}, "initial_sparsity 0.5 is above"),
+        ({"sparsity": 0.5, "epocs": 3}, "did you mean 'epochs'"),
+    ],
+)
 def test_prune_config_errors_are_one_line(values, message):
     with pytest.raises(ConfigError, match=message) as info:
         PruneConfig.build(**values)
@@ -36,35 +39,43 @@ def test_prune_config_targets():
     assert PruneConfig.build(sparsity=0.75, schedule="constant").target_sparsity == 0.75
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"calibration_images": 5}, "calibration set of 5 images is too small.*at least 10"),
-    ({"mode": "qat", "type": "fp16"}, "QAT trains for int8"),
-    ({"mode": "int4"}, "mode='int4'"),
-    ({"mode": "ptq", "type": "int4"}, "type='int4'"),
-    ({"epochs": 0}, "epochs=0"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"calibration_images": 5}, "calibration set of 5 images is too small.*at least 10"),
+        ({"mode": "qat", "type": "fp16"}, "QAT trains for int8"),
+        ({"mode": "int4"}, "mode='int4'"),
+        ({"mode": "ptq", "type": "int4"}, "type='int4'"),
+        ({"epochs": 0}, "epochs=0"),
+    ],
+)
 def test_quantize_config_errors(values, message):
     with pytest.raises(ConfigError, match=message) as info:
         QuantizeConfig.build(**values)
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("values, message", [
-    ({}, "student is required \\(--student\\)"),
-    ({"student": "cnn_tiny", "temperature": 0}, "temperature=0"),
-    ({"student": "cnn_tiny", "alpha": 1.5}, "alpha=1.5"),
-    ({"student": "cnn_tiny", "temprature": 2}, "did you mean 'temperature'"),
-    ({"student": "cnn_tiny", "augment": {"crop_zoom": 0.9}}, "augment.crop_zoom=0.9"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({}, "student is required \\(--student\\)"),
+        ({"student": "cnn_tiny", "temperature": 0}, "temperature=0"),
+        ({"student": "cnn_tiny", "alpha": 1.5}, "alpha=1.5"),
+        ({"student": "cnn_tiny", "temprature": 2}, "did you mean 'temperature'"),
+        ({"student": "cnn_tiny", "augment": {"crop_zoom": 0.9}}, "augment.crop_zoom=0.9"),
+    ],
+)
 def test_distill_config_errors(values, message):
     with pytest.raises(ConfigError, match=message):
         DistillConfig.build(**values)
 
 
 def test_configs_and_package_import_no_tensorflow():
-    code = ("import sys, edgexfer.compress, edgexfer.compress.api, edgexfer.compress.prune, "
-            "edgexfer.compress.quantize, edgexfer.compress.distill, edgexfer.cli.compress; "
-            "print('tensorflow' in sys.modules)")
+    code = (
+        "import sys, edgexfer.compress, edgexfer.compress.api, edgexfer.compress.prune, "
+        "edgexfer.compress.quantize, edgexfer.compress.distill, edgexfer.cli.compress; "
+        "print('tensorflow' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"
@@ -88,10 +99,18 @@ def _fake_artifact(path, labels=("blue", "green", "red"), size=16, model_name="m
     """A manifest with a placeholder model file: enough for the checks that run before TF."""
     with writing_artifact(path) as writer:
         writer.file(model_name).write_bytes(b"placeholder")
-        return writer.commit(Manifest(stage="finetune", label_names=list(labels),
-                                      preprocessing=Preprocessing(input_size=size), backbone="cnn_small",
-                                      weights="none", model_file=model_name,
-                                      config={"val_fraction": 0.1, "test_fraction": 0.1}, seed=0))
+        return writer.commit(
+            Manifest(
+                stage="finetune",
+                label_names=list(labels),
+                preprocessing=Preprocessing(input_size=size),
+                backbone="cnn_small",
+                weights="none",
+                model_file=model_name,
+                config={"val_fraction": 0.1, "test_fraction": 0.1},
+                seed=0,
+            )
+        )
 
 
 def _folder(root, classes=("blue", "green", "red"), per_class=4):
@@ -106,15 +125,17 @@ def test_student_input_size_the_teacher_cannot_give_is_an_error(tmp_path):
     from edgexfer.compress.distill import student_settings
 
     teacher = Preprocessing(input_size=16)
-    with pytest.raises(ConfigError, match="16 px, the teacher's input size.*too small for mobilenet_v2.*--student-img-size 32"):
+    with pytest.raises(
+        ConfigError, match="16 px, the teacher's input size.*too small for mobilenet_v2.*--student-img-size 32"
+    ):
         student_settings(DistillConfig.build(student="mobilenet_v2"), teacher)
     with pytest.raises(ConfigError, match="--student-img-size 4\\) is too small for cnn_small"):
         student_settings(DistillConfig.build(student="cnn_small", student_img_size=4), teacher)
     with pytest.raises(ConfigError, match="--student-width 0.3 is not available for mobilenet_v2; allowed: 0.35"):
-        student_settings(DistillConfig.build(student="mobilenet_v2", student_width=0.3, student_img_size=32),
-                         teacher)
+        student_settings(DistillConfig.build(student="mobilenet_v2", student_width=0.3, student_img_size=32), teacher)
     spec, size, weights, pre = student_settings(
-        DistillConfig.build(student="mobilenet_v2", student_width=0.35, student_img_size=96), teacher)
+        DistillConfig.build(student="mobilenet_v2", student_width=0.35, student_img_size=96), teacher
+    )
     assert (size, weights, pre.input_size, pre.mean) == (96, "imagenet", 96, (127.5, 127.5, 127.5))
     assert student_settings(DistillConfig.build(student="cnn_tiny"), teacher)[2] == "none"
 
@@ -155,8 +176,10 @@ def test_cli_bad_inputs_are_one_red_line(tmp_path):
     cases = [
         (["prune", str(model.path), str(tmp_path), "--out", str(tmp_path / "o"), "--sparsity", "1.2"], "sparsity=1.2"),
         (["quantize", str(model.path)], "quantize needs DATA and --out"),
-        (["quantize", str(model.path), str(tmp_path), "--out", str(tmp_path / "o"), "--calibration-images", "3"],
-         "too small"),
+        (
+            ["quantize", str(model.path), str(tmp_path), "--out", str(tmp_path / "o"), "--calibration-images", "3"],
+            "too small",
+        ),
         (["distill", str(model.path), str(tmp_path), "--out", str(tmp_path / "o")], "student is required"),
     ]
     for args, message in cases:

@@ -9,16 +9,19 @@ def test_defaults_are_valid():
     assert config.backbone == "efficientnet_lite0" and config.feature_cache
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"epochs": 0}, "epochs=0 is invalid"),
-    ({"batch_size": -4}, "batch_size=-4"),
-    ({"strategy": "horovod"}, "strategy='horovod'"),
-    ({"learning_rate": 0}, "learning_rate=0"),
-    ({"epocs": 3}, "did you mean 'epochs'"),
-    ({"fine_tune_epochs": 2, "unfreeze_layers": 0}, "needs unfreeze_layers > 0"),
-    ({"augment": {"crop_zoom": 0.9}}, "augment.crop_zoom=0.9"),
-    ({"image_cache": "ram"}, "image_cache='ram' is invalid: Input should be 'auto', 'memory', 'disk' or 'none'"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"epochs": 0}, "epochs=0 is invalid"),
+        ({"batch_size": -4}, "batch_size=-4"),
+        ({"strategy": "horovod"}, "strategy='horovod'"),
+        ({"learning_rate": 0}, "learning_rate=0"),
+        ({"epocs": 3}, "did you mean 'epochs'"),
+        ({"fine_tune_epochs": 2, "unfreeze_layers": 0}, "needs unfreeze_layers > 0"),
+        ({"augment": {"crop_zoom": 0.9}}, "augment.crop_zoom=0.9"),
+        ({"image_cache": "ram"}, "image_cache='ram' is invalid: Input should be 'auto', 'memory', 'disk' or 'none'"),
+    ],
+)
 def test_bad_values_give_one_line_errors(values, message):
     with pytest.raises(ConfigError, match=message) as info:
         FinetuneConfig.build(**values)

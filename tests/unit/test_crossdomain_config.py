@@ -4,10 +4,10 @@ import json
 
 import pytest
 
+from edgexfer.data.class_map import check_map_used, match_classes, parse_class_map
 from edgexfer.errors import ConfigError, DataError
 from edgexfer.evaluate.domains import parse_domain, parse_domains
 from edgexfer.train.adapt import METHOD_DEFAULTS, AdaptConfig
-from edgexfer.data.class_map import check_map_used, match_classes, parse_class_map
 from edgexfer.train.fuse import ALPHA_MEANING, DEFAULT_ALPHAS, FuseConfig
 
 
@@ -29,15 +29,18 @@ def test_adapt_config_defaults_and_method_epochs():
     assert AdaptConfig.build(method="coral").first_method is None
 
 
-@pytest.mark.parametrize("values, match", [
-    (dict(method="mmd"), "method"),
-    (dict(method="coral", after="adabn"), "pseudo-label"),
-    (dict(method="adabn", bn="frozen"), "contradicts"),
-    (dict(method="pseudo-label", after="adabn", bn="frozen"), "contradicts"),
-    (dict(method="pseudo-label", threshold=1.5), "threshold"),
-    (dict(method="dann", epochs=-1), "epochs"),
-    (dict(method="dann", learning_rte=0.1), "did you mean 'learning_rate'"),
-])
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        (dict(method="mmd"), "method"),
+        (dict(method="coral", after="adabn"), "pseudo-label"),
+        (dict(method="adabn", bn="frozen"), "contradicts"),
+        (dict(method="pseudo-label", after="adabn", bn="frozen"), "contradicts"),
+        (dict(method="pseudo-label", threshold=1.5), "threshold"),
+        (dict(method="dann", epochs=-1), "epochs"),
+        (dict(method="dann", learning_rte=0.1), "did you mean 'learning_rate'"),
+    ],
+)
 def test_adapt_config_rejects_bad_values_in_one_line(values, match):
     with pytest.raises(ConfigError, match=match) as info:
         AdaptConfig.build(**values)
@@ -67,14 +70,17 @@ def test_class_map_from_text_json_and_lines(tmp_path):
     assert parse_class_map(str(tmp_path / "map.txt")) == {"seven": "7", "eight": "8"}
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("seven", "folder_name=model_class"),
-    ("a=b=c", "folder_name=model_class"),
-    ("a=", "empty class name"),
-    ("a=x,b=x", "cannot merge"),
-    ("a=x,a=y", "mapped twice"),
-    ("nosuch.json", "no such file"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("seven", "folder_name=model_class"),
+        ("a=b=c", "folder_name=model_class"),
+        ("a=", "empty class name"),
+        ("a=x,b=x", "cannot merge"),
+        ("a=x,a=y", "mapped twice"),
+        ("nosuch.json", "no such file"),
+    ],
+)
 def test_class_map_errors(spec, match):
     with pytest.raises(ConfigError, match=match):
         parse_class_map(spec)

@@ -16,8 +16,8 @@ def test_coral_is_zero_for_identical_covariances():
 
 def test_coral_matches_its_definition_on_known_matrices():
     source = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], dtype="float32")  # cov = diag(2/3, 2/3)
-    target = np.array([[2, 0], [-2, 0], [0, 0], [0, 0]], dtype="float32")   # cov = diag(8/3, 0)
-    expected = ((2 / 3 - 8 / 3) ** 2 + (2 / 3) ** 2) / (4 * 2 ** 2)
+    target = np.array([[2, 0], [-2, 0], [0, 0], [0, 0]], dtype="float32")  # cov = diag(8/3, 0)
+    expected = ((2 / 3 - 8 / 3) ** 2 + (2 / 3) ** 2) / (4 * 2**2)
     assert float(coral_loss(source, target)) == pytest.approx(expected, rel=1e-5)
     numpy_value = np.sum((np.cov(source.T) - np.cov(target.T)) ** 2) / 16
     assert float(coral_loss(source, target)) == pytest.approx(numpy_value, rel=1e-5)

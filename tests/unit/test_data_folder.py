@@ -36,6 +36,7 @@ def labels_of(samples) -> list[int]:
 
 # --- layouts and splits -----------------------------------------------------------------
 
+
 def test_flat_layout_is_split_stratified_and_labelled_by_sorted_folder(tmp_path):
     root = make_flat(tmp_path / "data", {"dog": 20, "cat": 20, "bird": 20})
     ds = scan_image_folder(root, val_fraction=0.1, test_fraction=0.1, seed=0)
@@ -76,8 +77,9 @@ def test_split_layout_uses_given_splits_and_carves_missing_val(tmp_path):
 
 def test_extensions_case_insensitive_hidden_and_other_files_ignored(tmp_path):
     root = tmp_path / "data"
-    for i, (ext, fmt) in enumerate([("jpg", "JPEG"), ("JPEG", "JPEG"), ("Png", "PNG"), ("bmp", "BMP"),
-                                    ("GIF", "GIF"), ("webp", "WEBP")]):
+    for i, (ext, fmt) in enumerate(
+        [("jpg", "JPEG"), ("JPEG", "JPEG"), ("Png", "PNG"), ("bmp", "BMP"), ("GIF", "GIF"), ("webp", "WEBP")]
+    ):
         write_image(root / "a" / f"{i}.{ext}", fmt=fmt)
         write_image(root / "b" / f"{i}.{ext}", fmt=fmt)
     (root / "a" / "notes.txt").write_text("not an image")
@@ -117,20 +119,32 @@ def test_fingerprint_changes_with_files(tmp_path):
 
 # --- bad input --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("setup, fact", [
-    (lambda root: None, "does not exist"),
-    (lambda root: root.write_text("x"), "not a folder"),
-    (lambda root: root.mkdir(), "empty"),
-    (lambda root: make_flat(root, {"lonely": 3}), "only one class \\(lonely\\)"),
-    (lambda root: (make_flat(root, {"a": 2}), (root / "empty_class").mkdir()), "empty_class"),
-    (lambda root: (make_flat(root, {"a": 2, "txt_only": 0}), (root / "txt_only").mkdir(),
-                   (root / "txt_only" / "x.txt").write_text("")), "txt_only"),
-    (lambda root: (make_flat(root / "train", {"a": 2, "b": 2}), make_flat(root / "val", {"a": 2, "c": 2})),
-     "missing b; extra c"),
-    (lambda root: (make_flat(root / "train", {"a": 2, "b": 2}), make_flat(root / "cats", {"a": 1})), "mixes"),
-    (lambda root: make_flat(root / "val", {"a": 2, "b": 2}), "no train"),
-    (lambda root: write_image(root / "loose.png"), "no class folders"),
-])
+
+@pytest.mark.parametrize(
+    "setup, fact",
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: root.write_text("x"), "not a folder"),
+        (lambda root: root.mkdir(), "empty"),
+        (lambda root: make_flat(root, {"lonely": 3}), "only one class \\(lonely\\)"),
+        (lambda root: (make_flat(root, {"a": 2}), (root / "empty_class").mkdir()), "empty_class"),
+        (
+            lambda root: (
+                make_flat(root, {"a": 2, "txt_only": 0}),
+                (root / "txt_only").mkdir(),
+                (root / "txt_only" / "x.txt").write_text(""),
+            ),
+            "txt_only",
+        ),
+        (
+            lambda root: (make_flat(root / "train", {"a": 2, "b": 2}), make_flat(root / "val", {"a": 2, "c": 2})),
+            "missing b; extra c",
+        ),
+        (lambda root: (make_flat(root / "train", {"a": 2, "b": 2}), make_flat(root / "cats", {"a": 1})), "mixes"),
+        (lambda root: make_flat(root / "val", {"a": 2, "b": 2}), "no train"),
+        (lambda root: write_image(root / "loose.png"), "no class folders"),
+    ],
+)
 def test_bad_folders_raise_data_error_naming_the_problem(tmp_path, setup, fact):
     root = tmp_path / "data"
     setup(root)
@@ -145,8 +159,9 @@ def test_class_names_mismatch_lists_missing_and_extra(tmp_path):
         scan_image_folder(root, class_names=["a", "b", "c"])
 
 
-@pytest.mark.parametrize("kwargs", [{"val_fraction": 1.0}, {"test_fraction": -0.1},
-                                    {"val_fraction": 0.5, "test_fraction": 0.5}])
+@pytest.mark.parametrize(
+    "kwargs", [{"val_fraction": 1.0}, {"test_fraction": -0.1}, {"val_fraction": 0.5, "test_fraction": 0.5}]
+)
 def test_bad_fractions_are_config_errors(tmp_path, kwargs):
     with pytest.raises(ConfigError):
         scan_image_folder(make_flat(tmp_path / "d", {"a": 2, "b": 2}), **kwargs)
@@ -216,6 +231,7 @@ def test_unreadable_file_is_skipped_with_reason(tmp_path, monkeypatch):
 
 
 # --- load_image -------------------------------------------------------------------------
+
 
 def test_load_image_converts_every_mode_to_rgb(tmp_path):
     gray = write_image(tmp_path / "gray.png", 77, mode="L")
@@ -293,8 +309,15 @@ def test_load_image_unreadable_file_is_data_error_with_its_name(tmp_path, conten
 
 
 def test_importing_edgexfer_data_imports_neither_tensorflow_nor_sklearn():
-    code = ("import sys, edgexfer.data, edgexfer.data.preprocess; "
-            "print('tensorflow' in sys.modules, 'sklearn' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, edgexfer.data, edgexfer.data.preprocess; "
+        "print('tensorflow' in sys.modules, 'sklearn' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert result.stdout.split() == ["False", "False"]

@@ -119,8 +119,17 @@ def test_disabled_augmentation_is_a_no_op(samples):
     assert np.array_equal(plain, off)
 
 
-@pytest.mark.parametrize("kwargs", [{"crop_zoom": 1.0}, {"crop_zoom": -0.1}, {"brightness": 1.5},
-                                    {"contrast": 1.0}, {"flip": "yes"}, {"brightness": "0.1"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"crop_zoom": 1.0},
+        {"crop_zoom": -0.1},
+        {"brightness": 1.5},
+        {"contrast": 1.0},
+        {"flip": "yes"},
+        {"brightness": "0.1"},
+    ],
+)
 def test_augment_config_validates(kwargs):
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
         AugmentConfig(**kwargs)

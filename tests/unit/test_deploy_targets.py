@@ -37,18 +37,33 @@ def onnx_export(out: Path, seed: int = 0) -> Path:
     weights = numpy_helper.from_array(rng.normal(0, 0.5, (48, 3)).astype(np.float32), "w")
     bias = numpy_helper.from_array(rng.normal(0, 0.1, (3,)).astype(np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["mm"]),
-         helper.make_node("Add", ["mm", "b"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)],
-        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, 4, 3])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3])], initializer=[weights, bias])
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+            helper.make_node("Add", ["mm", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, 4, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3])],
+        initializer=[weights, bias],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     embed_onnx_metadata(model, EmbeddedInfo(LABELS, PRE, {"format": "onnx", "quant": "none"}))
     with writing_artifact(out) as writer:
         onnx.save(model, str(writer.file("model.onnx")))
-        return writer.commit(Manifest(stage="export", label_names=LABELS, preprocessing=PRE, backbone="handmade",
-                                      weights="none", config={"format": "onnx", "quant": "none"},
-                                      model_file="model.onnx"))
+        return writer.commit(
+            Manifest(
+                stage="export",
+                label_names=LABELS,
+                preprocessing=PRE,
+                backbone="handmade",
+                weights="none",
+                config={"format": "onnx", "quant": "none"},
+                model_file="model.onnx",
+            )
+        )
 
 
 def image_folder(root: Path, per_class: int = 4) -> Path:
@@ -84,12 +99,15 @@ def one_error_line(text: str) -> str:
 # ------------------------------------------------------------------------- --device
 
 
-@pytest.mark.parametrize("device, available, expected", [
-    ("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
-    ("cuda", ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
-    ("auto", ["CPUExecutionProvider"], ["CPUExecutionProvider"]),
-    ("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
-])
+@pytest.mark.parametrize(
+    "device, available, expected",
+    [
+        ("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
+        ("cuda", ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ("auto", ["CPUExecutionProvider"], ["CPUExecutionProvider"]),
+        ("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ],
+)
 def test_requested_providers(device, available, expected):
     assert prov.requested_providers(device, available) == expected
 
@@ -100,8 +118,9 @@ def test_an_unknown_device_names_the_allowed_ones():
 
 
 def test_placement_is_read_from_the_session_providers(monkeypatch):
-    assert prov.placement_of(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda") == \
-        prov.Placement("CUDAExecutionProvider", "cuda:0")
+    assert prov.placement_of(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda") == prov.Placement(
+        "CUDAExecutionProvider", "cuda:0"
+    )
     assert prov.placement_of(["CUDAExecutionProvider", "CPUExecutionProvider"], "auto", device_id=1).device == "cuda:1"
     assert prov.placement_of(["CPUExecutionProvider"], "auto") == prov.CPU_ORT
     assert prov.placement_of(["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu") == prov.CPU_ORT
@@ -111,13 +130,16 @@ def test_placement_is_read_from_the_session_providers(monkeypatch):
         prov.placement_of(["CPUExecutionProvider"], "cuda", where="m.onnx")
 
 
-@pytest.mark.parametrize("available, driver, expected", [
-    (["CPUExecutionProvider"], None, r"onnxruntime 1\.0 is a CPU-only build .*edgexfer\[gpu\]"),
-    (["CUDAExecutionProvider", "CPUExecutionProvider"], ("no-driver", 0), "no NVIDIA driver"),
-    (["CUDAExecutionProvider", "CPUExecutionProvider"], ("init-failed", 0), "cuInit failed"),
-    (["CUDAExecutionProvider", "CPUExecutionProvider"], ("ok", 0), "reports no CUDA device"),
-    (["CUDAExecutionProvider", "CPUExecutionProvider"], ("ok", 2), "sees 2 device.*did not start.*cuDNN"),
-])
+@pytest.mark.parametrize(
+    "available, driver, expected",
+    [
+        (["CPUExecutionProvider"], None, r"onnxruntime 1\.0 is a CPU-only build .*edgexfer\[gpu\]"),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], ("no-driver", 0), "no NVIDIA driver"),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], ("init-failed", 0), "cuInit failed"),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], ("ok", 0), "reports no CUDA device"),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], ("ok", 2), "sees 2 device.*did not start.*cuDNN"),
+    ],
+)
 def test_why_cuda_is_not_in_use(available, driver, expected):
     import re
 
@@ -160,8 +182,9 @@ def test_benchmark_rows_name_provider_and_device(tmp_path):
     from edgexfer.evaluate.latency import LatencySettings
 
     artifact = onnx_export(tmp_path / "onnx")
-    result = benchmark_models([artifact.path], out=tmp_path / "b", device="cpu",
-                              latency=LatencySettings(warmup=0, runs=3, batch_size=2))
+    result = benchmark_models(
+        [artifact.path], out=tmp_path / "b", device="cpu", latency=LatencySettings(warmup=0, runs=3, batch_size=2)
+    )
     assert result["device"] == "cpu" and len(result["rows"]) == 2
     for row in result["rows"]:
         assert (row["provider"], row["device"], row["runtime"]) == ("CPUExecutionProvider", "cpu", "onnxruntime-cpu")
@@ -177,8 +200,9 @@ def test_auto_with_a_cuda_provider_that_does_not_start_keeps_only_cpu_rows(tmp_p
     monkeypatch.setattr(prov, "ort_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(prov, "cuda_unavailable_reason", lambda: "test")
     logged = []
-    result = benchmark_models([artifact.path], out=tmp_path / "b", device="auto", log=logged.append,
-                              latency=_small_latency())
+    result = benchmark_models(
+        [artifact.path], out=tmp_path / "b", device="auto", log=logged.append, latency=_small_latency()
+    )
     assert {row["device"] for row in result["rows"]} == {"cpu"}
     assert any("CUDA skipped" in line for line in logged)
 
@@ -196,8 +220,10 @@ def test_cli_device_cuda_is_one_line_and_exit_2(capsys, tmp_path):
         pytest.skip("this onnxruntime has the CUDA provider")
     artifact = onnx_export(tmp_path / "onnx")
     data = image_folder(tmp_path / "data")
-    for args in (("benchmark", artifact.path, "--device", "cuda"),
-                 ("check", artifact.path, "--data", data, "--device", "cuda", "--no-latency")):
+    for args in (
+        ("benchmark", artifact.path, "--device", "cuda"),
+        ("check", artifact.path, "--data", data, "--device", "cuda", "--no-latency"),
+    ):
         result = call_cli(capsys, *args)
         assert result.code == 2
         assert "CPU-only build" in one_error_line(result.err)
@@ -214,8 +240,9 @@ def test_check_without_tensorflow_compares_the_exported_files(tmp_path, monkeypa
     monkeypatch.setattr(check_module, "_tensorflow_installed", lambda: False)
     first, second = onnx_export(tmp_path / "a", seed=0), onnx_export(tmp_path / "b", seed=7)
     data = image_folder(tmp_path / "data")
-    result = check_module.check_artifacts([first.path, second.path], data, out=tmp_path / "c", device="cpu",
-                                          measure_latency=False, min_agreement=0.0)
+    result = check_module.check_artifacts(
+        [first.path, second.path], data, out=tmp_path / "c", device="cpu", measure_latency=False, min_agreement=0.0
+    )
     assert result["reference"]["kind"] == "export" and "TensorFlow is not installed" in result["reference"]["why"]
     ref, other = result["candidates"]
     assert ref["reference"] and ref["parity"]["agreement"] == 1.0 and ref["parent"] is None
@@ -226,8 +253,7 @@ def test_check_without_tensorflow_compares_the_exported_files(tmp_path, monkeypa
     assert "no Keras parent" in markdown and "Keras parent not loaded" in markdown
     # a gate on one file alone would compare it with itself: refused
     with pytest.raises(ConfigError, match=r"needs TensorFlow: pip install \"edgexfer\[train\]\""):
-        check_module.check_artifacts([first.path], data, out=tmp_path / "d", min_agreement=0.9,
-                                     measure_latency=False)
+        check_module.check_artifacts([first.path], data, out=tmp_path / "d", min_agreement=0.9, measure_latency=False)
 
 
 def test_training_command_without_the_train_extra_is_one_line(capsys, monkeypatch):
@@ -235,8 +261,11 @@ def test_training_command_without_the_train_extra_is_one_line(capsys, monkeypatc
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
-    for args in (("finetune", "data", "--out", "x"), ("distill", "a", "b", "--student", "cnn_tiny"),
-                 ("data", "prepare", "uci-digits", "x")):
+    for args in (
+        ("finetune", "data", "--out", "x"),
+        ("distill", "a", "b", "--student", "cnn_tiny"),
+        ("data", "prepare", "uci-digits", "x"),
+    ):
         result = call_cli(capsys, *args)
         assert result.code == 2
         assert 'pip install "edgexfer[train]"' in one_error_line(result.err)
@@ -268,8 +297,11 @@ def test_shipped_recipes_resolve_from_anywhere(tmp_path, monkeypatch):
     own = tmp_path / "digits"  # a file of the user's wins over the shipped name
     own.write_text("name: mine\n")
     assert resolve_pipeline("digits").resolve() == own
-    with pytest.raises(ConfigError, match=r"'digit' is neither .* \(did you mean 'digits'\?\); shipped recipes: "
-                                          r"digits, fashion-mnist, template"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'digit' is neither .* \(did you mean 'digits'\?\); shipped recipes: "
+        r"digits, fashion-mnist, template",
+    ):
         resolve_pipeline("digit")
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_pipeline("some/dir/x.yaml")
@@ -293,15 +325,25 @@ def test_bundle_example_predicts_what_edgexfer_predicts(tmp_path):
     artifact = onnx_export(tmp_path / "onnx")
     data = image_folder(tmp_path / "data", per_class=2)
     bundle = write_bundle(artifact.path, tmp_path / "bundle")
-    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "labels.txt", "model.onnx", "predict.py",
-                                                        "preprocessing.json"]
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "README.md",
+        "labels.txt",
+        "model.onnx",
+        "predict.py",
+        "preprocessing.json",
+    ]
     readme = (bundle / "README.md").read_text()
     assert "mean = [100.0, 110.0, 120.0]" in readme and "std = [50.0, 60.0, 70.0]" in readme
     assert "Resize to 4×4 pixels" in readme and "pip install numpy pillow onnxruntime" in readme
     assert (bundle / "labels.txt").read_text().splitlines() == LABELS
     images = sorted(data.rglob("*.png"))
-    done = subprocess.run([sys.executable, str(bundle / "predict.py"), *map(str, images)], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(bundle / "predict.py"), *map(str, images)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     expected = predict_paths(artifact.path, images, top_k=3)["predictions"]
     lines = done.stdout.splitlines()
@@ -324,8 +366,11 @@ def test_arena_estimate_follows_liveness():
     t = lambda i, shape, const=False: _Tensor(i, f"t{i}", "INT8", shape, const)  # noqa: E731
     # input(1000 B) -> op0 -> a(2000 B) -> op1 -> b(500 B) -> op2 (+ a, a skip connection) -> out(100 B)
     tensors = (t(0, (1, 1000)), t(1, (1, 2000)), t(2, (1, 500)), t(3, (1, 100)), t(4, (1, 4096), True))
-    ops = (_Operator(0, "CONV_2D", (0, 4), (1,)), _Operator(1, "CONV_2D", (1, 4), (2,)),
-           _Operator(2, "ADD", (2, 1), (3,)))
+    ops = (
+        _Operator(0, "CONV_2D", (0, 4), (1,)),
+        _Operator(1, "CONV_2D", (1, 4), (2,)),
+        _Operator(2, "ADD", (2, 1), (3,)),
+    )
     estimate = estimate_arena(TFLiteGraph(tensors, ops, (0,), (3,), 1))
     # step 1 holds a (2000 → 2000) and b (500 → 512); step 0 input + a = 1008 + 2000; step 2: a + b + out
     assert estimate["activation_peak_bytes"] == 1008 + 2000

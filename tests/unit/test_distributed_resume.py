@@ -40,12 +40,15 @@ def test_global_batch_must_divide_by_the_workers():
         distributed.shard([1, 2], distributed.Cluster("multi-worker", 3, 0), seed=0)
 
 
-@pytest.mark.parametrize("value, message", [
-    (None, "needs TF_CONFIG"),
-    ("{not json", "TF_CONFIG is not valid JSON"),
-    (json.dumps({"cluster": {}}), "TF_CONFIG must hold"),
-    (json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}), "index 3 is outside"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (None, "needs TF_CONFIG"),
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        (json.dumps({"cluster": {}}), "TF_CONFIG must hold"),
+        (json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}), "index 3 is outside"),
+    ],
+)
 def test_bad_tf_config_is_a_one_line_error(monkeypatch, value, message):
     if value is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -57,8 +60,9 @@ def test_bad_tf_config_is_a_one_line_error(monkeypatch, value, message):
 
 
 def test_cluster_from_tf_config(monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
-                                                "task": {"type": "worker", "index": 1}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}})
+    )
     cluster = distributed.cluster_of("multi-worker")
     assert (cluster.workers, cluster.index, cluster.is_chief, cluster.multi_worker) == (2, 1, False, True)
     assert distributed.cluster_of("default").workers == 1
@@ -76,12 +80,30 @@ def test_launcher_gives_each_worker_its_own_task_and_free_ports():
 
 def test_two_local_workers_run_and_a_failing_one_stops_the_rest(tmp_path):
     launcher = _launcher()
-    ok = launcher.main(["2", "--logs", str(tmp_path / "ok"), "--", "python3", "-c",
-                        "import json, os; print(json.loads(os.environ['TF_CONFIG'])['task']['index'])"])
+    ok = launcher.main(
+        [
+            "2",
+            "--logs",
+            str(tmp_path / "ok"),
+            "--",
+            "python3",
+            "-c",
+            "import json, os; print(json.loads(os.environ['TF_CONFIG'])['task']['index'])",
+        ]
+    )
     assert ok == 0 and (tmp_path / "ok" / "worker-1.log").read_text().strip() == "1"
-    failed = launcher.main(["2", "--logs", str(tmp_path / "bad"), "--", "python3", "-c",
-                            "import json, os, sys, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index'];"
-                            "sys.exit(3) if i == 1 else time.sleep(60)"])
+    failed = launcher.main(
+        [
+            "2",
+            "--logs",
+            str(tmp_path / "bad"),
+            "--",
+            "python3",
+            "-c",
+            "import json, os, sys, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index'];"
+            "sys.exit(3) if i == 1 else time.sleep(60)",
+        ]
+    )
     assert failed == 3
 
 

@@ -44,10 +44,15 @@ def test_quant_not_available_for_format_says_what_is_allowed():
 
 
 def test_unknown_format_and_quant():
-    with pytest.raises(ConfigError, match=r"--format 'coreml' is not supported; allowed: tflite, onnx, tflite-micro, saved_model"):
+    with pytest.raises(
+        ConfigError, match=r"--format 'coreml' is not supported; allowed: tflite, onnx, tflite-micro, saved_model"
+    ):
         check_format_quant("coreml", "none")
-    with pytest.raises(ConfigError, match=r"--quant 'int4' is not a quantization mode \(did you mean 'int8'\?\); "
-                                          r"allowed: none, fp16, dynamic, int8"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--quant 'int4' is not a quantization mode \(did you mean 'int8'\?\); "
+        r"allowed: none, fp16, dynamic, int8",
+    ):
         check_format_quant("tflite", "int4")
     with pytest.raises(ConfigError, match=r"--format 'tflit' is not supported \(did you mean 'tflite'\?\)"):
         check_format_quant("tflit", "none")
@@ -60,7 +65,14 @@ def test_model_file_lookup():
 
 
 def test_importing_export_does_not_import_tensorflow():
-    code = "import sys, edgexfer.export; print(sorted(m for m in ('tensorflow', 'tf_keras', 'keras') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys, edgexfer.export; print(sorted(m for m in ('tensorflow', 'tf_keras', 'keras') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.stdout.strip() == "[]"

@@ -43,17 +43,38 @@ def test_a_good_file_loads_in_order(tmp_path):
     assert pipeline.run_dir.as_posix() == "runs/tiny"
 
 
-@pytest.mark.parametrize("bad, message", [
-    (GOOD.replace("    img_size: 16", "    img_sise: 16"), r"p.yaml:5: stage 'finetune'.*unknown option 'img_sise' — did you mean 'img_size'"),
-    (GOOD.replace("  export:\n", "  exprot:\n"), r"p.yaml:10: stage 'exprot': unknown stage type 'exprot' — did you mean 'export'"),
-    (GOOD.replace("parent: finetune", "parent: finetuen"), r"p.yaml:11: .*parent='finetuen' is not an earlier stage — did you mean 'finetune'"),
-    (GOOD.replace("quant: none", "quant: fp16").replace("format: tflite", "format: onnx"), r"fp16 is not available for onnx"),
-    (GOOD.replace("    data: colors\n    backbone", "    data: colours\n    backbone"), r"p.yaml:6: .*'colours' is neither a dataset .* did you mean 'colors'"),
-    (GOOD.replace("name: tiny", "name: tiny\nstagse: {}"), r"p.yaml:2: unknown key 'stagse' — did you mean 'stages'"),
-    (GOOD.replace("    img_size: 16", "    img_size: -3"), r"img_size=-3 is invalid"),
-    ("name: x\nstages: [a, b]\n", r"'stages' must map stage names"),
-    ("name: x\nstages:\n  finetune: {data: a\n", r"p.yaml:4: not valid YAML \(expected .,. or .}."),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            GOOD.replace("    img_size: 16", "    img_sise: 16"),
+            r"p.yaml:5: stage 'finetune'.*unknown option 'img_sise' — did you mean 'img_size'",
+        ),
+        (
+            GOOD.replace("  export:\n", "  exprot:\n"),
+            r"p.yaml:10: stage 'exprot': unknown stage type 'exprot' — did you mean 'export'",
+        ),
+        (
+            GOOD.replace("parent: finetune", "parent: finetuen"),
+            r"p.yaml:11: .*parent='finetuen' is not an earlier stage — did you mean 'finetune'",
+        ),
+        (
+            GOOD.replace("quant: none", "quant: fp16").replace("format: tflite", "format: onnx"),
+            r"fp16 is not available for onnx",
+        ),
+        (
+            GOOD.replace("    data: colors\n    backbone", "    data: colours\n    backbone"),
+            r"p.yaml:6: .*'colours' is neither a dataset .* did you mean 'colors'",
+        ),
+        (
+            GOOD.replace("name: tiny", "name: tiny\nstagse: {}"),
+            r"p.yaml:2: unknown key 'stagse' — did you mean 'stages'",
+        ),
+        (GOOD.replace("    img_size: 16", "    img_size: -3"), r"img_size=-3 is invalid"),
+        ("name: x\nstages: [a, b]\n", r"'stages' must map stage names"),
+        ("name: x\nstages:\n  finetune: {data: a\n", r"p.yaml:4: not valid YAML \(expected .,. or .}."),
+    ],
+)
 def test_bad_files_get_one_line_errors_with_line_numbers(tmp_path, bad, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_pipeline(write(tmp_path, bad))
@@ -156,18 +177,28 @@ def test_evaluate_stages_score_trained_on_domains_on_their_held_out_test_split(t
     # A check on the source scores its held-out test split too; on the target, all of it.
     assert pipeline.stage("check").options["split"] == "test"
     assert "split" not in pipeline.stage("check_target").options
-    chosen = load_pipeline(write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))),
-                           overrides=["student.split={target: test}"])
+    chosen = load_pipeline(
+        write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))),
+        overrides=["student.split={target: test}"],
+    )
     assert chosen.stage("student").options["split"] == {"target": "test", "source": "test"}
 
 
-@pytest.mark.parametrize("split, message", [
-    ("testing", r"stage 'student': split 'testing' for domain 'target' is not one of all, train, val, test"),
-    ("{sorce: test}", r"stage 'student': split names domain 'sorce', which is not evaluated; domains: target, source"),
-])
+@pytest.mark.parametrize(
+    "split, message",
+    [
+        ("testing", r"stage 'student': split 'testing' for domain 'target' is not one of all, train, val, test"),
+        (
+            "{sorce: test}",
+            r"stage 'student': split names domain 'sorce', which is not evaluated; domains: target, source",
+        ),
+    ],
+)
 def test_a_bad_evaluate_split_is_one_line_naming_the_choices(tmp_path, split, message):
     (tmp_path / "DATA2").mkdir()
     with pytest.raises(ConfigError, match=message) as info:
-        load_pipeline(write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))),
-                      overrides=[f"student.split={split}"])
+        load_pipeline(
+            write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))),
+            overrides=[f"student.split={split}"],
+        )
     assert "\n" not in str(info.value)

@@ -53,16 +53,23 @@ def test_explain_names_versions_cpu_and_threads():
     then = {"cpu_model": "A", "isa": ["avx2", "avx512f"], "cpus_available": 2, "env": {}}
     now = {"cpu_model": "B", "isa": ["avx2"], "cpus_available": 1, "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
     lines = explain(then, now, {"tensorflow": "2.20.0"}, {"tensorflow": "2.21.0"})
-    assert lines == ["tensorflow 2.20.0 then, 2.21.0 now", "CPU: A then, B now",
-                     "CPUs available to the process: 2 then, 1 now",
-                     "environment switches: {} then, {'TF_ENABLE_ONEDNN_OPTS': '0'} now",
-                     "CPU instruction sets: avx512f only then, none only now"]
+    assert lines == [
+        "tensorflow 2.20.0 then, 2.21.0 now",
+        "CPU: A then, B now",
+        "CPUs available to the process: 2 then, 1 now",
+        "environment switches: {} then, {'TF_ENABLE_ONEDNN_OPTS': '0'} now",
+        "CPU instruction sets: avx512f only then, none only now",
+    ]
     assert environment()["cpu_count"] >= 1
 
 
 def test_metrics_comparison_reads_every_accuracy_and_no_timing():
-    first = {"test_accuracy": 0.9, "val": {"accuracy": 0.8}, "timings_seconds": {"x": 1.0}, "history": [
-        {"val_accuracy": 0.5}]}
+    first = {
+        "test_accuracy": 0.9,
+        "val": {"accuracy": 0.8},
+        "timings_seconds": {"x": 1.0},
+        "history": [{"val_accuracy": 0.5}],
+    }
     second = {**first, "test_accuracy": 0.85, "timings_seconds": {"x": 2.0}}
     assert set(accuracies(first)) == {"test_accuracy", "val.accuracy", "history[0].val_accuracy"}
     result = compare_metrics(first, second)
@@ -74,11 +81,20 @@ def test_a_child_never_keeps_its_parent_s_recorded_call(tmp_path):
     from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifact
 
     def manifest(extra):
-        return Manifest(stage="adapt", label_names=["a"], preprocessing=Preprocessing(input_size=8),
-                        backbone="cnn_tiny", weights="none", extra=extra)
+        return Manifest(
+            stage="adapt",
+            label_names=["a"],
+            preprocessing=Preprocessing(input_size=8),
+            backbone="cnn_tiny",
+            weights="none",
+            extra=extra,
+        )
 
-    parents_call = {"function": "edgexfer.train.finetune:finetune", "out": str(tmp_path / "finetune"),
-                    "stage": "finetune"}
+    parents_call = {
+        "function": "edgexfer.train.finetune:finetune",
+        "out": str(tmp_path / "finetune"),
+        "stage": "finetune",
+    }
 
     @recorded
     def stage(data_dir, out):

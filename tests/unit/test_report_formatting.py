@@ -5,25 +5,28 @@ import pytest
 from edgexfer.evaluate import formatting as fmt
 
 
-@pytest.mark.parametrize("key, value, shown", [
-    ("test_accuracy", 0.978, "97.80 %"),
-    ("agreement", 1.0, "100.00 %"),
-    ("model_bytes", 27_340, "27.3 kB"),
-    ("size_bytes", 14_912_345, "14.9 MB"),
-    ("peak_rss_mb", 1331.6, "1.33 GB"),
-    ("p50_ms", 0.0412, "41.2 µs"),
-    ("p50_ms", 23.456, "23.5 ms"),
-    ("p50_ms", 2345.0, "2.35 s"),
-    ("total_seconds", 245.3, "4 min 05 s"),
-    ("total_seconds", 3.25, "3.25 s"),
-    ("params", 4_652_008, "4,652,008"),
-    ("batch_size", 64, "64"),
-    ("img_size", 96, "96"),
-    ("macs", 25_100_000, "25.1 M"),
-    ("alpha", 0.0, "0"),
-    ("val_accuracy", 98.6, "98.6"),  # not a fraction: shown plainly rather than as 9,860 %
-    ("anything", None, "—"),
-])
+@pytest.mark.parametrize(
+    "key, value, shown",
+    [
+        ("test_accuracy", 0.978, "97.80 %"),
+        ("agreement", 1.0, "100.00 %"),
+        ("model_bytes", 27_340, "27.3 kB"),
+        ("size_bytes", 14_912_345, "14.9 MB"),
+        ("peak_rss_mb", 1331.6, "1.33 GB"),
+        ("p50_ms", 0.0412, "41.2 µs"),
+        ("p50_ms", 23.456, "23.5 ms"),
+        ("p50_ms", 2345.0, "2.35 s"),
+        ("total_seconds", 245.3, "4 min 05 s"),
+        ("total_seconds", 3.25, "3.25 s"),
+        ("params", 4_652_008, "4,652,008"),
+        ("batch_size", 64, "64"),
+        ("img_size", 96, "96"),
+        ("macs", 25_100_000, "25.1 M"),
+        ("alpha", 0.0, "0"),
+        ("val_accuracy", 98.6, "98.6"),  # not a fraction: shown plainly rather than as 9,860 %
+        ("anything", None, "—"),
+    ],
+)
 def test_metric_formats_by_the_kind_its_name_says(key, value, shown):
     assert fmt.metric(key, value) == shown
 

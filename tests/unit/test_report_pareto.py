@@ -11,12 +11,29 @@ def test_pareto_front_keeps_only_undominated_models_in_size_order():
 
 
 def test_report_rows_say_which_thread_count_each_latency_used():
-    result = {"parents": [{"name": "student", "accuracy": 0.9, "size_bytes": 10,
-                           "latency": [{"batch": 1, "threads": 0, "threads_used": 2, "p50_ms": 0.6}]}],
-              "candidates": [{"name": "int8", "format": "tflite", "quant": "int8", "size_bytes": 3,
-                              "parity": {"accuracy": 0.9, "agreement": 0.99},
-                              "latency": [{"batch": 1, "threads": 2, "threads_used": 2, "p50_ms": 0.01},
-                                          {"batch": 1, "threads": 1, "threads_used": 1, "p50_ms": 0.02}]}]}
+    result = {
+        "parents": [
+            {
+                "name": "student",
+                "accuracy": 0.9,
+                "size_bytes": 10,
+                "latency": [{"batch": 1, "threads": 0, "threads_used": 2, "p50_ms": 0.6}],
+            }
+        ],
+        "candidates": [
+            {
+                "name": "int8",
+                "format": "tflite",
+                "quant": "int8",
+                "size_bytes": 3,
+                "parity": {"accuracy": 0.9, "agreement": 0.99},
+                "latency": [
+                    {"batch": 1, "threads": 2, "threads_used": 2, "p50_ms": 0.01},
+                    {"batch": 1, "threads": 1, "threads_used": 1, "p50_ms": 0.02},
+                ],
+            }
+        ],
+    }
     keras, int8 = _pareto_rows(result)
     assert (keras["latency_ms"], keras["threads"]) == (0.6, "2 (runtime's own)")
     assert (int8["latency_ms"], int8["threads"]) == (0.02, "1")  # 1 thread preferred

@@ -13,8 +13,16 @@ from edgexfer.demo import headline_rows
 from edgexfer.evaluate.report import write_report
 
 ORDER = ["finetune", "source_only", "adapt", "quantize", "student", "export_tflite", "check", "check_target"]
-TYPES = {"finetune": "finetune", "source_only": "evaluate", "adapt": "adapt", "quantize": "quantize",
-         "student": "evaluate", "export_tflite": "export", "check": "check", "check_target": "check"}
+TYPES = {
+    "finetune": "finetune",
+    "source_only": "evaluate",
+    "adapt": "adapt",
+    "quantize": "quantize",
+    "student": "evaluate",
+    "export_tflite": "export",
+    "check": "check",
+    "check_target": "check",
+}
 
 
 def write(path, data):
@@ -23,21 +31,47 @@ def write(path, data):
 
 
 def keras_stage(run, name, parent, params, size):
-    write(run / name / "manifest.json", {"stage": name, "model_file": "model.h5", "label_names": ["0", "1"],
-                                         "parent": {"path": str(run / parent)} if parent else None})
-    write(run / name / "metrics.json", {"params": params, "peak_rss_mb": 1331.6, "alpha": 0.0,
-                                        "test_accuracy": 0.986})
+    write(
+        run / name / "manifest.json",
+        {
+            "stage": name,
+            "model_file": "model.h5",
+            "label_names": ["0", "1"],
+            "parent": {"path": str(run / parent)} if parent else None,
+        },
+    )
+    write(run / name / "metrics.json", {"params": params, "peak_rss_mb": 1331.6, "alpha": 0.0, "test_accuracy": 0.986})
     (run / name / "model.h5").write_bytes(b"x" * size)
 
 
 def evaluation(run, name, model, source, target, macs, p50):
-    write(run / name / "evaluate.json", {
-        "artifact": str(run / model), "reference": "source", "max_gap": source - target,
-        "domains": {"source": {"data": str(run / "data/source"), "split": "test", "n": 500, "accuracy": source,
-                               "labels_used_for_training": True, "confusion_matrix": [[250, 0], [1, 249]]},
-                    "target": {"data": str(run / "data/target"), "split": "all", "n": 1797, "accuracy": target,
-                               "labels_used_for_training": False}},
-        "macs": macs, "latency": [{"batch": 1, "threads": 0, "threads_used": 2, "p50_ms": p50}]})
+    write(
+        run / name / "evaluate.json",
+        {
+            "artifact": str(run / model),
+            "reference": "source",
+            "max_gap": source - target,
+            "domains": {
+                "source": {
+                    "data": str(run / "data/source"),
+                    "split": "test",
+                    "n": 500,
+                    "accuracy": source,
+                    "labels_used_for_training": True,
+                    "confusion_matrix": [[250, 0], [1, 249]],
+                },
+                "target": {
+                    "data": str(run / "data/target"),
+                    "split": "all",
+                    "n": 1797,
+                    "accuracy": target,
+                    "labels_used_for_training": False,
+                },
+            },
+            "macs": macs,
+            "latency": [{"batch": 1, "threads": 0, "threads_used": 2, "p50_ms": p50}],
+        },
+    )
 
 
 def make_run(tmp_path, finished=ORDER):
@@ -49,23 +83,64 @@ def make_run(tmp_path, finished=ORDER):
     keras_stage(run, "quantize", "adapt", 40_000, 200_000)
     evaluation(run, "source_only", "finetune", 0.986, 0.41, 25_000_000, 9.0)
     evaluation(run, "student", "quantize", 0.972, 0.80, 600_000, 0.7)
-    write(run / "export_tflite" / "manifest.json", {"stage": "export", "model_file": "model.tflite",
-                                                    "parent": {"path": str(run / "quantize")},
-                                                    "config": {"format": "tflite", "quant": "int8"}})
+    write(
+        run / "export_tflite" / "manifest.json",
+        {
+            "stage": "export",
+            "model_file": "model.tflite",
+            "parent": {"path": str(run / "quantize")},
+            "config": {"format": "tflite", "quant": "int8"},
+        },
+    )
     (run / "export_tflite" / "model.tflite").write_bytes(b"not a real flatbuffer")
     for name, domain, n, accuracy in (("check", "source", 500, 0.972), ("check_target", "target", 1797, 0.79)):
-        write(run / name / "check.json", {
-            "data": str(run / "data" / domain), "split": "test" if domain == "source" else "all", "n": n,
-            "passed": True,
-            "candidates": [{"name": "export_tflite", "artifact": str(run / "export_tflite"), "format": "tflite",
-                            "quant": "int8", "size_bytes": 61_000, "parity": {"accuracy": accuracy, "agreement": 0.99},
-                            "latency": [{"batch": 1, "threads": 1, "threads_used": 1, "p50_ms": 0.05}]}],
-            "parents": [{"name": "quantize", "artifact": str(run / "quantize"), "accuracy": accuracy,
-                         "size_bytes": 200_000, "latency": []}]})
-    write(run / "seeds.json", {"seeds": [0, 1, 2], "metrics": {  # as `demo --seeds` names the headline's figures
-        "export_tflite (TFLite int8) · target accuracy": {"mean": 0.79, "std": 0.005, "values": [0.785, 0.79, 0.795]}}})
-    state = {"pipeline": "digits", "file": "digits.yaml",
-             "stages": {name: {"status": "done", "seconds": 12.5} for name in finished}}
+        write(
+            run / name / "check.json",
+            {
+                "data": str(run / "data" / domain),
+                "split": "test" if domain == "source" else "all",
+                "n": n,
+                "passed": True,
+                "candidates": [
+                    {
+                        "name": "export_tflite",
+                        "artifact": str(run / "export_tflite"),
+                        "format": "tflite",
+                        "quant": "int8",
+                        "size_bytes": 61_000,
+                        "parity": {"accuracy": accuracy, "agreement": 0.99},
+                        "latency": [{"batch": 1, "threads": 1, "threads_used": 1, "p50_ms": 0.05}],
+                    }
+                ],
+                "parents": [
+                    {
+                        "name": "quantize",
+                        "artifact": str(run / "quantize"),
+                        "accuracy": accuracy,
+                        "size_bytes": 200_000,
+                        "latency": [],
+                    }
+                ],
+            },
+        )
+    write(
+        run / "seeds.json",
+        {
+            "seeds": [0, 1, 2],
+            "metrics": {  # as `demo --seeds` names the headline's figures
+                "export_tflite (TFLite int8) · target accuracy": {
+                    "mean": 0.79,
+                    "std": 0.005,
+                    "values": [0.785, 0.79, 0.795],
+                }
+            },
+        },
+    )
+    state = {
+        "pipeline": "digits",
+        "file": "digits.yaml",
+        "stages": {name: {"status": "done", "seconds": 12.5} for name in finished},
+    }
     write(run / "pipeline-state.json", state)
     return run, state
 
@@ -82,8 +157,10 @@ def test_the_summary_comes_first_and_names_what_is_deployed(tmp_path):
     summary = md.split("## The whole road")[0]
     assert "**Deployed:** `export_tflite/model.tflite` (TFLite int8, 61 kB)" in summary
     # Against the fine-tuned teacher: accuracy per domain in points, and how much smaller and faster.
-    assert "| `export_tflite` | fine-tuned teacher `finetune` (= the source-only baseline) | −1.40 pts | +38.00 pts | 230× smaller | 180× faster" \
-        in summary
+    assert (
+        "| `export_tflite` | fine-tuned teacher `finetune` (= the source-only baseline) | −1.40 pts | +38.00 pts "
+        "| 230× smaller | 180× faster" in summary
+    )
     assert "source (test split, 500)" in summary and "target (target, all 1,797)" in summary
     assert "the held-out test split, 500 images, the same for every model" in summary
     assert "all 1,797 images (its labels were never used in training)" in summary
@@ -121,8 +198,9 @@ def test_a_run_that_stopped_half_way_says_which_stages_are_missing(tmp_path):
     for name in ("export_tflite", "check", "check_target"):
         for path in (run / name).iterdir():
             path.unlink()
-    write_report(run, pipeline_name="digits", stage_order=ORDER, stage_types=TYPES, state=state,
-                 stopped_at="export_tflite")
+    write_report(
+        run, pipeline_name="digits", stage_order=ORDER, stage_types=TYPES, state=state, stopped_at="export_tflite"
+    )
     md = (run / "report.md").read_text()
     summary = md.split("## The whole road")[0]
     assert "**The run stopped at stage `export_tflite`**: ExportError: boom" in summary

@@ -59,8 +59,7 @@ PREDICT_SCRIPT = textwrap.dedent("""
 
 def _run(code: str, *args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -76,6 +75,10 @@ def test_runtime_predicts_without_tensorflow(exported_models):
     out = json.loads(_run(PREDICT_SCRIPT, *map(str, exported_models)).strip().splitlines()[-1])
     assert out["heavy"] == []
     tflite_file, onnx_file, artifact_dir = map(str, exported_models)
-    assert out["results"][tflite_file] == {"labels": ["cat", "dog"], "shape": [3, 2], "dtype": "uint8"}  # uint8 I/O default
+    assert out["results"][tflite_file] == {
+        "labels": ["cat", "dog"],
+        "shape": [3, 2],
+        "dtype": "uint8",
+    }  # uint8 I/O default
     assert out["results"][onnx_file] == {"labels": ["cat", "dog"], "shape": [3, 2], "dtype": "float32"}
     assert out["results"][artifact_dir]["labels"] == ["cat", "dog"]

@@ -30,18 +30,28 @@ def _model(*layers, class_name="Functional"):
     return {"class_name": class_name, "config": {"name": "m", "layers": list(layers)}}
 
 
-SAFE = [_layer("InputLayer", "in"), _layer("Conv2D", "conv"), _layer("GlobalAveragePooling2D", "pool"),
-        _layer("Dense", "head")]
+SAFE = [
+    _layer("InputLayer", "in"),
+    _layer("Conv2D", "conv"),
+    _layer("GlobalAveragePooling2D", "pool"),
+    _layer("Dense", "head"),
+]
 
 
-@pytest.mark.parametrize("bad,named", [
-    (_layer("Lambda", "sneaky", function=["4wEAAA==", None, None], function_type="lambda"), "'sneaky' is a 'Lambda'"),
-    (_layer("MyCustomLayer", "custom"), "'custom' is a 'MyCustomLayer'"),
-    (_layer("TFOpLambda", "op", function="io.write_file"), "calls the TensorFlow function 'io.write_file'"),
-    (_layer("QuantizeWrapperV2", "wrapped", layer=_layer("Lambda", "inner")), "'inner' is a 'Lambda'"),
-    (_model(_layer("Lambda", "nested")), "'nested' is a 'Lambda'"),
-    (_model(_layer("Lambda", "in-seq"), class_name="Sequential"), "'in-seq' is a 'Lambda'"),
-])
+@pytest.mark.parametrize(
+    "bad,named",
+    [
+        (
+            _layer("Lambda", "sneaky", function=["4wEAAA==", None, None], function_type="lambda"),
+            "'sneaky' is a 'Lambda'",
+        ),
+        (_layer("MyCustomLayer", "custom"), "'custom' is a 'MyCustomLayer'"),
+        (_layer("TFOpLambda", "op", function="io.write_file"), "calls the TensorFlow function 'io.write_file'"),
+        (_layer("QuantizeWrapperV2", "wrapped", layer=_layer("Lambda", "inner")), "'inner' is a 'Lambda'"),
+        (_model(_layer("Lambda", "nested")), "'nested' is a 'Lambda'"),
+        (_model(_layer("Lambda", "in-seq"), class_name="Sequential"), "'in-seq' is a 'Lambda'"),
+    ],
+)
 def test_layers_edgexfer_does_not_create_are_refused_by_name(bad, named):
     check_model_config(_model(*SAFE), "model.h5")  # the plain model passes
     with pytest.raises(ArtifactError, match=named.replace("(", r"\(")):
@@ -69,20 +79,33 @@ def test_the_check_reads_h5_and_keras_files_without_keras(tmp_path):
 
 
 def test_the_check_imports_no_tensorflow(tmp_path):
-    code = ("import sys, json, h5py; from edgexfer.model_safety import check_keras_model_file\n"
-            f"f = h5py.File({str(tmp_path / 'm.h5')!r}, 'w'); f.attrs['model_config'] = json.dumps("
-            f"{_model(*SAFE)!r}); f.close(); check_keras_model_file({str(tmp_path / 'm.h5')!r})\n"
-            "assert 'tensorflow' not in sys.modules")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    code = (
+        "import sys, json, h5py; from edgexfer.model_safety import check_keras_model_file\n"
+        f"f = h5py.File({str(tmp_path / 'm.h5')!r}, 'w'); f.attrs['model_config'] = json.dumps("
+        f"{_model(*SAFE)!r}); f.close(); check_keras_model_file({str(tmp_path / 'm.h5')!r})\n"
+        "assert 'tensorflow' not in sys.modules"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     assert done.returncode == 0, done.stderr
 
 
 # ------------------------------------------------------------------------------ --out
 
+
 def _artifact(path: Path) -> Path:
-    manifest = Manifest(stage="finetune", label_names=["a", "b"], preprocessing=Preprocessing(input_size=8),
-                        backbone="x", weights="none", model_file="model.h5")
+    manifest = Manifest(
+        stage="finetune",
+        label_names=["a", "b"],
+        preprocessing=Preprocessing(input_size=8),
+        backbone="x",
+        weights="none",
+        model_file="model.h5",
+    )
     with writing_artifact(path) as writer:
         writer.file("model.h5").write_bytes(b"model")
         writer.commit(manifest)
@@ -98,8 +121,11 @@ def test_out_rules(tmp_path, monkeypatch):
     check_out_dir(tmp_path / "empty")
     (art / "extra.h").write_text("// a file another stage wrote")
     check_out_dir(art)  # extra files beside the model are fine
-    for out, message in [(Path("."), "current folder"), (art / "sub", "inside the edgexfer artifact"),
-                         (art / "manifest.json", "is a file")]:
+    for out, message in [
+        (Path("."), "current folder"),
+        (art / "sub", "inside the edgexfer artifact"),
+        (art / "manifest.json", "is a file"),
+    ]:
         with pytest.raises(ArtifactError, match=message):
             check_out_dir(out)
     (art / "mine").mkdir()
@@ -114,6 +140,7 @@ def test_out_rules(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------- temporaries
 
+
 def _dead_pid() -> int:
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(done.stdout)
@@ -122,13 +149,14 @@ def _dead_pid() -> int:
 def test_temporaries_name_their_process_and_the_dead_ones_are_swept(tmp_path):
     dead, alive, host = _dead_pid(), os.getpid(), tempfiles.HOST
     entries = {
-        f".ft.tmp-{dead}@{host}-abc123": False,   # dead process on this machine: swept
+        f".ft.tmp-{dead}@{host}-abc123": False,  # dead process on this machine: swept
         f".ft.old-{dead}@{host}": False,
         f".check.json.tmp-{dead}@{host}-w": False,
         f".ft.tmp-{alive}@{host}-abc123": True,  # still running: kept
         f".ft.tmp-{dead}@0badc0de-abc123": True,  # another machine (shared disk): kept
-        f".ft.tmp-{dead}-abc123": True,           # an older edgexfer's name, owner unknown: kept
-        "ft": True, "notes.tmp-1": True,
+        f".ft.tmp-{dead}-abc123": True,  # an older edgexfer's name, owner unknown: kept
+        "ft": True,
+        "notes.tmp-1": True,
     }
     for name, _ in entries.items():
         (tmp_path / name).mkdir() if not name.endswith("-w") else (tmp_path / name).write_text("x")
@@ -155,26 +183,36 @@ def test_writing_an_artifact_sweeps_what_a_killed_run_left(tmp_path):
 
 # ------------------------------------------------------------------------------- YAML
 
-@pytest.mark.parametrize("text,message", [
-    ("a: &a [*a]", "alias of itself"),
-    ("a: &a {b: *a}", "alias of itself"),
-    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
-     "expands to more than"),
-    ("!!python/object/apply:os.system ['true']", "tags such as !!python"),
-    ("a: [1", "not valid YAML"),
-])
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("a: &a [*a]", "alias of itself"),
+        ("a: &a {b: *a}", "alias of itself"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+            "expands to more than",
+        ),
+        ("!!python/object/apply:os.system ['true']", "tags such as !!python"),
+        ("a: [1", "not valid YAML"),
+    ],
+)
 def test_yaml_attacks_are_one_line(text, message):
     with pytest.raises(ConfigError, match=message):
         load_yaml(text, "file.yaml")
 
 
 def test_yaml_shared_aliases_still_work():
-    assert load_yaml("x: &v {k: 1}\ny: *v\nz: [*v, *v]", "f") == {"x": {"k": 1}, "y": {"k": 1},
-                                                                     "z": [{"k": 1}, {"k": 1}]}
+    assert load_yaml("x: &v {k: 1}\ny: *v\nz: [*v, *v]", "f") == {
+        "x": {"k": 1},
+        "y": {"k": 1},
+        "z": [{"k": 1}, {"k": 1}],
+    }
 
 
 # ------------------------------------------------------------------------ symbolic links
+
 
 def _images(folder: Path, n: int, value: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -187,8 +225,8 @@ def test_link_loops_and_links_outside_are_not_followed_and_each_file_counts_once
     _images(root / "a", 3, 10)
     _images(root / "b", 2, 200)
     _images(tmp_path / "elsewhere", 5, 50)
-    os.symlink(root / "a", root / "a" / "loop")          # a loop: a/loop -> a
-    os.symlink(root, root / "b" / "up")                  # b/up -> the root: a's images again, and b's
+    os.symlink(root / "a", root / "a" / "loop")  # a loop: a/loop -> a
+    os.symlink(root, root / "b" / "up")  # b/up -> the root: a's images again, and b's
     os.symlink(tmp_path / "elsewhere", root / "b" / "out")  # leaves the folder
     with caplog.at_level(logging.WARNING, logger="edgexfer"):
         dataset = scan_image_folder(root, val_fraction=0.0001, test_fraction=0.0001)

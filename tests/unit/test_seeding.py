@@ -8,14 +8,23 @@ import random
 import numpy as np
 import pytest
 
-from edgexfer.seeding import derive_seed, preserved_random_state
 from edgexfer.demo.seeds import headline_figures, seed_overrides, seed_run_dir, spread
+from edgexfer.seeding import derive_seed, preserved_random_state
 
 
 def test_derived_seeds_depend_only_on_seed_and_purpose():
     assert derive_seed(0, "finetune", "head") == derive_seed(0, "finetune", "head")
-    assert len({derive_seed(0, "finetune", "head"), derive_seed(1, "finetune", "head"),
-                derive_seed(0, "head_dropout"), derive_seed(0, "finetune")}) == 4
+    assert (
+        len(
+            {
+                derive_seed(0, "finetune", "head"),
+                derive_seed(1, "finetune", "head"),
+                derive_seed(0, "head_dropout"),
+                derive_seed(0, "finetune"),
+            }
+        )
+        == 4
+    )
     assert 0 <= derive_seed(123456789, "x") < 2**31
 
 
@@ -44,23 +53,35 @@ def test_spread_is_mean_and_sample_std_per_figure():
     result = spread({0: {"a": 0.9, "b": 0.5}, 1: {"a": 0.8}, 2: {"a": 0.7, "b": 0.7}})
     assert result["seeds"] == [0, 1, 2]
     assert result["metrics"]["a"] == {"mean": pytest.approx(0.8), "std": pytest.approx(0.1), "values": [0.9, 0.8, 0.7]}
-    assert result["metrics"]["b"]["values"] == [0.5, 0.7] and result["metrics"]["b"]["std"] == pytest.approx(0.141421, 1e-4)
+    assert result["metrics"]["b"]["values"] == [0.5, 0.7] and result["metrics"]["b"]["std"] == pytest.approx(
+        0.141421, 1e-4
+    )
     json.dumps(result)  # what seeds.json holds
 
 
 def test_headline_figures_name_model_and_domain():
-    rows = [{"model": "teacher adapted", "source_accuracy": 0.98, "target_accuracy": 0.86},
-            {"model": "deployed student: tflite int8", "source_accuracy": None, "target_accuracy": 0.9}]
-    assert headline_figures(rows) == {"teacher adapted · source accuracy": 0.98,
-                                      "teacher adapted · target accuracy": 0.86,
-                                      "deployed student: tflite int8 · target accuracy": 0.9}
+    rows = [
+        {"model": "teacher adapted", "source_accuracy": 0.98, "target_accuracy": 0.86},
+        {"model": "deployed student: tflite int8", "source_accuracy": None, "target_accuracy": 0.9},
+    ]
+    assert headline_figures(rows) == {
+        "teacher adapted · source accuracy": 0.98,
+        "teacher adapted · target accuracy": 0.86,
+        "deployed student: tflite int8 · target accuracy": 0.9,
+    }
 
 
 def test_seed_overrides_cover_every_seeded_stage_of_the_demo(tmp_path):
     from edgexfer.demo import RECIPE
 
-    assert seed_overrides(RECIPE, 2) == ["finetune.seed=2", "fuse.seed=2", "adapt.seed=2", "distill.seed=2",
-                                         "prune.seed=2", "quantize.seed=2"]
+    assert seed_overrides(RECIPE, 2) == [
+        "finetune.seed=2",
+        "fuse.seed=2",
+        "adapt.seed=2",
+        "distill.seed=2",
+        "prune.seed=2",
+        "quantize.seed=2",
+    ]
     assert seed_run_dir(tmp_path, 0) == tmp_path and seed_run_dir(tmp_path, 2) == tmp_path / "seeds" / "seed-2"
 
 

@@ -72,9 +72,11 @@ def write_legacy_pth(path, state: dict, monkeypatch: pytest.MonkeyPatch) -> None
             return None
 
     buf = io.BytesIO()
-    for header in (0x1950A86A20F9469CFC6C, 1001,
-                   {"protocol_version": 1001, "little_endian": True,
-                    "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+    for header in (
+        0x1950A86A20F9469CFC6C,
+        1001,
+        {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}},
+    ):
         pickle.dump(header, buf, protocol=2)
     Pickler(buf, protocol=2).dump(state)
     keys = sorted(storages)
@@ -96,8 +98,13 @@ def test_round_trip_float_and_int(tmp_path, monkeypatch):
     conv = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     bias = rng.standard_normal(8).astype(np.float32)
     count = np.array(1234567890123, dtype=np.int64)
-    state = OrderedDict([("conv.weight", _tensor("0", conv)), ("conv.bias", _tensor("1", bias)),
-                         ("bn.num_batches_tracked", _tensor("2", count))])
+    state = OrderedDict(
+        [
+            ("conv.weight", _tensor("0", conv)),
+            ("conv.bias", _tensor("1", bias)),
+            ("bn.num_batches_tracked", _tensor("2", count)),
+        ]
+    )
     path = tmp_path / "tiny.pth"
     write_legacy_pth(path, state, monkeypatch)
 
@@ -113,11 +120,13 @@ def test_round_trip_float_and_int(tmp_path, monkeypatch):
 def test_offset_and_non_contiguous_views_share_a_storage(tmp_path, monkeypatch):
     base = np.arange(24, dtype=np.float32)
     shared = _Storage("s", "FloatStorage", base)
-    state = OrderedDict([
-        ("whole", _Tensor(shared, 0, (4, 6), (6, 1))),
-        ("transposed", _Tensor(shared, 0, (6, 4), (1, 6))),  # a .t() view: non-contiguous
-        ("row_slice", _Tensor(shared, 7, (2, 3), (6, 2))),  # offset and step
-    ])
+    state = OrderedDict(
+        [
+            ("whole", _Tensor(shared, 0, (4, 6), (6, 1))),
+            ("transposed", _Tensor(shared, 0, (6, 4), (1, 6))),  # a .t() view: non-contiguous
+            ("row_slice", _Tensor(shared, 7, (2, 3), (6, 2))),  # offset and step
+        ]
+    )
     path = tmp_path / "views.pth"
     write_legacy_pth(path, state, monkeypatch)
 

@@ -24,15 +24,25 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "platform": platform.platform(), "load_average": os.getloadavg(), **library_versions()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "load_average": os.getloadavg(),
+        **library_versions(),
+    }
 
 
 def save(name: str, result: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), "command": " ".join([sys.executable.split('/')[-1], *sys.argv]),
-                                **result}, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {"machine": machine(), "command": " ".join([sys.executable.split("/")[-1], *sys.argv]), **result}, indent=2
+        )
+        + "\n"
+    )
     print(f"results: {path}")
     return path
 
@@ -47,8 +57,13 @@ def run_python(code: str, env: dict | None = None) -> dict:
     """Like ``run_in_subprocess`` (a fresh process, its own peak RSS; the JSON it prints last is
     returned), but the child's stderr (its progress log) goes to this terminal, so a long arm
     shows where it is and a failing one shows its traceback; ``env`` is added to its environment."""
-    out = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, **{k: str(v) for k, v in (env or {}).items()}})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **{k: str(v) for k, v in (env or {}).items()}},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -57,13 +72,19 @@ def call_in_subprocess(script: str, function: str, spec: dict, env: dict | None 
     (``run_python``); the function prints its JSON result last."""
     bench = str(Path(__file__).parent)
     module = Path(script).stem
-    return run_python(f"import json, sys; sys.path.insert(0, {bench!r}); import {module}; "
-                      f"{module}.{function}(json.loads({json.dumps(spec)!r}))", env)
+    return run_python(
+        f"import json, sys; sys.path.insert(0, {bench!r}); import {module}; "
+        f"{module}.{function}(json.loads({json.dumps(spec)!r}))",
+        env,
+    )
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
     """A markdown table; ``None`` cells print as an em dash."""
-    cell = lambda v: "—" if v is None else str(v)
+
+    def cell(value) -> str:
+        return "—" if value is None else str(value)
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from _common import call_in_subprocess, markdown_table, save
+
 from edgexfer.models_io import load_keras_model
 
 ARMS = {  # name: (strategy, EDGEXFER_LOGICAL_CPUS)
@@ -48,8 +49,8 @@ NOTES = [
     "Phase 1 computes the frozen backbone's features once (a predict, distributed by the strategy) and "
     "trains the head on them; phase 2 and the other stages are where more replicas pay off.",
     "Multi-worker: `--strategy multi-worker` (tf.distribute.MultiWorkerMirroredStrategy) on every "
-    "machine, each with TF_CONFIG = {\"cluster\": {\"worker\": [\"host0:port\", \"host1:port\", ...]}, "
-    "\"task\": {\"type\": \"worker\", \"index\": i}}; the workers must reach each other on those ports, "
+    'machine, each with TF_CONFIG = {"cluster": {"worker": ["host0:port", "host1:port", ...]}, '
+    '"task": {"type": "worker", "index": i}}; the workers must reach each other on those ports, '
     "start the same command with the same options and seed, and read the same data folder (the same "
     "path on each, e.g. a shared mount): each trains on its own shard of the training split. Worker 0 "
     "is the chief and the only one that writes --out. tools/launch_local.py N -- edgexfer ... starts N "
@@ -82,15 +83,28 @@ def arm(spec: dict) -> None:
     peak = round(peak_rss_mb(), 1)
     m = artifact.metrics
     dataset = scan_image_folder(spec["data"], class_names=artifact.manifest.label_names, seed=spec["options"]["seed"])
-    probs, labels = predict_samples(load_keras_model(artifact.model_path), dataset.split("test"),
-                                    artifact.manifest.preprocessing, 64)
-    print(json.dumps({
-        "strategy": spec["options"]["strategy"], "logical_cpus": os.environ.get("EDGEXFER_LOGICAL_CPUS"),
-        "cpu_devices": [d.name for d in tf.config.list_logical_devices("CPU")],
-        "replicas": artifact.manifest.extra.get("replicas"), "test_accuracy": m["test_accuracy"],
-        "val_accuracy": m["val_accuracy"], "timings_seconds": m["timings_seconds"], "wall_seconds": wall,
-        "peak_rss_mb": peak, "splits": m["splits"], "history": m.get("history"),
-        "test_predictions": probs.argmax(1).tolist(), "test_labels": labels.tolist()}))
+    probs, labels = predict_samples(
+        load_keras_model(artifact.model_path), dataset.split("test"), artifact.manifest.preprocessing, 64
+    )
+    print(
+        json.dumps(
+            {
+                "strategy": spec["options"]["strategy"],
+                "logical_cpus": os.environ.get("EDGEXFER_LOGICAL_CPUS"),
+                "cpu_devices": [d.name for d in tf.config.list_logical_devices("CPU")],
+                "replicas": artifact.manifest.extra.get("replicas"),
+                "test_accuracy": m["test_accuracy"],
+                "val_accuracy": m["val_accuracy"],
+                "timings_seconds": m["timings_seconds"],
+                "wall_seconds": wall,
+                "peak_rss_mb": peak,
+                "splits": m["splits"],
+                "history": m.get("history"),
+                "test_predictions": probs.argmax(1).tolist(),
+                "test_labels": labels.tolist(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -112,10 +126,17 @@ def main() -> None:
     if len(arms) < 2 or any(a not in ARMS for a in arms):
         parser.error(f"--arms {args.arms!r}: at least two of {', '.join(ARMS)}")
 
-    options = dict(backbone=args.backbone, img_size=args.img_size, epochs=args.epochs,
-                   fine_tune_epochs=args.fine_tune_epochs, unfreeze_layers=args.unfreeze_layers,
-                   batch_size=args.batch_size, max_train_images=args.max_train_images, seed=args.seed,
-                   early_stopping_patience=0)
+    options = dict(
+        backbone=args.backbone,
+        img_size=args.img_size,
+        epochs=args.epochs,
+        fine_tune_epochs=args.fine_tune_epochs,
+        unfreeze_layers=args.unfreeze_layers,
+        batch_size=args.batch_size,
+        max_train_images=args.max_train_images,
+        seed=args.seed,
+        early_stopping_patience=0,
+    )
     results = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
     try:
@@ -123,9 +144,12 @@ def main() -> None:
             strategy, cpus = ARMS[name]
             cpus = args.logical_cpus if cpus else 0
             log(f"arm {name}: --strategy {strategy}, EDGEXFER_LOGICAL_CPUS={cpus}")
-            results[name] = call_in_subprocess(__file__, "arm", {
-                "data": args.data, "out": str(tmp / name), "options": dict(options, strategy=strategy)},
-                env={"EDGEXFER_LOGICAL_CPUS": cpus})
+            results[name] = call_in_subprocess(
+                __file__,
+                "arm",
+                {"data": args.data, "out": str(tmp / name), "options": dict(options, strategy=strategy)},
+                env={"EDGEXFER_LOGICAL_CPUS": cpus},
+            )
             log(f"arm {name}: test accuracy {results[name]['test_accuracy']:.4f} in {results[name]['wall_seconds']} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -140,33 +164,66 @@ def main() -> None:
         diff = b["test_accuracy"] - p
         agree = sum(x == y for x, y in zip(a["test_predictions"], b["test_predictions"])) / n
         comparisons[f"{name} vs {base}"] = {
-            "test_accuracy_difference_points": round(100 * diff, 2), "test_images": n,
-            "standard_error_points": round(100 * se, 2), "within_2_standard_errors": abs(diff) <= 2 * se,
+            "test_accuracy_difference_points": round(100 * diff, 2),
+            "test_images": n,
+            "standard_error_points": round(100 * se, 2),
+            "within_2_standard_errors": abs(diff) <= 2 * se,
             "top1_agreement": round(agree, 4),
-            "training_time_ratio": round(b["timings_seconds"]["total_train_seconds"]
-                                         / a["timings_seconds"]["total_train_seconds"], 2)}
+            "training_time_ratio": round(
+                b["timings_seconds"]["total_train_seconds"] / a["timings_seconds"]["total_train_seconds"], 2
+            ),
+        }
     for r in results.values():
         r.pop("test_labels")
-        r["test_predictions"] = "".join(str(v) for v in r["test_predictions"]) if all(
-            v < 10 for v in r["test_predictions"]) else r["test_predictions"]
+        r["test_predictions"] = (
+            "".join(str(v) for v in r["test_predictions"])
+            if all(v < 10 for v in r["test_predictions"])
+            else r["test_predictions"]
+        )
 
-    header = ["arm", "strategy", "CPU devices", "replicas", "test accuracy", "val accuracy",
-              "phase 1 (features + head) / phase 2 / total training", "wall", "peak RSS"]
+    header = [
+        "arm",
+        "strategy",
+        "CPU devices",
+        "replicas",
+        "test accuracy",
+        "val accuracy",
+        "phase 1 (features + head) / phase 2 / total training",
+        "wall",
+        "peak RSS",
+    ]
     rows = []
     for name, r in results.items():
         t = r["timings_seconds"]
-        rows.append([name, r["strategy"], len(r["cpu_devices"]), r["replicas"], f"{100 * r['test_accuracy']:.2f} %",
-                     f"{100 * r['val_accuracy']:.2f} %",
-                     f"{_s(t, 'feature_extraction_seconds')} + {_s(t, 'phase1_seconds')} / {_s(t, 'phase2_seconds')}"
-                     f" / {_s(t, 'total_train_seconds')}",
-                     f"{r['wall_seconds']:.0f} s", f"{r['peak_rss_mb']:,.0f} MB"])
+        rows.append(
+            [
+                name,
+                r["strategy"],
+                len(r["cpu_devices"]),
+                r["replicas"],
+                f"{100 * r['test_accuracy']:.2f} %",
+                f"{100 * r['val_accuracy']:.2f} %",
+                f"{_s(t, 'feature_extraction_seconds')} + {_s(t, 'phase1_seconds')} / {_s(t, 'phase2_seconds')}"
+                f" / {_s(t, 'total_train_seconds')}",
+                f"{r['wall_seconds']:.0f} s",
+                f"{r['peak_rss_mb']:,.0f} MB",
+            ]
+        )
     table = markdown_table(header, rows)
     print(table)
     print(json.dumps(comparisons, indent=1))
     print("\n".join(f"- {note}" for note in NOTES))
-    save(f"distributed_{args.name}" if args.name else "distributed", {
-        "data": args.data, "options": options, "arms": results, "comparisons": comparisons,
-        "table": table, "notes": NOTES})
+    save(
+        f"distributed_{args.name}" if args.name else "distributed",
+        {
+            "data": args.data,
+            "options": options,
+            "arms": results,
+            "comparisons": comparisons,
+            "table": table,
+            "notes": NOTES,
+        },
+    )
 
 
 def _s(timings: dict, key: str) -> str:

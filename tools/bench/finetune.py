@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 
 from _common import run_in_subprocess, save
 
@@ -45,23 +44,45 @@ def main() -> None:
     parser.add_argument("--flip", action="store_true")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
-    base = dict(backbone="efficientnet_lite0", img_size=args.img_size, epochs=args.epochs, seed=0,
-                max_train_images=args.max_train_images, early_stopping_patience=0)
+    base = dict(
+        backbone="efficientnet_lite0",
+        img_size=args.img_size,
+        epochs=args.epochs,
+        seed=0,
+        max_train_images=args.max_train_images,
+        early_stopping_patience=0,
+    )
     if args.which == "cache":
         # Phase 1 only, no augmentation: the two arms compute the same thing, one of them once.
         options = dict(base, fine_tune_epochs=0)
-        arms = {"feature_cache": arm(args.data, dict(options, feature_cache=True)),
-                "backbone_every_epoch": arm(args.data, dict(options, feature_cache=False))}
+        arms = {
+            "feature_cache": arm(args.data, dict(options, feature_cache=True)),
+            "backbone_every_epoch": arm(args.data, dict(options, feature_cache=False)),
+        }
         cached, uncached = arms["feature_cache"], arms["backbone_every_epoch"]
-        phase = lambda r: r["timings_seconds"].get("feature_extraction_seconds", 0) + r["timings_seconds"]["phase1_seconds"]
-        summary = {"phase1_speedup": round(phase(uncached) / phase(cached), 2),
-                   "accuracy_difference": round(cached["test_accuracy"] - uncached["test_accuracy"], 4)}
+
+        def phase(result):
+            timings = result["timings_seconds"]
+            return timings.get("feature_extraction_seconds", 0) + timings["phase1_seconds"]
+
+        summary = {
+            "phase1_speedup": round(phase(uncached) / phase(cached), 2),
+            "accuracy_difference": round(cached["test_accuracy"] - uncached["test_accuracy"], 4),
+        }
     else:
-        options = dict(base, fine_tune_epochs=args.fine_tune_epochs, unfreeze_layers=args.unfreeze_layers,
-                       augment={"flip": args.flip})
-        arms = {"imagenet": arm(args.data, dict(options, weights="imagenet")),
-                "none": arm(args.data, dict(options, weights="none"))}
-        summary = {"transfer_gain_points": round(100 * (arms["imagenet"]["test_accuracy"] - arms["none"]["test_accuracy"]), 2)}
+        options = dict(
+            base,
+            fine_tune_epochs=args.fine_tune_epochs,
+            unfreeze_layers=args.unfreeze_layers,
+            augment={"flip": args.flip},
+        )
+        arms = {
+            "imagenet": arm(args.data, dict(options, weights="imagenet")),
+            "none": arm(args.data, dict(options, weights="none")),
+        }
+        summary = {
+            "transfer_gain_points": round(100 * (arms["imagenet"]["test_accuracy"] - arms["none"]["test_accuracy"]), 2)
+        }
     result = {"which": args.which, "data": args.data, "options": options, "arms": arms, "summary": summary}
     print(json.dumps(summary))
     save(args.name or f"finetune_{args.which}", result)

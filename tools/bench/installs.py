@@ -105,11 +105,21 @@ def main() -> None:
     for name, extras in (("runtime", ""), ("full", "train")):
         sizes = closure_sizes(pythons[name], extras, envs[name])
         top = sorted(sizes.items(), key=lambda kv: -kv[1])[:8]
-        result["installs"][name] = {"python": pythons[name], "requirement": "edgexfer" + (f"[{extras}]" if extras else ""),
-                                    "distributions": len(sizes), "bytes": sum(sizes.values()),
-                                    "largest": [{"name": k, "mb": round(v / 1e6, 1)} for k, v in top]}
-    runtime_site = Path(subprocess.run([args.runtime, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                       check=True, capture_output=True, text=True).stdout.strip())
+        result["installs"][name] = {
+            "python": pythons[name],
+            "requirement": "edgexfer" + (f"[{extras}]" if extras else ""),
+            "distributions": len(sizes),
+            "bytes": sum(sizes.values()),
+            "largest": [{"name": k, "mb": round(v / 1e6, 1)} for k, v in top],
+        }
+    runtime_site = Path(
+        subprocess.run(
+            [args.runtime, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     result["installs"]["runtime"]["site_packages_du_bytes"] = du_bytes(runtime_site)
 
     command = ["-m", "edgexfer", "predict", args.model, args.image, "--json"]
@@ -124,13 +134,18 @@ def main() -> None:
             "seconds_median": round(statistics.median(v[0] for v in values), 3),
             "seconds_min": round(min(v[0] for v in values), 3),
             "peak_rss_mb_median": round(statistics.median(v[1] for v in values), 1),
-            "runs": len(values)}
+            "runs": len(values),
+        }
     rt, full = result["installs"]["runtime"], result["installs"]["full"]
-    result["ratios"] = {"size_runtime_over_full": round(rt["bytes"] / full["bytes"], 4),
-                        "predict_seconds_runtime_over_full": round(rt["predict"]["seconds_median"]
-                                                                   / full["predict"]["seconds_median"], 3),
-                        "predict_rss_runtime_over_full": round(rt["predict"]["peak_rss_mb_median"]
-                                                               / full["predict"]["peak_rss_mb_median"], 3)}
+    result["ratios"] = {
+        "size_runtime_over_full": round(rt["bytes"] / full["bytes"], 4),
+        "predict_seconds_runtime_over_full": round(
+            rt["predict"]["seconds_median"] / full["predict"]["seconds_median"], 3
+        ),
+        "predict_rss_runtime_over_full": round(
+            rt["predict"]["peak_rss_mb_median"] / full["predict"]["peak_rss_mb_median"], 3
+        ),
+    }
     result["predict_command"] = "python " + " ".join(command)
     print(json.dumps(result, indent=2))
     save("installs", result)

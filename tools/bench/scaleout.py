@@ -37,11 +37,44 @@ from pathlib import Path
 from _common import markdown_table, save
 
 ROOT = Path(__file__).resolve().parents[1]
-FINETUNE = ["--backbone", "cnn_small", "--weights", "none", "--img-size", "32", "--epochs", "6",
-            "--fine-tune-epochs", "6", "--unfreeze-layers", "20", "--batch-size", "32", "--learning-rate", "0.01",
-            "--fine-tune-learning-rate", "0.003", "--early-stopping", "0", "--seed", "0"]
-DISTILL = ["--student", "cnn_tiny", "--epochs", "8", "--batch-size", "32", "--learning-rate", "0.01",
-           "--early-stopping", "0", "--seed", "0"]
+FINETUNE = [
+    "--backbone",
+    "cnn_small",
+    "--weights",
+    "none",
+    "--img-size",
+    "32",
+    "--epochs",
+    "6",
+    "--fine-tune-epochs",
+    "6",
+    "--unfreeze-layers",
+    "20",
+    "--batch-size",
+    "32",
+    "--learning-rate",
+    "0.01",
+    "--fine-tune-learning-rate",
+    "0.003",
+    "--early-stopping",
+    "0",
+    "--seed",
+    "0",
+]
+DISTILL = [
+    "--student",
+    "cnn_tiny",
+    "--epochs",
+    "8",
+    "--batch-size",
+    "32",
+    "--learning-rate",
+    "0.01",
+    "--early-stopping",
+    "0",
+    "--seed",
+    "0",
+]
 
 
 def edgexfer(*args: str) -> list[str]:
@@ -49,8 +82,7 @@ def edgexfer(*args: str) -> list[str]:
 
 
 def launch(workers: int, command: list[str], logs: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "tools" / "launch_local.py"), str(workers), "--logs", str(logs), "--",
-            *command]
+    return [sys.executable, str(ROOT / "tools" / "launch_local.py"), str(workers), "--logs", str(logs), "--", *command]
 
 
 def run(command: list[str]) -> tuple[float, str]:
@@ -58,7 +90,9 @@ def run(command: list[str]) -> tuple[float, str]:
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     wall = time.perf_counter() - start
     if done.returncode:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"failed ({done.returncode}): {' '.join(command)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return round(wall, 1), done.stdout + done.stderr
 
 
@@ -66,9 +100,14 @@ def summary(out: Path, wall: float) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     accuracy = metrics.get("test_accuracy", metrics.get("student_accuracy"))
-    return {"test_accuracy": accuracy, "wall_seconds": wall, "distributed": metrics.get("distributed"),
-            "workers": manifest["extra"].get("workers"), "resumed": metrics.get("resumed"),
-            "timings_seconds": metrics.get("timings_seconds")}
+    return {
+        "test_accuracy": accuracy,
+        "wall_seconds": wall,
+        "distributed": metrics.get("distributed"),
+        "workers": manifest["extra"].get("workers"),
+        "resumed": metrics.get("resumed"),
+        "timings_seconds": metrics.get("timings_seconds"),
+    }
 
 
 def checkpoint_progress(out: Path) -> dict:
@@ -116,16 +155,26 @@ def main() -> None:
     results["arms"]["finetune single"] = summary(single, wall)
     if "finetune" in arms:
         out = work / "ft-2w"
-        wall, _ = run(launch(2, edgexfer("finetune", data, "--out", str(out), *FINETUNE, "--strategy",
-                                         "multi-worker"), work / "logs-ft"))
+        wall, _ = run(
+            launch(
+                2,
+                edgexfer("finetune", data, "--out", str(out), *FINETUNE, "--strategy", "multi-worker"),
+                work / "logs-ft",
+            )
+        )
         results["arms"]["finetune 2 workers"] = summary(out, wall)
     if "distill" in arms:
         out = work / "d-single"
         wall, _ = run(edgexfer("distill", str(single), data, "--out", str(out), *DISTILL))
         results["arms"]["distill single"] = summary(out, wall)
         out = work / "d-2w"
-        wall, _ = run(launch(2, edgexfer("distill", str(single), data, "--out", str(out), *DISTILL, "--strategy",
-                                         "multi-worker"), work / "logs-d"))
+        wall, _ = run(
+            launch(
+                2,
+                edgexfer("distill", str(single), data, "--out", str(out), *DISTILL, "--strategy", "multi-worker"),
+                work / "logs-d",
+            )
+        )
         results["arms"]["distill 2 workers"] = summary(out, wall)
     if "resume" in arms:
         out = work / "ft-killed"
@@ -136,12 +185,17 @@ def main() -> None:
         first = time.perf_counter() - start
         wall, log = run(command)
         said = re.findall(r"resuming from epoch \d+ of \d+", " ".join(log.split()))
-        results["arms"]["finetune killed + rerun"] = {**summary(out, wall), "killed_after": killed_at,
-                                                      "first_run_seconds": round(first, 1), "said": said}
+        results["arms"]["finetune killed + rerun"] = {
+            **summary(out, wall),
+            "killed_after": killed_at,
+            "first_run_seconds": round(first, 1),
+            "said": said,
+        }
     if "mw-resume" in arms:
         out = work / "ft-2w-killed"
-        command = launch(2, edgexfer("finetune", data, "--out", str(out), *FINETUNE, "--strategy", "multi-worker"),
-                         work / "logs-mwk")
+        command = launch(
+            2, edgexfer("finetune", data, "--out", str(out), *FINETUNE, "--strategy", "multi-worker"), work / "logs-mwk"
+        )
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)
         pids = worker_pids(process.pid)
@@ -149,16 +203,30 @@ def main() -> None:
         wall, log = run(command)
         said = re.findall(r"resuming from epoch \d+ of \d+", " ".join(log.split()))
         results["arms"]["finetune 2 workers, worker 1 killed + rerun"] = {
-            **summary(out, wall), "killed_after": killed_at, "said": said}
+            **summary(out, wall),
+            "killed_after": killed_at,
+            "said": said,
+        }
 
     for name, arm in results["arms"].items():
         dist = arm.get("distributed") or {}
         step = dist.get("step_seconds")
-        rows.append([name, arm.get("workers"), dist.get("worker_images"), arm["test_accuracy"], arm["wall_seconds"],
-                     json.dumps(step) if isinstance(step, dict) else step,
-                     json.dumps(dist.get("allreduce_bytes_per_step")), json.dumps(arm.get("resumed") or {})])
-    table = markdown_table(["arm", "workers", "images per worker", "test acc", "wall s", "step s",
-                            "all-reduce bytes/step", "resumed"], rows)
+        rows.append(
+            [
+                name,
+                arm.get("workers"),
+                dist.get("worker_images"),
+                arm["test_accuracy"],
+                arm["wall_seconds"],
+                json.dumps(step) if isinstance(step, dict) else step,
+                json.dumps(dist.get("allreduce_bytes_per_step")),
+                json.dumps(arm.get("resumed") or {}),
+            ]
+        )
+    table = markdown_table(
+        ["arm", "workers", "images per worker", "test acc", "wall s", "step s", "all-reduce bytes/step", "resumed"],
+        rows,
+    )
     results["table"] = table
     print(table)
     save(f"scaleout_{args.name}", results)

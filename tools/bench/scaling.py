@@ -104,7 +104,9 @@ def make_subset(by_class: dict[str, list[Path]], count: int, out: Path, seed: in
     # Largest-remainder apportionment: each class gets its share of ``count``, rounded so the sum is exact.
     shares = {name: min(count, total) * len(paths) / total for name, paths in by_class.items()}
     taken = {name: int(share) for name, share in shares.items()}
-    for name in sorted(shares, key=lambda n: shares[n] - taken[n], reverse=True)[:min(count, total) - sum(taken.values())]:
+    for name in sorted(shares, key=lambda n: shares[n] - taken[n], reverse=True)[
+        : min(count, total) - sum(taken.values())
+    ]:
         taken[name] += 1
     for name, paths in by_class.items():
         (out / name).mkdir(parents=True)
@@ -123,8 +125,11 @@ def run_point(code: str) -> dict:
     except subprocess.CalledProcessError as exc:
         tail = (exc.stderr or "").strip().splitlines()[-5:]
         print(f"  point failed (exit {exc.returncode}): {' | '.join(tail)}", file=sys.stderr)
-        return {"error": f"exit {exc.returncode}", "stderr_tail": tail,
-                "wall_seconds": round(time.perf_counter() - start, 1)}
+        return {
+            "error": f"exit {exc.returncode}",
+            "stderr_tail": tail,
+            "wall_seconds": round(time.perf_counter() - start, 1),
+        }
 
 
 def finetune_point(data: Path, options: dict) -> dict:
@@ -139,9 +144,18 @@ def finetune_point(data: Path, options: dict) -> dict:
 
 
 def finetune_options(args, **overrides) -> dict:
-    return dict(backbone=args.backbone, weights=args.weights, img_size=args.img_size, epochs=args.epochs,
-                fine_tune_epochs=args.fine_tune_epochs, unfreeze_layers=args.unfreeze_layers,
-                batch_size=args.batch_size, early_stopping_patience=0, seed=0, **overrides)
+    return dict(
+        backbone=args.backbone,
+        weights=args.weights,
+        img_size=args.img_size,
+        epochs=args.epochs,
+        fine_tune_epochs=args.fine_tune_epochs,
+        unfreeze_layers=args.unfreeze_layers,
+        batch_size=args.batch_size,
+        early_stopping_patience=0,
+        seed=0,
+        **overrides,
+    )
 
 
 def sweep_images(args, by_class, tmp: Path) -> tuple[dict, str]:
@@ -155,19 +169,47 @@ def sweep_images(args, by_class, tmp: Path) -> tuple[dict, str]:
             points.append({"images": images, "image_cache": mode, **point})
             print(f"  {_summary(points[-1])}", file=sys.stderr, flush=True)
         _remove_links(folder)
-    _plot(points, "images", "images in the fine-tuned folder", args.png, log_x=True, series="image_cache",
-          title=f"{args.backbone} at {args.img_size or 'default'} px, {args.epochs}+{args.fine_tune_epochs} epochs")
+    _plot(
+        points,
+        "images",
+        "images in the fine-tuned folder",
+        args.png,
+        log_x=True,
+        series="image_cache",
+        title=f"{args.backbone} at {args.img_size or 'default'} px, {args.epochs}+{args.fine_tune_epochs} epochs",
+    )
     return {"points": points}, _finetune_table(points, "images", "images")
 
 
 def _finetune_table(points: list[dict], key: str, label: str) -> str:
     """One row per fine-tuning point: ``key`` (images or img_size) is the swept column."""
-    header = ["image_cache", label, "train", "cache used (images / features)", "train s", "ms / image·epoch",
-              "setup RSS MB", "peak RSS MB", "RSS growth MB", "test acc"]
-    rows = [[p["image_cache"], p[key], p.get("splits", {}).get("train"), _cache_used(p),
-             p.get("timings_seconds", {}).get("total_train_seconds"), p.get("train_ms_per_image_epoch"),
-             p.get("peak_rss_mb_after", {}).get("setup"), p.get("peak_rss_mb"), p.get("rss_growth_mb"),
-             p.get("test_accuracy")] for p in points]
+    header = [
+        "image_cache",
+        label,
+        "train",
+        "cache used (images / features)",
+        "train s",
+        "ms / image·epoch",
+        "setup RSS MB",
+        "peak RSS MB",
+        "RSS growth MB",
+        "test acc",
+    ]
+    rows = [
+        [
+            p["image_cache"],
+            p[key],
+            p.get("splits", {}).get("train"),
+            _cache_used(p),
+            p.get("timings_seconds", {}).get("total_train_seconds"),
+            p.get("train_ms_per_image_epoch"),
+            p.get("peak_rss_mb_after", {}).get("setup"),
+            p.get("peak_rss_mb"),
+            p.get("rss_growth_mb"),
+            p.get("test_accuracy"),
+        ]
+        for p in points
+    ]
     return markdown_table(header, rows)
 
 
@@ -181,8 +223,15 @@ def sweep_sizes(args, by_class, tmp: Path) -> tuple[dict, str]:
             point = finetune_point(folder, finetune_options(args, image_cache=mode) | {"img_size": size})
             points.append({"img_size": size, "images": images, "image_cache": mode, **point})
             print(f"  {_summary(points[-1])}", file=sys.stderr, flush=True)
-    _plot(points, "img_size", "input size (px)", args.png, log_x=False, series="image_cache",
-          title=f"{args.backbone}, {images} images, {args.epochs}+{args.fine_tune_epochs} epochs")
+    _plot(
+        points,
+        "img_size",
+        "input size (px)",
+        args.png,
+        log_x=False,
+        series="image_cache",
+        title=f"{args.backbone}, {images} images, {args.epochs}+{args.fine_tune_epochs} epochs",
+    )
     return {"points": points}, _finetune_table(points, "img_size", "input px")
 
 
@@ -192,20 +241,44 @@ def sweep_export(args, by_class, tmp: Path) -> tuple[dict, str]:
     points = []
     for backbone in args.backbones:
         print(f"export backbone={backbone} ...", file=sys.stderr, flush=True)
-        options = dict(backbone=backbone, weights=args.weights, img_size=args.img_size, epochs=1,
-                       fine_tune_epochs=0, batch_size=args.batch_size, early_stopping_patience=0, seed=0)
+        options = dict(
+            backbone=backbone,
+            weights=args.weights,
+            img_size=args.img_size,
+            epochs=1,
+            fine_tune_epochs=0,
+            batch_size=args.batch_size,
+            early_stopping_patience=0,
+            seed=0,
+        )
         with tempfile.TemporaryDirectory() as point_tmp:
-            point = run_point(EXPORT_POINT.format(data=str(folder), tmp=point_tmp, options=options,
-                                                  formats=args.formats, quant=args.quant,
-                                                  check_images=args.check_images))
+            point = run_point(
+                EXPORT_POINT.format(
+                    data=str(folder),
+                    tmp=point_tmp,
+                    options=options,
+                    formats=args.formats,
+                    quant=args.quant,
+                    check_images=args.check_images,
+                )
+            )
         points.append({"backbone": backbone, **point})
         print(f"  {json.dumps(points[-1])[:300]}", file=sys.stderr, flush=True)
     header = ["backbone", "params", "format", "file MB", "export s", "check s (parity)", "check s (with latency)"]
     rows = []
     for p in points:
         for fmt, f in p.get("formats", {}).items():
-            rows.append([p["backbone"], p["params"], fmt, round(f["file_bytes"] / 1e6, 2), f["export_seconds"],
-                         f["check_parity_seconds"], f["check_seconds"]])
+            rows.append(
+                [
+                    p["backbone"],
+                    p["params"],
+                    fmt,
+                    round(f["file_bytes"] / 1e6, 2),
+                    f["export_seconds"],
+                    f["check_parity_seconds"],
+                    f["check_seconds"],
+                ]
+            )
         if "error" in p:
             rows.append([p["backbone"], None, p["error"], None, None, None, None])
     _plot_export(points, args.formats, args.png, title=f"{args.img_size} px, {images} images, quant {args.quant}")
@@ -220,9 +293,11 @@ def _cache_used(point: dict) -> str | None:
 def _summary(point: dict) -> str:
     if "error" in point:
         return f"failed: {point['error']}"
-    return (f"train {point['timings_seconds']['total_train_seconds']} s, "
-            f"{point['train_ms_per_image_epoch']} ms/image·epoch, peak RSS {point['peak_rss_mb']} MB "
-            f"(setup {point['peak_rss_mb_after']['setup']} MB), cache {_cache_used(point)}")
+    return (
+        f"train {point['timings_seconds']['total_train_seconds']} s, "
+        f"{point['train_ms_per_image_epoch']} ms/image·epoch, peak RSS {point['peak_rss_mb']} MB "
+        f"(setup {point['peak_rss_mb_after']['setup']} MB), cache {_cache_used(point)}"
+    )
 
 
 def _remove_links(folder: Path) -> None:
@@ -250,8 +325,13 @@ def _plot(points: list[dict], x_key: str, x_label: str, png: Path, *, log_x: boo
         xs = [p[x_key] for p in done]
         left.plot(xs, [p["train_ms_per_image_epoch"] for p in done], "o-", label=f"{series}={name}")
         right.plot(xs, [p["peak_rss_mb"] for p in done], "o-", label=f"peak, {series}={name}")
-        right.plot(xs, [p["peak_rss_mb_after"]["setup"] for p in done], ":", color="grey",
-                   label="after model build" if name == points[0][series] else None)
+        right.plot(
+            xs,
+            [p["peak_rss_mb_after"]["setup"] for p in done],
+            ":",
+            color="grey",
+            label="after model build" if name == points[0][series] else None,
+        )
     ticks = sorted({p[x_key] for p in points})
     for axis, ylabel in ((left, "train time per image per epoch (ms)"), (right, "peak RSS (MB)")):
         axis.set_xlabel(x_label)
@@ -281,13 +361,20 @@ def _plot_export(points: list[dict], formats: list[str], png: Path, title: str) 
     params = [p["params"] / 1e6 for p in done]
     for fmt in formats:
         left.plot(params, [p["formats"][fmt]["export_seconds"] for p in done], "o-", label=f"export {fmt}")
-        right.plot(params, [p["formats"][fmt]["check_parity_seconds"] for p in done], "o-",
-                   label=f"check {fmt} (parity)")
-        right.plot(params, [p["formats"][fmt]["check_seconds"] for p in done], "s--",
-                   label=f"check {fmt} (with latency)")
+        right.plot(
+            params, [p["formats"][fmt]["check_parity_seconds"] for p in done], "o-", label=f"check {fmt} (parity)"
+        )
+        right.plot(
+            params, [p["formats"][fmt]["check_seconds"] for p in done], "s--", label=f"check {fmt} (with latency)"
+        )
     for index, (p, x) in enumerate(zip(done, params)):  # alternate above/below: neighbours never collide
-        left.annotate(p["backbone"], (x, p["formats"][formats[0]]["export_seconds"]), fontsize=7,
-                      textcoords="offset points", xytext=(3, 6 if index % 2 == 0 else -12))
+        left.annotate(
+            p["backbone"],
+            (x, p["formats"][formats[0]]["export_seconds"]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(3, 6 if index % 2 == 0 else -12),
+        )
     for axis, ylabel in ((left, "export time (s)"), (right, "check time (s)")):
         axis.set_xlabel("parameters (millions)")
         axis.set_ylabel(ylabel)
@@ -303,14 +390,27 @@ def main() -> None:
     parser.add_argument("mode", choices=["images", "sizes", "export"])
     parser.add_argument("data", type=Path)
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 5000, 20000, 60000], help="images mode")
-    parser.add_argument("--count", type=int, default=None,
-                        help="images per point in sizes (default 5000) and export (default 300) modes")
+    parser.add_argument(
+        "--count",
+        type=int,
+        default=None,
+        help="images per point in sizes (default 5000) and export (default 300) modes",
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 224], help="sizes mode")
-    parser.add_argument("--image-cache", nargs="+", default=["auto"], choices=["auto", "memory", "disk", "none"],
-                        help="one curve per mode (images and sizes modes)")
+    parser.add_argument(
+        "--image-cache",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "memory", "disk", "none"],
+        help="one curve per mode (images and sizes modes)",
+    )
     parser.add_argument("--backbone", default="efficientnet_lite0", help="images and sizes modes")
-    parser.add_argument("--backbones", nargs="+", default=["cnn_small", "cnn_medium", "efficientnet_lite0",
-                                                           "mobilenet_v2"], help="export mode")
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["cnn_small", "cnn_medium", "efficientnet_lite0", "mobilenet_v2"],
+        help="export mode",
+    )
     parser.add_argument("--weights", default=None, help="default: imagenet (images, sizes), none (export)")
     parser.add_argument("--img-size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=1)
@@ -334,10 +434,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgexfer-scaling-") as tmp:
         result, table = sweep(args, by_class, Path(tmp))
     print(table)
-    save(name, {"mode": args.mode, "data": str(args.data),
-                "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                **result, "table_markdown": table, "plot": str(args.png),
-                "sweep_seconds": round(time.perf_counter() - started, 1)})
+    save(
+        name,
+        {
+            "mode": args.mode,
+            "data": str(args.data),
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **result,
+            "table_markdown": table,
+            "plot": str(args.png),
+            "sweep_seconds": round(time.perf_counter() - started, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def main(paths):
         content = (path / "model.tflite").read_bytes()
         estimate = int(re.search(r"EDGEXFER_TENSOR_ARENA_SIZE (\d+)u", (path / "model.h").read_text()).group(1))
 
-        def allocates(size):
+        def allocates(size, content=content):
             try:
                 runtime.Interpreter.from_bytes(content, arena_size=size)
                 return True
@@ -50,10 +50,20 @@ def main(paths):
         lite.set_tensor(lite.get_input_details()[0]["index"], x)
         lite.invoke()
         y_lite = lite.get_tensor(lite.get_output_details()[0]["index"])
-        print(json.dumps({"artifact": str(path), "model_bytes": len(content), "estimate_bytes": estimate,
-                          "smallest_arena_that_allocates": high, "estimate_over_needed": round(estimate / high, 3),
-                          "max_int8_diff_tflm_vs_litert": int(np.abs(micro.get_output(0).astype(int)
-                                                                     - y_lite.astype(int)).max())}))
+        print(
+            json.dumps(
+                {
+                    "artifact": str(path),
+                    "model_bytes": len(content),
+                    "estimate_bytes": estimate,
+                    "smallest_arena_that_allocates": high,
+                    "estimate_over_needed": round(estimate / high, 3),
+                    "max_int8_diff_tflm_vs_litert": int(
+                        np.abs(micro.get_output(0).astype(int) - y_lite.astype(int)).max()
+                    ),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -86,8 +86,19 @@ def arm_edgexfer(spec: dict) -> None:
         artifact = run()
         seconds[name] = round(time.perf_counter() - start, 2)
         m = artifact.metrics
-        metrics[name] = {k: m[k] for k in ("test_accuracy", "val_accuracy", "teacher_accuracy", "accuracy_after",
-                                           "eval_split", "params", "params_after") if k in m}
+        metrics[name] = {
+            k: m[k]
+            for k in (
+                "test_accuracy",
+                "val_accuracy",
+                "teacher_accuracy",
+                "accuracy_after",
+                "eval_split",
+                "params",
+                "params_after",
+            )
+            if k in m
+        }
         log(f"edgexfer: {name} done in {seconds[name]} s")
         return artifact
 
@@ -100,11 +111,21 @@ def arm_edgexfer(spec: dict) -> None:
     train_peak = round(peak_rss_mb(), 1)
     start = time.perf_counter()
     exported = api.export(quantized.path, work / "export_int8", "tflite", "int8")
-    print(json.dumps({"model": str(exported.model_path), "training_seconds": training_seconds,
-                      "stage_seconds": seconds, "export_seconds": round(time.perf_counter() - start, 2),
-                      "train_peak_rss_mb": train_peak, "stage_metrics": metrics,
-                      "student": quantized.manifest.backbone, "label_names": quantized.manifest.label_names,
-                      "input_size": quantized.manifest.preprocessing.input_size}))
+    print(
+        json.dumps(
+            {
+                "model": str(exported.model_path),
+                "training_seconds": training_seconds,
+                "stage_seconds": seconds,
+                "export_seconds": round(time.perf_counter() - start, 2),
+                "train_peak_rss_mb": train_peak,
+                "stage_metrics": metrics,
+                "student": quantized.manifest.backbone,
+                "label_names": quantized.manifest.label_names,
+                "input_size": quantized.manifest.preprocessing.input_size,
+            }
+        )
+    )
 
 
 def arm_recipe(spec: dict) -> None:
@@ -125,11 +146,14 @@ def arm_recipe(spec: dict) -> None:
     if spec["backbone"] == "vgg16":
         weights = spec["weights"]
         try:
-            base = keras.applications.VGG16(include_top=False, input_shape=(size, size, 3),
-                                            weights=None if weights == "none" else weights)
+            base = keras.applications.VGG16(
+                include_top=False, input_shape=(size, size, 3), weights=None if weights == "none" else weights
+            )
         except Exception as exc:  # Keras raises a bare Exception for a failed download
-            sys.exit(f"VGG16 weights {weights!r} unavailable ({str(exc).splitlines()[0]}); offline, pass "
-                     "--vgg-weights none (random frozen features) or --vgg-weights PATH")
+            sys.exit(
+                f"VGG16 weights {weights!r} unavailable ({str(exc).splitlines()[0]}); offline, pass "
+                "--vgg-weights none (random frozen features) or --vgg-weights PATH"
+            )
         preprocessing = Preprocessing(input_size=size, mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0))
     else:
         from edgexfer.backbones.registry import create_backbone, get_backbone
@@ -138,8 +162,14 @@ def arm_recipe(spec: dict) -> None:
         base = keras.Model(features.input, features.get_layer("head_relu").output, name="efficientnet_lite0")
         preprocessing = get_backbone("efficientnet_lite0").preprocessing(size)
     base.trainable = False
-    model = keras.Sequential([base, keras.layers.Flatten(), keras.layers.Dense(256, activation="relu"),
-                              keras.layers.Dense(dataset.num_classes, activation="softmax")])
+    model = keras.Sequential(
+        [
+            base,
+            keras.layers.Flatten(),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(dataset.num_classes, activation="softmax"),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     # Decoded from disk each epoch, as the tutorial's ImageDataGenerator does (no image cache in memory).
     train_ds = make_dataset(train, preprocessing, batch_size=spec["batch_size"], shuffle=True, seed=seed, cache=False)
@@ -164,8 +194,10 @@ def arm_recipe(spec: dict) -> None:
             if time.perf_counter() - self.logged < 30 and not self.stopped:
                 return  # at most one line every 30 s
             self.logged = time.perf_counter()
-            log(f"{spec['arm']}: epoch {epoch + 1} ({self.steps} steps, {time.perf_counter() - start:.0f} s of "
-                f"{budget:.0f}): loss {logs['loss']:.4f}, accuracy {logs['accuracy']:.4f}")
+            log(
+                f"{spec['arm']}: epoch {epoch + 1} ({self.steps} steps, {time.perf_counter() - start:.0f} s of "
+                f"{budget:.0f}): loss {logs['loss']:.4f}, accuracy {logs['accuracy']:.4f}"
+            )
 
     callback = Budget()
     log(f"{spec['arm']}: {len(train)} train images at {size}px, budget {budget:.0f} s")
@@ -178,30 +210,41 @@ def arm_recipe(spec: dict) -> None:
     out = Path(spec["work"]) / spec["arm"] / "model.tflite"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(content)
-    print(json.dumps({"model": str(out), "training_seconds": training_seconds,
-                      "export_seconds": round(time.perf_counter() - start, 2), "train_peak_rss_mb": train_peak,
-                      "steps": callback.steps, "steps_per_epoch": steps_per_epoch,
-                      "epochs": round(callback.steps / steps_per_epoch, 3), "images_seen": callback.steps * spec["batch_size"],
-                      "stopped_by_budget": callback.stopped, "train_images": len(train),
-                      "history": {k: [round(float(v), 5) for v in vs] for k, vs in history.history.items()},
-                      "params": int(model.count_params()),
-                      "trainable_params": int(sum(int(tf.size(w)) for w in model.trainable_weights)),
-                      "label_names": dataset.class_names, "preprocessing": preprocessing.to_dict()}))
+    print(
+        json.dumps(
+            {
+                "model": str(out),
+                "training_seconds": training_seconds,
+                "export_seconds": round(time.perf_counter() - start, 2),
+                "train_peak_rss_mb": train_peak,
+                "steps": callback.steps,
+                "steps_per_epoch": steps_per_epoch,
+                "epochs": round(callback.steps / steps_per_epoch, 3),
+                "images_seen": callback.steps * spec["batch_size"],
+                "stopped_by_budget": callback.stopped,
+                "train_images": len(train),
+                "history": {k: [round(float(v), 5) for v in vs] for k, vs in history.history.items()},
+                "params": int(model.count_params()),
+                "trainable_params": int(sum(int(tf.size(w)) for w in model.trainable_weights)),
+                "label_names": dataset.class_names,
+                "preprocessing": preprocessing.to_dict(),
+            }
+        )
+    )
 
 
 def measure_deployed(spec: dict) -> None:
     """In a fresh process without TensorFlow: batch-1 latency on 1 thread (LiteRT), this process's
     peak RSS after it, file size; then accuracy per domain with every core."""
-    import numpy as np
+
+    from ai_edge_litert.interpreter import Interpreter  # noqa: F401 - imported before the RSS baseline
 
     from edgexfer.artifact import Preprocessing
     from edgexfer.data import load_arrays, scan_image_folder
-    from edgexfer.evaluate import latency as lat
     from edgexfer.data.subset import stratified_subset
+    from edgexfer.evaluate import latency as lat
     from edgexfer.runtime import load_model, normalize
     from edgexfer.train.common import peak_rss_mb
-
-    from ai_edge_litert.interpreter import Interpreter  # noqa: F401 - imported before the RSS baseline
 
     labels, overrides = spec["label_names"], {}
     if spec.get("preprocessing"):  # a plain TFLite file, not exported by edgexfer: say what it takes
@@ -221,8 +264,9 @@ def measure_deployed(spec: dict) -> None:
     model = load_model(spec["model"], num_threads=1, **overrides)
     rss_loaded = _current_rss_mb()
     x = normalize(load_arrays(first, model.preprocessing)[0], model.preprocessing)
-    settings = lat.LatencySettings(warmup=spec["warmup"], runs=spec["runs"], batch_size=1, threads=(1,),
-                                   max_seconds=spec["max_seconds"])
+    settings = lat.LatencySettings(
+        warmup=spec["warmup"], runs=spec["runs"], batch_size=1, threads=(1,), max_seconds=spec["max_seconds"]
+    )
     latency = lat.measure(model.invoke_fn, x, settings, runtime="litert-xnnpack", threads=1, threads_used=1)
     peak = round(peak_rss_mb(), 1)
     del model
@@ -233,14 +277,24 @@ def measure_deployed(spec: dict) -> None:
     for name, chosen in domains.items():
         correct = 0
         for i in range(0, len(chosen), 256):
-            pixels, labels = load_arrays(chosen[i:i + 256], model.preprocessing)
+            pixels, labels = load_arrays(chosen[i : i + 256], model.preprocessing)
             correct += int((model.predict_proba(pixels, batch_size=32).argmax(1) == labels).sum())
         accuracy[name], counts[name] = correct / len(chosen), len(chosen)
-    print(json.dumps({"size_bytes": Path(spec["model"]).stat().st_size, "latency": latency,
-                      "batch1_p50_ms": lat.batch1_p50(latency), "deploy_peak_rss_mb": peak,
-                      "rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
-                      "accuracy": accuracy, "eval_images": counts,
-                      "eval_seconds": round(time.perf_counter() - start, 1)}))
+    print(
+        json.dumps(
+            {
+                "size_bytes": Path(spec["model"]).stat().st_size,
+                "latency": latency,
+                "batch1_p50_ms": lat.batch1_p50(latency),
+                "deploy_peak_rss_mb": peak,
+                "rss_before_load_mb": rss_before,
+                "rss_after_load_mb": rss_loaded,
+                "accuracy": accuracy,
+                "eval_images": counts,
+                "eval_seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
 
 
 def _current_rss_mb() -> float:
@@ -290,16 +344,29 @@ def main() -> None:
     parser.add_argument("--data-root", default="/tmp/d", help="where the bundled datasets are (prepared if missing)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
     parser.add_argument("--max-train-images", type=int, default=None, help="a stratified subset of the train split")
-    parser.add_argument("--budget-seconds", type=float, default=None,
-                        help="the recipes' training budget; default: the edgexfer arm's measured training time")
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=None,
+        help="the recipes' training budget; default: the edgexfer arm's measured training time",
+    )
     parser.add_argument("--vgg-weights", default="imagenet", help="imagenet | none | PATH (Keras .h5, headless)")
     parser.add_argument("--recipe-img-size", type=int, default=224)
     parser.add_argument("--recipe-batch-size", type=int, default=32)
     parser.add_argument("--recipe-max-epochs", type=int, default=0, help="0: until the budget is spent")
-    parser.add_argument("--max-test-images", type=int, default=2000,
-                        help="accuracy on a stratified subset of at most N images per domain (0: all)")
-    parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                        help="override an option of the edgexfer road (repeatable)")
+    parser.add_argument(
+        "--max-test-images",
+        type=int,
+        default=2000,
+        help="accuracy on a stratified subset of at most N images per domain (0: all)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="override an option of the edgexfer road (repeatable)",
+    )
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="max timed seconds per model")
     parser.add_argument("--seed", type=int, default=0)
@@ -319,8 +386,11 @@ def main() -> None:
     data = prepare(root, bundled, folder, limit)
     domains = {bundled: {"data": data, "split": "test", "max_images": args.max_test_images or None}}
     if cross:
-        domains[cross[0]] = {"data": prepare(root, cross[0], cross[1], None), "split": "all",
-                             "max_images": args.max_test_images or None}
+        domains[cross[0]] = {
+            "data": prepare(root, cross[0], cross[1], None),
+            "split": "all",
+            "max_images": args.max_test_images or None,
+        }
     road = road_options(REPO / pipeline, args.max_train_images, args.seed, args.set)
 
     work_root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_tutorial_"))
@@ -332,17 +402,34 @@ def main() -> None:
     def record(complete: bool) -> dict:
         summary = _summary(results, bundled)
         table = _table(results, domains, bundled, cross) if results else ""
-        save(name, {
-            "complete": complete, "dataset": args.dataset, "data": data, "domains": domains, "arms": results,
-            "vgg16_weights": args.vgg_weights if "vgg16" in arms else None,
-            "budget_seconds": budget, "budget_source": "--budget-seconds" if args.budget_seconds is not None
-            else "the edgexfer arm's measured training time",
-            "road": road, "pipeline": pipeline,
-            "recipe": {"img_size": args.recipe_img_size, "batch_size": args.recipe_batch_size,
-                       "optimizer": "Adam(1e-3)", "head": "Flatten → Dense(256, relu) → Dense(classes, softmax)",
-                       "input": "[0, 1] (VGG16); the backbone's own scaling (Lite0)",
-                       "max_epochs": args.recipe_max_epochs or "until the budget is spent"},
-            "summary": summary, "table": table, "kept_artifacts": str(work) if args.work else None})
+        save(
+            name,
+            {
+                "complete": complete,
+                "dataset": args.dataset,
+                "data": data,
+                "domains": domains,
+                "arms": results,
+                "vgg16_weights": args.vgg_weights if "vgg16" in arms else None,
+                "budget_seconds": budget,
+                "budget_source": "--budget-seconds"
+                if args.budget_seconds is not None
+                else "the edgexfer arm's measured training time",
+                "road": road,
+                "pipeline": pipeline,
+                "recipe": {
+                    "img_size": args.recipe_img_size,
+                    "batch_size": args.recipe_batch_size,
+                    "optimizer": "Adam(1e-3)",
+                    "head": "Flatten → Dense(256, relu) → Dense(classes, softmax)",
+                    "input": "[0, 1] (VGG16); the backbone's own scaling (Lite0)",
+                    "max_epochs": args.recipe_max_epochs or "until the budget is spent",
+                },
+                "summary": summary,
+                "table": table,
+                "kept_artifacts": str(work) if args.work else None,
+            },
+        )
         return {"summary": summary, "table": table}
 
     budget = args.budget_seconds
@@ -350,21 +437,44 @@ def main() -> None:
         for arm in arms:
             log(f"arm {arm}")
             if arm == "edgexfer":
-                results[arm] = call_in_subprocess(__file__, "arm_edgexfer",
-                                                  {"work": str(work / "edgexfer"), "data": data, "road": road})
+                results[arm] = call_in_subprocess(
+                    __file__, "arm_edgexfer", {"work": str(work / "edgexfer"), "data": data, "road": road}
+                )
                 if budget is None:
                     budget = results[arm]["training_seconds"]
             else:
-                results[arm] = call_in_subprocess(__file__, "arm_recipe", {
-                    "arm": arm, "backbone": arm, "weights": args.vgg_weights if arm == "vgg16" else "imagenet",
-                    "img_size": args.recipe_img_size, "seed": args.seed, "budget_seconds": budget, "data": data,
-                    "max_train_images": args.max_train_images, "batch_size": args.recipe_batch_size,
-                    "max_epochs": args.recipe_max_epochs, "work": str(work)})
+                results[arm] = call_in_subprocess(
+                    __file__,
+                    "arm_recipe",
+                    {
+                        "arm": arm,
+                        "backbone": arm,
+                        "weights": args.vgg_weights if arm == "vgg16" else "imagenet",
+                        "img_size": args.recipe_img_size,
+                        "seed": args.seed,
+                        "budget_seconds": budget,
+                        "data": data,
+                        "max_train_images": args.max_train_images,
+                        "batch_size": args.recipe_batch_size,
+                        "max_epochs": args.recipe_max_epochs,
+                        "work": str(work),
+                    },
+                )
             log(f"arm {arm}: measuring the deployed file")
-            deployed = call_in_subprocess(__file__, "measure_deployed", {
-                "model": results[arm]["model"], "label_names": results[arm].get("label_names"),
-                "preprocessing": results[arm].get("preprocessing"), "domains": domains, "seed": args.seed,
-                "warmup": 3, "runs": args.latency_runs, "max_seconds": args.latency_seconds})
+            deployed = call_in_subprocess(
+                __file__,
+                "measure_deployed",
+                {
+                    "model": results[arm]["model"],
+                    "label_names": results[arm].get("label_names"),
+                    "preprocessing": results[arm].get("preprocessing"),
+                    "domains": domains,
+                    "seed": args.seed,
+                    "warmup": 3,
+                    "runs": args.latency_runs,
+                    "max_seconds": args.latency_seconds,
+                },
+            )
             results[arm].update(deployed=deployed, label=ARM_LABELS[arm])
             if arm == "vgg16":
                 results[arm]["vgg16_weights"] = args.vgg_weights
@@ -382,15 +492,19 @@ def main() -> None:
 
 def _check_vgg_imagenet(parser) -> None:
     """Fail before any training when Keras cannot get VGG16's ImageNet weights (offline)."""
-    code = ("from edgexfer._env import import_tf; _, keras = import_tf(); "
-            "keras.applications.VGG16(include_top=False, weights='imagenet', input_shape=(32, 32, 3))")
+    code = (
+        "from edgexfer._env import import_tf; _, keras = import_tf(); "
+        "keras.applications.VGG16(include_top=False, weights='imagenet', input_shape=(32, 32, 3))"
+    )
     import subprocess
 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode:
         why = (done.stderr.strip().splitlines() or ["?"])[-1]
-        parser.error(f"--vgg-weights imagenet: Keras cannot get VGG16's ImageNet weights here ({why}); "
-                     "pass --vgg-weights none (random frozen features) or --vgg-weights PATH")
+        parser.error(
+            f"--vgg-weights imagenet: Keras cannot get VGG16's ImageNet weights here ({why}); "
+            "pass --vgg-weights none (random frozen features) or --vgg-weights PATH"
+        )
 
 
 def _summary(results: dict, in_domain: str) -> dict:
@@ -408,25 +522,40 @@ def _summary(results: dict, in_domain: str) -> dict:
         gain = {d: round(100 * (ours["accuracy"][d] - theirs["accuracy"][d]), 2) for d in ours["accuracy"]}
         memory = theirs["deploy_peak_rss_mb"] - theirs["rss_before_load_mb"]
         memory_ours = ours["deploy_peak_rss_mb"] - ours["rss_before_load_mb"]
-        summary[arm] = {"times_smaller": round(smaller, 1), "times_faster_batch1": round(faster, 1),
-                        "deployed_memory_mb_over_runtime": [round(memory_ours, 1), round(memory, 1)],
-                        "accuracy_gain_points": gain, "smaller_20x": smaller >= 20, "faster_10x": faster >= 10,
-                        "at_least_as_accurate": gain[in_domain] >= 0}
+        summary[arm] = {
+            "times_smaller": round(smaller, 1),
+            "times_faster_batch1": round(faster, 1),
+            "deployed_memory_mb_over_runtime": [round(memory_ours, 1), round(memory, 1)],
+            "accuracy_gain_points": gain,
+            "smaller_20x": smaller >= 20,
+            "faster_10x": faster >= 10,
+            "at_least_as_accurate": gain[in_domain] >= 0,
+        }
     return summary
 
 
 def _table(results: dict, domains: dict, in_domain: str, cross) -> str:
-    header = ["arm", f"{in_domain} accuracy"] + ([f"{cross[0]} accuracy (cross-domain)"] if cross else []) + [
-        "size", "p50 batch 1, 1 thread", "peak RSS: training / deployed (model's share)", "training time"]
+    header = (
+        ["arm", f"{in_domain} accuracy"]
+        + ([f"{cross[0]} accuracy (cross-domain)"] if cross else [])
+        + ["size", "p50 batch 1, 1 thread", "peak RSS: training / deployed (model's share)", "training time"]
+    )
     rows = []
     for arm, r in results.items():
         d = r["deployed"]
         label = r["label"] + (f" (weights: {r['vgg16_weights']})" if arm == "vgg16" else "")
         acc = [f"{100 * d['accuracy'][name]:.1f} % (n={d['eval_images'][name]})" for name in domains]
-        rows.append([label, *acc, _size(d["size_bytes"]), f"{d['batch1_p50_ms']:.3f} ms",
-                     f"{r['train_peak_rss_mb']:,.0f} / {d['deploy_peak_rss_mb']:,.0f} MB "
-                     f"(+{d['deploy_peak_rss_mb'] - d['rss_before_load_mb']:,.0f})",
-                     f"{r['training_seconds']:.0f} s" + (f" ({r['epochs']} epochs)" if "epochs" in r else "")])
+        rows.append(
+            [
+                label,
+                *acc,
+                _size(d["size_bytes"]),
+                f"{d['batch1_p50_ms']:.3f} ms",
+                f"{r['train_peak_rss_mb']:,.0f} / {d['deploy_peak_rss_mb']:,.0f} MB "
+                f"(+{d['deploy_peak_rss_mb'] - d['rss_before_load_mb']:,.0f})",
+                f"{r['training_seconds']:.0f} s" + (f" ({r['epochs']} epochs)" if "epochs" in r else ""),
+            ]
+        )
     return markdown_table(header, rows)
 
 
