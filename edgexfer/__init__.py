@@ -1,14 +1,12 @@
 """edgexfer: take a pretrained image backbone across domains and down to an edge device.
 
-Public names only; importing this package imports no TensorFlow.
+Public names only; importing this package imports no TensorFlow and changes no environment:
+TensorFlow's settings (Keras 2 for tfmot, quiet C++ logs) are made by ``_env.import_tf`` right
+before TensorFlow is first imported.
 """
 
-from edgexfer._env import configure_tensorflow_env as _configure
-
-_configure()
-
-from edgexfer.artifact import Artifact, Manifest, Preprocessing  # noqa: E402
-from edgexfer.errors import (  # noqa: E402
+from edgexfer.artifact import Artifact, Manifest, Preprocessing
+from edgexfer.errors import (
     ArtifactError,
     BackboneError,
     ConfigError,

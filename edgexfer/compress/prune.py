@@ -96,6 +96,9 @@ def make_schedule(config: PruneConfig, total_steps: int):
     """tfmot schedule reaching the target: constant from step 0, or a polynomial decay whose
     end step falls on a mask update (tfmot prunes only on steps that are multiples of the
     frequency, so an end step between two updates would stop short of the target)."""
+    from edgexfer._env import import_tf
+
+    import_tf()  # tfmot must find Keras 2 selected before it imports TensorFlow
     import tensorflow_model_optimization as tfmot
 
     total_steps = max(int(total_steps), 1)

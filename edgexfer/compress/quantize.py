@@ -52,6 +52,9 @@ _FOLDABLE_INTO = ("Conv2D", "DepthwiseConv2D", "Dense")
 
 def _scheme(preserve_sparsity: bool):
     """tfmot's 8-bit scheme, or its prune-preserving variant restricted to the 8-bit registry."""
+    from edgexfer._env import import_tf
+
+    import_tf()  # tfmot must find Keras 2 selected before it imports TensorFlow
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
         prune_preserve_quantize_registry as pp_registry,
@@ -149,6 +152,9 @@ def calibrate_ranges(qat, calibration: np.ndarray, batch_size: int = 32) -> int:
     measured through the already-quantized layers before it. Every other weight (BatchNorm
     statistics a training-mode pass would move) is restored. Returns the number of ranges set.
     """
+    from edgexfer._env import import_tf
+
+    import_tf()  # tfmot must find Keras 2 selected before it imports TensorFlow
     from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
 
     ranges = _range_variables(qat)

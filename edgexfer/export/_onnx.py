@@ -125,6 +125,9 @@ def _from_keras(keras_model, opset: int):
 
 
 def _from_qat_tflite(keras_model, tflite_path: Path, opset: int, calibration: np.ndarray | None):
+    from edgexfer._env import import_tf
+
+    import_tf()  # tf2onnx imports TensorFlow: edgexfer's settings first
     import tf2onnx
 
     from edgexfer.export._tflite import tflite_bytes

@@ -31,3 +31,29 @@ def test_ruff_lint_and_format_are_clean():
     assert lint.returncode == 0, lint.stdout[-4000:]
     formatted = subprocess.run([ruff, "format", "--check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True)
     assert formatted.returncode == 0, formatted.stdout[-4000:]
+
+
+def _clean_env() -> dict[str, str]:
+    """This process's environment without the TensorFlow settings conftest.py makes for the tests."""
+    import os
+
+    hidden = ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL", "ABSL_MIN_LOG_LEVEL")
+    return {**{k: v for k, v in os.environ.items() if k not in hidden}, "PYTHONPATH": str(ROOT)}
+
+
+def test_import_edgexfer_changes_no_environment():
+    code = "import os, edgexfer, edgexfer.api, edgexfer.runtime; print('TF_USE_LEGACY_KERAS' in os.environ)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_clean_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.integration
+def test_tfmot_gets_keras_2_without_the_caller_setting_anything():
+    code = (
+        "from edgexfer.compress.config import PruneConfig; from edgexfer.compress.prune import make_schedule; "
+        "make_schedule(PruneConfig.build(sparsity=0.5), 100); import os; print(os.environ['TF_USE_LEGACY_KERAS'])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_clean_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("1")
