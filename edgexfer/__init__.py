@@ -1,7 +1,7 @@
 """edgexfer: take a pretrained image backbone across domains and down to an edge device.
 
 Public names only; importing this package imports no TensorFlow and changes no environment:
-TensorFlow's settings (Keras 2 for tfmot, quiet C++ logs) are made by ``_env.import_tf`` right
+TensorFlow's settings (Keras 2 for tfmot, quiet C++ logs) are made by ``tf_env.import_tf`` right
 before TensorFlow is first imported.
 """
 

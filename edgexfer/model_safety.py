@@ -267,7 +267,7 @@ FORBIDDEN_TF_OPS = frozenset(
 def check_saved_model(path: str | Path) -> None:
     """Refuse a SavedModel directory whose graph holds an op that touches files or runs Python,
     before TensorFlow loads it (``FORBIDDEN_TF_OPS``). Needs TensorFlow's protobuf classes."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     import_tf()
     from google.protobuf.message import DecodeError

@@ -37,7 +37,7 @@ import numpy as np
 
 from edgexfer.artifact import MANIFEST, METRICS, Artifact, library_versions, sha256_path
 from edgexfer.errors import ArtifactError, DataError
-from edgexfer.models_io import load_keras_model
+from edgexfer.keras_io import load_keras_model
 
 # Exit code of `edgexfer reproduce` when the re-run differs (2: bad input, 3: a parity gate).
 EXIT_DIFFERS = 4

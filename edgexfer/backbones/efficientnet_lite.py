@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer._env import cache_dir, import_tf
 from edgexfer.backbones import torch_pickle
 from edgexfer.backbones.registry import BackboneSpec, register_backbone
 from edgexfer.errors import BackboneError, ConfigError
+from edgexfer.tf_env import cache_dir, import_tf
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ def _resolve_weights(name: str, weights: str):
 
 def _keras_builder(name: str, constructor: str, uses_width: bool, extra_kwargs: dict | None = None):
     def build(input_size: int, weights: str, width: float | None):
-        from edgexfer._env import import_tf
+        from edgexfer.tf_env import import_tf
 
         _, keras = import_tf()
         kwargs = dict(

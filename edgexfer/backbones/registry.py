@@ -67,12 +67,12 @@ class BackboneSpec:
 def _built_parameter_count(name: str) -> int:
     import json
 
-    from edgexfer._env import cache_dir
+    from edgexfer.tf_env import cache_dir
 
     path = cache_dir() / "parameter_counts.json"
     counts = json.loads(path.read_text()) if path.is_file() else {}
     if name not in counts:
-        from edgexfer.models_io import count_params
+        from edgexfer.keras_io import count_params
 
         counts[name] = count_params(create_backbone(name, weights="none"))
         path.write_text(json.dumps(counts, indent=1))

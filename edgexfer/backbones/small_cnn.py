@@ -21,7 +21,7 @@ _STAGES = {
 
 def _builder(name: str, stages: tuple[int, ...]):
     def build(input_size: int, weights: str, width: float | None):
-        from edgexfer._env import import_tf
+        from edgexfer.tf_env import import_tf
 
         _, keras = import_tf()
         layers = keras.layers

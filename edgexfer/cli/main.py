@@ -49,7 +49,7 @@ def _global(
 
     from rich.logging import RichHandler
 
-    from edgexfer._env import configure_tensorflow_env
+    from edgexfer.tf_env import configure_tensorflow_env
 
     configure_tensorflow_env(verbose=verbose)
     _require_train_extra(ctx.invoked_subcommand)
@@ -78,7 +78,7 @@ def _require_train_extra(command: str | None) -> None:
     if command in RUNTIME_COMMANDS or {"--help", "-h"} & set(sys.argv[1:]):
         return
     if command is not None and importlib.util.find_spec("tensorflow") is None:
-        from edgexfer._env import missing_train_extra
+        from edgexfer.tf_env import missing_train_extra
 
         raise missing_train_extra(ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow"))
 
@@ -576,7 +576,7 @@ def main() -> None:
         )
         sys.exit(exc.exit_code)
     except ImportError as exc:  # a training command on the runtime-only install (no [train] extra)
-        from edgexfer._env import missing_train_extra
+        from edgexfer.tf_env import missing_train_extra
 
         error = missing_train_extra(exc)
         if error is None:

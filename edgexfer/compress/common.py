@@ -169,7 +169,7 @@ def kernel_variables(model) -> list[tuple[str, Any]]:
 
 def weight_stats(model) -> dict[str, Any]:
     """Parameter count, non-zero parameters and the zero fraction of every kernel."""
-    from edgexfer.models_io import count_params
+    from edgexfer.keras_io import count_params
 
     layers: dict[str, dict[str, Any]] = {}
     zeros = total = 0
@@ -225,11 +225,9 @@ def pick_calibration(samples: Sequence, count: int, seed: int) -> list:
 
 def quiet_native_logs():
     """Hide the converter's and LiteRT's C++ lines on fd 2 ("fully_quantize: 0 …") unless verbose."""
-    import contextlib
+    from edgexfer.stdio import quiet_native_stderr
 
-    from edgexfer import _env
-
-    return contextlib.nullcontext() if _env.verbose_logging() else _env._stderr_silenced()  # noqa: SLF001
+    return quiet_native_stderr()
 
 
 def converted_tflite(

@@ -34,7 +34,7 @@ from edgexfer.artifact import Artifact, Manifest, Preprocessing
 from edgexfer.compress import common
 from edgexfer.compress.config import DistillConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, load_keras_model, save_keras_model
+from edgexfer.keras_io import MODEL_FILE, build_classifier, build_head_layers, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 from edgexfer.train import distributed
@@ -66,7 +66,7 @@ def student_settings(config: DistillConfig, teacher_preprocessing: Preprocessing
 
 def teacher_logits_model(teacher):
     """``teacher``'s input → logits: a linear copy of its ``head_dense`` layer, or log-probabilities."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     try:
@@ -86,7 +86,7 @@ def teacher_logits_model(teacher):
 
 def _distiller(student, dense, teacher, temperature: float, alpha: float, online: bool):
     """A Keras model whose ``fit`` trains ``student`` on the distillation loss."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
 
@@ -173,8 +173,8 @@ def _normalise(tf, images, preprocessing: Preprocessing, from_size: int):
 def _cached_dataset(train, student_pre: Preprocessing, logits: np.ndarray, config: DistillConfig):
     """``((student images, cached teacher logits), labels)``: samples and logits permuted
     together once (no shuffle before the zip), then the zipped pairs are shuffled."""
-    from edgexfer._env import import_tf
     from edgexfer.data import make_dataset
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     order = np.random.default_rng(config.seed).permutation(len(train))
@@ -195,8 +195,8 @@ def _cached_dataset(train, student_pre: Preprocessing, logits: np.ndarray, confi
 def _online_dataset(train, student_pre: Preprocessing, teacher_pre: Preprocessing, config: DistillConfig):
     """``((student images, teacher images), labels)`` of the SAME augmented image, decoded at
     the larger of the two input sizes and resized for each model."""
-    from edgexfer._env import import_tf
     from edgexfer.data import AugmentConfig, make_dataset
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     size = max(student_pre.input_size, teacher_pre.input_size)
@@ -235,9 +235,9 @@ def _train_student(
     phase: str = "student",
     val_steps: int = 1,
 ):
-    from edgexfer._env import import_tf
     from edgexfer.backbones.registry import create_backbone
     from edgexfer.data import data_errors
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     strategy = strategy or tf.distribute.get_strategy()
@@ -305,8 +305,8 @@ def _unlabelled_samples(config: DistillConfig, label_names, log) -> list:
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool = True, log=print) -> Artifact:
     """Distill the Keras teacher artifact ``teacher_dir`` into ``config.student`` on ``data_dir``."""
-    from edgexfer._env import import_tf
     from edgexfer.data import data_errors, make_dataset
+    from edgexfer.tf_env import import_tf
 
     source = common.keras_artifact(teacher_dir, "TEACHER")
     common.check_out(out, source)

@@ -21,7 +21,7 @@ from edgexfer.artifact import Artifact, Manifest
 from edgexfer.compress import common
 from edgexfer.compress.config import PruneConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, load_keras_model, save_keras_model
+from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 from edgexfer.train import distributed
@@ -44,7 +44,7 @@ class PrunePlan:
 def plan_pruning(model, structure: str = "unstructured") -> PrunePlan:
     """Decide per layer: tfmot's PruneRegistry (or a layer's own ``get_prunable_weights``)
     for unstructured pruning; Conv2D/Dense whose input channels divide by 4 for 2:4."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
@@ -96,7 +96,7 @@ def make_schedule(config: PruneConfig, total_steps: int):
     """tfmot schedule reaching the target: constant from step 0, or a polynomial decay whose
     end step falls on a mask update (tfmot prunes only on steps that are multiples of the
     frequency, so an end step between two updates would stop short of the target)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     import_tf()  # tfmot must find Keras 2 selected before it imports TensorFlow
     import tensorflow_model_optimization as tfmot
@@ -126,7 +126,7 @@ def make_schedule(config: PruneConfig, total_steps: int):
 
 def apply_pruning(model, plan: PrunePlan, schedule, structure: str):
     """A pruning-wrapped copy of ``model``: the input model is left untouched."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     import tensorflow_model_optimization as tfmot
@@ -163,9 +163,9 @@ def is_m_by_n(values: np.ndarray, m_by_n=M_BY_N) -> bool:
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = True, log=print) -> Artifact:
     """Prune the Keras model of the artifact ``model_dir`` while fine-tuning on ``data_dir``."""
-    from edgexfer._env import import_tf
     from edgexfer.data import make_dataset
     from edgexfer.export.convert import has_quantize_layers
+    from edgexfer.tf_env import import_tf
 
     source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = common.stage_inputs(
         model_dir, data_dir, out, config

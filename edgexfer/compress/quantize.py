@@ -34,7 +34,7 @@ from edgexfer.artifact import Artifact, Manifest
 from edgexfer.compress import common
 from edgexfer.compress.config import QuantizeConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, load_keras_model, save_keras_model
+from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 from edgexfer.train import distributed
@@ -52,7 +52,7 @@ _FOLDABLE_INTO = ("Conv2D", "DepthwiseConv2D", "Dense")
 
 def _scheme(preserve_sparsity: bool):
     """tfmot's 8-bit scheme, or its prune-preserving variant restricted to the 8-bit registry."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     import_tf()  # tfmot must find Keras 2 selected before it imports TensorFlow
     import tensorflow_model_optimization as tfmot
@@ -79,7 +79,7 @@ def _scheme(preserve_sparsity: bool):
 def build_qat_model(model, preserve_sparsity: bool = False):
     """A QAT copy of ``model`` (the input is untouched) and the per-layer report of what is
     quantized; ``ConfigError`` when tfmot cannot apply QAT at all."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     import tensorflow_model_optimization as tfmot
@@ -152,7 +152,7 @@ def calibrate_ranges(qat, calibration: np.ndarray, batch_size: int = 32) -> int:
     measured through the already-quantized layers before it. Every other weight (BatchNorm
     statistics a training-mode pass would move) is restored. Returns the number of ranges set.
     """
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     import_tf()  # tfmot must find Keras 2 selected before it imports TensorFlow
     from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
@@ -284,7 +284,7 @@ def describe_qat(model, qat, annotated: set[str]) -> dict[str, Any]:
 
 
 def _inbound(layer) -> list:
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
 
@@ -359,9 +359,9 @@ def _no_quantizable_message(described: dict) -> str:
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool = True, log=print) -> Artifact:
     """QAT/PQAT (``config.mode == "qat"``) or PTQ settings (``"ptq"``) for the artifact ``model_dir``."""
-    from edgexfer._env import import_tf
     from edgexfer.export.convert import has_quantize_layers
     from edgexfer.runtime.images import normalize
+    from edgexfer.tf_env import import_tf
 
     source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = common.stage_inputs(
         model_dir, data_dir, out, config
@@ -615,8 +615,8 @@ def _train_qat(
     strategy=None,
     extra_callbacks=(),
 ) -> dict:
-    from edgexfer._env import import_tf
     from edgexfer.data import AugmentConfig, data_errors, make_dataset
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     strategy = strategy or tf.distribute.get_strategy()
@@ -663,7 +663,7 @@ def _kernel_masks(model) -> list[tuple[Any, np.ndarray]]:
 
 def _keep_zeros_callback(masks):
     """Re-zero pruned weights after every step, for the kernels PQAT's quantizers do not mask."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
 

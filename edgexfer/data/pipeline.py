@@ -118,7 +118,7 @@ def make_dataset(
     flat memory. Shuffling and augmentation are seeded: the same ``seed`` gives the same
     batches, epoch after epoch, in every run; each epoch differs from the last.
     """
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     samples = list(samples)
@@ -200,7 +200,7 @@ def data_errors() -> Iterator[None]:
         with data_errors():
             model.fit(make_dataset(...))
     """
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     try:

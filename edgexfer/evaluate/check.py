@@ -30,7 +30,7 @@ from edgexfer.artifact import MANIFEST, Artifact, json_default, library_versions
 from edgexfer.errors import ArtifactError, ConfigError, ParityError
 from edgexfer.evaluate import latency as lat
 from edgexfer.evaluate.parity import check_thresholds, gate_failures, parity_metrics
-from edgexfer.models_io import load_keras_model
+from edgexfer.keras_io import load_keras_model
 
 CHECK_JSON = "check.json"
 CHECK_MD = "check.md"
@@ -1000,8 +1000,8 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
 def tensorflow_placement():
     """Where TensorFlow places a Keras model by default: its first GPU if it sees one, else the CPU
     (a ``runtime.providers.Placement``)."""
-    from edgexfer._env import import_tf
     from edgexfer.runtime import providers as prov
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     gpus = tf.config.list_logical_devices("GPU")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import load_keras_model
+from edgexfer.keras_io import load_keras_model
 
 
 def parse_domain(spec: str) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgexfer.artifact import Artifact
 from edgexfer.config import EvaluateConfig
-from edgexfer.models_io import load_keras_model
+from edgexfer.keras_io import load_keras_model
 
 
 def predict_samples(model, samples: list, preprocessing, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -234,7 +234,7 @@ def runtime_label(kind: str, provider: str | None = None) -> str:
 def keras_runs(keras_model):
     """A function ``batch → zero-argument callable`` running a Keras model in a
     ``tf.function`` (traced during warm-up), the fair float baseline."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     call = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
@@ -249,7 +249,7 @@ def keras_runs(keras_model):
 def saved_model_runs(path):
     """A function ``batch → zero-argument callable`` running a SavedModel's serving signature."""
     serve = load_saved_model_signature(path)
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
 
@@ -262,9 +262,9 @@ def saved_model_runs(path):
 
 def load_saved_model_signature(path):
     """The ``serving_default`` signature of an edgexfer SavedModel, as ``fn(x) -> dict``."""
-    from edgexfer._env import import_tf
     from edgexfer.errors import ArtifactError
     from edgexfer.model_safety import check_saved_model
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     check_saved_model(path)  # no op that touches files or runs Python
@@ -280,7 +280,7 @@ def load_saved_model_signature(path):
 def set_tensorflow_threads(threads: int) -> int:
     """Ask TensorFlow for ``threads`` intra-op threads (only possible before its runtime
     starts); return the count it will use (0 = its default, all cores)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     try:

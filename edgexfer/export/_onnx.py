@@ -110,7 +110,7 @@ def describe_onnx(model_proto) -> dict[str, Any]:
 
 
 def _from_keras(keras_model, opset: int):
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     import tf2onnx
@@ -125,7 +125,7 @@ def _from_keras(keras_model, opset: int):
 
 
 def _from_qat_tflite(keras_model, tflite_path: Path, opset: int, calibration: np.ndarray | None):
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     import_tf()  # tf2onnx imports TensorFlow: edgexfer's settings first
     import tf2onnx

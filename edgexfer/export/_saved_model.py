@@ -25,7 +25,7 @@ def convert_saved_model(
 ) -> dict[str, Any]:
     """Write the SavedModel directory ``dest``; labels and preprocessing go to
     ``assets.extra/`` (the SavedModel convention for files the graph does not use)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     shape = [None, *keras_model.input_shape[1:]]

@@ -119,7 +119,7 @@ def tflite_bytes(
     """Run ``TFLiteConverter`` for one quantization mode. For int8, ``io_type`` (uint8 | int8 |
     float32) sets the input/output type; without it ``int8_io`` says int8 (True) or float32
     (False: float input/output around an int8 graph, what tf2onnx's ``from_tflite`` is given)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)

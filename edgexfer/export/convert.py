@@ -20,7 +20,7 @@ from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifac
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.export._onnx import OPSET_RANGE
 from edgexfer.export.formats import FORMATS, check_format_quant
-from edgexfer.models_io import load_keras_model
+from edgexfer.keras_io import load_keras_model
 from edgexfer.runtime.images import list_image_files, load_images, normalize
 from edgexfer.runtime.metadata import EmbeddedInfo
 

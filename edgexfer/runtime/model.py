@@ -55,7 +55,7 @@ class _TFLiteBackend:
     def __init__(self, path: Path, num_threads: int | None):
         from ai_edge_litert.interpreter import Interpreter
 
-        from edgexfer.runtime._quiet import quiet_native_stderr
+        from edgexfer.stdio import quiet_native_stderr
 
         try:
             with quiet_native_stderr():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate"

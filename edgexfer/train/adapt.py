@@ -52,7 +52,7 @@ from pydantic import Field, model_validator
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.config import FrozenConfig
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
+from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 
@@ -170,7 +170,7 @@ class AdaptConfig(FrozenConfig):
 
 def coral_loss(source, target):
     """Deep CORAL: ``||C_s - C_t||_F^2 / (4 d^2)`` of the feature covariances (unbiased)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     source = tf.convert_to_tensor(source, tf.float32)
@@ -187,7 +187,7 @@ def coral_loss(source, target):
 
 def gradient_reversal(x, coefficient=1.0):
     """Identity forward; the gradient is multiplied by ``-coefficient`` backward (DANN's GRL)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     coefficient = tf.convert_to_tensor(coefficient, tf.float32)
@@ -285,8 +285,8 @@ def run_adapt(
     source_val = source_data.split("val")
     target_paths = _subset(target_data.paths, config.max_target_images, config.seed)
 
-    from edgexfer._env import import_tf
     from edgexfer.data import Sample, data_errors, load_arrays
+    from edgexfer.tf_env import import_tf
     from edgexfer.train import common
 
     tf, keras = import_tf()
@@ -396,7 +396,7 @@ def _subset(items: list, limit: int | None, seed: int) -> list:
 def find_features_layer(model):
     """The layer whose output is the penultimate feature (the classifier head's input): the
     last global pooling/flatten layer, else the input of the last Dense layer's producer."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     pools = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
@@ -416,7 +416,7 @@ def build_top(model, cut_layer, features_layer):
     """The part of ``model`` above ``cut_layer`` as a model from the cut tensor to
     ``[features, probabilities]``, sharing the layers (and weights) of ``model``; and the
     input tensor of each of its layers in its own graph."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     layers = model.layers
@@ -443,7 +443,7 @@ def build_top(model, cut_layer, features_layer):
 
 
 def batchnorm_layers(model) -> list:
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -491,7 +491,7 @@ class _BatchNormStats:
     in training mode over the domain, averaging the batch moments of every BN layer's input."""
 
     def __init__(self, part, layers, inputs, batch_size: int):
-        from edgexfer._env import import_tf
+        from edgexfer.tf_env import import_tf
 
         tf, keras = import_tf()
         self.layers = layers
@@ -569,7 +569,7 @@ def _axis(layer) -> int:
 
 class _Adapter:
     def __init__(self, model, preprocessing, config: AdaptConfig, xs, ys, xv, yv, xt, *, log, progress):
-        from edgexfer._env import import_tf
+        from edgexfer.tf_env import import_tf
 
         tf, keras = import_tf()
         self.tf, self.keras = tf, keras

@@ -13,7 +13,7 @@ from edgexfer.errors import ConfigError
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed Python, numpy and TensorFlow; make TF ops deterministic where it can."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     keras.utils.set_random_seed(seed)
@@ -24,7 +24,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def make_strategy(name: str):
     """A tf.distribute strategy. ``mirrored`` on a machine with no GPU mirrors over logical
     CPU devices (``EDGEXFER_LOGICAL_CPUS``, default 2, set before TensorFlow starts)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     if name == "default":
@@ -69,7 +69,7 @@ def tensorboard_callbacks(phase: str) -> list:
     """A TensorBoard callback for ``phase`` when ``tensorboard_logging`` is active, else none."""
     if not _TENSORBOARD_DIR:
         return []
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     return [
@@ -83,7 +83,7 @@ def tensorboard_writer(phase: str):
     """A ``tf.summary`` writer for custom training loops (no Keras callback), or None when not logging."""
     if not _TENSORBOARD_DIR:
         return None
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     return tf.summary.create_file_writer(str(_TENSORBOARD_DIR[-1] / phase))
@@ -106,7 +106,7 @@ def timed(into: dict, key: str) -> Iterator[None]:
 def restore_best_early_stopping(patience: int, monitor: str = "val_accuracy"):
     """EarlyStopping that also restores the best weights when training runs to the end
     (Keras 2 restores them only when it stops early)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
 
@@ -121,7 +121,7 @@ def restore_best_early_stopping(patience: int, monitor: str = "val_accuracy"):
 
 def cosine_with_warmup(learning_rate: float, total_steps: int, warmup_fraction: float):
     """Linear warm-up to ``learning_rate``, then cosine decay to zero (Keras' CosineDecay)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     total_steps = max(int(total_steps), 1)
@@ -139,7 +139,7 @@ def rich_progress_callback(description: str, epochs: int, steps_per_epoch: int |
     loss/accuracy; silent when not ``enabled`` or when stdout is not a terminal."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
 

@@ -159,7 +159,7 @@ def fit_inputs(
 
 def local_copy(model):
     """A plain (non-distributed) copy of ``model`` with its weights, for evaluation and saving."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     import tensorflow_model_optimization as tfmot
@@ -173,7 +173,7 @@ def local_copy(model):
 
 def predict_local(model, dataset) -> np.ndarray:
     """``model`` over ``dataset`` (batches of images) in this process only, batch by batch."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)

@@ -35,7 +35,7 @@ import numpy as np
 from edgexfer.artifact import Artifact, Manifest
 from edgexfer.config import FinetuneConfig, ImageCache
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import MODEL_FILE, build_classifier, build_head_layers, count_params, save_keras_model
+from edgexfer.keras_io import MODEL_FILE, build_classifier, build_head_layers, count_params, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.seeding import derive_seed
 from edgexfer.train import common, distributed
@@ -107,7 +107,7 @@ class _RunFiles:
 
     def get(self) -> Path:
         if self.path is None:
-            from edgexfer._env import cache_dir
+            from edgexfer.tf_env import cache_dir
 
             root = Path(cache_dir()) / "finetune-runs"
             from edgexfer.tempfiles import run_dir_prefix, sweep_stale
@@ -128,10 +128,10 @@ def finetune(
     data_dir: str | Path, out: str | Path, config: FinetuneConfig, *, progress: bool = True, log=print
 ) -> Artifact:
     """Fine-tune ``config.backbone`` on the image folder ``data_dir``; write an artifact at ``out``."""
-    from edgexfer._env import import_tf
     from edgexfer.backbones.registry import create_backbone, get_backbone
     from edgexfer.data import scan_image_folder
     from edgexfer.data.pipeline import data_errors
+    from edgexfer.tf_env import import_tf
 
     spec = get_backbone(config.backbone)
     input_size = config.img_size or spec.default_input_size
@@ -403,9 +403,9 @@ def _train_head_on_cached_features(
     The features are one in-memory matrix per split, or, with ``spill_dir``, a file per split
     that each epoch streams through tf.data (see :func:`_spill_features`).
     """
-    from edgexfer._env import import_tf
     from edgexfer.data import make_dataset
-    from edgexfer.models_io import apply_layers
+    from edgexfer.keras_io import apply_layers
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     with common.timed(timings, "feature_extraction_seconds"):
@@ -495,8 +495,8 @@ def _spill_features(
     input pipeline, which tf.data places on the CPU. Train rows are written in a seeded
     permutation, so the bounded shuffle buffer still mixes the classes.
     """
-    from edgexfer._env import import_tf
     from edgexfer.data import make_dataset
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     if shuffle_seed is not None:
@@ -526,7 +526,7 @@ def _feature_file_dataset(
     seed: int = 0,
 ):
     """Batches of ``(features, targets)`` streamed from a file :func:`_spill_features` wrote."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     row_bytes = feature_dim * np.dtype(_FEATURE_DTYPE).itemsize
@@ -610,7 +610,7 @@ def _augment_config(config: FinetuneConfig):
 
 
 def _one_hot(labels, num_classes: int):
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     return tf.one_hot(tf.cast(labels, tf.int32), num_classes)
@@ -624,7 +624,7 @@ def _targets(labels: np.ndarray, model) -> np.ndarray:
 
 
 def _compile(model, strategy, learning_rate: float, total_steps: int, config: FinetuneConfig) -> None:
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     with strategy.scope():
@@ -650,7 +650,7 @@ def _callbacks(config: FinetuneConfig, description: str, epochs: int, steps: int
 
 def _unfreeze_top(backbone, count: int) -> list[str]:
     """Make the top ``count`` weighted non-BatchNorm layers trainable; BN stays frozen."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     backbone.trainable = True

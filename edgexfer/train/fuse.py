@@ -30,7 +30,7 @@ from pydantic import Field, field_validator, model_validator
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.config import FrozenConfig
 from edgexfer.errors import ArtifactError, ConfigError
-from edgexfer.models_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
+from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 
 ALPHA_MEANING = (

@@ -43,7 +43,7 @@ INFO = "info.json"
 
 
 def checkpoints_root() -> Path:
-    from edgexfer._env import cache_dir
+    from edgexfer.tf_env import cache_dir
 
     return Path(cache_dir()) / "checkpoints"
 
@@ -184,7 +184,7 @@ class StageCheckpoint:
 
     def callbacks(self, phase: str, epochs: int) -> list:
         """Keras ``BackupAndRestore`` for ``phase`` (every epoch) and a callback that reports a resume."""
-        from edgexfer._env import import_tf
+        from edgexfer.tf_env import import_tf
 
         _, keras = import_tf()
         return [
@@ -246,7 +246,7 @@ def _progress_note(keras, checkpoint: StageCheckpoint, phase: str, epochs: int):
 
 def _barrier(strategy) -> None:
     """Every worker waits here until all have arrived (one all-reduce of a scalar)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)

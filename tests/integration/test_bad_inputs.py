@@ -139,8 +139,8 @@ def assert_nothing_lost_nothing_half_written(
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A good tiny Keras artifact, its TFLite export, a data folder, and the malicious artifacts."""
-    from edgexfer._env import import_tf
     from edgexfer.export.stage import export_stage
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     keras.utils.set_random_seed(0)

@@ -44,8 +44,8 @@ def write_folder(root: Path, x: np.ndarray, y: np.ndarray, names=LABELS) -> Path
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from edgexfer._env import import_tf
     from edgexfer.runtime import normalize
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     keras.utils.set_random_seed(0)

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.compress import api as capi
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import load_keras_model
+from edgexfer.keras_io import load_keras_model
 from kit import shared_teacher
 
 pytestmark = pytest.mark.integration
@@ -71,8 +71,8 @@ def test_two_four_structured_pruning(teacher, runs):
 
 
 def test_prune_lists_layers_tfmot_cannot_prune():
-    from edgexfer._env import import_tf
     from edgexfer.compress.prune import plan_pruning
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     inputs = keras.Input((8, 8, 3))
@@ -144,7 +144,7 @@ def test_ptq_records_its_settings_and_measures_the_converted_model(kind, teacher
 
 def _keras_artifact(path, model, labels=("blue", "green", "red"), size=16, backbone="custom"):
     from edgexfer.backbones.registry import get_backbone
-    from edgexfer.models_io import MODEL_FILE, save_keras_model
+    from edgexfer.keras_io import MODEL_FILE, save_keras_model
 
     preprocessing = get_backbone(backbone).preprocessing(size) if backbone != "custom" else None
     from edgexfer.artifact import Preprocessing
@@ -166,7 +166,7 @@ def _keras_artifact(path, model, labels=("blue", "green", "red"), size=16, backb
 def test_check_lists_what_stays_float_in_mobilenet_v3(tmp_path):
     from edgexfer.backbones.registry import create_backbone
     from edgexfer.cli import app
-    from edgexfer.models_io import build_classifier, build_head_layers
+    from edgexfer.keras_io import build_classifier, build_head_layers
 
     model = build_classifier(create_backbone("mobilenet_v3_small", 32, "none"), build_head_layers(3, 0.2))
     artifact = _keras_artifact(tmp_path / "v3", model, size=32, backbone="mobilenet_v3_small")
@@ -182,7 +182,7 @@ def test_check_lists_what_stays_float_in_mobilenet_v3(tmp_path):
 
 
 def test_qat_on_a_model_with_no_quantizable_layer_is_an_error(teacher, tmp_path):
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     inputs = keras.Input((16, 16, 3))
@@ -238,8 +238,8 @@ def test_cli_prune_and_quantize_render_tables(pruned, teacher, tmp_path):
 
 def test_range_calibration_covers_activations_beyond_tfmot_s_initial_six():
     """tfmot starts activation ranges at ±6 (EMA 0.999); calibration sets them from data."""
-    from edgexfer._env import import_tf
     from edgexfer.compress.quantize import _range_variables, build_qat_model, calibrate_ranges
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     inputs = keras.Input((4,))

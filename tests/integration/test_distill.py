@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from edgexfer.artifact import Artifact
 from edgexfer.compress import api as capi
 from edgexfer.errors import DataError
-from edgexfer.models_io import load_keras_model
+from edgexfer.keras_io import load_keras_model
 from kit import make_color_folder, shared_teacher
 
 pytestmark = pytest.mark.integration
@@ -58,8 +58,8 @@ def test_distilled_student_is_smaller_accurate_and_measured_against_a_baseline(d
 
 
 def test_teacher_logits_are_the_pre_softmax_output(teacher):
-    from edgexfer._env import import_tf
     from edgexfer.compress.distill import teacher_logits_model
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     model = load_keras_model(teacher[0].model_path)

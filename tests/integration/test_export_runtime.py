@@ -72,7 +72,7 @@ def write_keras_artifact(out: Path, model, stage: str, quantization=None) -> Pat
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     tf.random.set_seed(0)

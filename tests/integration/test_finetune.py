@@ -11,7 +11,7 @@ from PIL import Image
 from edgexfer import api
 from edgexfer.artifact import Artifact
 from edgexfer.errors import DataError
-from edgexfer.models_io import load_keras_model
+from edgexfer.keras_io import load_keras_model
 from kit import COLORS, make_color_folder
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def test_finetune_writes_a_complete_artifact(tiny_artifact, color_folder):
 
 def test_model_is_flat_and_backbone_batchnorm_stays_frozen(tiny_artifact):
     model = load_keras_model(tiny_artifact.model_path)
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)  # flat: tfmot can quantize it
@@ -174,7 +174,7 @@ def run_dir_contents(monkeypatch):
 def test_streaming_image_caches_reach_the_memory_accuracy(
     color_folder, tiny_artifact, tmp_path, monkeypatch, run_dir_contents, image_cache
 ):
-    from edgexfer._env import cache_dir
+    from edgexfer.tf_env import cache_dir
     from edgexfer.train import finetune as module
 
     assert tiny_artifact.metrics["data_cache"]["images"] == "memory"  # small data stays in memory under auto

@@ -11,7 +11,7 @@ import pytest
 
 from edgexfer import api
 from edgexfer.errors import ConfigError
-from edgexfer.models_io import load_keras_model
+from edgexfer.keras_io import load_keras_model
 from edgexfer.train.fuse import ALPHA_MEANING, fuse
 from kit import COLORS as KIT_COLORS
 from kit import make_color_folder

@@ -20,7 +20,7 @@ FAST_PLAIN = ["efficientnet_lite0", "mobilenet_v3_small"]
 
 def _classifier(name: str):
     from edgexfer.backbones.registry import create_backbone, get_backbone
-    from edgexfer.models_io import build_classifier, build_head_layers
+    from edgexfer.keras_io import build_classifier, build_head_layers
 
     spec = get_backbone(name)
     width = spec.widths[0] if spec.widths else None
@@ -69,7 +69,7 @@ def test_every_registered_backbone_passes_the_check():
 
 def test_a_qat_model_round_trips_through_the_checked_loader(tmp_path):
     from edgexfer.compress.quantize import build_qat_model
-    from edgexfer.models_io import load_keras_model, save_keras_model
+    from edgexfer.keras_io import load_keras_model, save_keras_model
 
     qat = build_qat_model(_classifier("cnn_tiny"))[0]
     loaded = load_keras_model(save_keras_model(qat, tmp_path / "model.h5"))

@@ -82,8 +82,8 @@ def test_every_model_is_scored_on_the_held_out_test_split_of_the_domain_it_train
 
 
 def test_macs_counted_on_the_keras_model_and_on_its_tflite_file_agree(run, tmp_path):
-    from edgexfer._env import import_tf
     from edgexfer.evaluate.macs import keras_macs, tflite_macs
+    from edgexfer.tf_env import import_tf
 
     assert read(run / "source_only" / "evaluate.json")["macs"] == tflite_macs(run / "export" / "model.tflite") > 0
     _, keras = import_tf()

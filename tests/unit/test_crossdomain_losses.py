@@ -24,7 +24,7 @@ def test_coral_matches_its_definition_on_known_matrices():
 
 
 def test_gradient_reversal_is_identity_forward_and_flips_gradients():
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
     x = tf.Variable([[1.0, -2.0, 3.0]])

@@ -274,7 +274,7 @@ def test_training_command_without_the_train_extra_is_one_line(capsys, monkeypatc
 
 
 def test_import_tf_names_the_extra(monkeypatch):
-    from edgexfer import _env
+    from edgexfer import tf_env as _env
 
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ModuleNotFoundError
     with pytest.raises(ConfigError, match=r"needs tensorflow.*pip install \"edgexfer\[train\]\""):

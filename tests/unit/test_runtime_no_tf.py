@@ -21,7 +21,7 @@ EXPORT_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
     import numpy as np
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
     from edgexfer.artifact import Manifest, Preprocessing, writing_artifact
     from edgexfer.export import export_artifact
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from _common import call_in_subprocess, markdown_table, save
 
-from edgexfer.models_io import load_keras_model
+from edgexfer.keras_io import load_keras_model
 
 ARMS = {  # name: (strategy, EDGEXFER_LOGICAL_CPUS)
     "default": ("default", 0),
@@ -69,7 +69,7 @@ def arm(spec: dict) -> None:
     """One fine-tuning run (fresh process; EDGEXFER_LOGICAL_CPUS set by the caller)."""
     import os
 
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()  # splits the CPU per EDGEXFER_LOGICAL_CPUS before the runtime starts
     from edgexfer import api

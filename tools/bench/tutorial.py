@@ -71,7 +71,7 @@ def log(message: str) -> None:
 
 def arm_edgexfer(spec: dict) -> None:
     """finetune → distill → prune → quantize (QAT) → int8 TFLite, through ``edgexfer.api``."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     import_tf()  # before the clock: the recipes' clock also starts after TensorFlow is imported
     from edgexfer import api
@@ -130,7 +130,7 @@ def arm_edgexfer(spec: dict) -> None:
 
 def arm_recipe(spec: dict) -> None:
     """The tutorial recipe on a frozen backbone, trained until the wall-clock budget is spent."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
     start = time.perf_counter()  # the budget covers building the model and the data pipeline too
@@ -493,7 +493,7 @@ def main() -> None:
 def _check_vgg_imagenet(parser) -> None:
     """Fail before any training when Keras cannot get VGG16's ImageNet weights (offline)."""
     code = (
-        "from edgexfer._env import import_tf; _, keras = import_tf(); "
+        "from edgexfer.tf_env import import_tf; _, keras = import_tf(); "
         "keras.applications.VGG16(include_top=False, weights='imagenet', input_shape=(32, 32, 3))"
     )
     import subprocess

@@ -22,7 +22,7 @@ def build_head_layers(num_classes: int, dropout: float, hidden_units: int = 0, s
     masks) comes from seeds derived from it, not from global state that building the
     backbone may have advanced (``edgexfer.seeding``).
     """
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
 
@@ -62,7 +62,7 @@ def apply_layers(x, layers):
 def build_classifier(backbone, head_layers, name: str = "classifier"):
     """A FLAT functional classifier: the head on ``backbone.output`` (a nested Model could
     not be quantized by tfmot)."""
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     return keras.Model(backbone.input, apply_layers(backbone.output, head_layers), name=name)
@@ -90,7 +90,7 @@ def load_keras_model(path: Path):
     if not path.exists():
         raise ArtifactError(f"model file {str(path)!r} does not exist; re-run the stage that wrote it")
     check_keras_model_file(path)
-    from edgexfer._env import import_tf
+    from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     import tensorflow_model_optimization as tfmot

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from edgexfer.stdio import silenced_stderr, verbose_logging
+
 
 def configure_tensorflow_env(verbose: bool = False) -> None:
     """Select Keras 2 (tfmot needs it) and silence TensorFlow's C++ logging unless verbose.
@@ -67,7 +69,7 @@ def import_tf():
         else:
             # TensorFlow's C++ runtime prints CUDA-probe lines to fd 2 at import, before any log
             # level applies; hide them unless --verbose. Python errors still propagate.
-            with _stderr_silenced():
+            with silenced_stderr():
                 import tensorflow as tf
                 import tf_keras as keras
     except ImportError as exc:
@@ -101,10 +103,6 @@ def _split_cpu(tf) -> None:
         pass  # the runtime already started; make_strategy reports what it found
 
 
-def verbose_logging() -> bool:
-    return os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "0"
-
-
 def cache_dir() -> os.PathLike[str]:
     """Where converted weights and other derived files are cached (``EDGEXFER_CACHE``)."""
     from pathlib import Path
@@ -115,22 +113,3 @@ def cache_dir() -> os.PathLike[str]:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-class _stderr_silenced:
-    """Redirect the process's fd 2 to /dev/null for the duration of a ``with`` block."""
-
-    def __enter__(self):
-        import sys
-
-        sys.stderr.flush()
-        self._saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        return self
-
-    def __exit__(self, *exc):
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        return False
