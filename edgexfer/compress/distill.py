@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgexfer.artifact import Artifact, Manifest, Preprocessing
-from edgexfer.compress import common
+from edgexfer.compress import measure, stage_io
 from edgexfer.compress.config import DistillConfig
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, build_classifier, build_head_layers, load_keras_model, save_keras_model
@@ -308,18 +308,18 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     from edgexfer.data import data_errors, make_dataset
     from edgexfer.tf_env import import_tf
 
-    source = common.keras_artifact(teacher_dir, "TEACHER")
-    common.check_out(out, source)
+    source = stage_io.keras_artifact(teacher_dir, "TEACHER")
+    stage_io.check_out(out, source)
     teacher_manifest = source.manifest
     teacher_pre = teacher_manifest.preprocessing
     spec, size, weights, student_pre = student_settings(config, teacher_pre)
-    dataset, split = common.scan_data(source, data_dir, strict=config.strict, role="teacher")
-    train = common.limit_samples(dataset.split("train"), config.max_train_images, config.seed)
+    dataset, split = stage_io.scan_data(source, data_dir, strict=config.strict, role="teacher")
+    train = stage_io.limit_samples(dataset.split("train"), config.max_train_images, config.seed)
     unlabelled = _unlabelled_samples(config, teacher_manifest.label_names, log)
     val = dataset.split("val")
     if not val:
         raise ConfigError(f"{data_dir}: the validation split is empty; add images to the folder")
-    eval_split, eval_samples = common.evaluation_samples(dataset)
+    eval_split, eval_samples = stage_io.evaluation_samples(dataset)
     num_classes = teacher_manifest.num_classes
 
     tf, keras = import_tf()
@@ -345,8 +345,8 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     started = time.perf_counter()
     teacher = load_keras_model(source.model_path)
     logits_model, logits_source = teacher_logits_model(teacher)
-    x_eval_teacher, y_eval = common.load_uint8(eval_samples, teacher_pre)
-    teacher_accuracy = common.accuracy(common.keras_probs(teacher, x_eval_teacher, teacher_pre), y_eval)
+    x_eval_teacher, y_eval = stage_io.load_uint8(eval_samples, teacher_pre)
+    teacher_accuracy = measure.accuracy(measure.keras_probs(teacher, x_eval_teacher, teacher_pre), y_eval)
     del x_eval_teacher
 
     online = config.augment.enabled
@@ -401,10 +401,10 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     allreduce = int(sum(int(np.prod(v.shape)) for v in student.trainable_variables)) * 4
     if cluster.multi_worker:  # evaluate and save a plain copy: a distributed predict returns a shard
         student = distributed.local_copy(student)
-    x_eval, _ = common.load_uint8(eval_samples, student_pre)
-    x_val, y_val = common.load_uint8(val, student_pre)
-    student_accuracy = common.accuracy(common.keras_probs(student, x_eval, student_pre), y_eval)
-    student_val = common.accuracy(common.keras_probs(student, x_val, student_pre), y_val)
+    x_eval, _ = stage_io.load_uint8(eval_samples, student_pre)
+    x_val, y_val = stage_io.load_uint8(val, student_pre)
+    student_accuracy = measure.accuracy(measure.keras_probs(student, x_eval, student_pre), y_eval)
+    student_val = measure.accuracy(measure.keras_probs(student, x_val, student_pre), y_val)
 
     baseline = None
     if config.baseline:
@@ -432,18 +432,18 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             if cluster.multi_worker:
                 plain = distributed.local_copy(plain)
         baseline = {
-            "accuracy": common.accuracy(common.keras_probs(plain, x_eval, student_pre), y_eval),
-            "val_accuracy": common.accuracy(common.keras_probs(plain, x_val, student_pre), y_val),
+            "accuracy": measure.accuracy(measure.keras_probs(plain, x_eval, student_pre), y_eval),
+            "val_accuracy": measure.accuracy(measure.keras_probs(plain, x_val, student_pre), y_val),
             "history": plain_history,
         }
 
     with distributed.writing_artifact_on_chief(out, cluster) as writer:
         model_path = writer.file(MODEL_FILE)
         save_keras_model(student, model_path)
-        teacher_stats = common.weight_stats(teacher)
-        student_stats = common.weight_stats(student)
-        size_before = common.file_sizes(source.model_path)
-        size_after = common.file_sizes(model_path)
+        teacher_stats = measure.weight_stats(teacher)
+        student_stats = measure.weight_stats(student)
+        size_before = measure.file_sizes(source.model_path)
+        size_after = measure.file_sizes(model_path)
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
         metrics: dict[str, Any] = {
             "eval_split": eval_split,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgexfer.artifact import Artifact, Manifest
-from edgexfer.compress import common
+from edgexfer.compress import measure, stage_io
 from edgexfer.compress.config import PruneConfig
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
@@ -167,7 +167,7 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     from edgexfer.export.convert import has_quantize_layers
     from edgexfer.tf_env import import_tf
 
-    source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = common.stage_inputs(
+    source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = stage_io.stage_inputs(
         model_dir, data_dir, out, config
     )
 
@@ -206,16 +206,16 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
             f"MODEL {str(source.path)!r} is quantization-aware (QAT); prune the float model "
             "first, then quantize the pruned one (pruning-preserving QAT keeps the sparsity)"
         )
-    common.make_trainable(model)
+    stage_io.make_trainable(model)
     plan = plan_pruning(model, config.structure)
     if not plan.pruned:
         raise ConfigError(
             f"no layer of MODEL {str(source.path)!r} can be pruned "
             f"({'; '.join(sorted({d['reason'] for d in plan.dense}))})"
         )
-    x_eval, y_eval = common.load_uint8(eval_samples, preprocessing)
-    before = common.weight_stats(model)
-    accuracy_before = common.accuracy(common.keras_probs(model, x_eval, preprocessing), y_eval)
+    x_eval, y_eval = stage_io.load_uint8(eval_samples, preprocessing)
+    before = measure.weight_stats(model)
+    accuracy_before = measure.accuracy(measure.keras_probs(model, x_eval, preprocessing), y_eval)
 
     steps = max(1, math.ceil(len(train) / config.batch_size))
     total_steps = steps * config.epochs
@@ -264,8 +264,8 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     if cluster.multi_worker:  # evaluate and save a plain copy: a distributed predict returns a shard
         stripped = distributed.local_copy(stripped)
-    after = common.weight_stats(stripped)
-    accuracy_after = common.accuracy(common.keras_probs(stripped, x_eval, preprocessing), y_eval)
+    after = measure.weight_stats(stripped)
+    accuracy_after = measure.accuracy(measure.keras_probs(stripped, x_eval, preprocessing), y_eval)
 
     layers = {}
     pruned_zeros = pruned_total = 0
@@ -284,8 +284,8 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     with distributed.writing_artifact_on_chief(out, cluster) as writer:
         model_path = writer.file(MODEL_FILE)
         save_keras_model(stripped, model_path)
-        size_before = common.file_sizes(source.model_path)
-        size_after = common.file_sizes(model_path)
+        size_before = measure.file_sizes(source.model_path)
+        size_after = measure.file_sizes(model_path)
         metrics: dict[str, Any] = {
             "eval_split": eval_split,
             "eval_images": int(len(y_eval)),
@@ -330,9 +330,9 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
         if config.measure_tflite:
             from edgexfer.export._tflite import tflite_bytes
 
-            with train_common.timed(timings, "tflite_seconds"), common.quiet_native_logs():
-                tfl_before = common.bytes_sizes(tflite_bytes(model, "none"))
-                tfl_after = common.bytes_sizes(tflite_bytes(stripped, "none"))
+            with train_common.timed(timings, "tflite_seconds"), measure.quiet_native_logs():
+                tfl_before = measure.bytes_sizes(tflite_bytes(model, "none"))
+                tfl_after = measure.bytes_sizes(tflite_bytes(stripped, "none"))
             metrics["tflite_fp32"] = {
                 "size_bytes_before": tfl_before["size_bytes"],
                 "size_bytes_after": tfl_after["size_bytes"],

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgexfer.artifact import Artifact, Manifest
-from edgexfer.compress import common
+from edgexfer.compress import measure, stage_io
 from edgexfer.compress.config import QuantizeConfig
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
@@ -305,7 +305,7 @@ def is_pruned(artifact: Artifact, model=None) -> bool:
         return True
     if model is None:
         return False
-    stats = common.weight_stats(model)
+    stats = measure.weight_stats(model)
     return stats["sparsity"] >= 0.2
 
 
@@ -314,7 +314,7 @@ def check(model_dir, *, preserve_sparsity: bool | None = None) -> dict[str, Any]
     be quantized. Never raises for an unquantizable model: the report says so."""
     from edgexfer.export.convert import has_quantize_layers
 
-    source = common.keras_artifact(model_dir, "MODEL")
+    source = stage_io.keras_artifact(model_dir, "MODEL")
     model = load_keras_model(source.model_path)
     report: dict[str, Any] = {
         "artifact": str(source.path),
@@ -333,7 +333,7 @@ def check(model_dir, *, preserve_sparsity: bool | None = None) -> dict[str, Any]
         )
         return report
     pqat = is_pruned(source, model) if preserve_sparsity is None else preserve_sparsity
-    stats = common.weight_stats(model)
+    stats = measure.weight_stats(model)
     report.update(pqat=pqat, sparsity=stats["sparsity"], params=stats["params"])
     try:
         _, described = build_qat_model(model, pqat)
@@ -363,11 +363,11 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
     from edgexfer.runtime.images import normalize
     from edgexfer.tf_env import import_tf
 
-    source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = common.stage_inputs(
+    source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = stage_io.stage_inputs(
         model_dir, data_dir, out, config
     )
     calibration_samples = (
-        common.pick_calibration(dataset.split("train"), config.calibration_images, config.seed)
+        stage_io.pick_calibration(dataset.split("train"), config.calibration_images, config.seed)
         if config.mode == "qat" or config.type == "int8"
         else []
     )
@@ -411,11 +411,11 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
             "directly: edgexfer export MODEL --format tflite --quant int8"
         )
 
-    x_eval, y_eval = common.load_uint8(eval_samples, preprocessing)
-    calibration_uint8 = common.load_uint8(calibration_samples, preprocessing)[0] if calibration_samples else None
+    x_eval, y_eval = stage_io.load_uint8(eval_samples, preprocessing)
+    calibration_uint8 = stage_io.load_uint8(calibration_samples, preprocessing)[0] if calibration_samples else None
     calibration = normalize(calibration_uint8, preprocessing) if calibration_uint8 is not None else None
-    before = common.weight_stats(model)
-    float_accuracy = common.accuracy(common.keras_probs(model, x_eval, preprocessing), y_eval)
+    before = measure.weight_stats(model)
+    float_accuracy = measure.accuracy(measure.keras_probs(model, x_eval, preprocessing), y_eval)
 
     quantization: dict[str, Any] = {
         "calibration_images": 0 if calibration_uint8 is None else int(len(calibration_uint8)),
@@ -457,7 +457,7 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
             base_manifest.quantization = quantization
             log(f"PTQ {config.type}: converting to TFLite and measuring on {len(y_eval)} {eval_split} images")
             with train_common.timed(timings, "convert_seconds"):
-                converted = common.converted_tflite(
+                converted = measure.converted_tflite(
                     model,
                     base_manifest,
                     config.type,
@@ -476,7 +476,7 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
             )
         else:
             pqat = is_pruned(source, model) if config.preserve_sparsity is None else config.preserve_sparsity
-            common.make_trainable(model)
+            stage_io.make_trainable(model)
             qat_model, described = build_qat_model(model, pqat)
             if not described["quantizable"]:
                 raise ConfigError(_no_quantizable_message(described))
@@ -519,7 +519,7 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
                 save_keras_model(qat_model, writer.file(MODEL_FILE))
                 qat_model = load_keras_model(writer.file(MODEL_FILE))
             fixed_ranges = fix_degenerate_weight_ranges(qat_model)
-            qat_accuracy = common.accuracy(common.keras_probs(qat_model, x_eval, preprocessing), y_eval)
+            qat_accuracy = measure.accuracy(measure.keras_probs(qat_model, x_eval, preprocessing), y_eval)
             save_keras_model(qat_model, writer.file(MODEL_FILE))
             quantization.update(
                 mode="pqat" if pqat else "qat",
@@ -530,7 +530,7 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
             base_manifest.quantization = quantization
             log(f"converting to int8 TFLite and measuring on {len(y_eval)} {eval_split} images")
             with train_common.timed(timings, "convert_seconds"):
-                converted = common.converted_tflite(
+                converted = measure.converted_tflite(
                     qat_model,
                     base_manifest,
                     "int8",
@@ -541,7 +541,7 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
                 )
                 ptq = None
                 if config.compare_ptq:
-                    ptq = common.converted_tflite(
+                    ptq = measure.converted_tflite(
                         model,
                         base_manifest,
                         "int8",
@@ -550,7 +550,7 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
                         images_uint8=x_eval,
                         labels=y_eval,
                     )
-            after = common.weight_stats(qat_model)
+            after = measure.weight_stats(qat_model)
             metrics.update(_converted_metrics(converted, "int8", "qat"))
             metrics.update(
                 qat_keras_accuracy=qat_accuracy,
@@ -653,7 +653,7 @@ def _train_qat(
 def _kernel_masks(model) -> list[tuple[Any, np.ndarray]]:
     """``(kernel variable, 0/1 mask)`` for each kernel that is pruned (mostly zeros)."""
     masks = []
-    for _, variable in common.kernel_variables(model):
+    for _, variable in measure.kernel_variables(model):
         values = variable.numpy()
         mask = (values != 0).astype(values.dtype)
         if values.size and 1.0 - mask.mean() >= PRUNED_KERNEL_SPARSITY:

@@ -135,7 +135,7 @@ def arm_recipe(spec: dict) -> None:
     tf, keras = import_tf()
     start = time.perf_counter()  # the budget covers building the model and the data pipeline too
     from edgexfer.artifact import Preprocessing
-    from edgexfer.compress.common import limit_samples
+    from edgexfer.compress.stage_io import limit_samples
     from edgexfer.data import make_dataset, scan_image_folder
     from edgexfer.train.common import peak_rss_mb
 

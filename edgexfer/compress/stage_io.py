@@ -1,0 +1,154 @@
+"""A compression stage's inputs: the Keras artifact it reads, its images carved as the run's
+training data was (so every stage measures on the same test images), seeded subsets and
+calibration images, and the model made trainable.
+
+TensorFlow is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgexfer.artifact import Artifact, Preprocessing
+from edgexfer.errors import ArtifactError, ConfigError, DataError
+from edgexfer.evaluate.splits import run_split
+
+log = logging.getLogger("edgexfer.compress")
+
+KERAS_SUFFIXES = (".h5", ".keras")
+
+
+def keras_artifact(path, role: str = "MODEL") -> Artifact:
+    """The input artifact, which must hold a Keras model (a training or compression stage's)."""
+    artifact = Artifact(path)
+    model_path = artifact.model_path
+    if model_path.suffix not in KERAS_SUFFIXES:
+        raise ArtifactError(
+            f"{role} {str(artifact.path)!r} holds {model_path.name}, not a Keras model; pass "
+            "the artifact of a training or compression stage (finetune, distill, prune, "
+            "quantize), not an export"
+        )
+    return artifact
+
+
+def check_out(out, *inputs: Artifact) -> None:
+    for artifact in inputs:
+        if Path(out).resolve() == artifact.path.resolve():
+            raise ConfigError(
+                f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose another directory"
+            )
+
+
+def scan_data(artifact: Artifact, data, *, strict: bool, role: str = "model"):
+    """Scan ``data`` with the artifact's labels and split settings; a class mismatch names both."""
+    from edgexfer.data import scan_image_folder
+
+    split = run_split(artifact)
+    try:
+        dataset = scan_image_folder(
+            data,
+            class_names=artifact.manifest.label_names,
+            seed=split["seed"],
+            val_fraction=split["val_fraction"],
+            test_fraction=split["test_fraction"],
+            strict=strict,
+        )
+    except DataError as exc:
+        if "do not match the model's classes" in str(exc):
+            raise DataError(f"the {role}'s classes ({str(artifact.path)!r}) and the data's differ: {exc}") from None
+        raise
+    return dataset, split
+
+
+def stage_inputs(model_dir, data_dir, out, config) -> tuple:
+    """What prune and quantize read first: the Keras artifact (``--out`` checked against it),
+    its manifest and preprocessing, the scanned data and its train/val/evaluation samples.
+
+    Returns ``(source, manifest, preprocessing, dataset, split, train, val, eval_split,
+    eval_samples)``.
+    """
+    source = keras_artifact(model_dir, "MODEL")
+    check_out(out, source)
+    manifest = source.manifest
+    dataset, split = scan_data(source, data_dir, strict=config.strict)
+    train = limit_samples(dataset.split("train"), config.max_train_images, config.seed)
+    eval_split, eval_samples = evaluation_samples(dataset)
+    return (
+        source,
+        manifest,
+        manifest.preprocessing,
+        dataset,
+        split,
+        train,
+        dataset.split("val"),
+        eval_split,
+        eval_samples,
+    )
+
+
+def limit_samples(samples: Sequence, limit: int | None, seed: int) -> list:
+    """A stratified, seeded subset of at most ``limit`` samples (random when stratifying is impossible)."""
+    samples = list(samples)
+    if not limit or len(samples) <= limit:
+        return samples
+    from sklearn.model_selection import train_test_split
+
+    try:
+        kept, _ = train_test_split(samples, train_size=limit, stratify=[s.label for s in samples], random_state=seed)
+    except ValueError:  # fewer picks than classes
+        order = np.random.default_rng(seed).permutation(len(samples))[:limit]
+        kept = [samples[i] for i in sorted(order)]
+    return sorted(kept, key=lambda s: str(s.path))
+
+
+def evaluation_samples(dataset) -> tuple[str, list]:
+    """The split accuracy is reported on: test, or val when the test split is empty."""
+    for name in ("test", "val"):
+        if dataset.split(name):
+            return name, dataset.split(name)
+    raise DataError(
+        f"{str(dataset.root)!r} has no test or validation images to measure accuracy on; "
+        "add images or raise the val/test fractions"
+    )
+
+
+def pick_calibration(samples: Sequence, count: int, seed: int) -> list:
+    """``count`` training images for int8 calibration, stratified by class and seeded."""
+    from edgexfer.compress.config import MIN_CALIBRATION_IMAGES
+
+    samples = list(samples)
+    if len(samples) < MIN_CALIBRATION_IMAGES:
+        raise DataError(
+            f"the training split has {len(samples)} images; a calibration set needs at least "
+            f"{MIN_CALIBRATION_IMAGES} representative images: add training images"
+        )
+    if len(samples) < count:
+        log.warning(
+            "asked for %d calibration images, the training split has %d; using all of them", count, len(samples)
+        )
+    return limit_samples(samples, count, seed)
+
+
+def load_uint8(samples: Sequence, preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    from edgexfer.data import load_arrays
+
+    return load_arrays(list(samples), preprocessing)
+
+
+def make_trainable(model) -> list[str]:
+    """Unfreeze every layer but BatchNormalization for fine-tuning while compressing.
+
+    BatchNorm keeps the regime the model was trained in: a frozen BN layer (finetune keeps
+    ImageNet statistics) stays in inference mode, a trained one keeps training."""
+    unfrozen = []
+    for layer in model.layers:
+        if type(layer).__name__ in ("BatchNormalization", "SyncBatchNormalization"):
+            continue
+        if layer.weights and not layer.trainable:
+            unfrozen.append(layer.name)
+        layer.trainable = True
+    return unfrozen
