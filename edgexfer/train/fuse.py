@@ -103,7 +103,7 @@ def match_layers(source_model, finetuned_model) -> tuple[list[str], list[str]]:
     """``(shared, kept)``: the fine-tuned model's weighted layers the source has by name and
     weight shapes, and the head layers kept from the fine-tuned model. ``ConfigError`` when a
     layer below the head differs: the two are not the same architecture."""
-    from edgexfer.train.adapt import find_features_layer
+    from edgexfer.train.batchnorm import find_features_layer
 
     by_name = {layer.name: layer for layer in source_model.layers}
     names = [layer.name for layer in finetuned_model.layers]
@@ -308,7 +308,7 @@ class _BatchNormReset:
     def __init__(self, model, config: FuseConfig, manifest):
         from edgexfer.data import Sample, load_arrays
         from edgexfer.data.class_map import scan_unlabelled
-        from edgexfer.train.adapt import _BatchNormStats, batchnorm_layers
+        from edgexfer.train.batchnorm import BatchNormStats, batchnorm_layers
 
         found = scan_unlabelled(config.bn_reset, strict=config.strict)
         paths = found.paths
@@ -323,7 +323,7 @@ class _BatchNormReset:
         layers = batchnorm_layers(model)
         if not layers:
             raise ConfigError("--bn-reset: the model has no BatchNorm layer to re-estimate")
-        self.stats = _BatchNormStats(model, layers, [layer.input for layer in layers], self.batch)
+        self.stats = BatchNormStats(model, layers, [layer.input for layer in layers], self.batch)
 
     def __call__(self) -> None:
         batches = (self.images[i : i + self.batch] for i in range(0, len(self.images), self.batch))

@@ -18,7 +18,8 @@ from edgexfer.artifact import Artifact
 from edgexfer.errors import ConfigError, DataError
 from edgexfer.evaluate.domains import evaluate_domains
 from edgexfer.keras_io import load_keras_model
-from edgexfer.train.adapt import adapt, batchnorm_layers
+from edgexfer.train.adapt import adapt
+from edgexfer.train.batchnorm import batchnorm_layers
 from kit import COLORS as KIT_COLORS
 from kit import make_color_folder
 

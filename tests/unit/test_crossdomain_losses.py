@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgexfer.train.adapt import coral_loss, dann_coefficient, gradient_reversal
+from edgexfer.train.adapt_losses import coral_loss, dann_coefficient, gradient_reversal
 
 
 def test_coral_is_zero_for_identical_covariances():
