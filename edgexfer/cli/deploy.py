@@ -61,7 +61,7 @@ def _log(message: str) -> None:
 
 
 def _bytes(value) -> str:
-    from edgexfer.evaluate.check import _bytes as fmt
+    from edgexfer.evaluate.check_tables import size_text as fmt
 
     return fmt(value)
 
@@ -294,7 +294,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
     ) -> None:
         """Latency (p50/p90/p99), throughput (images/s at batch N) and size across formats and threads."""
-        from edgexfer.evaluate.check import BENCHMARK_HEADER, benchmark_models, benchmark_table_rows
+        from edgexfer.evaluate.check import benchmark_models
+        from edgexfer.evaluate.check_tables import BENCHMARK_HEADER, benchmark_table_rows
         from edgexfer.evaluate.latency import LatencySettings, parse_threads
 
         console, _ = _consoles()
@@ -364,7 +365,7 @@ def _progress(err_console):
 
 
 def _render_check(result: dict) -> None:
-    from edgexfer.evaluate.check import (
+    from edgexfer.evaluate.check_tables import (
         LATENCY_HEADER,
         PARITY_HEADER_SHORT,
         latency_table_rows,

@@ -9,7 +9,8 @@ import pytest
 from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifact
 from edgexfer.data.subset import stratified_subset
 from edgexfer.errors import ArtifactError, ConfigError
-from edgexfer.evaluate.check import _candidate, keras_ancestor, render_check_markdown
+from edgexfer.evaluate.check import _candidate, keras_ancestor
+from edgexfer.evaluate.check_tables import render_check_markdown
 from edgexfer.export.stage import default_quant, load_stored_calibration
 
 PRE = Preprocessing(input_size=8)

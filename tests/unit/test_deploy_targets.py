@@ -178,7 +178,8 @@ def test_cuda_claimed_but_not_started_is_an_error_not_a_cpu_number(tmp_path, mon
 
 
 def test_benchmark_rows_name_provider_and_device(tmp_path):
-    from edgexfer.evaluate.check import benchmark_models, render_benchmark_markdown
+    from edgexfer.evaluate.check import benchmark_models
+    from edgexfer.evaluate.check_tables import render_benchmark_markdown
     from edgexfer.evaluate.latency import LatencySettings
 
     artifact = onnx_export(tmp_path / "onnx")
