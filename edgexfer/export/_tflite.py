@@ -18,6 +18,7 @@ from edgexfer.export.tflite_io import (
 )
 from edgexfer.runtime.metadata import EmbeddedInfo, embed_tflite_metadata
 from edgexfer.runtime.tflite_metadata import ModelDescription, embed_standard_metadata
+from edgexfer.stdio import quiet_native_stderr
 
 
 def convert_tflite(
@@ -136,7 +137,8 @@ def tflite_bytes(
             converter.inference_input_type = getattr(tf, io_type)
             converter.inference_output_type = getattr(tf, io_type)
     try:
-        with warnings.catch_warnings():
+        # The converter's C++ prints "fully_quantize: 0, inference_type: 6 …" on fd 2: hidden unless --verbose.
+        with warnings.catch_warnings(), quiet_native_stderr():
             # "Statistics for quantized inputs were expected": harmless, the
             # representative dataset or the QAT ranges provide them.
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
@@ -150,7 +152,8 @@ def describe_tflite(content: bytes, max_names: int = 10, exclude_io: bool = Fals
     (``exclude_io``: not counting the input and output tensors, for float I/O around int8)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=content)
+    with quiet_native_stderr():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
+        interpreter = Interpreter(model_content=content)
     tensors = interpreter.get_tensor_details()
     io_indices = {d["index"] for d in interpreter.get_input_details() + interpreter.get_output_details()}
     fp32 = [

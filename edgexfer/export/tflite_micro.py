@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from edgexfer.errors import ExportError
+from edgexfer.stdio import quiet_native_stderr
 
 ALIGNMENT = 16
 HEADER_NAME = "model.h"
@@ -336,7 +337,8 @@ def _io_quantization(content: bytes, where: str) -> dict[str, tuple[float, int]]
     """Per-tensor (scale, zero point) of the input and output, read with LiteRT."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=content)
+    with quiet_native_stderr():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
+        interpreter = Interpreter(model_content=content)
     result = {}
     for key, detail in (("input", interpreter.get_input_details()[0]), ("output", interpreter.get_output_details()[0])):
         scale, zero_point = detail["quantization"]
