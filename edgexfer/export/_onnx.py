@@ -12,6 +12,7 @@ import numpy as np
 from edgexfer.errors import ExportError
 from edgexfer.export.onnx_keys import embed_common_onnx_metadata
 from edgexfer.runtime.metadata import EmbeddedInfo, embed_onnx_metadata, first_line
+from edgexfer.stdio import quiet_native_stderr
 
 INPUT_NAME = "input"
 OPSET_RANGE = (13, 17)  # what tf2onnx 1.17 converts reliably (DESIGN.md); 21 fails
@@ -134,8 +135,9 @@ def _from_qat_tflite(keras_model, tflite_path: Path, opset: int, calibration: np
 
     tflite_path.write_bytes(tflite_bytes(keras_model, "int8", calibration, int8_io=False))
     try:
-        with warnings.catch_warnings():
-            # tf2onnx reads the file with tf.lite.Interpreter, which warns it is deprecated
+        with warnings.catch_warnings(), quiet_native_stderr():
+            # tf2onnx reads the file with tf.lite.Interpreter, which warns it is deprecated and
+            # prints its XNNPACK line on fd 2
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             model_proto, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=opset)
     except Exception as exc:
