@@ -6,7 +6,7 @@ numpy's global generator, TensorFlow's global seed and tf_keras' own seed genera
 every unseeded Keras initializer draws its seed from). Anything that then draws from those
 only sometimes, such as building a model to convert the ImageNet weights when the cache is
 empty, shifts every later draw, so the first run on a machine trained from another head
-init than every run after it (issue 17). Two rules remove that:
+init than every run after it. Two rules remove that:
 
 - work that happens only sometimes runs inside :func:`preserved_random_state` (and draws
   nothing where it can: the conversion builds its model with constant initializers);

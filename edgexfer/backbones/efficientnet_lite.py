@@ -271,7 +271,7 @@ def convert_imagenet_weights(name: str) -> Path:
     This runs once per machine, inside whatever stage first needs the weights, so it must
     not touch the random streams that stage then trains from: the model is built with
     constant initializers (every weight is overwritten anyway), and the whole conversion
-    runs under ``preserved_random_state`` (issue 17: a cold cache changed the head's init).
+    runs under ``preserved_random_state`` (a cold cache once changed the head's init).
     """
     from edgexfer.seeding import preserved_random_state
 
