@@ -38,7 +38,7 @@ from edgexfer.keras_io import MODEL_FILE, build_classifier, build_head_layers, l
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 from edgexfer.train import distributed
-from edgexfer.train.resume import StageCheckpoint
+from edgexfer.train.resume import StageCheckpoint, stage_checkpoint
 
 _SHUFFLE_BUFFER_BYTES = 256 << 20
 
@@ -326,21 +326,8 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     train_common.seed_everything(config.seed, config.deterministic)
     strategy = train_common.make_strategy(config.strategy)
     user_config, cluster = config, distributed.cluster_of(config.strategy, strategy)
-    if cluster.multi_worker:
-        config = config.model_copy(update={"batch_size": distributed.per_worker_batch(config.batch_size, cluster)})
-    checkpoint = StageCheckpoint(
-        "distill",
-        out,
-        {
-            "config": user_config.model_dump(),
-            "teacher": source.parent_ref()["sha256"],
-            "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
-        },
-        log=log,
-        is_chief=cluster.is_chief,
-        strategy=strategy,
-        multi_worker=cluster.multi_worker,
-    )
+    config = distributed.worker_config(config, cluster)
+    checkpoint = stage_checkpoint("distill", out, user_config, source, data_dir, dataset, cluster, strategy, log)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     teacher = load_keras_model(source.model_path)
@@ -352,13 +339,9 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     online = config.augment.enabled
     labelled_count, train = len(train), train + unlabelled
     # Multi-worker: this worker's shard (labelled and unlabelled images alike) at its share of the batch.
-    train, shard_info = distributed.shard(train, cluster, config.seed)
-    if cluster.multi_worker:
-        log(
-            f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
-            f"{config.batch_size} of the global {user_config.batch_size}"
-            + ("; the chief writes the artifact" if not cluster.is_chief else "")
-        )
+    train, shard_info = distributed.worker_shard(
+        train, cluster, config.seed, batch_size=config.batch_size, global_batch_size=user_config.batch_size, log=log
+    )
     steps = max(1, math.ceil(len(train) / config.batch_size))
     val_steps = max(1, math.ceil(len(val) / config.batch_size))
     if online:

@@ -25,7 +25,7 @@ from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
 from edgexfer.train import distributed
-from edgexfer.train.resume import StageCheckpoint
+from edgexfer.train.resume import stage_checkpoint
 
 M_BY_N = (2, 4)
 
@@ -177,27 +177,11 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     train_common.seed_everything(config.seed, config.deterministic)
     strategy = train_common.make_strategy(config.strategy)
     user_config, cluster = config, distributed.cluster_of(config.strategy, strategy)
-    train, shard_info = distributed.shard(train, cluster, config.seed)
-    if cluster.multi_worker:
-        config = config.model_copy(update={"batch_size": distributed.per_worker_batch(config.batch_size, cluster)})
-        log(
-            f"worker {cluster.index} of {cluster.workers}: {len(train)} training images (its shard), batch "
-            f"{config.batch_size} of the global {user_config.batch_size}"
-            + ("; the chief writes the artifact" if not cluster.is_chief else "")
-        )
-    checkpoint = StageCheckpoint(
-        "prune",
-        out,
-        {
-            "config": user_config.model_dump(),
-            "parent": source.parent_ref()["sha256"],
-            "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
-        },
-        log=log,
-        is_chief=cluster.is_chief,
-        strategy=strategy,
-        multi_worker=cluster.multi_worker,
+    config = distributed.worker_config(config, cluster)
+    train, shard_info = distributed.worker_shard(
+        train, cluster, config.seed, batch_size=config.batch_size, global_batch_size=user_config.batch_size, log=log
     )
+    checkpoint = stage_checkpoint("prune", out, user_config, source, data_dir, dataset, cluster, strategy, log)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = load_keras_model(source.model_path)

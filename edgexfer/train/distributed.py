@@ -109,6 +109,27 @@ def per_worker_batch(global_batch: int, cluster: Cluster) -> int:
     return global_batch // cluster.workers
 
 
+def worker_config(config, cluster: Cluster):
+    """The stage config a worker trains with: its share of the user's global batch."""
+    if not cluster.multi_worker:
+        return config
+    return config.model_copy(update={"batch_size": per_worker_batch(config.batch_size, cluster)})
+
+
+def worker_shard(
+    samples: Sequence, cluster: Cluster, seed: int, *, batch_size: int, global_batch_size: int, log
+) -> tuple[list, dict[str, Any]]:
+    """:func:`shard`, and on a cluster one line saying what this worker trains on."""
+    samples, info = shard(samples, cluster, seed)
+    if cluster.multi_worker:
+        log(
+            f"worker {cluster.index} of {cluster.workers}: {len(samples)} training images (its shard), batch "
+            f"{batch_size} of the global {global_batch_size}"
+            + ("; the chief writes the artifact" if not cluster.is_chief else "")
+        )
+    return samples, info
+
+
 def shard(samples: Sequence, cluster: Cluster, seed: int) -> tuple[list, dict[str, Any]]:
     """This worker's equal, disjoint share of ``samples`` and a description for the metrics.
 

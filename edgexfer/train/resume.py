@@ -295,3 +295,21 @@ def remove_checkpoints(out: str | None = None) -> list[dict[str, Any]]:
         shutil.rmtree(entry["dir"], ignore_errors=True)
         removed.append(entry)
     return removed
+
+
+def stage_checkpoint(stage: str, out, config, source, data_dir, dataset, cluster, strategy, log) -> StageCheckpoint:
+    """The checkpoint of a compression stage training ``source``'s model on ``data_dir``: tied to
+    the config as the user gave it, the parent model's bytes and the data folder's fingerprint."""
+    return StageCheckpoint(
+        stage,
+        out,
+        {
+            "config": config.model_dump(),
+            "parent": source.parent_ref()["sha256"],
+            "data": {"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
+        },
+        log=log,
+        is_chief=cluster.is_chief,
+        strategy=strategy,
+        multi_worker=cluster.multi_worker,
+    )
