@@ -5,7 +5,9 @@ Test files import from here (``from kit import ...``), never from each other.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
@@ -70,3 +72,27 @@ def shared_teacher(tmp_path_factory):
             make_color_folder(data, per_class=30, size=20)
         api.finetune(data, root / "teacher", **TEACHER)
     return Artifact(root / "teacher"), root / "data"
+
+
+def call_cli(capsys, *args) -> SimpleNamespace:
+    """``edgexfer ARGS`` in this process through ``cli.main`` (its error mapping included):
+    exit code, stdout, stderr."""
+    from edgexfer import cli
+
+    saved, sys.argv = sys.argv, ["edgexfer", *map(str, args)]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved
+    out, err = capsys.readouterr()
+    return SimpleNamespace(code=code, out=out, err=err)
+
+
+def the_error(text: str) -> str:
+    """The one ``error:`` line of stderr (progress lines may precede it; no traceback)."""
+    lines = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]

@@ -30,6 +30,7 @@ import pytest
 from PIL import Image
 
 from edgexfer.artifact import Manifest, Preprocessing, writing_artifact
+from kit import call_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
@@ -83,22 +84,6 @@ def snapshot(root: Path) -> dict[str, str]:
             with open(path, "rb") as handle:
                 found[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
     return found
-
-
-def call_cli(capsys, *args) -> SimpleNamespace:
-    from edgexfer import cli
-
-    saved = sys.argv
-    sys.argv = ["edgexfer", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = saved
-    out, err = capsys.readouterr()
-    return SimpleNamespace(code=code, out=out, err=err)
 
 
 def run_cli(*args, env_extra=None, prelude: str = "") -> subprocess.CompletedProcess:

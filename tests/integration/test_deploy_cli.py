@@ -23,7 +23,7 @@ from PIL import Image
 
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.export import FORMATS, QUANT_MODES
-from kit import COLORS, make_color_folder
+from kit import COLORS, call_cli, make_color_folder, the_error
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
@@ -39,30 +39,6 @@ def run_cli(*args: str) -> SimpleNamespace:
         [sys.executable, "-m", "edgexfer", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
     )
     return SimpleNamespace(code=done.returncode, out=done.stdout, err=done.stderr)
-
-
-def call_cli(capsys, *args: str) -> SimpleNamespace:
-    """``edgexfer ARGS`` in this process through ``cli.main`` (its error mapping included)."""
-    from edgexfer import cli
-
-    saved = sys.argv
-    sys.argv = ["edgexfer", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = saved
-    out, err = capsys.readouterr()
-    return SimpleNamespace(code=code, out=out, err=err)
-
-
-def the_error(text: str) -> str:
-    """The one ``error:`` line of stderr (progress lines may precede it; no traceback)."""
-    lines = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in text, text
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

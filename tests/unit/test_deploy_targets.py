@@ -12,7 +12,6 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from PIL import Image
 from edgexfer.artifact import Manifest, Preprocessing, writing_artifact
 from edgexfer.errors import ConfigError
 from edgexfer.runtime import providers as prov
+from kit import call_cli, the_error
 
 LABELS = ["cat", "dog", "émeu"]  # a non-ASCII name on purpose
 PRE = Preprocessing(input_size=4, mean=(100.0, 110.0, 120.0), std=(50.0, 60.0, 70.0))
@@ -73,27 +73,6 @@ def image_folder(root: Path, per_class: int = 4) -> Path:
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
     return root
-
-
-def call_cli(capsys, *args) -> SimpleNamespace:
-    from edgexfer import cli
-
-    saved, sys.argv = sys.argv, ["edgexfer", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = saved
-    out, err = capsys.readouterr()
-    return SimpleNamespace(code=code, out=out, err=err)
-
-
-def one_error_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in text, text
-    return lines[0]
 
 
 # ------------------------------------------------------------------------- --device
@@ -227,9 +206,9 @@ def test_cli_device_cuda_is_one_line_and_exit_2(capsys, tmp_path):
     ):
         result = call_cli(capsys, *args)
         assert result.code == 2
-        assert "CPU-only build" in one_error_line(result.err)
+        assert "CPU-only build" in the_error(result.err)
     result = call_cli(capsys, "benchmark", artifact.path, "--device", "tpu")
-    assert result.code == 2 and "allowed: cpu, cuda, auto" in one_error_line(result.err)
+    assert result.code == 2 and "allowed: cpu, cuda, auto" in the_error(result.err)
 
 
 # ------------------------------------------------------------- runtime-only install
@@ -269,7 +248,7 @@ def test_training_command_without_the_train_extra_is_one_line(capsys, monkeypatc
     ):
         result = call_cli(capsys, *args)
         assert result.code == 2
-        assert 'pip install "edgexfer[train]"' in one_error_line(result.err)
+        assert 'pip install "edgexfer[train]"' in the_error(result.err)
     result = call_cli(capsys, "run", "--list")  # the runtime-only commands still work
     assert result.code == 0 and "digits" in result.out
 
@@ -313,7 +292,7 @@ def test_run_list_and_unknown_recipe(capsys, tmp_path, monkeypatch):
     listing = call_cli(capsys, "run", "--list")
     assert listing.code == 0 and all(name in listing.out for name in ("digits", "fashion-mnist", "template"))
     unknown = call_cli(capsys, "run", "no-such-recipe")
-    assert unknown.code == 2 and "shipped recipes: digits, fashion-mnist, template" in one_error_line(unknown.err)
+    assert unknown.code == 2 and "shipped recipes: digits, fashion-mnist, template" in the_error(unknown.err)
 
 
 # ------------------------------------------------------------------------- bundle
