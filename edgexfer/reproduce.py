@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgexfer.artifact import MANIFEST, METRICS, Artifact, library_versions, sha256_path
-from edgexfer.errors import ArtifactError, DataError
+from edgexfer.errors import ArtifactError, ConfigError, DataError
 from edgexfer.keras_io import load_keras_model
 
 # Exit code of `edgexfer reproduce` when the re-run differs (2: bad input, 3: a parity gate).
@@ -58,6 +58,7 @@ def reproduce(
 
     target = Path(target)
     log = log or (lambda *_: None)
+    work_dir = _work_dir(work_dir)
     if (target / STATE_FILE).is_file():
         return reproduce_run(target, work_dir=work_dir, log=log)
     started = time.perf_counter()
@@ -68,6 +69,27 @@ def reproduce(
         "stages": [result],
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _work_dir(work_dir: str | Path | None) -> Path | None:
+    """``--work-dir`` made absolute (the re-run may change directory) and created if missing."""
+    if work_dir is None:
+        return None
+    path = Path(work_dir).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--work-dir {str(work_dir)!r} is a file; pass a directory for the temporary re-runs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _stage_out(run_dir: Path, name: str, recorded_out: str | None) -> Path:
+    """Where a run's stage wrote its artifact. The state records ``out`` as the pipeline was
+    given it, relative to the directory it ran in; from elsewhere, the stage's folder in the run."""
+    candidates = [Path(recorded_out)] if recorded_out else []
+    if recorded_out and not Path(recorded_out).is_absolute():
+        candidates.append(run_dir / Path(recorded_out).name)
+    candidates.append(run_dir / name)
+    return next((path for path in candidates if (path / MANIFEST).is_file()), candidates[0])
 
 
 def reproduce_run(
@@ -82,7 +104,7 @@ def reproduce_run(
     started = time.perf_counter()
     results, skipped = [], []
     for name, stage in state.get("stages", {}).items():
-        out = Path(stage.get("out") or run_dir / name)
+        out = _stage_out(run_dir, name, stage.get("out"))
         if stage.get("status") != "done" or not (out / MANIFEST).is_file():
             skipped.append(
                 {

@@ -204,3 +204,40 @@ def test_an_artifact_without_a_recorded_call_is_refused(tiny, tmp_path):
     with pytest.raises(ArtifactError, match="does not record the stage call"):
         api.reproduce(copy)
     assert Artifact(copy).manifest.stage == "finetune"
+
+
+def test_reproduce_a_relative_run_directory_from_elsewhere_into_a_new_work_dir(colours, tmp_path, monkeypatch):
+    """The state file records a relative run directory as given; ``reproduce`` still finds every
+    stage from another directory, and ``--work-dir`` is created (made absolute: the re-run changes
+    directory) instead of failing."""
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"""
+name: tiny
+data:
+  colours: {{path: {colours}}}
+stages:
+  finetune: {{data: colours, backbone: cnn_tiny, weights: none, img_size: 16, epochs: 1, fine_tune_epochs: 0,
+             batch_size: 16, seed: 2}}
+""")
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    api.run_pipeline(pipeline, run_dir="runs/tiny", log=lambda *_: None, report=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _edgexfer(
+        "reproduce",
+        tmp_path / "project" / "runs" / "tiny",
+        "--work-dir",
+        "scratch/new",
+        "--json",
+        "r.json",
+        cwd=elsewhere,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((elsewhere / "r.json").read_text())
+    assert [s["stage_name"] for s in result["stages"]] == ["finetune"] and result["identical"]
+    assert (elsewhere / "scratch" / "new").is_dir()
+    (elsewhere / "a-file").write_text("x")
+    done = _edgexfer("reproduce", tmp_path / "project" / "runs" / "tiny", "--work-dir", "a-file", cwd=elsewhere)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--work-dir 'a-file' is a file" in " ".join(done.stderr.split())
