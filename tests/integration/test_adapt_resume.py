@@ -2,6 +2,7 @@
 pseudo-label round), with the same model as an uninterrupted run, bit for bit."""
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -183,3 +184,52 @@ def test_a_changed_config_or_a_damaged_checkpoint_starts_afresh(setup, tmp_path,
     said = " ".join(lines)
     assert "cannot be read" in said and "starting afresh" in said and "resuming" not in said
     assert again.metrics["resumed"] == {} and len(again.metrics["history"]["coral"]["loss"]) == 2
+
+
+PIPELINE = """\
+name: resume
+data:
+  source: {path: SOURCE}
+  target: {path: TARGET}
+stages:
+  finetune:
+    data: source
+    backbone: cnn_tiny
+    weights: none
+    img_size: 16
+    epochs: 8
+    fine_tune_epochs: 0
+    learning_rate: 0.05
+  adapt:
+    parent: finetune
+    source: source
+    target: target
+    method: coral
+    epochs: 3
+    train_layers: 2
+    batch_size: 16
+"""
+
+
+def test_a_pipeline_interrupted_inside_adapt_resumes_mid_adapt(setup, tmp_path, interrupt_after):
+    from edgexfer.pipeline import run_pipeline
+
+    _, source, target = setup
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(PIPELINE.replace("SOURCE", str(source)).replace("TARGET", str(target)))
+    run_dir = tmp_path / "run"
+    interrupt_after("coral", 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(path, run_dir=run_dir, report=False, log=lambda *_: None)
+    assert (run_dir / "finetune" / "model.h5").is_file() and not (run_dir / "adapt").exists()
+    assert checkpoint_dir(run_dir / "adapt").is_dir()
+
+    interrupt_after("never", 0)
+    lines: list[str] = []
+    result = run_pipeline(path, run_dir=run_dir, report=False, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert [result["stages"][s]["status"] for s in ("finetune", "adapt")] == ["skipped", "done"]
+    assert "coral: resuming from epoch 3 of 3" in "\n".join(lines)
+    adapted = json.loads((run_dir / "adapt" / "metrics.json").read_text())
+    assert adapted["resumed"] == {"coral": {"from_epoch": 3, "epochs_done_before": 2, "epochs": 3}}
+    assert len(adapted["history"]["coral"]["loss"]) == 3  # the epochs before the interruption are kept
+    assert not checkpoint_dir(run_dir / "adapt").exists()
