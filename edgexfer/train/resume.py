@@ -283,6 +283,28 @@ class LoopCheckpoint:
     One file, written under a temporary name, flushed to disk and renamed over the previous one:
     a kill during the write leaves the previous epoch's checkpoint whole. A file that cannot be
     read (a full disk, a damaged cache) is reported and the loop starts afresh.
+
+    A loop adopts it like this (``adapt`` does the same, per training unit)::
+
+        checkpoint = StageCheckpoint("mystage", out, {"config": ..., "parent": ..., "data": ...}, log=log)
+        loop = LoopCheckpoint(checkpoint)
+        optimizer.build(variables)  # the same variables in the same order in every run
+        start, saved = 0, loop.load()
+        if saved is not None:
+            state, arrays = saved
+            assign_arrays("weights", variables, arrays)
+            restore_optimizer(optimizer, variables, arrays)
+            start = state["epochs_done"]
+            checkpoint.note_resume("mystage", start, epochs)
+        with SeededRandomLayers(model, seed, "mystage") as random_layers:
+            for epoch in range(start, epochs):
+                rng = epoch_rng(seed, "mystage", epoch)  # this epoch's shuffles
+                random_layers.reseed(epoch)  # and dropout masks
+                ...  # train one epoch
+                arrays = {**variable_arrays("weights", variables), **optimizer_arrays(optimizer)}
+                loop.save({"epochs_done": epoch + 1}, arrays, phase="mystage", epochs_done=epoch + 1, epochs=epochs)
+        ...  # write the artifact, then
+        checkpoint.finish()
     """
 
     def __init__(self, checkpoint: StageCheckpoint, name: str = "loop") -> None:
