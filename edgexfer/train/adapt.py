@@ -267,17 +267,6 @@ def run_adapt(
             f"{' …' if len(target_data.class_folders) > 10 else ''}); their labels are ignored — adapt uses "
             "only the images"
         )
-    checkpoint = StageCheckpoint(
-        "adapt",
-        out,
-        {
-            "config": config.model_dump(),
-            "parent": parent.parent_ref()["sha256"],
-            "source": {"path": str(Path(source).resolve()), **source_data.fingerprint()},
-            "target": {"path": str(Path(target).resolve()), **target_data.fingerprint()},
-        },
-        log=log,
-    )
     source_train = _subset(source_data.split("train"), config.max_source_images, config.seed)
     source_val = source_data.split("val")
     target_paths = _subset(target_data.paths, config.max_target_images, config.seed)
@@ -304,6 +293,18 @@ def run_adapt(
         log(
             f"adapt ({_describe(config)}): {len(xs)} labelled source / {len(xv)} source val / "
             f"{len(xt)} unlabelled target images at {preprocessing.input_size}px"
+        )
+        # After the inputs were read (a bad input leaves no checkpoint behind); tied to them and the config.
+        checkpoint = StageCheckpoint(
+            "adapt",
+            out,
+            {
+                "config": config.model_dump(),
+                "parent": parent.parent_ref()["sha256"],
+                "source": {"path": str(Path(source).resolve()), **source_data.fingerprint()},
+                "target": {"path": str(Path(target).resolve()), **target_data.fingerprint()},
+            },
+            log=log,
         )
         model = load_keras_model(parent.model_path)
         adapter = _Adapter(
