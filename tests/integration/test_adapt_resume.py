@@ -233,3 +233,14 @@ def test_a_pipeline_interrupted_inside_adapt_resumes_mid_adapt(setup, tmp_path, 
     assert adapted["resumed"] == {"coral": {"from_epoch": 3, "epochs_done_before": 2, "epochs": 3}}
     assert len(adapted["history"]["coral"]["loss"]) == 3  # the epochs before the interruption are kept
     assert not checkpoint_dir(run_dir / "adapt").exists()
+
+
+def test_a_bad_input_leaves_no_checkpoint(setup, tmp_path):
+    from edgexfer.errors import EdgexferError
+
+    teacher, source, _ = setup
+    target = make_domain(tmp_path / "target", per_class=2, labelled=False)
+    (target / "broken.png").write_bytes(b"not a png")  # found by the scan, fails when decoded
+    with pytest.raises(EdgexferError, match="broken.png"):
+        adapt(teacher, source, target, tmp_path / "adapted", method="coral", epochs=1, strict=True)
+    assert not checkpoint_dir(tmp_path / "adapted").exists() and not (tmp_path / "adapted").exists()
