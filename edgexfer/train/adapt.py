@@ -36,6 +36,12 @@ below them is frozen, so the frozen part runs once per image (its output is cach
 
 The written model has exactly the input model's architecture (layer names, weight shapes);
 the domain classifier of DANN is a training-only head and is dropped.
+
+Interrupted runs resume: every completed epoch (of each method and each pseudo-label round) is
+checkpointed (``edgexfer.train.resume``: weights, optimizer state, per-domain statistics, the
+round's pseudo-labels, the history so far) and re-running the same command continues after it.
+Every shuffle and Dropout mask of an epoch is drawn from (seed, training unit, epoch), so the
+resumed run gives the same model as an uninterrupted one, bit for bit.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from edgexfer.config import FrozenConfig
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
+from edgexfer.seeding import derive_seed
 from edgexfer.train import common as train_common
 from edgexfer.train.adapt_losses import coral_loss, dann_coefficient, gradient_reversal
 from edgexfer.train.batchnorm import (
@@ -62,6 +69,16 @@ from edgexfer.train.batchnorm import (
     build_top,
     find_cut,
     find_features_layer,
+)
+from edgexfer.train.resume import (
+    LoopCheckpoint,
+    SeededRandomLayers,
+    StageCheckpoint,
+    assign_arrays,
+    epoch_rng,
+    optimizer_arrays,
+    restore_optimizer,
+    variable_arrays,
 )
 
 METHODS = ("adabn", "coral", "dann", "pseudo-label")
@@ -277,8 +294,22 @@ def run_adapt(
             f"adapt ({_describe(config)}): {len(xs)} labelled source / {len(xv)} source val / "
             f"{len(xt)} unlabelled target images at {preprocessing.input_size}px"
         )
+        # After the inputs were read (a bad input leaves no checkpoint behind); tied to them and the config.
+        checkpoint = StageCheckpoint(
+            "adapt",
+            out,
+            {
+                "config": config.model_dump(),
+                "parent": parent.parent_ref()["sha256"],
+                "source": {"path": str(Path(source).resolve()), **source_data.fingerprint()},
+                "target": {"path": str(Path(target).resolve()), **target_data.fingerprint()},
+            },
+            log=log,
+        )
         model = load_keras_model(parent.model_path)
-        adapter = _Adapter(model, preprocessing, config, xs, ys, xv, yv, xt, log=log, progress=progress)
+        adapter = _Adapter(
+            model, preprocessing, config, xs, ys, xv, yv, xt, log=log, progress=progress, checkpoint=checkpoint
+        )
         metrics_before = adapter.report("input")
         with common.timed(timings, "adapt_seconds"):
             history = adapter.run()
@@ -302,6 +333,7 @@ def run_adapt(
             "trained_layers": adapter.trained_layer_names,
             "cut": adapter.cut_name,
             "history": history,
+            "resumed": checkpoint.resumed,
             "params": count_params(model),
             "model_bytes": writer.file(MODEL_FILE).stat().st_size,
             "timings_seconds": timings,
@@ -336,7 +368,9 @@ def run_adapt(
                 },
             },
         )
-        return writer.commit(child, metrics)
+        artifact = writer.commit(child, metrics)
+    checkpoint.finish()
+    return artifact
 
 
 def _source_split(parent: Artifact, config: AdaptConfig) -> dict[str, Any]:
@@ -369,7 +403,9 @@ def _subset(items: list, limit: int | None, seed: int) -> list:
 
 
 class _Adapter:
-    def __init__(self, model, preprocessing, config: AdaptConfig, xs, ys, xv, yv, xt, *, log, progress):
+    def __init__(
+        self, model, preprocessing, config: AdaptConfig, xs, ys, xv, yv, xt, *, log, progress, checkpoint=None
+    ):
         from edgexfer.tf_env import import_tf
 
         tf, keras = import_tf()
@@ -378,7 +414,14 @@ class _Adapter:
         self.mean = np.asarray(preprocessing.mean, np.float32)
         self.std = np.asarray(preprocessing.std, np.float32)
         self.xs, self.ys, self.xv, self.yv, self.xt = xs, ys.astype(np.int32), xv, yv.astype(np.int32), xt
-        self.rng = np.random.default_rng(config.seed)
+        # Resuming: training units (one per method trained, one per pseudo-label round) are
+        # numbered; ``_resume`` is what an interrupted run saved at its last completed epoch.
+        self.checkpoint: StageCheckpoint | None = checkpoint
+        self._loop = LoopCheckpoint(checkpoint) if checkpoint is not None else None
+        self._resume = self._loop.load() if self._loop is not None else None
+        self._unit = 0
+        self._finished: list[dict[str, Any]] = []  # per finished unit: label, pre-training info, history
+        self._random_layers = SeededRandomLayers(model, config.seed, "adapt", "dropout")
         self.num_classes = int(model.output_shape[-1])
         self.original_trainable = {layer.name: layer.trainable for layer in model.layers}
         self.source_stats_accuracy: float | None = None
@@ -538,12 +581,13 @@ class _Adapter:
         config = self.config
         history: dict[str, Any] = {}
         stages = ([config.first_method] if config.first_method else []) + [config.method]
-        for method in stages:
-            epochs = config.epochs_for(method)
-            if method == "pseudo-label":
-                history[method] = self._pseudo_label(epochs)
-            else:
-                history[method] = self._train(method, epochs)
+        with self._random_layers:
+            for method in stages:
+                epochs = config.epochs_for(method)
+                if method == "pseudo-label":
+                    history[method] = self._pseudo_label(epochs)
+                else:
+                    history[method] = self._train(method, epochs)
         self.source_stats_accuracy = self._source_stats_val_accuracy()
         return history
 
@@ -559,11 +603,22 @@ class _Adapter:
             layer.trainable = self.original_trainable.get(layer.name, layer.trainable)
 
     def _train(
-        self, method: str, epochs: int, pseudo: tuple[np.ndarray, np.ndarray] | None = None, label: str | None = None
+        self,
+        method: str,
+        epochs: int,
+        pseudo: tuple[np.ndarray, np.ndarray] | None = None,
+        label: str | None = None,
+        info: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if epochs <= 0:
             self._refresh_top_stats()
             return {"epochs": 0}
+        description = label or f"adapt {method}"
+        finished = self._skip_finished(description)
+        if finished is not None:
+            return finished["history"]
+        unit = self._unit
+        self._unit += 1
         tf, keras = self.tf, self.keras
         config = self.config
         batch = config.batch_size
@@ -576,8 +631,21 @@ class _Adapter:
         if method == "dann":
             discriminator = keras.Sequential(
                 [
-                    keras.layers.Dense(config.dann_hidden, activation="relu", name="domain_hidden"),
-                    keras.layers.Dense(1, name="domain_logit"),
+                    keras.layers.Dense(
+                        config.dann_hidden,
+                        activation="relu",
+                        name="domain_hidden",
+                        kernel_initializer=keras.initializers.GlorotUniform(
+                            seed=derive_seed(config.seed, "adapt", "domain_classifier", str(unit), "hidden")
+                        ),
+                    ),
+                    keras.layers.Dense(
+                        1,
+                        name="domain_logit",
+                        kernel_initializer=keras.initializers.GlorotUniform(
+                            seed=derive_seed(config.seed, "adapt", "domain_classifier", str(unit), "logit")
+                        ),
+                    ),
                 ],
                 name="domain_classifier",
             )
@@ -585,9 +653,18 @@ class _Adapter:
         variables = list(self.variables) + (list(discriminator.trainable_variables) if discriminator else [])
         schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
         optimizer = keras.optimizers.Adam(schedule)
+        optimizer.build(variables)  # every variable, in this order, in every run: the checkpoint's layout
+        bn_vars = [v for layer in self.top_bns for v in (layer.moving_mean, layer.moving_variance)]
+        history: dict[str, Any] = {"loss": [], "extra_loss": []}
+        start = 0
+        if self._resume is not None and self._resume[0]["unit"] == unit:
+            state, arrays = self._resume
+            self._restore(arrays, bn_vars, optimizer, variables, discriminator)
+            history, start = state["history"], state["epochs_done"]
+            self._resume = None
+            self.checkpoint.note_resume(description.removeprefix("adapt "), start, epochs)
         source_stats = [tf.constant(v) for pair in self.top_source for v in pair]
         target_stats = [tf.constant(v) for pair in self.top_target for v in pair]
-        bn_vars = [v for layer in self.top_bns for v in (layer.moving_mean, layer.moving_variance)]
         domain = self.domain and bool(bn_vars)
         ce = keras.losses.SparseCategoricalCrossentropy(reduction="none")
         bce = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -631,16 +708,17 @@ class _Adapter:
         if pseudo is not None:
             target_labels = np.zeros(len(self.zt), np.int32)
             target_labels[pseudo[0]] = pseudo[1]
-        history: dict[str, list[float]] = {"loss": [], "extra_loss": []}
-        description = label or f"adapt {method}"
-        done = 0
+        done = start * steps
         writer = train_common.tensorboard_writer(description.replace(" ", "_"))
-        with _progress_bar(description, total, self.progress) as advance:
-            for epoch in range(epochs):
-                order = self.rng.permutation(len(self.zs))
+        with _progress_bar(description, total, self.progress, completed=done) as advance:
+            for epoch in range(start, epochs):
+                # Every draw of the epoch depends on (seed, unit, epoch) only: a resumed run repeats it.
+                rng = epoch_rng(config.seed, "adapt", unit, epoch)
+                self._random_layers.reseed(unit, epoch)
+                order = rng.permutation(len(self.zs))
                 if len(order) < steps * batch:  # fixed batch shapes: one trace for the whole run
-                    order = np.concatenate([order, self.rng.choice(len(self.zs), steps * batch - len(order))])
-                target_order = self._cycle(target_pool, steps * batch) if uses_target else None
+                    order = np.concatenate([order, rng.choice(len(self.zs), steps * batch - len(order))])
+                target_order = self._cycle(rng, target_pool, steps * batch) if uses_target else None
                 losses, extras = [], []
                 for s in range(steps):
                     idx = order[s * batch : (s + 1) * batch]
@@ -664,6 +742,9 @@ class _Adapter:
                     target_stats = [tf.constant(v) for pair in self.top_target for v in pair]
                 history["loss"].append(round(float(np.mean(losses)), 5))
                 history["extra_loss"].append(round(float(np.mean(extras)), 5))
+                self._save_epoch(
+                    unit, description, epoch + 1, epochs, history, info, pseudo, optimizer, bn_vars, discriminator
+                )
                 if writer is not None:
                     with writer.as_default(step=epoch):
                         tf.summary.scalar("classification_loss", history["loss"][-1])
@@ -682,16 +763,95 @@ class _Adapter:
             f"(source statistics) {history['source_val_accuracy_source_stats']:.4f}, target confident "
             f"{history['target_confident_fraction']:.2%}"
         )
+        self._finished.append({"label": description, "info": info, "history": history})
         return history
 
-    def _cycle(self, pool: np.ndarray, count: int) -> np.ndarray:
+    def _cycle(self, rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
         reps = math.ceil(count / max(len(pool), 1))
-        return np.concatenate([self.rng.permutation(pool) for _ in range(reps)])[:count]
+        return np.concatenate([rng.permutation(pool) for _ in range(reps)])[:count]
+
+    # -- resuming -------------------------------------------------------------------------------
+    def _skip_finished(self, description: str) -> dict[str, Any] | None:
+        """The record of the next training unit when an interrupted run finished it (it is then
+        not trained again: the weights restored later already contain it)."""
+        if self._resume is None or self._unit >= self._resume[0]["unit"]:
+            return None
+        record = self._resume[0]["finished"][self._unit]
+        self._unit += 1
+        self._finished.append(record)
+        self.checkpoint.note_skipped(description.removeprefix("adapt "))
+        return record
+
+    def _save_epoch(self, unit, description, epochs_done, epochs, history, info, pseudo, optimizer, bn_vars, disc):
+        """Checkpoint the state after a completed epoch of training unit ``unit``."""
+        if self._loop is None:
+            return
+        arrays = {
+            **variable_arrays("trained", self.variables),
+            **variable_arrays("bn", bn_vars),
+            **optimizer_arrays(optimizer),
+            **(variable_arrays("discriminator", disc.weights) if disc is not None else {}),
+        }
+        for name, stats in (("top_source", self.top_source), ("top_target", self.top_target)):
+            for i, (mean, variance) in enumerate(stats):
+                arrays[f"{name}.{i}.mean"], arrays[f"{name}.{i}.variance"] = mean, variance
+        if pseudo is not None:
+            arrays["pseudo.index"], arrays["pseudo.label"] = pseudo
+        state = {
+            "unit": unit,
+            "label": description,
+            "epochs_done": epochs_done,
+            "epochs": epochs,
+            "history": history,
+            "info": info,
+            "finished": self._finished,
+        }
+        self._loop.save(state, arrays, phase=description.removeprefix("adapt "), epochs_done=epochs_done, epochs=epochs)
+
+    def _restore(self, arrays, bn_vars, optimizer, variables, discriminator) -> None:
+        """Put the saved state of the interrupted unit back (weights, optimizer, statistics)."""
+        try:
+            assign_arrays("trained", self.variables, arrays)
+            assign_arrays("bn", bn_vars, arrays)
+            restore_optimizer(optimizer, variables, arrays)
+            if discriminator is not None:
+                assign_arrays("discriminator", discriminator.weights, arrays)
+            count = len(self.top_source)
+            for name in ("top_source", "top_target"):
+                setattr(
+                    self, name, [(arrays[f"{name}.{i}.mean"], arrays[f"{name}.{i}.variance"]) for i in range(count)]
+                )
+        except (KeyError, ValueError) as error:  # same digest, other layout: a bug, not the user's doing
+            raise ConfigError(
+                f"the checkpoint at {self.checkpoint.dir} does not fit this model ({error}); "
+                "remove it with `edgexfer clean --remove --out OUT` and run again"
+            ) from error
+
+    def _resumed_round(self) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]] | None:
+        """The pre-training info and pseudo-labels of the round an interrupted run was training."""
+        if self._resume is None or self._resume[0]["unit"] != self._unit:
+            return None
+        state, arrays = self._resume
+        return dict(state["info"]), (arrays["pseudo.index"], arrays["pseudo.label"])
 
     def _pseudo_label(self, epochs: int) -> dict[str, Any]:
         config = self.config
         rounds = []
         for round_index in range(config.rounds):
+            label = f"adapt pseudo-label round {round_index + 1}"
+            finished = self._skip_finished(label) if epochs > 0 else None
+            if finished is not None:
+                rounds.append({**finished["info"], **finished["history"]})
+                continue
+            resumed = self._resumed_round() if epochs > 0 else None
+            if resumed is not None:  # the labels of the interrupted round (not re-drawn from the model)
+                info, (chosen, labels) = resumed
+                self.log(
+                    f"  pseudo-label round {round_index + 1}/{config.rounds}: {len(chosen)} of "
+                    f"{len(self.zt)} target images (as labelled before the interruption)"
+                )
+                rounds.append({**info, **self._train("pseudo-label", epochs, (chosen, labels), label, dict(info))})
+                continue
             if round_index == 0 and config.first_method is None:
                 probs = self.input_target_probs  # the input model, with its own statistics, is the teacher
             else:
@@ -725,7 +885,8 @@ class _Adapter:
                     "pseudo-label",
                     epochs,
                     pseudo=(chosen, predicted[chosen].astype(np.int32)),
-                    label=f"adapt pseudo-label round {round_index + 1}",
+                    label=label,
+                    info=dict(info),
                 )
             )
             rounds.append(info)
@@ -735,8 +896,8 @@ class _Adapter:
 class _progress_bar:
     """A rich progress bar over training steps; ``advance()`` per step; silent when disabled."""
 
-    def __init__(self, description: str, total: int, enabled: bool):
-        self.description, self.total, self.enabled = description, total, enabled
+    def __init__(self, description: str, total: int, enabled: bool, completed: int = 0):
+        self.description, self.total, self.enabled, self.completed = description, total, enabled, completed
 
     def __enter__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -750,7 +911,7 @@ class _progress_bar:
             transient=False,
         )
         self.bar.start()
-        task = self.bar.add_task(self.description, total=self.total)
+        task = self.bar.add_task(self.description, total=self.total, completed=self.completed)
         return lambda: self.bar.advance(task)
 
     def __exit__(self, *exc):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from _common import markdown_table, save
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file is tools/bench/scaleout.py)
 FINETUNE = [
     "--backbone",
     "cnn_small",
