@@ -316,6 +316,7 @@ def run_adapt(
         adapter.finish()
         metrics_after = adapter.report("output")
         save_keras_model(model, writer.file(MODEL_FILE))
+        timings["checkpoint_seconds"] = round(adapter.checkpoint_seconds, 3)
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
 
         metrics = {
@@ -422,6 +423,7 @@ class _Adapter:
         self._unit = 0
         self._finished: list[dict[str, Any]] = []  # per finished unit: label, pre-training info, history
         self._random_layers = SeededRandomLayers(model, config.seed, "adapt", "dropout")
+        self.checkpoint_seconds = 0.0  # writing the per-epoch checkpoints (part of adapt_seconds)
         self.num_classes = int(model.output_shape[-1])
         self.original_trainable = {layer.name: layer.trainable for layer in model.layers}
         self.source_stats_accuracy: float | None = None
@@ -786,6 +788,7 @@ class _Adapter:
         """Checkpoint the state after a completed epoch of training unit ``unit``."""
         if self._loop is None:
             return
+        started = time.perf_counter()
         arrays = {
             **variable_arrays("trained", self.variables),
             **variable_arrays("bn", bn_vars),
@@ -807,6 +810,7 @@ class _Adapter:
             "finished": self._finished,
         }
         self._loop.save(state, arrays, phase=description.removeprefix("adapt "), epochs_done=epochs_done, epochs=epochs)
+        self.checkpoint_seconds += time.perf_counter() - started
 
     def _restore(self, arrays, bn_vars, optimizer, variables, discriminator) -> None:
         """Put the saved state of the interrupted unit back (weights, optimizer, statistics)."""

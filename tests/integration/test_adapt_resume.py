@@ -114,6 +114,11 @@ def test_interrupted_adapt_resumes_and_matches_an_uninterrupted_run(
         "epochs": options["epochs"],
     }
     assert "resumed" in reference.metrics and reference.metrics["resumed"] == {}
+    assert (
+        0
+        < reference.metrics["timings_seconds"]["checkpoint_seconds"]
+        < reference.metrics["timings_seconds"]["adapt_seconds"]
+    )
     assert not checkpoint_dir(out).exists() and not checkpoint_dir(tmp_path / "reference").exists()
 
 

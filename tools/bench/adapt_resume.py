@@ -86,6 +86,7 @@ def main() -> None:
         metrics = Artifact(path).metrics
         arm["target_accuracy"] = evaluate_domains(path, {"target": args.target})["domains"]["target"]["accuracy"]
         arm["adapt_seconds"] = metrics["timings_seconds"]["adapt_seconds"]
+        arm["checkpoint_seconds"] = metrics["timings_seconds"].get("checkpoint_seconds")
         arm["resumed"] = metrics.get("resumed")
         arm["history"] = metrics["history"]
     a = load_keras_model(full / "model.h5").get_weights()
