@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from _common import markdown_table, save
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file is tools/bench/mediapipe_client.py)
 CLIENT = ROOT / "tools" / "mediapipe_classify.py"
 EXPORTS = [
     ("float", "none", None),
