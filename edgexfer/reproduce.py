@@ -432,9 +432,13 @@ def _explanation(identical: bool, comparison: dict[str, Any], differences: list[
     if identical:
         what = "bit-identical"
         if comparison["model"].get("bytes_identical") is False:
+            why = (
+                "ONNX tensor names come from a process-wide counter"
+                if comparison["model"].get("kind") == "onnx"
+                else "the outputs, what a runtime sees, were compared instead"
+            )
             what = (
-                f"identical outputs on {comparison['model']['outputs']['images']} images (the file bytes differ: "
-                "ONNX tensor names come from a process-wide counter)"
+                f"identical outputs on {comparison['model']['outputs']['images']} images (the file bytes differ: {why})"
             )
         return what + (f" (although {'; '.join(differences)})" if differences else "")
     if differences:

@@ -156,6 +156,10 @@ def embed_standard_metadata(content: bytes, info: EmbeddedInfo, description: Mod
     return pack_files(flat, {LABELS_FILE: labels})
 
 
+# The earliest time a zip entry can carry: packed files have no meaningful time of their own.
+PACKED_FILE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
 def pack_files(flatbuffer: bytes, files: dict[str, bytes]) -> bytes:
     """``flatbuffer`` followed by ``files`` as an uncompressed zip archive, as the reference
     populator writes them (Python's ``zipfile`` appending to a non-zip file)."""
@@ -165,7 +169,11 @@ def pack_files(flatbuffer: bytes, files: dict[str, bytes]) -> bytes:
     stream.seek(0, io.SEEK_END)
     with zipfile.ZipFile(stream, "a", compression=zipfile.ZIP_STORED) as archive:
         for name, data in files.items():
-            archive.writestr(name, data)
+            # A fixed timestamp: with the writing time the same export differed byte for byte
+            # from run to run (``edgexfer reproduce`` compares the files' bytes).
+            entry = zipfile.ZipInfo(name, date_time=PACKED_FILE_TIME)
+            entry.external_attr = 0o644 << 16
+            archive.writestr(entry, data)
     return stream.getvalue()
 
 

@@ -118,6 +118,8 @@ def test_reproduce_finetune_and_export_bit_identical(tiny, colours, tmp_path):
         (stage,) = result["stages"]
         assert result["identical"], stage
         assert stage["comparison"]["model"]["kind"] == kind and stage["comparison"]["model"]["identical"]
+        if kind == "tflite":  # byte for byte, the packed labels' zip included
+            assert stage["comparison"]["model"]["bytes_identical"], stage["comparison"]["model"]
         assert stage["comparison"]["metrics"]["compared"] >= (2 if kind == "keras" else 0)
         assert stage["seconds"] > 0
 

@@ -269,3 +269,17 @@ def test_check_covers_every_io_type(tiny, tmp_path):
     # the same int8 graph behind each I/O type: at most one image of 48 apart (the uint8 input's
     # zero point rounds cnn_tiny's mean 127.5, half an int8 step)
     assert max(accuracies) - min(accuracies) <= 1 / 48 + 1e-9
+
+
+def test_packed_files_carry_a_fixed_time_so_the_same_export_is_the_same_bytes(monkeypatch):
+    """The zip of associated files used to carry the time of writing: the same export made a minute
+    later differed in four bytes, and ``edgexfer reproduce`` found the file bytes unequal."""
+    import time
+
+    first = pack_files(b"flat", {LABELS_FILE: b"red\ngreen\n"})
+    later = time.time() + 3600 * 24 * 400
+    monkeypatch.setattr(time, "localtime", lambda seconds=None: time.gmtime(later))
+    assert pack_files(b"flat", {LABELS_FILE: b"red\ngreen\n"}) == first
+    with zipfile.ZipFile(io.BytesIO(first)) as archive:
+        (entry,) = archive.infolist()
+        assert entry.date_time == (1980, 1, 1, 0, 0, 0) and archive.read(entry) == b"red\ngreen\n"
