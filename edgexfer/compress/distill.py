@@ -195,7 +195,7 @@ def _cached_dataset(train, student_pre: Preprocessing, logits: np.ndarray, confi
 def _online_dataset(train, student_pre: Preprocessing, teacher_pre: Preprocessing, config: DistillConfig):
     """``((student images, teacher images), labels)`` of the SAME augmented image, decoded at
     the larger of the two input sizes and resized for each model."""
-    from edgexfer.data import AugmentConfig, make_dataset
+    from edgexfer.data import make_dataset
     from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
@@ -207,7 +207,7 @@ def _online_dataset(train, student_pre: Preprocessing, teacher_pre: Preprocessin
         batch_size=config.batch_size,
         shuffle=True,
         seed=config.seed,
-        augment=AugmentConfig(**config.augment.model_dump()),
+        augment=config.augment,
         cache=True,
     )
     return ds.map(

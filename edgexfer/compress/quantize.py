@@ -599,7 +599,7 @@ def _train_qat(
     strategy=None,
     extra_callbacks=(),
 ) -> dict:
-    from edgexfer.data import AugmentConfig, data_errors, make_dataset
+    from edgexfer.data import data_errors, make_dataset
     from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
@@ -614,7 +614,7 @@ def _train_qat(
             loss=keras.losses.SparseCategoricalCrossentropy(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
-    augment = AugmentConfig(**config.augment.model_dump()) if config.augment.enabled else None
+    augment = config.augment if config.augment.enabled else None
     train_ds = make_dataset(
         train, preprocessing, batch_size=config.batch_size, shuffle=True, seed=config.seed, augment=augment, cache=True
     )

@@ -30,15 +30,16 @@ from edgexfer.artifact import MANIFEST, Artifact, json_default, library_versions
 from edgexfer.errors import ArtifactError, ConfigError, ParityError
 from edgexfer.evaluate import latency as lat
 from edgexfer.evaluate.check_tables import render_benchmark_markdown, render_check_markdown
-from edgexfer.evaluate.parity import check_thresholds, gate_failures, parity_metrics
+from edgexfer.evaluate.config import CheckConfig
+from edgexfer.evaluate.parity import gate_failures, parity_metrics
 from edgexfer.keras_io import load_keras_model
+from edgexfer.tempfiles import write_text_atomically
 
 CHECK_JSON = "check.json"
 CHECK_MD = "check.md"
 BENCHMARK_JSON = "benchmark.json"
 BENCHMARK_MD = "benchmark.md"
 KERAS_SUFFIXES = (".keras", ".h5")
-SPLITS = ("all", "train", "val", "test")
 _KIND_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
 
 Log = Callable[[str], None]
@@ -100,13 +101,15 @@ def check_artifacts(
     log = log or _quiet
     if not artifacts:
         raise ConfigError("check needs at least one export artifact (the --out of edgexfer export)")
-    if split not in SPLITS:
-        raise ConfigError(f"--split {split!r} is not a split; allowed: {', '.join(SPLITS)}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    if max_images is not None and max_images < 1:
-        raise ConfigError(f"--max-images must be at least 1, got {max_images}")
-    check_thresholds(min_agreement, max_acc_drop)
+    CheckConfig.build(
+        split=split,
+        min_agreement=min_agreement,
+        max_acc_drop=max_acc_drop,
+        max_images=max_images,
+        batch_size=batch_size,
+        strict=strict,
+        measure_latency=measure_latency,
+    )
     from edgexfer.runtime import providers as prov
 
     prov.check_device(device)
@@ -560,17 +563,9 @@ def _write_reports(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / json_name, out_dir / md_name
     report = {"json": str(json_path), "markdown": str(md_path)}
-    _atomic_write(json_path, json.dumps({**result, "report": report}, indent=2, default=json_default) + "\n")
-    _atomic_write(md_path, render({**result, "report": report}))
+    write_text_atomically(json_path, json.dumps({**result, "report": report}, indent=2, default=json_default) + "\n")
+    write_text_atomically(md_path, render({**result, "report": report}))
     return report
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from edgexfer.tempfiles import tmp_file_name
-
-    tmp = path.with_name(tmp_file_name(path.name))
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- benchmark
