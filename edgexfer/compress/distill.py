@@ -33,6 +33,7 @@ import numpy as np
 from edgexfer.artifact import Artifact, Manifest, Preprocessing
 from edgexfer.compress import measure, stage_io
 from edgexfer.compress.config import DistillConfig
+from edgexfer.data.subset import limit_samples
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, build_classifier, build_head_layers, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
@@ -314,7 +315,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     teacher_pre = teacher_manifest.preprocessing
     spec, size, weights, student_pre = student_settings(config, teacher_pre)
     dataset, split = stage_io.scan_data(source, data_dir, strict=config.strict, role="teacher")
-    train = stage_io.limit_samples(dataset.split("train"), config.max_train_images, config.seed)
+    train = limit_samples(dataset.split("train"), config.max_train_images, config.seed)
     unlabelled = _unlabelled_samples(config, teacher_manifest.label_names, log)
     val = dataset.split("val")
     if not val:
