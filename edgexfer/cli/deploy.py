@@ -182,7 +182,9 @@ def register(app: typer.Typer) -> None:
             log=_log,
             device=device,
         )
-        _render_check(result)
+        from edgexfer.evaluate.results import CheckResult
+
+        _render_check(CheckResult.of(result))
         error = gate_error(result)
         if error is not None:
             raise error
@@ -203,6 +205,7 @@ def register(app: typer.Typer) -> None:
         """Classify images on the on-device runtime (LiteRT / onnxruntime; no TensorFlow)."""
         from edgexfer import api
         from edgexfer.errors import ConfigError
+        from edgexfer.runtime.predict import PredictionRun
 
         if threads is not None and threads < 0:
             raise ConfigError(f"--threads {threads} is invalid; use a count of at least 1, or 0 for all cores")
@@ -229,17 +232,18 @@ def register(app: typer.Typer) -> None:
         if as_json:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")
             return
-        table = Table(title=f"{result['model']} ({result['backend']}, {result['count']} images)")
+        run = PredictionRun.of(result)
+        table = Table(title=f"{run.model} ({run.backend}, {len(run.predictions)} images)")
         table.add_column("image", overflow="fold")
         table.add_column("class", style="bold")
         table.add_column("p", justify="right")
-        table.add_column(f"top {min(top_k, len(result['labels']))}")
-        for row in result["predictions"]:
+        table.add_column(f"top {min(top_k, len(run.labels))}")
+        for prediction in run.predictions:
             table.add_row(
-                row["path"],
-                row["label"],
-                f"{row['score']:.4f}",
-                ", ".join(f"{r['label']} {r['score']:.3f}" for r in row["top_k"]),
+                prediction.path,
+                prediction.label,
+                f"{prediction.score:.4f}",
+                ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k),
             )
         console.print(table)
 
@@ -269,6 +273,7 @@ def register(app: typer.Typer) -> None:
         from edgexfer import api
         from edgexfer.evaluate.check_tables import BENCHMARK_HEADER, benchmark_table_rows
         from edgexfer.evaluate.latency import LatencySettings, parse_threads
+        from edgexfer.evaluate.results import BenchmarkResult
 
         console, _ = _consoles()
         settings = LatencySettings(warmup=warmup, runs=runs, batch_size=batch_size, threads=parse_threads(threads))
@@ -276,17 +281,18 @@ def register(app: typer.Typer) -> None:
         if as_json:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")
             return
+        bench = BenchmarkResult.of(result)
         table = _table(
             f"benchmark ({settings.runs} runs after {settings.warmup} warm-up; "
-            f"{result['environment']['cpus_usable']} CPUs usable; * = all cores)",
+            f"{bench.cpus_usable} CPUs usable; * = all cores)",
             BENCHMARK_HEADER,
             left=("model", "format", "runtime"),
-            first_width=_longest([r["model"] for r in result["rows"]]),
+            first_width=_longest(bench.models),
         )
-        for row in benchmark_table_rows(result, short=True):
+        for row in benchmark_table_rows(bench.raw, short=True):
             table.add_row(*row)
         _print(table)
-        console.print(f"report: {result['report']['markdown']}")
+        console.print(f"report: {bench.markdown_path}")
 
 
 def _render_export(result) -> None:
@@ -366,7 +372,7 @@ def _progress(err_console):
     )
 
 
-def _render_check(result: dict) -> None:
+def _render_check(check) -> None:
     from edgexfer.evaluate.check_tables import (
         LATENCY_HEADER,
         PARITY_HEADER_SHORT,
@@ -376,46 +382,42 @@ def _render_check(result: dict) -> None:
     )
 
     console, _ = _consoles()
-    if result["gated"]:
-        status = "[green]PASSED[/green]" if result["passed"] else f"[red]FAILED[/red]: {', '.join(result['failed'])}"
+    if check.gated:
+        status = "[green]PASSED[/green]" if check.passed else f"[red]FAILED[/red]: {', '.join(check.failed)}"
     else:
         status = "no gate"
     table = _table(
-        f"check on {result['data']} ({result['split']}, n={result['n']}) — {status}",
+        f"check on {check.data} ({check.split}, n={check.n}) — {status}",
         PARITY_HEADER_SHORT,
         left=("model", "format", "gate"),
-        first_width=_longest([r["name"] for r in result["candidates"]]),
+        first_width=_longest([c.name for c in check.candidates]),
     )
-    for row in parity_table_rows(result, short=True):
+    for row in parity_table_rows(check.raw, short=True):
         table.add_row(*row, style="red" if row[-1] == "FAIL" else None)
     _print(table)
-    for row in result["candidates"]:
-        if not row["passed"]:
-            console.print(f"[red]FAIL[/red] {row['name']}: {'; '.join(row['failures'])}", highlight=False)
-    reference = result.get("reference") or {"kind": "keras"}
-    if reference["kind"] != "keras":
-        console.print(f"[yellow]note:[/yellow] {reference['why']}", highlight=False)
-    if len(result["label_names"]) <= 30:
-        header, rows = per_class_rows(result)
-        against = "the Keras parent" if reference["kind"] == "keras" else reference["name"]
+    for candidate in check.candidates:
+        if not candidate.passed:
+            console.print(f"[red]FAIL[/red] {candidate.name}: {'; '.join(candidate.failures)}", highlight=False)
+    if not check.reference_is_keras:
+        console.print(f"[yellow]note:[/yellow] {check.reference_note}", highlight=False)
+    if check.class_count <= 30:
+        header, rows = per_class_rows(check.raw)
+        against = "the Keras parent" if check.reference_is_keras else check.reference_name
         per_class = _table(f"per-class top-1 agreement with {against}", header, left=("class",))
         for row in rows:
             per_class.add_row(*row)
         _print(per_class)
-    latency_rows = [r for row in result["parents"] for r in row["latency"]] + [
-        r for row in result["candidates"] for r in row["latency"]
-    ]
-    if latency_rows:
+    if check.latency_rows:
         table = _table(
             "latency (ms; compare within this table; * = all cores)",
             LATENCY_HEADER,
             left=("model", "runtime"),
-            first_width=_longest([r["model"] for r in latency_rows]),
+            first_width=_longest([r["model"] for r in check.latency_rows]),
         )
-        for row in latency_table_rows(latency_rows, short=True):
+        for row in latency_table_rows(list(check.latency_rows), short=True):
             table.add_row(*row)
         _print(table)
-    for row in result["candidates"]:
-        for warning in row["warnings"]:
-            console.print(f"[yellow]warning:[/yellow] {row['name']}: {warning}", highlight=False)
-    console.print(f"report: {result['report']['json']}, {result['report']['markdown']}")
+    for candidate in check.candidates:
+        for warning in candidate.warnings:
+            console.print(f"[yellow]warning:[/yellow] {candidate.name}: {warning}", highlight=False)
+    console.print(f"report: {check.json_path}, {check.markdown_path}")

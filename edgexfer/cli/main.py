@@ -224,9 +224,9 @@ def evaluate(
     if domains:
         if data is not None:
             raise ConfigError("pass either DATA or --data NAME=DIR (repeatable), not both")
-        from edgexfer.evaluate.domains import evaluate_domains, parse_domains
+        from edgexfer.evaluate.domains import parse_domains
 
-        result = evaluate_domains(
+        result = api.evaluate_domains(
             artifact,
             parse_domains(domains),
             class_map=class_map,
