@@ -120,7 +120,7 @@ def check(artifacts, data, **options):
 
 def benchmark(models, **options):
     """Latency, throughput and size across formats and thread counts."""
-    from edgexfer.evaluate.check import benchmark_models
+    from edgexfer.evaluate.benchmark import benchmark_models
 
     return benchmark_models(models, **options)
 
