@@ -15,6 +15,7 @@ from typing import Any
 
 from edgexfer.config import FrozenConfig, did_you_mean
 from edgexfer.errors import ConfigError
+from edgexfer.tempfiles import write_text_atomically
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def _evaluate(refs, options, out, ctx):
     except ConfigError as exc:
         raise ConfigError(f"stage {out.name!r}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluate.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomically(out / "evaluate.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
