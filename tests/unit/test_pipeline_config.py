@@ -248,3 +248,11 @@ def test_every_config_field_is_a_yaml_key(tmp_path):
     assert set(pipeline.stage("check").options) >= {"max_images", "batch_size", "measure_latency"}
     assert pipeline.stage("export").type.config_model() is ExportConfig
     assert pipeline.stage("check").type.config_model() is CheckConfig
+
+
+def test_export_stage_defaults_come_from_export_itself(tmp_path):
+    """tflite-micro is int8 whatever the file says: a pipeline need not repeat `quant: int8`."""
+    text = GOOD.replace("    format: tflite\n    quant: none\n", "    format: tflite-micro\n")
+    assert load_pipeline(write(tmp_path, text)).stage("export").options == {"format": "tflite-micro"}
+    with pytest.raises(ConfigError, match=r"ExportConfig: format is required \(--format\)"):
+        load_pipeline(write(tmp_path, GOOD.replace("    format: tflite\n", "")))
