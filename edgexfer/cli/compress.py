@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from edgexfer.cli import options
@@ -22,7 +21,12 @@ from edgexfer.compress.config import DistillConfig, PruneConfig, QuantizeConfig
 from edgexfer.compress.results import DistillResult, PruneResult, QatPreflight, QuantizeResult
 from edgexfer.errors import ConfigError
 
-console = Console()
+
+def _console():
+    """The CLI's one console (``edgexfer.cli.main`` registers this module, so it is imported late)."""
+    from edgexfer.cli.main import console
+
+    return console
 
 
 def _fmt(value: Any) -> str:
@@ -115,10 +119,10 @@ def distill(
         head=dict(dropout=dropout),
     )
     artifact = api.distill(
-        teacher, data, out, progress=sys.stdout.isatty(), log=console.print, config=DistillConfig.build(**values)
+        teacher, data, out, progress=sys.stdout.isatty(), log=_console().print, config=DistillConfig.build(**values)
     )
     if artifact is None:  # a multi-worker run's non-chief worker
-        console.print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
+        _console().print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
         return
     render_distill(DistillResult.of(artifact))
 
@@ -133,7 +137,7 @@ def render_distill(result: DistillResult) -> None:
             ("input size (px)", result.input_size.before, result.input_size.after),
         ],
     )
-    console.print(table)
+    _console().print(table)
     summary = Table(show_header=False)
     summary.add_column("", style="bold")
     summary.add_column("", justify="right")
@@ -143,7 +147,7 @@ def render_distill(result: DistillResult) -> None:
         summary.add_row("same student without distillation", f"{result.baseline_accuracy:.4f}")
         summary.add_row("gain from distillation (points)", f"{100 * result.distillation_gain:+.2f}")
     summary.add_row("teacher logits", result.teacher_logits)
-    console.print(summary)
+    _console().print(summary)
 
 
 def prune(
@@ -200,10 +204,10 @@ def prune(
         augment=dict(flip=flip, crop_zoom=crop_zoom),
     )
     artifact = api.prune(
-        model, data, out, progress=sys.stdout.isatty(), log=console.print, config=PruneConfig.build(**values)
+        model, data, out, progress=sys.stdout.isatty(), log=_console().print, config=PruneConfig.build(**values)
     )
     if artifact is None:  # a multi-worker run's non-chief worker
-        console.print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
+        _console().print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
         return
     render_prune(PruneResult.of(artifact))
 
@@ -223,7 +227,7 @@ def render_prune(result: PruneResult) -> None:
         ]
     two_four = result.structure == "2:4"
     target = "2:4" if two_four else f"{result.target_sparsity:.0%}"
-    console.print(_before_after(f"prune ({target}) → {result.path}", rows))
+    _console().print(_before_after(f"prune ({target}) → {result.path}", rows))
     layers = Table(title="sparsity reached per pruned layer")
     for column in ("layer", "params", "sparsity") + (("2:4",) if two_four else ()):
         layers.add_column(column, justify="left" if column == "layer" else "right")
@@ -232,8 +236,8 @@ def render_prune(result: PruneResult) -> None:
         if two_four:
             row.append("yes" if layer.pattern_2_4 else "no")
         layers.add_row(*row)
-    console.print(layers)
-    console.print(
+    _console().print(layers)
+    _console().print(
         f"pruned layers: sparsity {result.pruned_layers_sparsity:.3f}; gzip ratio {result.gzip_ratio:.2f}×"
         + (f" (float TFLite {result.tflite_gzip_ratio:.2f}×)" if result.tflite_gzip_ratio is not None else "")
     )
@@ -243,7 +247,7 @@ def render_prune(result: PruneResult) -> None:
             dense.add_column(column)
         for layer in result.dense_layers:
             dense.add_row(layer.name, layer.kind, f"{layer.params:,}", layer.reason)
-        console.print(dense)
+        _console().print(dense)
 
 
 def quantize(
@@ -299,10 +303,10 @@ def quantize(
         ),
     )
     artifact = api.quantize(
-        model, data, out, progress=sys.stdout.isatty(), log=console.print, config=QuantizeConfig.build(**values)
+        model, data, out, progress=sys.stdout.isatty(), log=_console().print, config=QuantizeConfig.build(**values)
     )
     if artifact is None:  # a multi-worker run's non-chief worker
-        console.print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
+        _console().print("this worker's share of the training is done; the chief (worker 0) writes the artifact")
         return
     render_quantize(QuantizeResult.of(artifact))
 
@@ -317,7 +321,7 @@ def render_check(report: QatPreflight) -> None:
     for status in ("int8", "folded", "passthrough", "float"):
         if report.counts.get(status):
             table.add_row(status, str(report.counts[status]))
-    console.print(table)
+    _console().print(table)
     floats = report.float_layers
     if floats:
         groups: dict[tuple[str, str], list[str]] = {}
@@ -329,13 +333,13 @@ def render_check(report: QatPreflight) -> None:
         for (kind, reason), names in groups.items():
             shown = ", ".join(names[:3]) + (f" … (+{len(names) - 3})" if len(names) > 3 else "")
             listing.add_row(kind, str(len(names)), reason, shown)
-        console.print(listing)
+        _console().print(listing)
     if report.error:
-        console.print(f"[bold red]QAT not possible:[/bold red] {report.error}")
+        _console().print(f"[bold red]QAT not possible:[/bold red] {report.error}")
     elif report.whole_model:
-        console.print(f"[green]the whole model is quantized[/green] ({report.quantizable} layers with weights)")
+        _console().print(f"[green]the whole model is quantized[/green] ({report.quantizable} layers with weights)")
     else:
-        console.print(f"partial QAT: {report.quantizable} layers with int8 weights, {len(floats)} float layers")
+        _console().print(f"partial QAT: {report.quantizable} layers with int8 weights, {len(floats)} float layers")
 
 
 def render_quantize(result: QuantizeResult) -> None:
@@ -358,9 +362,9 @@ def render_quantize(result: QuantizeResult) -> None:
             _fmt(converted.fp32_tensor_count),
             _fmt(converted.weight_sparsity),
         )
-    console.print(table)
+    _console().print(table)
     if result.qat_keras_accuracy is not None:
-        console.print(
+        _console().print(
             f"QAT (fake-quant Keras) accuracy {result.qat_keras_accuracy:.4f}; "
             + (
                 "whole model quantized"
@@ -371,12 +375,12 @@ def render_quantize(result: QuantizeResult) -> None:
     check = result.sparsity_check
     if check:
         verdict = "[green]kept[/green]" if check.kept else "[bold red]NOT kept[/bold red]"
-        console.print(
+        _console().print(
             f"sparsity {verdict}: input {check.input_sparsity:.3f} → converted int8 TFLite weights "
             f"{check.tflite_sparsity:.3f}"
         )
     if result.calibration_images:
-        console.print(
+        _console().print(
             f"calibration: {result.calibration_images} training images stored in {result.calibration_file} for export"
         )
 
