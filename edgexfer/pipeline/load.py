@@ -13,8 +13,9 @@ A pipeline file names its datasets and its stages::
       export:   {parent: adapt, format: tflite, quant: int8}
 
 A stage's ``type`` defaults to its name. Keys that name earlier stages (``parent``,
-``teacher``…) and datasets (``data``, ``source``…) are resolved; every other key is the
-stage's own option, validated before anything runs. Each stage writes
+``teacher``…) and datasets (``data``, ``source``…) are resolved; every other key is a field
+of the stage's config model (``edgexfer.pipeline.stages``), validated before anything runs.
+Each stage writes
 ``RUN_DIR/<stage>``; a stage re-runs only when its artifact is missing or its hash (type,
 options, the hashes of the stages it reads, the data it reads) changed.
 """
