@@ -32,8 +32,9 @@ class StageType:
     data_map_keys: tuple[str, ...] = ()  # keys whose value lists datasets (or maps NAME: folder)
     required: tuple[str, ...] = ()
     internal: tuple[str, ...] = ()  # options the loader sets itself (not config fields)
-    # A check across the options and the data references (evaluate's split per domain).
-    check: Callable[[dict, dict], None] | None = None
+    # A check of the built config against the data references given (``refs``: a stand-in per
+    # data key present), e.g. evaluate's split per domain.
+    check: Callable[[FrozenConfig, dict], None] | None = None
     writes_artifact: bool = True
     summary: str = ""
 
@@ -57,7 +58,7 @@ class StageType:
         values.update({key: value for key, value in stand_ins.items() if key in model.model_fields})
         config = model.build(**values)
         if self.check is not None:
-            self.check(dict(options), dict(stand_ins))
+            self.check(config, dict(stand_ins))
         return config
 
 
@@ -141,11 +142,10 @@ def _evaluate(refs, options, out, ctx):
     return result
 
 
-def _check_evaluate_split(options: dict, refs: dict) -> None:
-    if "split" in options:
-        from edgexfer.evaluate.splits import resolve_splits
+def _check_evaluate_split(config, refs: dict) -> None:
+    from edgexfer.evaluate.splits import resolve_splits
 
-        resolve_splits(options["split"], refs.get("domains", {}), where="split")
+    resolve_splits(config.split, refs.get("domains", {}), where="split")
 
 
 # The data keys whose labels a stage trains on (or selects on); the others (adapt's target,
