@@ -120,7 +120,7 @@ def check(artifacts, data, **options):
 
 def benchmark(models, **options):
     """Latency, throughput and size across formats and thread counts."""
-    from edgexfer.evaluate.check import benchmark_models
+    from edgexfer.evaluate.benchmark import benchmark_models
 
     return benchmark_models(models, **options)
 
@@ -140,10 +140,45 @@ def predict(model, inputs, **options):
 
 
 def run_pipeline(pipeline, **options):
-    """Run or resume a YAML pipeline (``edgexfer run``)."""
+    """Run or resume a YAML pipeline (``edgexfer run``): a file, or a shipped recipe's name."""
     from edgexfer.pipeline import run_pipeline as run
 
-    return run(pipeline, **options)
+    return run(resolve_recipe(pipeline), **options)
+
+
+def resolve_recipe(pipeline) -> Path:
+    """The pipeline file ``pipeline`` names: a path, or a shipped recipe's name."""
+    from edgexfer.recipes_index import resolve_pipeline
+
+    return resolve_pipeline(pipeline)
+
+
+def recipes() -> list[dict[str, Any]]:
+    """The shipped recipes: name, one-line description, file."""
+    from edgexfer.recipes_index import list_recipes, recipe_description
+
+    return [
+        {"name": name, "description": recipe_description(path), "file": path} for name, path in list_recipes().items()
+    ]
+
+
+def rebuild_report(run_dir) -> dict[str, str]:
+    """(Re)build report.md and report.html of a run directory from the files its stages wrote."""
+    from edgexfer.pipeline import rebuild_report as run
+
+    return run(run_dir)
+
+
+def demo(run_dir="runs/demo", *, seeds: int = 1, **options) -> dict[str, Any]:
+    """The README's main job (``models/digits.yaml``) with its headline rows; with ``seeds`` > 1,
+    over seeds 0..N-1: ``{"summary", "seeds", "metrics", "file"}`` (mean ± std per figure)."""
+    if seeds > 1:
+        from edgexfer.demo.seeds import run_demo_seeds
+
+        return run_demo_seeds(run_dir, seeds=seeds, **options)
+    from edgexfer.demo import run_demo
+
+    return run_demo(run_dir, **options)
 
 
 def reproduce(target, **options):

@@ -68,12 +68,17 @@ def did_you_mean(name: str, choices) -> str:
 
 
 class AugmentOptions(FrozenConfig):
-    """Training-time augmentation of uint8 images (off by default: digits must not flip)."""
+    """Training-time augmentation of uint8 images (off by default: digits must not flip); the one
+    type every stage's config and ``edgexfer.data.make_dataset`` take. Rotation is not offered;
+    results are clipped to 0–255 before normalisation."""
 
-    flip: bool = False
-    crop_zoom: float = Field(0.0, ge=0.0, lt=0.5, description="max fraction zoomed in")
-    brightness: float = Field(0.0, ge=0.0, le=1.0, description="max brightness delta, fraction of 255")
-    contrast: float = Field(0.0, ge=0.0, lt=1.0, description="max contrast factor delta")
+    # Strict: "yes" or "0.1" in a config file is a typo to report, not a value to coerce.
+    flip: bool = Field(False, strict=True, description="random horizontal flips (leave off for digits and text)")
+    crop_zoom: float = Field(
+        0.0, ge=0.0, lt=0.5, strict=True, description="max fraction zoomed in: a random crop of 1 - crop_zoom to 100 %"
+    )
+    brightness: float = Field(0.0, ge=0.0, le=1.0, strict=True, description="max brightness delta, fraction of 255")
+    contrast: float = Field(0.0, ge=0.0, lt=1.0, strict=True, description="max contrast factor delta")
 
     @property
     def enabled(self) -> bool:
@@ -132,6 +137,15 @@ class EvaluateConfig(FrozenConfig):
     top_k: int = Field(5, ge=1)
     split: Literal["all", "train", "val", "test"] = "all"
     strict: bool = False
+
+
+class EvaluateDomainsConfig(EvaluateConfig):
+    """Evaluating on several domains (a pipeline's ``evaluate:`` stage): a split per domain,
+    folder classes renamed to the model's, optionally the model's MACs and latency."""
+
+    split: str | dict[str, str] = Field("all", description="all | train | val | test, or {domain: split}")
+    class_map: dict[str, str] | str | None = Field(None, description="folder class → model class (or a file)")
+    measure_latency: bool = False
 
 
 def load_config_file(path) -> dict[str, Any]:

@@ -110,3 +110,12 @@ def sweep_stale(folder: str | os.PathLike[str], *, run_dirs: bool = False) -> li
             ", ".join(p.name for p in removed[:3]),
         )
     return removed
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling and ``os.replace``: a reader sees
+    the old file or the new one, never half of it; a crash leaves only a sweepable temporary."""
+    path = Path(path)
+    tmp = path.with_name(tmp_file_name(path.name))
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -14,6 +14,21 @@ from PIL import Image
 
 COLORS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 210)}
 
+# A tiny fine-tuned model (cnn_tiny, 16 px) for tests that need any trained artifact; a test
+# that needs more overrides keys: {**TINY_FINETUNE, "epochs": 12}.
+TINY_FINETUNE = dict(
+    backbone="cnn_tiny",
+    weights="none",
+    img_size=16,
+    epochs=6,
+    fine_tune_epochs=1,
+    unfreeze_layers=2,
+    batch_size=16,
+    learning_rate=0.05,
+    early_stopping_patience=0,
+    seed=1,
+)
+
 # A tiny teacher trains in seconds and still has to learn: the compress tests share one.
 TEACHER = dict(
     backbone="cnn_small",

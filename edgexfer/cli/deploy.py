@@ -100,10 +100,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Export a Keras artifact to TFLite / ONNX / SavedModel, labels and preprocessing embedded."""
-        from edgexfer.export.stage import export_stage
+        from edgexfer import api
+        from edgexfer.export.results import ExportResult
 
         console, _ = _consoles()
-        exported = export_stage(
+        exported = api.export(
             artifact,
             out,
             fmt,
@@ -114,39 +115,9 @@ def register(app: typer.Typer) -> None:
             log=_log,
             io_type=io_type,
         )
-        metrics, manifest = exported.metrics, exported.manifest
-        quantization = manifest.quantization or {}
-        table = Table(title=f"export {manifest.config['format']} {manifest.config['quant']} → {exported.path}")
-        table.add_column("field", style="bold")
-        table.add_column("value")
-        table.add_row("model file", str(exported.model_path))
-        table.add_row("size", f"{metrics['size_bytes']:,} bytes (gzip {metrics['gzip_bytes']:,})")
-        if metrics.get("size_ratio") is not None:
-            table.add_row("size vs Keras", f"{metrics['size_ratio']:.3f}×")
-        table.add_row("conversion", f"{metrics['conversion_seconds']:.1f} s")
-        if manifest.config.get("calibration_images"):
-            table.add_row(
-                "calibration",
-                f"{manifest.config['calibration_images']} images from {manifest.config.get('calibration_source', '?')}",
-            )
-        for key in ("input", "output"):
-            if isinstance(quantization.get(key), dict):
-                table.add_row(key, json.dumps(quantization[key]))
-        for key in ("fp32_tensor_count", "fp32_weight_count"):
-            if key in metrics:
-                table.add_row(key.replace("_", " "), str(metrics[key]))
-        if "tensor_arena_bytes" in metrics:
-            table.add_row(
-                "tensor arena",
-                f"{metrics['tensor_arena_bytes']:,} bytes (estimate; model.c, model.h written next to the model)",
-            )
-        console.print(table)
-        for warning in (manifest.extra or {}).get("warnings", []):
-            console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        _render_export(ExportResult.of(exported))
         if bundle is not None:
-            from edgexfer.export.bundle import write_bundle
-
-            console.print(f"deploy bundle: {write_bundle(exported.path, bundle)}")
+            console.print(f"deploy bundle: {api.bundle(exported.path, bundle)}")
 
     @app.command("bundle")
     def bundle_command(
@@ -156,10 +127,10 @@ def register(app: typer.Typer) -> None:
         """A deploy bundle of an exported model: the model, labels.txt, preprocessing.json, a README with the
         preprocessing in words and numbers, and predict.py, a minimal example using only numpy, Pillow and
         the runtime. Needs no TensorFlow."""
-        from edgexfer.export.bundle import write_bundle
+        from edgexfer import api
 
         console, _ = _consoles()
-        console.print(f"deploy bundle: {write_bundle(artifact, dest)}")
+        console.print(f"deploy bundle: {api.bundle(artifact, dest)}")
 
     @app.command(
         "check",
@@ -192,11 +163,12 @@ def register(app: typer.Typer) -> None:
         strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
     ) -> None:
-        from edgexfer.evaluate.check import check_artifacts, gate_error
+        from edgexfer import api
+        from edgexfer.evaluate.check import gate_error
         from edgexfer.evaluate.latency import LatencySettings, parse_threads
 
         settings = LatencySettings(warmup=warmup, runs=runs, batch_size=batch_size, threads=parse_threads(threads))
-        result = check_artifacts(
+        result = api.check(
             artifacts,
             data,
             out=out,
@@ -210,7 +182,9 @@ def register(app: typer.Typer) -> None:
             log=_log,
             device=device,
         )
-        _render_check(result)
+        from edgexfer.evaluate.results import CheckResult
+
+        _render_check(CheckResult.of(result))
         error = gate_error(result)
         if error is not None:
             raise error
@@ -229,8 +203,9 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Classify images on the on-device runtime (LiteRT / onnxruntime; no TensorFlow)."""
+        from edgexfer import api
         from edgexfer.errors import ConfigError
-        from edgexfer.runtime.predict import predict_paths
+        from edgexfer.runtime.predict import PredictionRun
 
         if threads is not None and threads < 0:
             raise ConfigError(f"--threads {threads} is invalid; use a count of at least 1, or 0 for all cores")
@@ -248,7 +223,7 @@ def register(app: typer.Typer) -> None:
             progress.update(task, completed=done)
 
         try:
-            result = predict_paths(
+            result = api.predict(
                 model, inputs, top_k=top_k, batch_size=batch_size, num_threads=threads, on_batch=on_batch
             )
         finally:
@@ -257,17 +232,18 @@ def register(app: typer.Typer) -> None:
         if as_json:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")
             return
-        table = Table(title=f"{result['model']} ({result['backend']}, {result['count']} images)")
+        run = PredictionRun.of(result)
+        table = Table(title=f"{run.model} ({run.backend}, {len(run.predictions)} images)")
         table.add_column("image", overflow="fold")
         table.add_column("class", style="bold")
         table.add_column("p", justify="right")
-        table.add_column(f"top {min(top_k, len(result['labels']))}")
-        for row in result["predictions"]:
+        table.add_column(f"top {min(top_k, len(run.labels))}")
+        for prediction in run.predictions:
             table.add_row(
-                row["path"],
-                row["label"],
-                f"{row['score']:.4f}",
-                ", ".join(f"{r['label']} {r['score']:.3f}" for r in row["top_k"]),
+                prediction.path,
+                prediction.label,
+                f"{prediction.score:.4f}",
+                ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k),
             )
         console.print(table)
 
@@ -294,27 +270,59 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
     ) -> None:
         """Latency (p50/p90/p99), throughput (images/s at batch N) and size across formats and threads."""
-        from edgexfer.evaluate.check import benchmark_models
+        from edgexfer import api
         from edgexfer.evaluate.check_tables import BENCHMARK_HEADER, benchmark_table_rows
         from edgexfer.evaluate.latency import LatencySettings, parse_threads
+        from edgexfer.evaluate.results import BenchmarkResult
 
         console, _ = _consoles()
         settings = LatencySettings(warmup=warmup, runs=runs, batch_size=batch_size, threads=parse_threads(threads))
-        result = benchmark_models(models, out=out, latency=settings, log=_log, device=device)
+        result = api.benchmark(models, out=out, latency=settings, log=_log, device=device)
         if as_json:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")
             return
+        bench = BenchmarkResult.of(result)
         table = _table(
             f"benchmark ({settings.runs} runs after {settings.warmup} warm-up; "
-            f"{result['environment']['cpus_usable']} CPUs usable; * = all cores)",
+            f"{bench.cpus_usable} CPUs usable; * = all cores)",
             BENCHMARK_HEADER,
             left=("model", "format", "runtime"),
-            first_width=_longest([r["model"] for r in result["rows"]]),
+            first_width=_longest(bench.models),
         )
-        for row in benchmark_table_rows(result, short=True):
+        for row in benchmark_table_rows(bench.raw, short=True):
             table.add_row(*row)
         _print(table)
-        console.print(f"report: {result['report']['markdown']}")
+        console.print(f"report: {bench.markdown_path}")
+
+
+def _render_export(result) -> None:
+    console, _ = _consoles()
+    table = Table(title=f"export {result.format} {result.quant} → {result.path}")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("model file", str(result.model_path))
+    table.add_row("size", f"{result.size_bytes:,} bytes (gzip {result.gzip_bytes:,})")
+    if result.size_ratio is not None:
+        table.add_row("size vs Keras", f"{result.size_ratio:.3f}×")
+    table.add_row("conversion", f"{result.conversion_seconds:.1f} s")
+    if result.calibration_images:
+        table.add_row("calibration", f"{result.calibration_images} images from {result.calibration_source or '?'}")
+    for key, value in result.io_quantization.items():
+        table.add_row(key, json.dumps(value))
+    for name, value in (
+        ("fp32 tensor count", result.fp32_tensor_count),
+        ("fp32 weight count", result.fp32_weight_count),
+    ):
+        if value is not None:
+            table.add_row(name, str(value))
+    if result.tensor_arena_bytes is not None:
+        table.add_row(
+            "tensor arena",
+            f"{result.tensor_arena_bytes:,} bytes (estimate; model.c, model.h written next to the model)",
+        )
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
 def _table(title: str, header, left=("model",), first_width: int = 12) -> Table:
@@ -364,7 +372,7 @@ def _progress(err_console):
     )
 
 
-def _render_check(result: dict) -> None:
+def _render_check(check) -> None:
     from edgexfer.evaluate.check_tables import (
         LATENCY_HEADER,
         PARITY_HEADER_SHORT,
@@ -374,46 +382,42 @@ def _render_check(result: dict) -> None:
     )
 
     console, _ = _consoles()
-    if result["gated"]:
-        status = "[green]PASSED[/green]" if result["passed"] else f"[red]FAILED[/red]: {', '.join(result['failed'])}"
+    if check.gated:
+        status = "[green]PASSED[/green]" if check.passed else f"[red]FAILED[/red]: {', '.join(check.failed)}"
     else:
         status = "no gate"
     table = _table(
-        f"check on {result['data']} ({result['split']}, n={result['n']}) — {status}",
+        f"check on {check.data} ({check.split}, n={check.n}) — {status}",
         PARITY_HEADER_SHORT,
         left=("model", "format", "gate"),
-        first_width=_longest([r["name"] for r in result["candidates"]]),
+        first_width=_longest([c.name for c in check.candidates]),
     )
-    for row in parity_table_rows(result, short=True):
+    for row in parity_table_rows(check.raw, short=True):
         table.add_row(*row, style="red" if row[-1] == "FAIL" else None)
     _print(table)
-    for row in result["candidates"]:
-        if not row["passed"]:
-            console.print(f"[red]FAIL[/red] {row['name']}: {'; '.join(row['failures'])}", highlight=False)
-    reference = result.get("reference") or {"kind": "keras"}
-    if reference["kind"] != "keras":
-        console.print(f"[yellow]note:[/yellow] {reference['why']}", highlight=False)
-    if len(result["label_names"]) <= 30:
-        header, rows = per_class_rows(result)
-        against = "the Keras parent" if reference["kind"] == "keras" else reference["name"]
+    for candidate in check.candidates:
+        if not candidate.passed:
+            console.print(f"[red]FAIL[/red] {candidate.name}: {'; '.join(candidate.failures)}", highlight=False)
+    if not check.reference_is_keras:
+        console.print(f"[yellow]note:[/yellow] {check.reference_note}", highlight=False)
+    if check.class_count <= 30:
+        header, rows = per_class_rows(check.raw)
+        against = "the Keras parent" if check.reference_is_keras else check.reference_name
         per_class = _table(f"per-class top-1 agreement with {against}", header, left=("class",))
         for row in rows:
             per_class.add_row(*row)
         _print(per_class)
-    latency_rows = [r for row in result["parents"] for r in row["latency"]] + [
-        r for row in result["candidates"] for r in row["latency"]
-    ]
-    if latency_rows:
+    if check.latency_rows:
         table = _table(
             "latency (ms; compare within this table; * = all cores)",
             LATENCY_HEADER,
             left=("model", "runtime"),
-            first_width=_longest([r["model"] for r in latency_rows]),
+            first_width=_longest([r["model"] for r in check.latency_rows]),
         )
-        for row in latency_table_rows(latency_rows, short=True):
+        for row in latency_table_rows(list(check.latency_rows), short=True):
             table.add_row(*row)
         _print(table)
-    for row in result["candidates"]:
-        for warning in row["warnings"]:
-            console.print(f"[yellow]warning:[/yellow] {row['name']}: {warning}", highlight=False)
-    console.print(f"report: {result['report']['json']}, {result['report']['markdown']}")
+    for candidate in check.candidates:
+        for warning in candidate.warnings:
+            console.print(f"[yellow]warning:[/yellow] {candidate.name}: {warning}", highlight=False)
+    console.print(f"report: {check.json_path}, {check.markdown_path}")

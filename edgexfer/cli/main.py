@@ -224,9 +224,9 @@ def evaluate(
     if domains:
         if data is not None:
             raise ConfigError("pass either DATA or --data NAME=DIR (repeatable), not both")
-        from edgexfer.evaluate.domains import evaluate_domains, parse_domains
+        from edgexfer.evaluate.domains import parse_domains
 
-        result = evaluate_domains(
+        result = api.evaluate_domains(
             artifact,
             parse_domains(domains),
             class_map=class_map,
@@ -384,18 +384,16 @@ def run_pipeline(
 ) -> None:
     """Run a pipeline of stages from a YAML file or a shipped recipe; resumes where it stopped, re-running only
     what changed."""
-    from edgexfer.recipes_index import resolve_pipeline
+    from edgexfer import api
 
     if list_recipes:
         _render_recipes()
         return
     if pipeline is None:
         raise ConfigError("pass a pipeline YAML file or a shipped recipe name; edgexfer run --list shows the recipes")
-    path = resolve_pipeline(pipeline)
+    path = api.resolve_recipe(pipeline)
     _require_train_extra("run pipeline")
-    from edgexfer.pipeline import run_pipeline as run
-
-    summary = run(
+    summary = api.run_pipeline(
         path,
         overrides=overrides or [],
         run_dir=run_dir,
@@ -411,20 +409,20 @@ def run_pipeline(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory of `edgexfer run`.")) -> None:
     """(Re)build report.md and report.html of a run from the files its stages wrote."""
-    from edgexfer.pipeline import rebuild_report
+    from edgexfer import api
 
-    paths = rebuild_report(run_dir)
+    paths = api.rebuild_report(run_dir)
     console.print(f"report: {paths['report']}\nhtml:   {paths['report_html']}")
 
 
 def _render_recipes() -> None:
-    from edgexfer.recipes_index import list_recipes, recipe_description
+    from edgexfer import api
 
     table = Table(title="shipped recipes (edgexfer run NAME; copy one to change it)")
     for column in ("name", "description", "file"):
         table.add_column(column, overflow="fold", no_wrap=column == "name")
-    for name, path in list_recipes().items():
-        table.add_row(name, recipe_description(path), str(path))
+    for recipe in api.recipes():
+        table.add_row(recipe["name"], recipe["description"], str(recipe["file"]))
     console.print(table)
 
 
@@ -454,18 +452,13 @@ def demo(
     ),
 ) -> None:
     """The main job on bundled real data: MNIST → UCI digits, Lite0 → adapted → int8 student → checked."""
-    from edgexfer.demo import run_demo
+    from edgexfer import api
 
-    spread = None
-    if seeds > 1:
-        from edgexfer.demo.seeds import run_demo_seeds
-
-        spread = run_demo_seeds(
-            run_dir, seeds=seeds, full=full, progress=sys.stdout.isatty(), log=console.print, overrides=overrides
-        )
-        summary = spread["summary"]
-    else:
-        summary = run_demo(run_dir, full=full, progress=sys.stdout.isatty(), log=console.print, overrides=overrides)
+    result = api.demo(
+        run_dir, seeds=seeds, full=full, progress=sys.stdout.isatty(), log=console.print, overrides=overrides
+    )
+    spread = result if seeds > 1 else None
+    summary = result["summary"] if seeds > 1 else result
     _render_run(summary)
     from edgexfer.evaluate import formatting as fmt
 

@@ -71,6 +71,6 @@ def quantize(
 
 def quantize_check(model: str | Path, *, preserve_sparsity: bool | None = None) -> dict[str, Any]:
     """Preflight of QAT before any training: per layer, what will be quantized and what stays float."""
-    from edgexfer.compress.quantize import check
+    from edgexfer.compress.quantize_check import check
 
     return check(model, preserve_sparsity=preserve_sparsity)

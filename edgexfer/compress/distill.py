@@ -33,6 +33,7 @@ import numpy as np
 from edgexfer.artifact import Artifact, Manifest, Preprocessing
 from edgexfer.compress import measure, stage_io
 from edgexfer.compress.config import DistillConfig
+from edgexfer.data.subset import limit_samples
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, build_classifier, build_head_layers, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
@@ -195,7 +196,7 @@ def _cached_dataset(train, student_pre: Preprocessing, logits: np.ndarray, confi
 def _online_dataset(train, student_pre: Preprocessing, teacher_pre: Preprocessing, config: DistillConfig):
     """``((student images, teacher images), labels)`` of the SAME augmented image, decoded at
     the larger of the two input sizes and resized for each model."""
-    from edgexfer.data import AugmentConfig, make_dataset
+    from edgexfer.data import make_dataset
     from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
@@ -207,7 +208,7 @@ def _online_dataset(train, student_pre: Preprocessing, teacher_pre: Preprocessin
         batch_size=config.batch_size,
         shuffle=True,
         seed=config.seed,
-        augment=AugmentConfig(**config.augment.model_dump()),
+        augment=config.augment,
         cache=True,
     )
     return ds.map(
@@ -314,7 +315,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     teacher_pre = teacher_manifest.preprocessing
     spec, size, weights, student_pre = student_settings(config, teacher_pre)
     dataset, split = stage_io.scan_data(source, data_dir, strict=config.strict, role="teacher")
-    train = stage_io.limit_samples(dataset.split("train"), config.max_train_images, config.seed)
+    train = limit_samples(dataset.split("train"), config.max_train_images, config.seed)
     unlabelled = _unlabelled_samples(config, teacher_manifest.label_names, log)
     val = dataset.split("val")
     if not val:

@@ -363,9 +363,7 @@ def _carried(manifest: Manifest) -> dict[str, Any]:
 
 
 def _augment(config):
-    from edgexfer.data import AugmentConfig
-
-    return AugmentConfig(**config.augment.model_dump()) if config.augment.enabled else None
+    return config.augment if config.augment.enabled else None
 
 
 def _history(history) -> dict[str, list[float]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgexfer.artifact import Artifact, Preprocessing
+from edgexfer.data.subset import limit_samples
 from edgexfer.errors import ArtifactError, ConfigError, DataError
 from edgexfer.evaluate.splits import run_split
 
@@ -88,21 +89,6 @@ def stage_inputs(model_dir, data_dir, out, config) -> tuple:
         eval_split,
         eval_samples,
     )
-
-
-def limit_samples(samples: Sequence, limit: int | None, seed: int) -> list:
-    """A stratified, seeded subset of at most ``limit`` samples (random when stratifying is impossible)."""
-    samples = list(samples)
-    if not limit or len(samples) <= limit:
-        return samples
-    from sklearn.model_selection import train_test_split
-
-    try:
-        kept, _ = train_test_split(samples, train_size=limit, stratify=[s.label for s in samples], random_state=seed)
-    except ValueError:  # fewer picks than classes
-        order = np.random.default_rng(seed).permutation(len(samples))[:limit]
-        kept = [samples[i] for i in sorted(order)]
-    return sorted(kept, key=lambda s: str(s.path))
 
 
 def evaluation_samples(dataset) -> tuple[str, list]:

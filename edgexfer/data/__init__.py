@@ -6,11 +6,10 @@ functions do, when called).
 
 from edgexfer.data.bundled import DatasetInfo, list_datasets, prepare_dataset
 from edgexfer.data.folder import IMAGE_EXTENSIONS, ImageDataset, Sample, scan_image_folder
-from edgexfer.data.pipeline import AugmentConfig, data_errors, load_arrays, make_dataset
+from edgexfer.data.pipeline import data_errors, load_arrays, make_dataset
 from edgexfer.data.preprocess import load_image, preprocess_array
 
 __all__ = [
-    "AugmentConfig",
     "DatasetInfo",
     "IMAGE_EXTENSIONS",
     "ImageDataset",

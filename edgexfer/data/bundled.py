@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edgexfer.data.subset import subset_indices
 from edgexfer.errors import ConfigError, DataError
 
 MARKER = ".edgexfer-dataset.json"
@@ -210,16 +211,6 @@ def _get(name: str) -> _Dataset:
     raise DataError(f"unknown dataset {name!r}; {hint}bundled datasets: {', '.join(sorted(_DATASETS))}")
 
 
-def _subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """Sorted indices of a stratified, seeded subset of ``limit`` items."""
-    from sklearn.model_selection import train_test_split
-
-    if limit >= labels.size:
-        return np.arange(labels.size)
-    kept, _ = train_test_split(np.arange(labels.size), train_size=limit, stratify=labels, random_state=seed)
-    return np.sort(kept)
-
-
 def _save_pngs(job: tuple[str, list[str], np.ndarray]) -> int:
     folder, names, pixels = job
     for name, image in zip(names, pixels):
@@ -316,7 +307,9 @@ def prepare_dataset(
         counts, jobs = {}, []
         for split, (images, labels) in arrays.items():
             is_train = split in ("all", "train")
-            indices = _subset(labels, int(limit), seed) if (limit and is_train) else np.arange(labels.size)
+            indices = (
+                np.sort(subset_indices(labels, int(limit), seed)) if (limit and is_train) else np.arange(labels.size)
+            )
             folder = tmp if split == "all" else tmp / split
             jobs += _png_jobs(folder, images, labels, indices, dataset.class_names)
             per_class = np.bincount(labels[indices], minlength=len(dataset.class_names))

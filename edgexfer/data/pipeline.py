@@ -17,11 +17,11 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgexfer.config import AugmentOptions
 from edgexfer.data.folder import Sample
 from edgexfer.data.preprocess import check_color, check_resize, load_image, normalisation_constants
 from edgexfer.errors import ConfigError, DataError
@@ -34,49 +34,6 @@ log = logging.getLogger(__name__)
 _SHUFFLE_BUFFER_BYTES = 256 << 20
 _LARGE_CACHE_BYTES = 4 << 30
 _TF_RESIZE = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "area": "area", "lanczos": "lanczos3"}
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Random training-time augmentation; everything is off by default.
-
-    - ``flip``: random horizontal flip (leave off for digits and text).
-    - ``crop_zoom``: max zoom fraction in [0, 1): a random crop of ``1 - crop_zoom`` to 100 %
-      of the image area (same aspect ratio), resized back to the input size.
-    - ``brightness``: max brightness delta as a fraction of the 0–255 range, in [0, 1]
-      (0.1 adds a random value in ±25.5 to every pixel).
-    - ``contrast``: max contrast factor delta in [0, 1): the contrast is scaled by a random
-      factor in ``[1 - contrast, 1 + contrast]``.
-
-    Rotation is not offered. Results are clipped to 0–255 before normalisation.
-    """
-
-    flip: bool = False
-    crop_zoom: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.flip, bool):
-            raise ConfigError(f"augment flip must be true or false, got {self.flip!r}")
-        ranges = {
-            "crop_zoom": (self.crop_zoom, 1.0, False),
-            "brightness": (self.brightness, 1.0, True),
-            "contrast": (self.contrast, 1.0, False),
-        }
-        for name, (value, top, closed) in ranges.items():
-            ok = (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and (0.0 <= value <= top if closed else 0.0 <= value < top)
-            )
-            if not ok:
-                allowed = f"[0, {top:g}]" if closed else f"[0, {top:g})"
-                raise ConfigError(f"augment {name} must be a number in {allowed}, got {value!r}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.flip or self.crop_zoom > 0 or self.brightness > 0 or self.contrast > 0
 
 
 def load_arrays(
@@ -105,7 +62,7 @@ def make_dataset(
     batch_size: int,
     shuffle: bool = False,
     seed: int = 0,
-    augment: AugmentConfig | None = None,
+    augment: AugmentOptions | None = None,
     cache: bool | str | os.PathLike[str] = True,
     drop_remainder: bool = False,
     return_labels: bool = True,
@@ -126,8 +83,8 @@ def make_dataset(
         raise DataError("no images to build a dataset from; check the image folder and the split")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if augment is not None and not isinstance(augment, AugmentConfig):
-        raise ConfigError(f"augment must be an AugmentConfig or None, got {type(augment).__name__}")
+    if augment is not None and not isinstance(augment, AugmentOptions):
+        raise ConfigError(f"augment must be an AugmentOptions or None, got {type(augment).__name__}")
     size = int(preprocessing.input_size)
     resize, color = preprocessing.resize, preprocessing.color
     check_resize(resize)
@@ -212,7 +169,7 @@ def data_errors() -> Iterator[None]:
         raise
 
 
-def _augment(tf, image, seed, config: AugmentConfig, method: str):
+def _augment(tf, image, seed, config: AugmentOptions, method: str):
     """Augment one uint8 H×W×3 image with stateless random ops; returns float32 in 0–255."""
     seeds = tf.random.experimental.stateless_split(seed, num=5)
     height, width = image.shape[0], image.shape[1]

@@ -1,4 +1,14 @@
-"""Seeded, stratified subsets of labelled samples."""
+"""Seeded, stratified subsets of labelled samples: the one place every stage draws them from.
+
+Two draws, kept apart on purpose: each is what its callers have always drawn, and a run
+recorded in a manifest must select the same images when it is reproduced.
+
+- ``subset_indices`` / ``limit_samples``: scikit-learn's stratified split (a seeded random
+  pick where stratifying is impossible); the training subsets (``max_train_images``), the
+  bundled datasets' ``limit`` and the int8 calibration images.
+- ``stratified_subset``: round-robin over seeded per-class shuffles, so even a tiny subset
+  holds every class; the images ``check`` and ``export`` score or calibrate on.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,32 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+
+def subset_indices(labels: Sequence[int], limit: int, seed: int) -> np.ndarray:
+    """Indices of a seeded subset of ``limit`` of the ``len(labels)`` items, classes in
+    proportion (scikit-learn's stratified split, in its order); a seeded random pick, sorted,
+    where there are fewer picks than classes."""
+    from sklearn.model_selection import train_test_split
+
+    count = len(labels)
+    if limit >= count:
+        return np.arange(count)
+    try:
+        kept, _ = train_test_split(np.arange(count), train_size=limit, stratify=np.asarray(labels), random_state=seed)
+    except ValueError:  # fewer picks than classes
+        kept = np.sort(np.random.default_rng(seed).permutation(count)[:limit])
+    return kept
+
+
+def limit_samples(samples: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
+    """At most ``limit`` samples (objects with ``.label`` and ``.path``) by ``subset_indices``,
+    sorted by path; all of them when ``limit`` is ``None`` or not below their number."""
+    samples = list(samples)
+    if not limit or len(samples) <= limit:
+        return samples
+    chosen = subset_indices([s.label for s in samples], limit, seed)
+    return sorted((samples[i] for i in chosen), key=lambda s: str(s.path))
 
 
 def stratified_subset(samples: Sequence[Any], count: int, seed: int = 0) -> list[Any]:

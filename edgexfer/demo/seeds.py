@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgexfer.tempfiles import write_text_atomically
+
 SEEDS_FILE = "seeds.json"
 ADAPTED_EXPORT = "export_adapted"
 ADAPTED_INT8_SOURCE = "deployed adapted teacher: tflite int8 · source accuracy"
@@ -121,5 +123,5 @@ def run_demo_seeds(
             figures[seed][ADAPTED_INT8_SOURCE] = source_int8
         runs[str(seed)] = str(directory)
     result = {**spread(figures), "runs": runs}
-    (run_dir / SEEDS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomically(run_dir / SEEDS_FILE, json.dumps(result, indent=2) + "\n")
     return {**result, "summary": summaries[0], "file": str(run_dir / SEEDS_FILE)}

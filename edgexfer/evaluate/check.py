@@ -1,5 +1,6 @@
 """``check``: prove an exported model with numbers — parity with its Keras parent, size and
-latency — and gate on them; ``benchmark``: latency, throughput and size across formats.
+latency — and gate on them (``benchmark``, latency across formats without parity, is in
+``edgexfer.evaluate.benchmark``; what both measure in ``edgexfer.evaluate.costs``).
 
 ``check_artifacts`` compares every exported file (``.tflite``, ``.onnx``, SavedModel) with
 the nearest Keras model in its lineage on a labelled image folder: accuracy, top-1
@@ -14,38 +15,37 @@ TensorFlow is imported only to run Keras parents and SavedModels.
 
 from __future__ import annotations
 
-import datetime as _dt
-import gzip
 import json
 import os
-import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import MANIFEST, Artifact, json_default, library_versions, sha256_path
+from edgexfer.artifact import MANIFEST, Artifact, sha256_path
 from edgexfer.errors import ArtifactError, ConfigError, ParityError
 from edgexfer.evaluate import latency as lat
-from edgexfer.evaluate.check_tables import render_benchmark_markdown, render_check_markdown
-from edgexfer.evaluate.parity import check_thresholds, gate_failures, parity_metrics
+from edgexfer.evaluate.check_tables import render_check_markdown
+from edgexfer.evaluate.config import CheckConfig
+from edgexfer.evaluate.costs import (
+    KERAS_SUFFIXES,
+    KIND_BY_SUFFIX,
+    Log,
+    environment_block,
+    file_size,
+    latency_rows,
+    now,
+    quiet,
+    tensorflow_placement,
+    write_reports,
+)
+from edgexfer.evaluate.parity import gate_failures, parity_metrics
 from edgexfer.keras_io import load_keras_model
 
 CHECK_JSON = "check.json"
 CHECK_MD = "check.md"
-BENCHMARK_JSON = "benchmark.json"
-BENCHMARK_MD = "benchmark.md"
-KERAS_SUFFIXES = (".keras", ".h5")
-SPLITS = ("all", "train", "val", "test")
-_KIND_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
-
-Log = Callable[[str], None]
-
-
-def _quiet(_message: str) -> None:
-    return None
 
 
 @dataclass
@@ -97,16 +97,18 @@ def check_artifacts(
     then raises ``ParityError`` (exit code 3) when any candidate failed, with the result as
     its ``result`` attribute. Returns the result dict (what ``check.json`` holds).
     """
-    log = log or _quiet
+    log = log or quiet
     if not artifacts:
         raise ConfigError("check needs at least one export artifact (the --out of edgexfer export)")
-    if split not in SPLITS:
-        raise ConfigError(f"--split {split!r} is not a split; allowed: {', '.join(SPLITS)}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    if max_images is not None and max_images < 1:
-        raise ConfigError(f"--max-images must be at least 1, got {max_images}")
-    check_thresholds(min_agreement, max_acc_drop)
+    CheckConfig.build(
+        split=split,
+        min_agreement=min_agreement,
+        max_acc_drop=max_acc_drop,
+        max_images=max_images,
+        batch_size=batch_size,
+        strict=strict,
+        measure_latency=measure_latency,
+    )
     from edgexfer.runtime import providers as prov
 
     prov.check_device(device)
@@ -202,7 +204,7 @@ def check_artifacts(
                 "artifact": str(parent["artifact"].path),
                 "stage": parent["artifact"].manifest.stage,
                 "accuracy": accuracy,
-                **_size(parent["artifact"].model_path, parent["artifact"]),
+                **file_size(parent["artifact"].model_path, parent["artifact"]),
                 "latency": [],
             }
         )
@@ -210,7 +212,7 @@ def check_artifacts(
     if measure_latency:
         for index, candidate in enumerate(candidates):
             x = pixels.normalized(candidate.artifact.manifest.preprocessing)
-            rows[index]["latency"] = _latency_rows(
+            rows[index]["latency"] = latency_rows(
                 candidate.kind, candidate.model_path, x, settings, model=candidate.name, log=log, device=device
             )
         for row, (key, parent) in zip(parent_rows, parents.items()):
@@ -252,10 +254,10 @@ def check_artifacts(
         },
         "device": device,
         "latency_settings": settings.to_dict() if measure_latency else None,
-        "environment": _environment(tf_threads),
-        "created_at": _now(),
+        "environment": environment_block(tf_threads),
+        "created_at": now(),
     }
-    result["report"] = _write_reports(result, out_dir, CHECK_JSON, CHECK_MD, render_check_markdown)
+    result["report"] = write_reports(result, out_dir, CHECK_JSON, CHECK_MD, render_check_markdown)
     log(f"wrote {result['report']['json']} and {result['report']['markdown']}")
     if raise_on_failure:
         error = gate_error(result)
@@ -312,7 +314,7 @@ def _candidate(path: str | os.PathLike[str], need_parent: bool = True) -> _Candi
             "exported models with their Keras parent: pass export artifacts "
             "(edgexfer export ARTIFACT --format tflite --out DIR)"
         )
-    kind = _KIND_BY_SUFFIX.get(model_path.suffix.lower()) or ("saved_model" if model_path.is_dir() else None)
+    kind = KIND_BY_SUFFIX.get(model_path.suffix.lower()) or ("saved_model" if model_path.is_dir() else None)
     if kind is None:
         raise ArtifactError(
             f"{str(artifact.path)!r} holds {model_path.name}, which check cannot run; "
@@ -422,8 +424,8 @@ def _candidate_row(candidate: _Candidate, parity: dict[str, Any], failures: list
     manifest = candidate.artifact.manifest
     config = manifest.config or {}
     quantization = manifest.quantization or {}
-    size = _size(candidate.model_path, candidate.artifact)
-    parent_size = _size(candidate.parent.model_path, candidate.parent)["size_bytes"] if candidate.parent else None
+    size = file_size(candidate.model_path, candidate.artifact)
+    parent_size = file_size(candidate.parent.model_path, candidate.parent)["size_bytes"] if candidate.parent else None
     return {
         "name": candidate.name,
         "artifact": str(candidate.artifact.path),
@@ -449,81 +451,6 @@ def _candidate_row(candidate: _Candidate, parity: dict[str, Any], failures: list
     }
 
 
-def _size(path: Path, artifact: Artifact | None = None) -> dict[str, int]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    size = sum(f.stat().st_size for f in files)
-    recorded = (artifact.metrics if artifact is not None else {}).get("gzip_bytes")
-    if recorded and (artifact.metrics.get("size_bytes") == size):
-        gz = int(recorded)
-    else:
-        gz = sum(len(gzip.compress(f.read_bytes(), compresslevel=6)) for f in files)
-    return {"size_bytes": int(size), "gzip_bytes": int(gz)}
-
-
-def _latency_rows(
-    kind: str,
-    model_path: Path,
-    x: np.ndarray,
-    settings: lat.LatencySettings,
-    *,
-    model: str,
-    log: Log,
-    device: str = "auto",
-) -> list[dict[str, Any]]:
-    """Latency rows of one exported model on ``device`` (cpu | cuda | auto), each naming its
-    provider and device. cpu: every thread count on the CPU runtime; cuda: onnxruntime CUDA only
-    (``ConfigError`` when it is not in use, and for .tflite); auto: the CPU rows, plus CUDA rows
-    when onnxruntime's CUDA provider starts. SavedModels run in TensorFlow."""
-    from edgexfer.runtime import providers as prov
-
-    rows: list[dict[str, Any]] = []
-    if kind == "saved_model":
-        log(f"timing {model} (TensorFlow)")
-        threads = lat.set_tensorflow_threads(settings.threads[0])
-        return lat.measure(
-            lat.saved_model_runs(model_path),
-            x,
-            settings,
-            model=model,
-            runtime="saved_model-tensorflow",
-            threads=threads,
-            threads_used=threads or lat.resolve_threads(0),
-            **tensorflow_placement().to_dict(),
-        )
-    if device != "cuda" or kind == "tflite":
-        for threads in settings.threads:
-            label = lat.runtime_label(kind)
-            log(f"timing {model} on {label}, {threads or 'all'} thread(s)")
-            runs, placement = lat.runtime_runs_on(model_path, "cpu" if device == "auto" else device, threads)
-            rows += lat.measure(
-                runs,
-                x,
-                settings,
-                model=model,
-                runtime=label,
-                threads=threads,
-                threads_used=lat.resolve_threads(threads),
-                **placement.to_dict(),
-            )
-    if kind == "onnx" and (device == "cuda" or (device == "auto" and prov.ORT_CUDA in lat.ort_providers())):
-        log(f"timing {model} on onnxruntime CUDA")
-        runs, placement = lat.runtime_runs_on(model_path, device, None)
-        if placement.provider != prov.ORT_CUDA:  # auto: the provider is installed but did not start
-            log(f"onnxruntime's CUDA provider did not start ({prov.cuda_unavailable_reason()}); CUDA skipped")
-        else:
-            rows += lat.measure(
-                runs,
-                x,
-                settings,
-                model=model,
-                runtime=lat.runtime_label(kind, lat.ORT_CUDA),
-                threads=None,
-                threads_used=None,
-                **placement.to_dict(),
-            )
-    return rows
-
-
 def _add_speedups(rows: list[dict[str, Any]], keras_rows: list[dict[str, Any]]) -> None:
     """``speedup_vs_keras``: Keras p50 / this p50 at the same batch size (same process)."""
     by_batch = {row["batch"]: row for row in keras_rows}
@@ -531,206 +458,3 @@ def _add_speedups(rows: list[dict[str, Any]], keras_rows: list[dict[str, Any]]) 
         base = by_batch.get(row["batch"])
         if base and row["p50_ms"] > 0:
             row["speedup_vs_keras"] = round(base["p50_ms"] / row["p50_ms"], 3)
-
-
-def _environment(tf_threads: int | None) -> dict[str, Any]:
-    try:
-        providers = lat.ort_providers()
-    except ImportError:
-        providers = []
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": lat.resolve_threads(0),
-        "onnxruntime_providers": providers,
-        "tensorflow_intra_op_threads": tf_threads,
-        "versions": library_versions(),
-    }
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _write_reports(
-    result: dict[str, Any], out_dir: Path, json_name: str, md_name: str, render: Callable[[dict[str, Any]], str]
-) -> dict[str, str]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / json_name, out_dir / md_name
-    report = {"json": str(json_path), "markdown": str(md_path)}
-    _atomic_write(json_path, json.dumps({**result, "report": report}, indent=2, default=json_default) + "\n")
-    _atomic_write(md_path, render({**result, "report": report}))
-    return report
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from edgexfer.tempfiles import tmp_file_name
-
-    tmp = path.with_name(tmp_file_name(path.name))
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-
-def benchmark_models(
-    models: Sequence[str | os.PathLike[str]],
-    *,
-    out: str | os.PathLike[str] | None = None,
-    latency: lat.LatencySettings | None = None,
-    seed: int = 0,
-    log: Log | None = None,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Latency (p50/p90/p99), throughput (images/s at batch 1 and N) and size of models.
-
-    ``models``: ``.tflite``/``.onnx`` files or artifact directories (export artifacts, or
-    Keras ones timed in TensorFlow). Input is random pixels at each model's input size,
-    preprocessed with its own preprocessing. Every thread count of ``latency.threads``
-    (0 = all cores) is measured on LiteRT/onnxruntime; onnxruntime CUDA is added where
-    available. Writes ``benchmark.json`` and ``benchmark.md`` to ``out`` (default:
-    ``<first model's artifact>/../benchmark``). ``device`` (cpu | cuda | auto): see
-    ``_latency_rows``; every row names its ``provider`` and ``device``.
-    """
-    from edgexfer.runtime import providers as prov
-
-    prov.check_device(device)
-    log = log or _quiet
-    if not models:
-        raise ConfigError("benchmark needs at least one model (.tflite/.onnx file or artifact directory)")
-    settings = latency or lat.LatencySettings()
-    entries = [_benchmark_entry(Path(m)) for m in models]
-    names = [e["name"] for e in entries]
-    for entry in entries:
-        if names.count(entry["name"]) > 1:
-            entry["name"] = f"{entry['where'].parent.name}/{entry['name']}"
-    out_dir = Path(out) if out is not None else entries[0]["where"].parent / "benchmark"
-
-    rng = np.random.default_rng(seed)
-    rows: list[dict[str, Any]] = []
-    sizes: list[dict[str, Any]] = []
-    tf_threads = None
-    for entry in entries:
-        pre = entry["preprocessing"]
-        from edgexfer.runtime import normalize
-
-        pixels = rng.integers(
-            0, 256, (settings.batch_size, pre.input_size, pre.input_size, pre.channels), dtype=np.uint8
-        )
-        x = normalize(pixels, pre)
-        sizes.append(
-            {
-                "model": entry["name"],
-                "path": str(entry["model_path"]),
-                "format": entry["format"],
-                "quant": entry["quant"],
-                **_size(entry["model_path"], entry.get("artifact")),
-            }
-        )
-        if entry["kind"] == "keras":
-            tf_threads = lat.set_tensorflow_threads(settings.threads[0])
-            log(f"timing {entry['name']} (Keras, TensorFlow)")
-            keras_model = load_keras_model(entry["artifact"].model_path)
-            placement = tensorflow_placement()
-            if device == "cuda" and placement.device == "cpu":
-                raise ConfigError(
-                    f"--device cuda: TensorFlow sees no GPU, so {entry['name']} (Keras) would run on "
-                    "the CPU; use --device cpu or auto"
-                )
-            measured = lat.measure(
-                lat.keras_runs(keras_model),
-                x,
-                settings,
-                model=entry["name"],
-                runtime="keras-tensorflow",
-                threads=tf_threads,
-                threads_used=tf_threads or lat.resolve_threads(0),
-                **placement.to_dict(),
-            )
-        else:
-            if entry["kind"] == "saved_model":
-                tf_threads = lat.set_tensorflow_threads(settings.threads[0])
-            measured = _latency_rows(
-                entry["kind"], entry["model_path"], x, settings, model=entry["name"], log=log, device=device
-            )
-        for row in measured:
-            row.update(format=entry["format"], quant=entry["quant"], size_bytes=sizes[-1]["size_bytes"])
-        rows += measured
-
-    result = {
-        "models": [
-            {
-                k: str(v) if isinstance(v, Path) else v
-                for k, v in e.items()
-                if k in ("name", "model_path", "format", "quant", "kind")
-            }
-            for e in entries
-        ],
-        "rows": rows,
-        "sizes": sizes,
-        "latency_settings": settings.to_dict(),
-        "device": device,
-        "environment": _environment(tf_threads),
-        "created_at": _now(),
-    }
-    result["report"] = _write_reports(result, out_dir, BENCHMARK_JSON, BENCHMARK_MD, render_benchmark_markdown)
-    log(f"wrote {result['report']['json']} and {result['report']['markdown']}")
-    return result
-
-
-def _benchmark_entry(path: Path) -> dict[str, Any]:
-    from edgexfer.runtime import load_model
-
-    artifact = None
-    if path.is_dir():
-        artifact = Artifact(path)
-    elif path.is_file() and (path.parent / MANIFEST).is_file() and path.suffix.lower() in _KIND_BY_SUFFIX:
-        artifact = Artifact(path.parent)
-        if artifact.model_path.resolve() != path.resolve():
-            artifact = None  # a model file that is not the artifact's own: take it alone
-    if artifact is not None:
-        model_path = artifact.model_path
-        manifest = artifact.manifest
-        config = manifest.config or {}
-        if model_path.suffix in KERAS_SUFFIXES:
-            kind, fmt, quant = "keras", "keras", "none"
-        else:
-            kind = _KIND_BY_SUFFIX.get(model_path.suffix.lower()) or "saved_model"
-            fmt, quant = config.get("format", kind), config.get("quant", "none")
-        return {
-            "name": artifact.path.name,
-            "where": artifact.path,
-            "model_path": model_path,
-            "kind": kind,
-            "format": fmt,
-            "quant": quant,
-            "preprocessing": manifest.preprocessing,
-            "artifact": artifact,
-        }
-    model = load_model(path)  # a bare file: the runtime checks it is a model and reads its metadata
-    return {
-        "name": path.name,
-        "where": path.parent / path.stem,
-        "model_path": path,
-        "kind": model.backend,
-        "format": model.manifest.get("format", model.backend),
-        "quant": model.manifest.get("quant", "?"),
-        "preprocessing": model.preprocessing,
-    }
-
-
-# ------------------------------------------------------------------------------- reports
-
-
-def tensorflow_placement():
-    """Where TensorFlow places a Keras model by default: its first GPU if it sees one, else the CPU
-    (a ``runtime.providers.Placement``)."""
-    from edgexfer.runtime import providers as prov
-    from edgexfer.tf_env import import_tf
-
-    tf, _ = import_tf()
-    gpus = tf.config.list_logical_devices("GPU")
-    return prov.Placement(prov.TENSORFLOW_PROVIDER, "gpu:0" if gpus else "cpu")

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from edgexfer.evaluate.formatting import markdown_table
+
 _RUNTIME_SHORT = {
     "litert-xnnpack": "litert",
     "onnxruntime-cpu": "ort-cpu",
@@ -63,12 +65,6 @@ def size_text(value: int | None) -> str:
         if value >= scale:
             return f"{value / scale:.1f} {unit}"
     return f"{value} B"
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _ms(value: float | None) -> str:
@@ -189,11 +185,11 @@ def render_check_markdown(result: dict[str, Any]) -> str:
         "Δacc: accuracy minus the Keras parent's; agreement: fraction of images with the parent's "
         "top-1 class; |Δp|: absolute difference of the probabilities; size: bytes on disk (× the parent's).",
         "",
-        _md_table(PARITY_HEADER, parity_table_rows(result)),
+        markdown_table(PARITY_HEADER, parity_table_rows(result)),
         "",
     ]
     header, rows = per_class_rows(result)
-    lines += ["## Per-class top-1 agreement (over each true class)", "", _md_table(header, rows), ""]
+    lines += ["## Per-class top-1 agreement (over each true class)", "", markdown_table(header, rows), ""]
     latency_rows = [r for row in result["parents"] for r in row["latency"]] + [
         r for row in result["candidates"] for r in row["latency"]
     ]
@@ -207,7 +203,7 @@ def render_check_markdown(result: dict[str, Any]) -> str:
             "report with each other, not with other runs. Threads marked * are all usable cores "
             "(--threads 0).",
             "",
-            _md_table(LATENCY_HEADER, latency_table_rows(latency_rows)),
+            markdown_table(LATENCY_HEADER, latency_table_rows(latency_rows)),
             "",
         ]
     warnings = [f"{row['name']}: {w}" for row in result["candidates"] for w in row["warnings"]]
@@ -228,7 +224,7 @@ def render_check_markdown(result: dict[str, Any]) -> str:
         lines += [
             "## GPU session against the CPU session of the same file",
             "",
-            _md_table(
+            markdown_table(
                 ("model", "provider", "device", "agreement", "max|Δp|", "mean|Δp|"),
                 [
                     [
@@ -263,11 +259,11 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
         f"(time.perf_counter), random input; {settings['cpu_count']} CPUs on this machine "
         f"({result['environment']['processor']}). Throughput is images per second at the median (p50) latency.",
         "",
-        _md_table(BENCHMARK_HEADER, benchmark_table_rows(result)),
+        markdown_table(BENCHMARK_HEADER, benchmark_table_rows(result)),
         "",
         "## Size",
         "",
-        _md_table(
+        markdown_table(
             ("model", "format", "quant", "bytes", "gzip bytes"),
             [
                 [s["model"], s["format"], s["quant"], f"{s['size_bytes']:,}", f"{s['gzip_bytes']:,}"]

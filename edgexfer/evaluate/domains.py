@@ -74,7 +74,7 @@ def evaluate_domains(
     "max_gap", "macs", "latency"}``.
     """
     from edgexfer.artifact import Artifact
-    from edgexfer.config import EvaluateConfig
+    from edgexfer.config import EvaluateDomainsConfig
     from edgexfer.data.class_map import check_map_used, parse_class_map
     from edgexfer.data.pipeline import data_errors
     from edgexfer.evaluate.evaluator import predict_samples
@@ -84,7 +84,14 @@ def evaluate_domains(
     if not domains:
         raise ConfigError("evaluate_domains needs at least one domain (name → image folder)")
     splits = resolve_splits(split, domains, where="--split")
-    config = EvaluateConfig.build(batch_size=batch_size, top_k=top_k, strict=strict)
+    config = EvaluateDomainsConfig.build(
+        split=split,
+        batch_size=batch_size,
+        top_k=top_k,
+        strict=strict,
+        class_map=class_map,
+        measure_latency=measure_latency,
+    )
     mapping = parse_class_map(class_map) if not isinstance(class_map, Mapping) else dict(class_map)
     trained = set(trained_domains)
     loaded = Artifact(artifact)

@@ -58,7 +58,9 @@ def evaluate_artifact(
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    from edgexfer.tempfiles import write_text_atomically
+
+    write_text_atomically(path, json.dumps(result, indent=2) + "\n")
 
 
 def check_output_file(path: str | Path, option: str) -> None:

@@ -10,6 +10,7 @@ Imports nothing heavy.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 MISSING = "—"
@@ -135,3 +136,19 @@ def metric(key: str, value: Any) -> str:
                 break  # not a fraction after all (an accuracy already in %): show it plainly
             return formatter(value)
     return plain(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown pipe table (the report, check.md, benchmark.md, the bench scripts' results).
+
+    Hand-written rather than ``tabulate``: a pipe table needs no column padding, and these four
+    lines are smaller than a dependency. ``None`` cells print as ``MISSING``; a ``|`` inside a
+    cell is escaped so it cannot split the cell.
+    """
+
+    def cell(value: Any) -> str:
+        return MISSING if value is None else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)

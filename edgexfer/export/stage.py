@@ -24,13 +24,13 @@ import numpy as np
 from edgexfer.artifact import Artifact, Manifest
 from edgexfer.data.subset import stratified_subset
 from edgexfer.errors import ArtifactError, ConfigError, DataError
+from edgexfer.export.config import ExportConfig
 from edgexfer.export.convert import (
     DEFAULT_MAX_CALIBRATION_IMAGES,
     KERAS_SUFFIXES,
-    MIN_CALIBRATION_IMAGES,
     export_artifact,
 )
-from edgexfer.export.formats import FORMATS, check_format_quant
+from edgexfer.export.formats import FORMATS
 from edgexfer.provenance import recorded
 
 DEFAULT_CALIBRATION_FILE = "calibration.npy"
@@ -58,18 +58,14 @@ def export_stage(
     input/output type (uint8 | int8 | float32; default uint8 for int8, else float32).
     """
     log = log or (lambda _message: None)
-    if fmt not in FORMATS:
-        check_format_quant(fmt, "none")  # raises: names the allowed formats
-    if quant is not None:
-        check_format_quant(fmt, quant)
-    from edgexfer.export.convert import check_io_type_for
-
-    check_io_type_for(FORMATS[fmt], io_type)
-    if calibration_images < MIN_CALIBRATION_IMAGES:
-        raise ConfigError(
-            f"--calibration-images {calibration_images} is too few; int8 needs at least "
-            f"{MIN_CALIBRATION_IMAGES} representative images (100–500 recommended)"
-        )
+    ExportConfig.build(
+        format=fmt,
+        quant=quant,
+        calibration_data=calibration_data,
+        calibration_images=calibration_images,
+        opset=opset,
+        io_type=io_type,
+    )
     source = Artifact(artifact)
     model_path = source.model_path  # "has no model file" before anything is loaded
     if fmt == "tflite-micro" and model_path.suffix == ".tflite":  # the same bytes as C; no TensorFlow

@@ -42,6 +42,7 @@ import numpy as np
 
 from edgexfer.errors import ExportError
 from edgexfer.stdio import quiet_native_stderr
+from edgexfer.tempfiles import write_text_atomically
 
 ALIGNMENT = 16
 HEADER_NAME = "model.h"
@@ -321,8 +322,8 @@ def write_c_sources(
         mean=", ".join(_c_float(v) for v in preprocessing.mean[:channels]),
         std=", ".join(_c_float(v) for v in preprocessing.std[:channels]),
     )
-    _write_text(dest / HEADER_NAME, header)
-    _write_text(dest / SOURCE_NAME, source)
+    write_text_atomically(dest / HEADER_NAME, header)
+    write_text_atomically(dest / SOURCE_NAME, source)
     return {
         "model_bytes": len(content),
         "arena": arena,
@@ -346,12 +347,6 @@ def _io_quantization(content: bytes, where: str) -> dict[str, tuple[float, int]]
             raise ExportError(f"{where}: the {key} tensor has no quantisation parameters; export with --quant int8")
         result[key] = (float(scale), int(zero_point))
     return result
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 _HEADER = """\

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,28 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     if not paths:
         raise DataError("no images given; pass image files or folders of images")
     return paths
+
+
+@dataclass(frozen=True)
+class PredictionRun:
+    """What ``predict_paths`` returns, typed for a renderer (the dict is what ``--json`` prints)."""
+
+    model: str
+    backend: str
+    labels: tuple[str, ...]
+    predictions: tuple[Prediction, ...]
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> PredictionRun:
+        return cls(
+            model=result["model"],
+            backend=result["backend"],
+            labels=tuple(result["labels"]),
+            predictions=tuple(
+                Prediction(p["path"], p["label"], p["score"], [(k["label"], k["score"]) for k in p["top_k"]])
+                for p in result["predictions"]
+            ),
+        )
 
 
 def predict_paths(

@@ -602,7 +602,7 @@ def _fit_images(
 
 
 def _augment_config(config: FinetuneConfig):
-    from edgexfer.data import AugmentConfig
+    from edgexfer.config import AugmentOptions as AugmentConfig  # the one augmentation type
 
     if not config.augment.enabled:
         return None

@@ -239,7 +239,7 @@ def test_cli_prune_and_quantize_render_tables(pruned, teacher, tmp_path):
 
 def test_range_calibration_covers_activations_beyond_tfmot_s_initial_six():
     """tfmot starts activation ranges at ±6 (EMA 0.999); calibration sets them from data."""
-    from edgexfer.compress.quantize import _range_variables, build_qat_model, calibrate_ranges
+    from edgexfer.compress.qat import build_qat_model, calibrate_ranges, range_variables
     from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
@@ -250,9 +250,9 @@ def test_range_calibration_covers_activations_beyond_tfmot_s_initial_six():
     model = keras.Model(inputs, outputs)
     qat, _ = build_qat_model(model)
     x = np.random.default_rng(0).uniform(0, 1, (40, 4)).astype("float32")
-    before = {v.name: float(np.max(v.numpy())) for v in _range_variables(qat) if v.name.endswith("max:0")}
-    assert calibrate_ranges(qat, x, batch_size=16) == len(_range_variables(qat))
-    after = {v.name: float(np.max(v.numpy())) for v in _range_variables(qat) if v.name.endswith("max:0")}
+    before = {v.name: float(np.max(v.numpy())) for v in range_variables(qat) if v.name.endswith("max:0")}
+    assert calibrate_ranges(qat, x, batch_size=16) == len(range_variables(qat))
+    after = {v.name: float(np.max(v.numpy())) for v in range_variables(qat) if v.name.endswith("max:0")}
     pre_activation = next(name for name in after if "pre_activation_max" in name)
     assert before[pre_activation] == pytest.approx(6.0)
     logits_max = float((x @ np.full((4, 3), 10.0)).max())
@@ -264,7 +264,7 @@ def test_all_zero_output_channels_keep_a_weight_range_so_int8_matches_keras(teac
     """A pruned-away channel must not get a [0, 0] weight range (its folded bias would be lost)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgexfer.compress.quantize import build_qat_model, calibrate_ranges, fix_degenerate_weight_ranges
+    from edgexfer.compress.qat import build_qat_model, calibrate_ranges, fix_degenerate_weight_ranges
     from edgexfer.export._tflite import tflite_bytes
     from edgexfer.runtime.images import load_images, normalize
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.export import FORMATS, QUANT_MODES
-from kit import COLORS, call_cli, make_color_folder, the_error
+from kit import COLORS, TINY_FINETUNE, call_cli, make_color_folder, the_error
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
@@ -50,16 +50,7 @@ def tiny(tmp_path_factory):
     artifact = api.finetune(
         data,
         root / "ft",
-        backbone="cnn_tiny",
-        weights="none",
-        img_size=16,
-        epochs=6,
-        fine_tune_epochs=1,
-        unfreeze_layers=2,
-        batch_size=16,
-        learning_rate=0.05,
-        early_stopping_patience=0,
-        seed=1,
+        **TINY_FINETUNE,
     )
     return SimpleNamespace(root=root, data=data, artifact=artifact)
 

@@ -25,6 +25,7 @@ from edgexfer.runtime import load_model
 from edgexfer.runtime.images import list_image_files, load_images
 from edgexfer.runtime.metadata import TFLITE_METADATA_NAME
 from edgexfer.runtime.tflite_metadata import remove_metadata_entry
+from kit import TINY_FINETUNE
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "tools" / "mediapipe_classify.py"
@@ -71,16 +72,7 @@ def tiny(tmp_path_factory):
     artifact = api.finetune(
         root / "data",
         root / "ft",
-        backbone="cnn_tiny",
-        weights="none",
-        img_size=16,
-        epochs=6,
-        fine_tune_epochs=1,
-        unfreeze_layers=2,
-        batch_size=16,
-        learning_rate=0.05,
-        early_stopping_patience=0,
-        seed=1,
+        **TINY_FINETUNE,
     )
     exports = {
         quant: export_artifact(

@@ -33,7 +33,7 @@ def _forms(model):
     import tensorflow_model_optimization as tfmot
 
     from edgexfer.compress.prune import apply_pruning, plan_pruning
-    from edgexfer.compress.quantize import build_qat_model
+    from edgexfer.compress.qat import build_qat_model
 
     yield "plain", model
     try:
@@ -68,7 +68,7 @@ def test_every_registered_backbone_passes_the_check():
 
 
 def test_a_qat_model_round_trips_through_the_checked_loader(tmp_path):
-    from edgexfer.compress.quantize import build_qat_model
+    from edgexfer.compress.qat import build_qat_model
     from edgexfer.keras_io import load_keras_model, save_keras_model
 
     qat = build_qat_model(_classifier("cnn_tiny"))[0]

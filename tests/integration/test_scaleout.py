@@ -13,23 +13,12 @@ from edgexfer.artifact import Artifact
 from edgexfer.compress import api as capi
 from edgexfer.train import common
 from edgexfer.train.resume import checkpoint_dir, list_checkpoints, remove_checkpoints
-from kit import make_color_folder
+from kit import TINY_FINETUNE, make_color_folder
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(
-    backbone="cnn_tiny",
-    weights="none",
-    img_size=16,
-    epochs=6,
-    fine_tune_epochs=4,
-    unfreeze_layers=2,
-    batch_size=16,
-    learning_rate=0.05,
-    early_stopping_patience=0,
-    seed=1,
-)
+TINY = {**TINY_FINETUNE, "fine_tune_epochs": 4}
 STUDENT = dict(student="cnn_tiny", epochs=12, batch_size=16, learning_rate=0.01, early_stopping_patience=0, seed=1)
 
 

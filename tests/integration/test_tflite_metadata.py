@@ -31,6 +31,7 @@ from edgexfer.runtime.tflite_metadata import (
     remove_metadata_entry,
     split_packed_files,
 )
+from kit import TINY_FINETUNE
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")]
 
@@ -57,16 +58,7 @@ def tiny(tmp_path_factory):
     artifact = api.finetune(
         data,
         root / "ft",
-        backbone="cnn_tiny",
-        weights="none",
-        img_size=16,
-        epochs=6,
-        fine_tune_epochs=1,
-        unfreeze_layers=2,
-        batch_size=16,
-        learning_rate=0.05,
-        early_stopping_patience=0,
-        seed=1,
+        **TINY_FINETUNE,
     )
     files = list_image_files(data)
     exports = {

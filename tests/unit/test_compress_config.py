@@ -73,7 +73,8 @@ def test_distill_config_errors(values, message):
 def test_configs_and_package_import_no_tensorflow():
     code = (
         "import sys, edgexfer.compress, edgexfer.compress.api, edgexfer.compress.prune, "
-        "edgexfer.compress.quantize, edgexfer.compress.distill, edgexfer.cli.compress; "
+        "edgexfer.compress.quantize, edgexfer.compress.qat, edgexfer.compress.quantize_check, "
+        "edgexfer.compress.distill, edgexfer.cli.compress; "
         "print('tensorflow' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from edgexfer.artifact import Preprocessing
-from edgexfer.data import AugmentConfig, Sample, data_errors, load_arrays, make_dataset, preprocess_array
+from edgexfer.config import AugmentOptions
+from edgexfer.data import Sample, data_errors, load_arrays, make_dataset, preprocess_array
 from edgexfer.errors import ConfigError, DataError
 
 SIZE = 16
@@ -88,7 +89,7 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch(samples, cache):
 
 
 def test_augmentation_changes_images_reproducibly(samples):
-    config = AugmentConfig(flip=True, crop_zoom=0.2, brightness=0.1, contrast=0.2)
+    config = AugmentOptions(flip=True, crop_zoom=0.2, brightness=0.1, contrast=0.2)
     plain, _ = collect(make_dataset(samples, PRE, batch_size=5))
     ds = make_dataset(samples, PRE, batch_size=5, augment=config, seed=7)
     epoch1, labels = collect(ds)
@@ -107,7 +108,7 @@ def test_augmentation_changes_images_reproducibly(samples):
 
 def test_flip_alone_mirrors_some_images(samples):
     plain, _ = collect(make_dataset(samples, PRE, batch_size=20))
-    flipped, _ = collect(make_dataset(samples, PRE, batch_size=20, augment=AugmentConfig(flip=True)))
+    flipped, _ = collect(make_dataset(samples, PRE, batch_size=20, augment=AugmentOptions(flip=True)))
     mirrored = [np.array_equal(f, p[:, ::-1]) for f, p in zip(flipped, plain)]
     same = [np.array_equal(f, p) for f, p in zip(flipped, plain)]
     assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
@@ -115,7 +116,7 @@ def test_flip_alone_mirrors_some_images(samples):
 
 def test_disabled_augmentation_is_a_no_op(samples):
     plain, _ = collect(make_dataset(samples, PRE, batch_size=20))
-    off, _ = collect(make_dataset(samples, PRE, batch_size=20, augment=AugmentConfig()))
+    off, _ = collect(make_dataset(samples, PRE, batch_size=20, augment=AugmentOptions()))
     assert np.array_equal(plain, off)
 
 
@@ -132,7 +133,7 @@ def test_disabled_augmentation_is_a_no_op(samples):
 )
 def test_augment_config_validates(kwargs):
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
-        AugmentConfig(**kwargs)
+        AugmentOptions.build(**kwargs)
 
 
 def test_bad_arguments(samples):

@@ -157,7 +157,7 @@ def test_cuda_claimed_but_not_started_is_an_error_not_a_cpu_number(tmp_path, mon
 
 
 def test_benchmark_rows_name_provider_and_device(tmp_path):
-    from edgexfer.evaluate.check import benchmark_models
+    from edgexfer.evaluate.benchmark import benchmark_models
     from edgexfer.evaluate.check_tables import render_benchmark_markdown
     from edgexfer.evaluate.latency import LatencySettings
 
@@ -173,7 +173,7 @@ def test_benchmark_rows_name_provider_and_device(tmp_path):
 
 def test_auto_with_a_cuda_provider_that_does_not_start_keeps_only_cpu_rows(tmp_path, monkeypatch):
     from edgexfer.evaluate import latency as lat
-    from edgexfer.evaluate.check import benchmark_models
+    from edgexfer.evaluate.benchmark import benchmark_models
 
     artifact = onnx_export(tmp_path / "onnx")
     monkeypatch.setattr(lat, "ort_providers", lambda: ["CPUExecutionProvider", "CUDAExecutionProvider"])

@@ -202,3 +202,57 @@ def test_a_bad_evaluate_split_is_one_line_naming_the_choices(tmp_path, split, me
             overrides=[f"student.split={split}"],
         )
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        (
+            "    quant: none",
+            "    quantt: none",
+            r"p.yaml:10: stage 'export': ExportConfig: unknown option 'quantt' — did you mean 'quant'",
+        ),
+        (
+            "    data: colors\n",
+            "    data: colors\n    min_agreemnt: 0.9\n",
+            r"CheckConfig: unknown option 'min_agreemnt' — did you mean 'min_agreement'",
+        ),
+        ("    artifacts: [export]", "    artifact: [export]", r"check needs 'artifacts'"),
+        ("    quant: none", "    quant: none\n    calibration_dat: colors", r"did you mean 'calibration_data'"),
+        ("    quant: none", "    quant: none\n    calibration_images: 3", r"--calibration-images 3 is too few"),
+        ("    data: colors\n", "    data: colors\n    min_agreement: 1.5\n", r"--min-agreement 1.5 is outside 0..1"),
+        ("    data: colors\n", "    data: colors\n    split: tset\n", r"--split 'tset' is not a split"),
+    ],
+)
+def test_export_and_check_keys_are_their_config_models_fields(tmp_path, old, new, message):
+    text = (
+        GOOD.replace(old, new, 1) if old != "    data: colors\n" else GOOD[::-1].replace(old[::-1], new[::-1], 1)[::-1]
+    )
+    with pytest.raises(ConfigError, match=message) as info:
+        load_pipeline(write(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_every_config_field_is_a_yaml_key(tmp_path):
+    """A stage's YAML keys are its config model's fields: no hand-kept list to extend."""
+    from edgexfer.evaluate.config import CheckConfig
+    from edgexfer.export.config import ExportConfig
+
+    text = GOOD.replace(
+        "    quant: none", "    quant: none\n    opset: 13\n    io_type: float32\n    calibration_data: colors"
+    )
+    text += "    max_images: 8\n    batch_size: 4\n    measure_latency: false\n"
+    pipeline = load_pipeline(write(tmp_path, text))
+    assert pipeline.stage("export").options == {"format": "tflite", "quant": "none", "opset": 13, "io_type": "float32"}
+    assert pipeline.stage("export").refs["calibration_data"] == {"data": "colors"}
+    assert set(pipeline.stage("check").options) >= {"max_images", "batch_size", "measure_latency"}
+    assert pipeline.stage("export").type.config_model() is ExportConfig
+    assert pipeline.stage("check").type.config_model() is CheckConfig
+
+
+def test_export_stage_defaults_come_from_export_itself(tmp_path):
+    """tflite-micro is int8 whatever the file says: a pipeline need not repeat `quant: int8`."""
+    text = GOOD.replace("    format: tflite\n    quant: none\n", "    format: tflite-micro\n")
+    assert load_pipeline(write(tmp_path, text)).stage("export").options == {"format": "tflite-micro"}
+    with pytest.raises(ConfigError, match=r"ExportConfig: format is required \(--format\)"):
+        load_pipeline(write(tmp_path, GOOD.replace("    format: tflite\n", "")))

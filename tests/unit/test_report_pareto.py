@@ -1,6 +1,7 @@
 """The report's Pareto front: the models no other beats on both size and accuracy."""
 
-from edgexfer.evaluate.report import _pareto_rows, pareto_front
+from edgexfer.evaluate.report import pareto_front
+from edgexfer.evaluate.report.collect import check_rows
 
 
 def test_pareto_front_keeps_only_undominated_models_in_size_order():
@@ -34,6 +35,6 @@ def test_report_rows_say_which_thread_count_each_latency_used():
             }
         ],
     }
-    keras, int8 = _pareto_rows(result)
+    keras, int8 = check_rows(result)
     assert (keras["latency_ms"], keras["threads"]) == (0.6, "2 (runtime's own)")
     assert (int8["latency_ms"], int8["threads"]) == (0.02, "1")  # 1 thread preferred

@@ -236,3 +236,10 @@ def test_link_loops_and_links_outside_are_not_followed_and_each_file_counts_once
     assert counts == {"a": 3, "b": 2}
     warning = " ".join(r.getMessage() for r in caplog.records)
     assert "loop back" in warning and "outside" in warning and "counted once" in warning
+
+
+def test_atomic_text_writes_replace_whole_files_and_leave_no_temporary(tmp_path):
+    target = tmp_path / "state.json"
+    tempfiles.write_text_atomically(target, "old\n")
+    tempfiles.write_text_atomically(target, "new\n")
+    assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["state.json"]

@@ -9,23 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgexfer.evaluate.formatting import markdown_table  # noqa: F401 (the scripts import it from here)
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
     """What the numbers were measured on."""
     from edgexfer.artifact import library_versions
+    from edgexfer.evaluate.environment import cpu_name
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -77,14 +72,3 @@ def call_in_subprocess(script: str, function: str, spec: dict, env: dict | None 
         f"{module}.{function}(json.loads({json.dumps(spec)!r}))",
         env,
     )
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    """A markdown table; ``None`` cells print as an em dash."""
-
-    def cell(value) -> str:
-        return "—" if value is None else str(value)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The compression commands with the API patched: option parsing (flags over --config, shared
+options) and the rendering of each stage's typed result, without training a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import edgexfer.api
+from kit import call_cli
+
+
+def _artifact(metrics: dict, **manifest) -> SimpleNamespace:
+    manifest = {"extra": {}, "backbone": "cnn_tiny", "quantization": None, **manifest}
+    manifest["preprocessing"] = SimpleNamespace(input_size=manifest.pop("input_size", 16))
+    return SimpleNamespace(path=Path("/runs/out"), metrics=metrics, manifest=SimpleNamespace(**manifest))
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    seen: dict = {}
+
+    def fake(name, result):
+        def stage(*args, **kwargs):
+            seen[name] = (args, kwargs)
+            return result
+
+        monkeypatch.setattr(edgexfer.api, name, stage)
+
+    seen["patch"] = fake
+    return seen
+
+
+def test_distill_merges_config_file_and_flags_and_renders_its_result(capsys, calls, tmp_path):
+    metrics = {
+        "eval_split": "test",
+        "accuracy_before": 0.98,
+        "accuracy_after": 0.95,
+        "params_before": 3_400_000,
+        "params_after": 20_000,
+        "size_bytes_before": 14_000_000,
+        "size_bytes_after": 100_000,
+        "params_ratio": 170.0,
+        "accuracy_gap_to_teacher": 0.03,
+        "baseline_accuracy": 0.93,
+        "distillation_gain": 0.02,
+        "teacher_logits": "head_dense pre-activation",
+    }
+    extra = {"teacher": {"backbone": "efficientnet_lite0", "input_size": 64}}
+    calls["patch"]("distill", _artifact(metrics, extra=extra, input_size=32))
+    config = tmp_path / "distill.yaml"
+    config.write_text("student: cnn_small\nepochs: 3\naugment: {brightness: 0.1}\n")
+    args = ["distill", "T", "D", "--out", tmp_path / "o", "--config", config, "--alpha", "0.5", "--flip", "--seed", "4"]
+    result = call_cli(capsys, *args)
+    assert result.code == 0, result.err
+    built = calls["distill"][1]["config"]
+    assert (built.student, built.epochs, built.alpha, built.seed) == ("cnn_small", 3, 0.5, 4)
+    assert built.augment.flip and built.augment.brightness == 0.1  # a flag overrides one key of its group
+    assert "efficientnet_lite0 → cnn_tiny" in result.out and "170.0×" in result.out
+    assert "gain from distillation (points)" in result.out and "+2.00" in result.out
+
+
+def test_prune_renders_per_layer_sparsity_and_the_dense_layers(capsys, calls, tmp_path):
+    metrics = {
+        "eval_split": "val",
+        **{f"{k}_{w}": v for k, v in (("accuracy", 0.9), ("sparsity", 0.5)) for w in ("before", "after")},
+        **{f"{k}_{w}": 1000 for k in ("params_nonzero", "size_bytes", "gzip_bytes") for w in ("before", "after")},
+        "structure": "2:4",
+        "target_sparsity": 0.5,
+        "layers": {"conv1": {"params": 432, "sparsity": 0.5, "pattern_2_4": True}},
+        "pruned_layers_sparsity": 0.5,
+        "gzip_ratio": 1.7,
+        "dense_layers": [{"layer": "stem", "class": "Conv2D", "params": 27, "reason": "3 input channels"}],
+    }
+    calls["patch"]("prune", _artifact(metrics))
+    result = call_cli(capsys, "prune", "M", "D", "--out", tmp_path / "o", "--structure", "2:4", "--no-flip")
+    assert result.code == 0, result.err
+    assert calls["prune"][1]["config"].structure == "2:4"
+    assert "prune (2:4)" in result.out and "conv1" in result.out and "yes" in result.out
+    assert "1 layers with weights stay dense" in result.out and "3 input channels" in result.out
+    assert "gzip ratio 1.70×" in result.out
+
+
+def test_quantize_check_renders_the_preflight(capsys, calls):
+    report = {
+        "artifact": "/runs/student",
+        "backbone": "mobilenet_v3_small",
+        "pqat": False,
+        "counts": {"int8": 40, "float": 3},
+        "float_layers": [
+            {"layer": f"hard_swish_{i}", "class": "TFOpLambda", "reason": "not in tfmot's registry"} for i in range(3)
+        ],
+        "quantizable": 40,
+        "whole_model": False,
+    }
+    calls["patch"]("quantize_check", report)
+    result = call_cli(capsys, "quantize", "M", "--check")
+    assert result.code == 0, result.err
+    assert calls["quantize_check"] == ((Path("M"),), {"preserve_sparsity": None})
+    assert "mobilenet_v3_small" in result.out and "3 layers stay float under QAT" in result.out
+    assert "TFOpLambda" in result.out and "hard_swish_2" in result.out and "not in tfmot" in result.out
+    assert "partial QAT: 40 layers with int8 weights, 3 float layers" in result.out
+
+
+def test_quantize_without_data_is_one_line(capsys):
+    result = call_cli(capsys, "quantize", "M")
+    assert result.code == 2
+    assert "quantize needs DATA and --out" in result.err
