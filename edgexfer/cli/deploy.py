@@ -314,7 +314,25 @@ def register(app: typer.Typer) -> None:
         for row in benchmark_table_rows(result, short=True):
             table.add_row(*row)
         _print(table)
+        _print_compute(result["rows"])
         console.print(f"report: {result['report']['markdown']}")
+
+
+def _print_compute(latency_rows) -> None:
+    """The achieved GMAC/s of each latency row next to this machine's matmul peak."""
+    from edgexfer.evaluate.check_tables import COMPUTE_HEADER, compute_table_rows
+
+    rows = compute_table_rows(latency_rows, short=True)
+    if rows:
+        table = _table(
+            "compute (MACs × batch / p50, against a float32 matmul on the same threads)",
+            COMPUTE_HEADER,
+            left=("model", "runtime"),
+            first_width=_longest([r[0] for r in rows]),
+        )
+        for row in rows:
+            table.add_row(*row)
+        _print(table)
 
 
 def _table(title: str, header, left=("model",), first_width: int = 12) -> Table:
@@ -413,6 +431,7 @@ def _render_check(result: dict) -> None:
         for row in latency_table_rows(latency_rows, short=True):
             table.add_row(*row)
         _print(table)
+        _print_compute(latency_rows)
     for row in result["candidates"]:
         for warning in row["warnings"]:
             console.print(f"[yellow]warning:[/yellow] {row['name']}: {warning}", highlight=False)

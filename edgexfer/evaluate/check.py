@@ -29,6 +29,7 @@ import numpy as np
 from edgexfer.artifact import MANIFEST, Artifact, json_default, library_versions, sha256_path
 from edgexfer.errors import ArtifactError, ConfigError, ParityError
 from edgexfer.evaluate import latency as lat
+from edgexfer.evaluate import peak
 from edgexfer.evaluate.check_tables import render_benchmark_markdown, render_check_markdown
 from edgexfer.evaluate.parity import check_thresholds, gate_failures, parity_metrics
 from edgexfer.keras_io import load_keras_model
@@ -229,6 +230,7 @@ def check_artifacts(
         for row in rows if keras_reference else []:
             parent_row = next(p for p in parent_rows if p["artifact"] == row["parent"]["path"])
             _add_speedups(row["latency"], parent_row["latency"])
+    _add_macs(rows, parent_rows, keras_models)
 
     result = {
         "passed": all(row["passed"] for row in rows),
@@ -524,6 +526,21 @@ def _latency_rows(
     return rows
 
 
+def _add_macs(rows: list[dict[str, Any]], parent_rows: list[dict[str, Any]], keras_models: dict[Path, Any]) -> None:
+    """``macs`` of every model (counted on its file, else on its Keras parent) and, on each
+    latency row, the GMAC/s it ran at next to this machine's matmul peak (``evaluate.peak``)."""
+    from edgexfer.evaluate.macs import keras_macs, model_file_macs
+
+    by_parent = {row["artifact"]: keras_macs(model) for row, model in zip(parent_rows, keras_models.values())}
+    for row in parent_rows:
+        row["macs"] = by_parent.get(row["artifact"])
+    for row in rows:
+        counted = model_file_macs(Path(row["artifact"]) / row["model_file"])
+        row["macs"] = counted or by_parent.get((row.get("parent") or {}).get("path"))
+    for row in [*parent_rows, *rows]:
+        peak.achieved(row["macs"], row["latency"])
+
+
 def _add_speedups(rows: list[dict[str, Any]], keras_rows: list[dict[str, Any]]) -> None:
     """``speedup_vs_keras``: Keras p50 / this p50 at the same batch size (same process)."""
     by_batch = {row["batch"]: row for row in keras_rows}
@@ -658,6 +675,8 @@ def benchmark_models(
             )
         for row in measured:
             row.update(format=entry["format"], quant=entry["quant"], size_bytes=sizes[-1]["size_bytes"])
+        sizes[-1]["macs"] = _benchmark_macs(entry, keras_model if entry["kind"] == "keras" else None)
+        peak.achieved(sizes[-1]["macs"], measured)
         rows += measured
 
     result = {
@@ -679,6 +698,13 @@ def benchmark_models(
     result["report"] = _write_reports(result, out_dir, BENCHMARK_JSON, BENCHMARK_MD, render_benchmark_markdown)
     log(f"wrote {result['report']['json']} and {result['report']['markdown']}")
     return result
+
+
+def _benchmark_macs(entry: dict[str, Any], keras_model=None) -> int | None:
+    """MACs per image of a benchmarked model: counted on its file, or on the Keras model."""
+    from edgexfer.evaluate.macs import keras_macs, model_file_macs
+
+    return keras_macs(keras_model) if keras_model is not None else model_file_macs(entry["model_path"])
 
 
 def _benchmark_entry(path: Path) -> dict[str, Any]:
