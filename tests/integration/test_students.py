@@ -142,3 +142,17 @@ def test_a_pretrained_student_distills_prunes_quantizes_and_exports_fully_int8(t
     # one MAC count whichever graph it is read from
     macs = keras_macs(load_keras_model(student.model_path))
     assert macs > 0 and tflite_macs(tflite.model_path) == macs == onnx_macs(onnx.model_path)
+
+
+def test_backbone_macs_are_counted_at_the_input_size_and_cached(tmp_path, monkeypatch):
+    import json
+
+    from edgexfer.evaluate.macs import backbone_macs
+
+    monkeypatch.setenv("EDGEXFER_CACHE", str(tmp_path))
+    # cnn_tiny at 16 px: 8×8 × 3·3·3·8 + 4×4 × 3·3·8·16 + 2×2 × 3·3·16·32
+    assert backbone_macs("cnn_tiny", 16) == 13_824 + 18_432 + 18_432
+    assert backbone_macs("cnn_tiny", 32) == 4 * backbone_macs("cnn_tiny", 16)
+    assert json.loads((tmp_path / "macs.json").read_text())["cnn_tiny@16px@w1.0"] == 50_688
+    with pytest.raises(ConfigError, match="needs at least 16 px"):
+        backbone_macs("lite0_b5", 8)
