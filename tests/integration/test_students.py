@@ -110,6 +110,7 @@ def test_a_pretrained_student_distills_prunes_quantizes_and_exports_fully_int8(t
     )
     assert student.manifest.backbone == "lite0_b3" and student.manifest.weights.startswith("imagenet: ImageNet")
     assert student.metrics["student_accuracy"] >= 0.8
+    assert 0 < student.metrics["macs"] and student.metrics["macs_teacher"] > 0
     pruned = capi.prune(
         student.path,
         data,
@@ -141,7 +142,7 @@ def test_a_pretrained_student_distills_prunes_quantizes_and_exports_fully_int8(t
     assert onnx.manifest.quantization["fp32_weight_count"] == 0
     # one MAC count whichever graph it is read from
     macs = keras_macs(load_keras_model(student.model_path))
-    assert macs > 0 and tflite_macs(tflite.model_path) == macs == onnx_macs(onnx.model_path)
+    assert macs == student.metrics["macs"] and tflite_macs(tflite.model_path) == macs == onnx_macs(onnx.model_path)
 
 
 def test_backbone_macs_are_counted_at_the_input_size_and_cached(tmp_path, monkeypatch):
