@@ -44,12 +44,20 @@ def _probe(threads: int) -> tuple[tuple[str, Any], ...]:
             ("why", "threadpoolctl is not installed (pip install threadpoolctl), so the BLAS thread count is unset"),
         )
     with threadpool_limits(limits=threads, user_api="blas"):
-        best = _best_seconds()
-    return (
-        ("gmacs", round(PROBE_SIZE**3 / best / 1e9, 2)),
-        ("threads", threads),
-        ("method", method),
-    )
+        measured = round(PROBE_SIZE**3 / _best_seconds() / 1e9, 2)
+    if threads > 1:
+        # More threads cannot lower what the machine can do: a multi-thread BLAS on cores other
+        # processes are using can run far slower than one thread (threads wait for each other).
+        single = dict(_probe(1))["gmacs"]
+        if single and single > measured:
+            return (
+                ("gmacs", single),
+                ("threads", threads),
+                ("method", method),
+                ("measured_gmacs", measured),
+                ("why", f"{threads} threads measured {measured} GMAC/s, below 1 thread (busy cores?): 1 thread's used"),
+            )
+    return (("gmacs", measured), ("threads", threads), ("method", method))
 
 
 def _best_seconds() -> float:

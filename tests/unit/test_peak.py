@@ -53,3 +53,16 @@ def test_no_macs_no_gmacs():
     rows = [{"p50_ms": 1.0, "batch": 1, "threads_used": 1, "device": "cpu"}]
     peak.achieved(None, rows)
     assert "gmacs" not in rows[0]
+
+
+def test_a_multithread_probe_never_reports_less_than_one_thread(monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    peak._probe.cache_clear()
+    seconds = iter([0.1, 0.001])  # 4 threads slow (cores busy with other work), then 1 thread fast
+    monkeypatch.setattr(peak, "_best_seconds", lambda: next(seconds))
+    try:
+        four = dict(peak._probe(4))
+    finally:
+        peak._probe.cache_clear()
+    assert four["gmacs"] == round(peak.PROBE_SIZE**3 / 0.001 / 1e9, 2) > four["measured_gmacs"]
+    assert four["threads"] == 4 and "below 1 thread" in four["why"]
