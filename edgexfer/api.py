@@ -54,6 +54,13 @@ def list_backbones():
     return listing()
 
 
+def backbone_macs(name: str, input_size: int | None = None, width: float | None = None) -> int:
+    """Multiply-accumulates per image of a registered backbone (headless) at ``input_size``."""
+    from edgexfer.evaluate.macs import backbone_macs as count
+
+    return count(name, input_size, width)
+
+
 # The other stages live next to their implementation; the API names them in one place.
 def distill(teacher, data, out, **options):
     """Knowledge distillation of a teacher artifact into a student (``DistillConfig`` options)."""

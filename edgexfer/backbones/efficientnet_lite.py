@@ -158,6 +158,28 @@ def _features(variant: Variant, input_size: int, keras, random_init: bool = True
     ``random_init=False`` initialises the weights to zeros, drawing nothing from any random
     stream: for a model whose weights are all overwritten (the ImageNet conversion).
     """
+    return mbconv_features(
+        keras, input_size, STEM_FILTERS, block_config(variant), HEAD_FILTERS, variant.name, random_init=random_init
+    )
+
+
+def mbconv_features(
+    keras,
+    input_size: int,
+    stem_filters: int,
+    blocks: list[Block],
+    head_filters: int,
+    name: str,
+    *,
+    random_init: bool = True,
+    head_prefix: str = "head",
+):
+    """An EfficientNet-Lite graph of the given stem, MBConv ``blocks`` and 1×1 head, pooled.
+
+    The layer names are Lite's (``stem_conv``, ``block3b_expand_conv``, ``head_bn``, …), so
+    a model with a subset of the blocks or of the channels takes its weights by name from a
+    full Lite model (``backbones.lite_students``).
+    """
     layers = keras.layers
 
     def init():
@@ -182,8 +204,8 @@ def _features(variant: Variant, input_size: int, keras, random_init: bool = True
         return layers.ReLU(max_value=6.0, name=f"{prefix}_relu")(x) if act else x
 
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
-    x = conv_bn(inputs, STEM_FILTERS, 3, 2, "stem")
-    for b in block_config(variant):
+    x = conv_bn(inputs, stem_filters, 3, 2, "stem")
+    for b in blocks:
         shortcut = x
         if b.expand != 1:
             x = conv_bn(x, b.expanded, 1, 1, f"{b.name}_expand")
@@ -200,9 +222,9 @@ def _features(variant: Variant, input_size: int, keras, random_init: bool = True
         x = conv_bn(x, b.filters_out, 1, 1, f"{b.name}_project", act=False)
         if b.residual:
             x = layers.Add(name=f"{b.name}_add")([shortcut, x])
-    x = conv_bn(x, HEAD_FILTERS, 1, 1, "head")
+    x = conv_bn(x, head_filters, 1, 1, head_prefix)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return keras.Model(inputs, x, name=variant.name)
+    return keras.Model(inputs, x, name=name)
 
 
 def _classifier(variant: Variant, input_size: int, keras, random_init: bool = True):

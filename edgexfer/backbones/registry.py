@@ -88,7 +88,7 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
 
 def _load_families() -> None:
     # Importing a family module registers its members.
-    from edgexfer.backbones import efficientnet_lite, keras_apps, small_cnn  # noqa: F401
+    from edgexfer.backbones import efficientnet_lite, keras_apps, lite_students, small_cnn  # noqa: F401
 
 
 def list_backbones() -> list[BackboneSpec]:
@@ -105,6 +105,14 @@ def get_backbone(name: str) -> BackboneSpec:
 
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" — did you mean {close[0]!r}?" if close else ""
+        # A member of a family named by a suffix (lite0_b9, cnn_huge): list that family's valid ones.
+        prefix = name.rsplit("_", 1)[0] + "_" if "_" in name else None
+        siblings = sorted(n for n in _REGISTRY if prefix and n.startswith(prefix))
+        if siblings:
+            raise BackboneError(
+                f"unknown backbone {name!r}{hint} Valid {prefix}* ones: {', '.join(siblings)} "
+                "(all: `edgexfer backbones`)"
+            ) from None
         raise BackboneError(
             f"unknown backbone {name!r}{hint} Known: {', '.join(sorted(_REGISTRY))} (see `edgexfer backbones`)"
         ) from None

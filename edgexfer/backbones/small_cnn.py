@@ -17,9 +17,12 @@ _STAGES = {
     "cnn_small": (16, 32, 64, 128),
     "cnn_medium": (32, 64, 128, 256),
 }
+# Two convolutions per stage (a stride-2 one, then a stride-1 one at the same width): the
+# "2-conv per stage" plain CNNs of the Fashion-MNIST benchmark, for the same stride.
+_TWO_CONV = {"cnn_small2": _STAGES["cnn_small"]}
 
 
-def _builder(name: str, stages: tuple[int, ...]):
+def _builder(name: str, stages: tuple[int, ...], convs_per_stage: int = 1):
     def build(input_size: int, weights: str, width: float | None):
         from edgexfer.tf_env import import_tf
 
@@ -33,6 +36,10 @@ def _builder(name: str, stages: tuple[int, ...]):
             x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"stage{index}_conv")(x)
             x = layers.BatchNormalization(name=f"stage{index}_bn")(x)
             x = layers.ReLU(name=f"stage{index}_relu")(x)
+            for extra in range(1, convs_per_stage):
+                x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"stage{index}_conv{extra + 1}")(x)
+                x = layers.BatchNormalization(name=f"stage{index}_bn{extra + 1}")(x)
+                x = layers.ReLU(name=f"stage{index}_relu{extra + 1}")(x)
         outputs = layers.GlobalAveragePooling2D(name="pool")(x)
         model = keras.Model(inputs, outputs, name=name)
         if weights == "imagenet":
@@ -49,7 +56,7 @@ def _builder(name: str, stages: tuple[int, ...]):
     return build
 
 
-for _name, _stages in _STAGES.items():
+for _name, _stages in {**_STAGES, **_TWO_CONV}.items():
     register_backbone(
         BackboneSpec(
             name=_name,
@@ -59,7 +66,7 @@ for _name, _stages in _STAGES.items():
             mean=(127.5, 127.5, 127.5),
             std=(127.5, 127.5, 127.5),
             weights_source="none: train or distill",
-            build=_builder(_name, _stages),
+            build=_builder(_name, _stages, 2 if _name in _TWO_CONV else 1),
             widths=(0.5, 1.0, 2.0),
             default_width=1.0,
         )

@@ -292,6 +292,7 @@ def register(app: typer.Typer) -> None:
         for row in benchmark_table_rows(bench.raw, short=True):
             table.add_row(*row)
         _print(table)
+        _print_compute(bench.raw["rows"])
         console.print(f"report: {bench.markdown_path}")
 
 
@@ -323,6 +324,23 @@ def _render_export(result) -> None:
     console.print(table)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+def _print_compute(latency_rows) -> None:
+    """The achieved GMAC/s of each latency row next to this machine's matmul peak."""
+    from edgexfer.evaluate.check_tables import COMPUTE_HEADER, compute_table_rows
+
+    rows = compute_table_rows(latency_rows, short=True)
+    if rows:
+        table = _table(
+            "compute (MACs × batch / p50, against a float32 matmul on the same threads)",
+            COMPUTE_HEADER,
+            left=("model", "runtime"),
+            first_width=_longest([r[0] for r in rows]),
+        )
+        for row in rows:
+            table.add_row(*row)
+        _print(table)
 
 
 def _table(title: str, header, left=("model",), first_width: int = 12) -> Table:
@@ -417,6 +435,7 @@ def _render_check(check) -> None:
         for row in latency_table_rows(list(check.latency_rows), short=True):
             table.add_row(*row)
         _print(table)
+        _print_compute(list(check.latency_rows))
     for candidate in check.candidates:
         for warning in candidate.warnings:
             console.print(f"[yellow]warning:[/yellow] {candidate.name}: {warning}", highlight=False)

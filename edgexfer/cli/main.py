@@ -312,18 +312,27 @@ def info(
 
 
 @app.command()
-def backbones() -> None:
-    """List the registered backbones: parameters, default input size, weights' source."""
+def backbones(
+    img_size: Optional[int] = typer.Option(
+        None, "--img-size", min=1, help="Count MACs at this input size (default: each backbone's own)."
+    ),
+) -> None:
+    """List the registered backbones: parameters, MACs per image, input size, weights' source."""
     from edgexfer import api
+    from edgexfer.evaluate.formatting import macs
 
-    table = Table(title="backbones")
-    for column in ("name", "params", "input", "widths", "weights"):
-        table.add_column(column, no_wrap=column == "name")
+    table = Table(title="backbones (headless: no classifier head)")
+    for column in ("name", "params", "MACs", "input", "min", "widths", "weights"):
+        table.add_column(column, no_wrap=column not in ("widths", "weights"))
     for spec in api.list_backbones():
+        size = img_size or spec.default_input_size
+        fits = size >= spec.min_input_size
         table.add_row(
             spec.name,
             f"{spec.count_parameters():,}",
-            f"{spec.default_input_size}px",
+            macs(api.backbone_macs(spec.name, size)) if fits else "too small",
+            f"{size}px",
+            f"{spec.min_input_size}px",
             ", ".join(str(w) for w in spec.widths) or "—",
             spec.weights_source,
         )

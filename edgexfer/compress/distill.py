@@ -421,6 +421,8 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             "history": plain_history,
         }
 
+    from edgexfer.evaluate.macs import keras_macs
+
     with distributed.writing_artifact_on_chief(out, cluster) as writer:
         model_path = writer.file(MODEL_FILE)
         save_keras_model(student, model_path)
@@ -444,6 +446,8 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             "params": student_stats["params"],
             "params_after": student_stats["params"],
             "params_ratio": round(teacher_stats["params"] / student_stats["params"], 2),
+            "macs_teacher": keras_macs(teacher),  # multiply-accumulates per image
+            "macs": keras_macs(student),
             "size_bytes_before": size_before["size_bytes"],
             "size_bytes_after": size_after["size_bytes"],
             "gzip_bytes_before": size_before["gzip_bytes"],

@@ -13,6 +13,7 @@ import numpy as np
 from edgexfer.artifact import MANIFEST, Artifact
 from edgexfer.errors import ConfigError
 from edgexfer.evaluate import latency as lat
+from edgexfer.evaluate import peak
 from edgexfer.evaluate.check_tables import render_benchmark_markdown
 from edgexfer.evaluate.costs import (
     KERAS_SUFFIXES,
@@ -114,6 +115,8 @@ def benchmark_models(
             )
         for row in measured:
             row.update(format=entry["format"], quant=entry["quant"], size_bytes=sizes[-1]["size_bytes"])
+        sizes[-1]["macs"] = _benchmark_macs(entry, keras_model if entry["kind"] == "keras" else None)
+        peak.achieved(sizes[-1]["macs"], measured)
         rows += measured
 
     result = {
@@ -135,6 +138,13 @@ def benchmark_models(
     result["report"] = write_reports(result, out_dir, BENCHMARK_JSON, BENCHMARK_MD, render_benchmark_markdown)
     log(f"wrote {result['report']['json']} and {result['report']['markdown']}")
     return result
+
+
+def _benchmark_macs(entry: dict[str, Any], keras_model=None) -> int | None:
+    """MACs per image of a benchmarked model: counted on its file, or on the Keras model."""
+    from edgexfer.evaluate.macs import keras_macs, model_file_macs
+
+    return keras_macs(keras_model) if keras_model is not None else model_file_macs(entry["model_path"])
 
 
 def _benchmark_entry(path: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import numpy as np
 from edgexfer.artifact import MANIFEST, Artifact, sha256_path
 from edgexfer.errors import ArtifactError, ConfigError, ParityError
 from edgexfer.evaluate import latency as lat
+from edgexfer.evaluate import peak
 from edgexfer.evaluate.check_tables import render_check_markdown
 from edgexfer.evaluate.config import CheckConfig
 from edgexfer.evaluate.costs import (
@@ -231,6 +232,7 @@ def check_artifacts(
         for row in rows if keras_reference else []:
             parent_row = next(p for p in parent_rows if p["artifact"] == row["parent"]["path"])
             _add_speedups(row["latency"], parent_row["latency"])
+    _add_macs(rows, parent_rows, keras_models)
 
     result = {
         "passed": all(row["passed"] for row in rows),
@@ -449,6 +451,21 @@ def _candidate_row(candidate: _Candidate, parity: dict[str, Any], failures: list
         "warnings": candidate.warnings + list((manifest.extra or {}).get("warnings", [])),
         "latency": [],
     }
+
+
+def _add_macs(rows: list[dict[str, Any]], parent_rows: list[dict[str, Any]], keras_models: dict[Path, Any]) -> None:
+    """``macs`` of every model (counted on its file, else on its Keras parent) and, on each
+    latency row, the GMAC/s it ran at next to this machine's matmul peak (``evaluate.peak``)."""
+    from edgexfer.evaluate.macs import keras_macs, model_file_macs
+
+    by_parent = {row["artifact"]: keras_macs(model) for row, model in zip(parent_rows, keras_models.values())}
+    for row in parent_rows:
+        row["macs"] = by_parent.get(row["artifact"])
+    for row in rows:
+        counted = model_file_macs(Path(row["artifact"]) / row["model_file"])
+        row["macs"] = counted or by_parent.get((row.get("parent") or {}).get("path"))
+    for row in [*parent_rows, *rows]:
+        peak.achieved(row["macs"], row["latency"])
 
 
 def _add_speedups(rows: list[dict[str, Any]], keras_rows: list[dict[str, Any]]) -> None:

@@ -47,6 +47,13 @@ BENCHMARK_HEADER = (
     "size",
 )
 
+COMPUTE_HEADER = ("model", "runtime", "threads", "batch", "MACs/image", "GMAC/s", "peak GMAC/s", "of peak")
+COMPUTE_NOTE = (
+    "GMAC/s: multiply-accumulates per image × batch / p50 latency. Peak: this machine's float32 "
+    "matrix multiply (numpy BLAS) on the same thread count, measured in this process; small models "
+    "at batch 1 reach a small fraction of it (layers too small to keep the vector units busy)."
+)
+
 
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
@@ -103,6 +110,36 @@ def latency_table_rows(rows: Sequence[dict[str, Any]], short: bool = False) -> l
             ]
         )
     return out
+
+
+def compute_table_rows(rows: Sequence[dict[str, Any]], short: bool = False) -> list[list[str]]:
+    """The latency rows that have MACs (``evaluate.peak.achieved``): model, runtime, threads,
+    batch, MACs per image, achieved GMAC/s, the matmul peak on those threads, the fraction."""
+    from edgexfer.evaluate.formatting import macs
+
+    out = []
+    for row, text in zip(rows, latency_table_rows(rows, short=short)):
+        if row.get("gmacs") is None:
+            continue
+        fraction = row.get("fraction_of_peak")
+        out.append(
+            [
+                text[0],
+                text[1],
+                text[3],
+                text[4],
+                macs(row.get("macs")),
+                f"{row['gmacs']:.3g}",
+                _fmt(row.get("peak_gmacs"), 1),
+                f"{fraction:.1%}" if fraction is not None else "—",
+            ]
+        )
+    return out
+
+
+def _compute_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    table = compute_table_rows(rows)
+    return ["## Compute", "", COMPUTE_NOTE, "", markdown_table(COMPUTE_HEADER, table), ""] if table else []
 
 
 def parity_table_rows(result: dict[str, Any], short: bool = False) -> list[list[str]]:
@@ -206,6 +243,7 @@ def render_check_markdown(result: dict[str, Any]) -> str:
             markdown_table(LATENCY_HEADER, latency_table_rows(latency_rows)),
             "",
         ]
+        lines += _compute_markdown(latency_rows)
     warnings = [f"{row['name']}: {w}" for row in result["candidates"] for w in row["warnings"]]
     if warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
@@ -261,6 +299,7 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
         "",
         markdown_table(BENCHMARK_HEADER, benchmark_table_rows(result)),
         "",
+        *_compute_markdown(result["rows"]),
         "## Size",
         "",
         markdown_table(

@@ -153,6 +153,14 @@ def test_latency_rows_cover_runtimes_batches_and_the_keras_baseline(tiny, tmp_pa
     assert result["latency_settings"]["threads"] == [1, 2]
     assert "CPUExecutionProvider" in result["environment"]["onnxruntime_providers"]
     assert "## Latency" in (tmp_path / "check.md").read_text()
+    # MACs (one count, whichever file) and the GMAC/s each CPU row ran at, next to the matmul peak
+    assert tflite["macs"] == onnx["macs"] == keras["macs"] > 0
+    for row in tflite["latency"] + keras["latency"]:
+        assert row["gmacs"] == pytest.approx(row["macs"] * row["batch"] / row["p50_ms"] / 1e6, rel=1e-2)
+        assert row["peak_gmacs"] > 0 and row["fraction_of_peak"] == pytest.approx(
+            row["gmacs"] / row["peak_gmacs"], rel=1e-2
+        )
+    assert "## Compute" in (tmp_path / "check.md").read_text()
 
 
 def test_parent_is_found_through_a_non_keras_artifact(tiny, tmp_path):

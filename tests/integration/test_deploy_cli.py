@@ -389,6 +389,11 @@ def test_benchmark_json_fields(capsys, tiny, exports, tmp_path):
     assert {r["threads"] for r in rows if r["runtime"] == "litert-xnnpack"} == {1, 0}
     assert {s["model"] for s in data["sizes"]} == {"tflite-none", "alone.onnx", "ft"}
     assert (tmp_path / "bench" / "benchmark.json").is_file()
+    # one model in three files: one MAC count, and the GMAC/s of every row beside the matmul peak
+    assert len({s["macs"] for s in data["sizes"]}) == 1 and data["sizes"][0]["macs"] > 0
+    assert all(row["gmacs"] > 0 for row in rows)
+    assert all(row["peak_gmacs"] > 0 for row in rows if row["device"] == "cpu")
+    assert "## Compute" in (tmp_path / "bench" / "benchmark.md").read_text()
     assert (
         "| tflite-none | tflite/none | litert-xnnpack (XNNPACK) | cpu |"
         in (tmp_path / "bench" / "benchmark.md").read_text()

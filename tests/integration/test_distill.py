@@ -31,6 +31,7 @@ def test_distilled_student_is_smaller_accurate_and_measured_against_a_baseline(d
     assert metrics["teacher_accuracy"] >= 0.8
     assert metrics["student_accuracy"] >= 0.8
     assert metrics["params_ratio"] >= 5 and metrics["params_teacher"] > 5 * metrics["params"]
+    assert metrics["macs_teacher"] > metrics["macs"] > 0  # per image, counted on the Keras models
     assert metrics["teacher_logits"] == "cached" and metrics["teacher_logits_source"] == "head_dense pre-activation"
     assert {"baseline_accuracy", "baseline_val_accuracy", "distillation_gain", "baseline_history"} <= set(metrics)
     assert metrics["distillation_gain"] == pytest.approx(metrics["student_accuracy"] - metrics["baseline_accuracy"])

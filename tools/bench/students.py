@@ -1,0 +1,139 @@
+"""The student table: each student distilled from one teacher, QAT-trained, exported int8, timed.
+
+    python tools/bench/students.py --teacher ARTIFACT --data DIR \\
+        --students cnn_small lite0_b3 lite0_b3:0.5 [--img-size 32] [--epochs 6] [--name NAME]
+
+Every student (``NAME`` or ``NAME:WIDTH``) goes through the same recipe with the same seed:
+``distill`` (Hinton, T=4, alpha 0.7; pretrained students start from ImageNet Lite0) →
+``quantize --mode qat`` → ``export tflite int8``. Then one ``benchmark`` call times every int8
+file in this process with LiteRT at batch 1 and 1 thread (rows of one run compare), and reports
+the achieved GMAC/s next to this machine's float32 matmul peak. Accuracy is the int8 TFLite
+model's on the artifact's held-out test split (measured by the QAT stage).
+Results: ``tools/bench/results/students[_NAME].json`` and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from _common import markdown_table, save
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", required=True, help="a fine-tuned Keras teacher artifact")
+    parser.add_argument("--data", required=True, help="the teacher's image folder")
+    parser.add_argument("--students", nargs="+", required=True, help="NAME or NAME:WIDTH, e.g. lite0_b3:0.5")
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--qat-epochs", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per latency row")
+    parser.add_argument("--work", default="/tmp/edgexfer-students", help="where the artifacts go")
+    parser.add_argument("--name", default="", help="results file suffix")
+    args = parser.parse_args()
+
+    from edgexfer import api
+    from edgexfer.evaluate.latency import LatencySettings
+    from edgexfer.evaluate.macs import tflite_macs
+
+    work = Path(args.work)
+    rows, exported = [], {}
+    for entry in args.students:
+        name, _, width = entry.partition(":")
+        label = f"{name}×{width}" if width else name
+        where = work / label.replace("×", "_w")
+        started = time.perf_counter()
+        log(f"{label}: distill ({args.epochs} epochs at {args.img_size} px)")
+        student = api.distill(
+            args.teacher,
+            args.data,
+            where / "distill",
+            student=name,
+            student_width=float(width) if width else None,
+            student_img_size=args.img_size,
+            epochs=args.epochs,
+            batch_size=64,
+            learning_rate=args.learning_rate,
+            temperature=4.0,
+            alpha=0.7,
+            seed=0,
+        )
+        distill_seconds = time.perf_counter() - started
+        log(f"{label}: QAT ({args.qat_epochs} epoch)")
+        qat = api.quantize(
+            student.path,
+            args.data,
+            where / "qat",
+            mode="qat",
+            epochs=args.qat_epochs,
+            batch_size=64,
+            learning_rate=1e-4,
+            compare_ptq=False,
+            seed=0,
+        )
+        tflite = api.export(qat.path, where / "tflite", "tflite", "int8")
+        train_seconds = time.perf_counter() - started
+        exported[label] = tflite
+        rows.append(
+            {
+                "student": label,
+                "weights": student.manifest.weights,
+                "params": student.metrics["params"],
+                "macs": tflite_macs(tflite.model_path),
+                "int8_bytes": tflite.metrics["size_bytes"],
+                "fp32_tensors": tflite.metrics.get("fp32_tensor_count"),
+                "float_accuracy": student.metrics["student_accuracy"],
+                "int8_accuracy": qat.metrics["qat_int8_tflite_accuracy"],
+                "teacher_accuracy": student.metrics["teacher_accuracy"],
+                "eval_split": student.metrics["eval_split"],
+                "eval_images": student.metrics["eval_images"],
+                "distill_seconds": round(distill_seconds, 1),
+                "distill_qat_export_seconds": round(train_seconds, 1),
+            }
+        )
+    log("timing every int8 file: LiteRT, batch 1, 1 thread")
+    bench = api.benchmark(
+        [a.path for a in exported.values()],
+        out=work / "benchmark",
+        latency=LatencySettings(warmup=20, runs=args.runs, batch_size=1, threads=(1,), max_seconds=20.0),
+    )
+    for row, timing in zip(rows, bench["rows"]):  # one row per file (batch 1, 1 thread), in order
+        row.update(
+            latency_p50_ms=timing["p50_ms"],
+            gmacs=timing.get("gmacs"),
+            peak_gmacs=timing.get("peak_gmacs"),
+            fraction_of_peak=timing.get("fraction_of_peak"),
+        )
+    header = ["student", "params", "MACs", "int8 size", "p50 ms (1 thr)", "GMAC/s", "of peak", "int8 acc", "float acc"]
+    table = markdown_table(
+        header,
+        [
+            [
+                r["student"],
+                f"{r['params']:,}",
+                f"{r['macs'] / 1e6:.2f} M",
+                f"{r['int8_bytes'] / 1e3:.0f} kB",
+                f"{r['latency_p50_ms']:.3f}",
+                r["gmacs"],
+                f"{r['fraction_of_peak']:.1%}" if r.get("fraction_of_peak") is not None else None,
+                f"{r['int8_accuracy']:.4f}",
+                f"{r['float_accuracy']:.4f}",
+            ]
+            for r in rows
+        ],
+    )
+    print(table)
+    settings = {k: getattr(args, k) for k in ("img_size", "epochs", "qat_epochs", "learning_rate", "runs")}
+    save(f"students{'_' + args.name if args.name else ''}", {"settings": settings, "rows": rows, "table": table})
+
+
+if __name__ == "__main__":
+    main()
