@@ -77,6 +77,10 @@ def _best_seconds() -> float:
     return best
 
 
+def _significant(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")
+
+
 def achieved(macs: int | None, latency_rows: list[dict[str, Any]]) -> None:
     """Add ``macs`` (per image), ``gmacs`` (MACs × batch / p50) and, where the probe ran on the row's thread count,
     ``peak_gmacs`` and ``fraction_of_peak`` to CPU latency rows, in place."""
@@ -87,10 +91,12 @@ def achieved(macs: int | None, latency_rows: list[dict[str, Any]]) -> None:
         if not p50 or p50 <= 0:
             continue
         row["macs"] = int(macs)
-        row["gmacs"] = round(macs * int(row.get("batch") or 1) / (p50 / 1e3) / 1e9, 3)
+        # Four significant digits: a tiny model on a busy core runs at a few MMAC/s, where a fixed
+        # number of decimals would round the figure (and its fraction of the peak) away.
+        row["gmacs"] = _significant(macs * int(row.get("batch") or 1) / (p50 / 1e3) / 1e9)
         threads = row.get("threads_used")
         if threads and str(row.get("device", "cpu")).startswith("cpu"):
             peak = peak_gmacs(int(threads))
             if peak["gmacs"]:
                 row["peak_gmacs"] = peak["gmacs"]
-                row["fraction_of_peak"] = round(row["gmacs"] / peak["gmacs"], 4)
+                row["fraction_of_peak"] = _significant(row["gmacs"] / peak["gmacs"])
