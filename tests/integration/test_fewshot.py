@@ -212,3 +212,39 @@ def test_fuse_of_two_architectures_names_the_first_layer_that_differs(setup, tmp
     with pytest.raises(ConfigError, match=r"the first layer that differs is \w+"):
         api.fuse(other.path, setup["source"].path, tmp_path / "x", alpha=0.5)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_the_digits_fewshot_recipe_runs_end_to_end_at_a_tiny_size(setup, tmp_path):
+    """models/digits-fewshot.yaml, every stage, on the generated folders with tiny models."""
+    from pathlib import Path
+
+    from edgexfer.pipeline import run_pipeline
+
+    recipe = Path(__file__).parents[2] / "models" / "digits-fewshot.yaml"
+    tiny = (
+        "{backbone: cnn_tiny, weights: none, img_size: 16, epochs: 6, fine_tune_epochs: 1, unfreeze_layers: 2, "
+        "batch_size: 16, learning_rate: 0.05}"
+    )
+    overrides = [
+        f"data.source={{path: {setup['source_data']}}}",
+        f"data.target={{path: {setup['target']}}}",
+        f"stages.finetune={{data: source, {tiny[1:]}",
+        "few_labels.per_class=3",
+        "few_labels.pseudo_threshold=0.34",
+        "few_labels.learning_rate=0.01",
+        "fuse.keep_source=0.5",
+        "distill.epochs=2",
+        "distill.student_img_size=16",
+        "prune.epochs=1",
+        "quantize.epochs=1",
+        "check_target.min_agreement=0.0",
+        "check_target.max_acc_drop=1.0",
+    ]
+    run_dir = tmp_path / "run"
+    run_pipeline(recipe, run_dir=run_dir, overrides=overrides, log=lambda *_: None)
+    few = json.loads((run_dir / "few_labels" / "metrics.json").read_text())
+    assert few["few_labels"]["labelled"] == 9 and few["init"]["head"] == "kept"
+    fused = json.loads((run_dir / "fuse" / "metrics.json").read_text())
+    assert fused["rule"]["keep_source"] == 0.5 and 0.0 <= fused["alpha"] <= 1.0
+    assert (run_dir / "export_tflite" / "model.tflite").is_file()

@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=["init", "imagenet", "init_unlabelled"])
     parser.add_argument("--held-out", type=float, default=0.4)
+    parser.add_argument("--fuse-seed", type=int, default=None, help="the seed fused at every N (default: the first)")
     parser.add_argument(
         "--fuse-all-seeds-at", type=int, nargs="*", default=[10], help="N where every seed is fused (else the first)"
     )
@@ -125,7 +126,8 @@ def main() -> None:
     best: tuple[float, str] | None = None
 
     def fused_here(n: int, seed: int) -> bool:
-        return seed == args.seeds[0] or n in args.fuse_all_seeds_at
+        first = args.fuse_seed if args.fuse_seed is not None else args.seeds[0]
+        return seed == first or n in args.fuse_all_seeds_at
 
     def write(final: bool = False) -> None:
         summary = {}
