@@ -2,6 +2,7 @@
 
     python tools/bench/fewshot.py SOURCE_ARTIFACT SOURCE_DATA TARGET_DATA [--work DIR] [--per-class 1 5 10 50]
                                   [--seeds 0 1 2] [--name fewshot_digits]
+    python tools/bench/fewshot.py merge NAME RESULT.json[:SEED,...] ...   # one file from per-seed runs
 
 For every N labelled uci-digits images per class and every seed:
 
@@ -76,7 +77,65 @@ def mean_std(values: list[float]) -> dict:
     }
 
 
+def summarize(runs: list[dict], fusions: list[dict]) -> dict:
+    """Mean ± std over seeds of every arm at every N, and of the chosen fusion."""
+    summary: dict = {}
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        for n in sorted({r["per_class"] for r in runs}):
+            values = [r["target_accuracy"] for r in runs if r["arm"] == arm and r["per_class"] == n]
+            if values:
+                summary.setdefault(arm, {})[str(n)] = {
+                    **mean_std(values),
+                    "seeds": sorted(r["seed"] for r in runs if r["arm"] == arm and r["per_class"] == n),
+                }
+    fusion_summary = {}
+    for n in sorted({f["per_class"] for f in fusions}):
+        chosen = [f for f in fusions if f["per_class"] == n]
+        fusion_summary[str(n)] = {
+            "seeds": [f["seed"] for f in chosen],
+            "alpha": [f["chosen_alpha"] for f in chosen],
+            "target_held_out": mean_std([f["chosen"]["target_held_out"] for f in chosen]),
+            "source_held_out": mean_std([f["chosen"]["source"] for f in chosen]),
+            "target_held_out_at_alpha_0": mean_std([f["at_alpha_0"]["target_held_out"] for f in chosen]),
+            "source_held_out_at_alpha_0": mean_std([f["at_alpha_0"]["source"] for f in chosen]),
+            "best_target_held_out_on_curve": mean_std([max(f["curves"]["target_held_out"]) for f in chosen]),
+        }
+    return {"summary": summary, "fusion_summary": fusion_summary}
+
+
+def merge(files: list[str], name: str) -> None:
+    """One result file from several runs of this script (e.g. one per seed, run side by side);
+    a file's ``--keep-seeds`` filter is given as FILE:SEED,SEED."""
+    runs, fusions, parts, int8 = [], [], [], None
+    for spec in files:
+        path, _, seeds = spec.partition(":")
+        data = json.loads(Path(path).read_text())
+        keep = {int(x) for x in seeds.split(",")} if seeds else None
+        runs += [r for r in data["runs"] if keep is None or r["seed"] in keep]
+        fusions += [f for f in data["fusions"] if keep is None or f["seed"] in keep]
+        int8 = int8 or data.get("int8")
+        parts.append({"file": path, "seeds": sorted(keep) if keep else "all", "command": data["command"]})
+        base = data
+    keys = ("pair", "source_artifact", "source_model", "held_out", "source_only", "schedule", "self_training")
+    save(
+        name,
+        {
+            "merged_from": parts,
+            **{key: base[key] for key in keys},
+            **summarize(runs, fusions),
+            "runs": sorted(runs, key=lambda r: (r["seed"], r["per_class"], r["arm"])),
+            "fusions": sorted(fusions, key=lambda f: (f["seed"], f["per_class"])),
+            "int8": int8,
+        },
+    )
+
+
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["merge"]:
+        merge(sys.argv[3:], sys.argv[2])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source_artifact")
     parser.add_argument("source_data", help="the source model's labelled folder (mnist-5k)")
@@ -130,24 +189,6 @@ def main() -> None:
         return seed == first or n in args.fuse_all_seeds_at
 
     def write(final: bool = False) -> None:
-        summary = {}
-        for arm in args.arms:
-            for n in args.per_class:
-                values = [r["target_accuracy"] for r in runs if r["arm"] == arm and r["per_class"] == n]
-                if values:
-                    summary.setdefault(arm, {})[str(n)] = mean_std(values)
-        fusion_summary = {}
-        for n in args.per_class:
-            chosen = [f for f in fusions if f["per_class"] == n]
-            if chosen:
-                fusion_summary[str(n)] = {
-                    "alpha": [f["chosen_alpha"] for f in chosen],
-                    "target_held_out": mean_std([f["chosen"]["target_held_out"] for f in chosen]),
-                    "source_held_out": mean_std([f["chosen"]["source"] for f in chosen]),
-                    "target_held_out_at_alpha_0": mean_std([f["at_alpha_0"]["target_held_out"] for f in chosen]),
-                    "source_held_out_at_alpha_0": mean_std([f["at_alpha_0"]["source"] for f in chosen]),
-                    "best_target_held_out_on_curve": mean_std([max(f["curves"]["target_held_out"]) for f in chosen]),
-                }
         save(
             args.name,
             {
@@ -162,8 +203,7 @@ def main() -> None:
                 "source_only": {"target_held_out": baseline, "source_held_out": source_on_mnist},
                 "schedule": {str(n): schedule(n) for n in args.per_class},
                 "self_training": PSEUDO,
-                "summary": summary,
-                "fusion_summary": fusion_summary,
+                **summarize(runs, fusions),
                 "runs": runs,
                 "fusions": fusions,
                 "int8": int8,
