@@ -535,10 +535,13 @@ def _render_training_summary(artifact) -> None:
     table = Table(title=f"{artifact.manifest.stage}: {artifact.manifest.backbone} → {artifact.path}")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    # With --per-class the "val" split is the labelled training images: say so.
+    names = {"val_accuracy": "accuracy on the labelled images"} if metrics.get("few_labels") else {}
     for key in ("val_accuracy", "test_accuracy", "params", "model_bytes", "train_images_per_second", "peak_rss_mb"):
         value = metrics.get(key)
         if value is not None:
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) and value <= 1 else f"{value:,}")
+            shown = f"{value:.4f}" if isinstance(value, float) and value <= 1 else f"{value:,}"
+            table.add_row(names.get(key, key), shown)
     for key, value in metrics.get("timings_seconds", {}).items():
         table.add_row(key, f"{value:.1f}")
     if metrics.get("data_cache"):
