@@ -122,6 +122,26 @@ class FinetuneConfig(FrozenConfig):
     deterministic: bool = True
     strategy: Strategy = "default"
     strict: bool = False
+    # Few labels of one's own domain (edgexfer.train.fewshot).
+    init: str | None = Field(
+        None, description="start from this classifier artifact (finetune/adapt/fuse/distill output), not ImageNet"
+    )
+    class_map: dict[str, str] = Field(
+        default_factory=dict, description="with init: rename the folder's classes to the init model's"
+    )
+    per_class: int | None = Field(
+        None, ge=1, description="train on a seeded N labelled images per class of the train/val splits"
+    )
+    unlabelled: str | None = Field(None, description="folder of other target images for self-training")
+    pseudo_threshold: float = Field(0.9, gt=0.0, lt=1.0, description="unlabelled: minimum confidence of a pseudo-label")
+    pseudo_rounds: int = Field(2, ge=1, description="unlabelled: rounds of pseudo-labelling")
+    pseudo_epochs: int = Field(2, ge=1, description="unlabelled: epochs per round")
+
+    @model_validator(mode="after")
+    def _init_options(self):
+        if self.per_class and self.max_train_images:
+            raise ValueError("per_class and max_train_images both choose the training images; pass one")
+        return self
 
     @model_validator(mode="after")
     def _phase_two_needs_layers(self):

@@ -167,6 +167,24 @@ def register(app: typer.Typer) -> None:
             "--val-data",
             help="[NAME=]DIR: labelled folder (source or target domain, your choice) that auto selects α on.",
         ),
+        source_data: Optional[str] = typer.Option(
+            None,
+            "--source-data",
+            help="[NAME=]DIR: labelled SOURCE-domain folder, scored on its held-out test split (as the source "
+            "model's run carved it): its α curve, and what --keep-source protects.",
+        ),
+        val_images: Optional[str] = typer.Option(
+            None,
+            "--val-images",
+            help="all | labelled: with labelled, select α on only the --val-data images the fine-tuned model's "
+            "--per-class run labelled (default: all)",
+        ),
+        keep_source: Optional[float] = typer.Option(
+            None,
+            "--keep-source",
+            help="With --alpha auto: the α with the best --val-data accuracy among those losing at most this much "
+            "--source-data accuracy against the source model (0.01 = one point).",
+        ),
         curve_data: Optional[list[str]] = typer.Option(
             None,
             "--curve-data",
@@ -211,6 +229,12 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"--alpha {alpha!r} is not a number in [0, 1] or 'auto'") from None
         if val_data:
             values["val_data"] = val_data
+        if source_data:
+            values["source_data"] = source_data
+        if val_images:
+            values["val_images"] = val_images
+        if keep_source is not None:
+            values["keep_source"] = keep_source
         if curve_data:
             values["curve_data"] = parse_domains(curve_data)
         if alphas:
@@ -241,6 +265,8 @@ def register(app: typer.Typer) -> None:
                 mark = " ← chosen" if a == m["alpha"] else ""
                 table.add_row(f"{a:g}{mark}", *(f"{values_[i]:.4f}" for values_ in curve["curves"].values()))
             console.print(table)
+            if curve.get("rule"):
+                console.print(f"chosen by: {curve['rule']['rule']}")
             console.print("α = weight of the source: θ = α·θ_source + (1−α)·θ_finetuned (0: fine-tuned, 1: source)")
             console.print(f"curve: {artifact.path / 'alpha_curve.json'}, {artifact.path / 'alpha_curve.png'}")
         kept = m["kept_from_finetuned"]

@@ -132,9 +132,33 @@ def finetune(
         None, help="default | mirrored | multi-worker (tf.distribute) (default: default)"
     ),
     strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error instead of a warning."),
+    init: Optional[Path] = typer.Option(
+        None,
+        "--init",
+        help="Start from this classifier artifact (finetune/adapt/fuse/distill output) instead of ImageNet: "
+        "same classes keep its head, other classes get a new one.",
+    ),
+    class_map: Optional[str] = typer.Option(
+        None, "--class-map", help="With --init: rename the folder's classes to the model's, 'seven=7,...' or a file."
+    ),
+    per_class: Optional[int] = typer.Option(
+        None,
+        "--per-class",
+        help="Train on a seeded N labelled images per class of the train/val splits; the test split is held out "
+        "for the test accuracy. N above a class's count is an error.",
+    ),
+    unlabelled: Optional[Path] = typer.Option(
+        None,
+        "--unlabelled",
+        help="Other target images (labels, if any, unread) for self-training on confident pseudo-labels.",
+    ),
+    pseudo_threshold: Optional[float] = typer.Option(None, help=_default("pseudo_threshold")),
+    pseudo_rounds: Optional[int] = typer.Option(None, help=_default("pseudo_rounds")),
+    pseudo_epochs: Optional[int] = typer.Option(None, help=_default("pseudo_epochs")),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/TOML file of these options; flags override it."),
 ) -> None:
-    """Fine-tune a pretrained backbone on an image folder (head on cached features, then the top layers)."""
+    """Fine-tune a pretrained backbone (or your own model, --init) on an image folder (head on cached
+    features, then the top layers)."""
     from edgexfer import api
     from edgexfer.config import load_config_file
 
@@ -161,9 +185,19 @@ def finetune(
         seed=seed,
         strategy=strategy,
         strict=strict or None,
+        init=str(init) if init else None,
+        per_class=per_class,
+        unlabelled=str(unlabelled) if unlabelled else None,
+        pseudo_threshold=pseudo_threshold,
+        pseudo_rounds=pseudo_rounds,
+        pseudo_epochs=pseudo_epochs,
     )
     values: dict[str, Any] = load_config_file(config) if config else {}
     values.update({k: v for k, v in flags.items() if v is not None})
+    if class_map is not None or "class_map" in values:
+        from edgexfer.data.class_map import parse_class_map
+
+        values["class_map"] = parse_class_map(class_map if class_map is not None else values["class_map"])
     nested = {
         "head": {"dropout": dropout},
         "augment": {"flip": flip, "crop_zoom": crop_zoom, "brightness": brightness, "contrast": contrast},
@@ -503,10 +537,13 @@ def _render_training_summary(artifact) -> None:
     table = Table(title=f"{artifact.manifest.stage}: {artifact.manifest.backbone} → {artifact.path}")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    # With --per-class the "val" split is the labelled training images: say so.
+    names = {"val_accuracy": "accuracy on the labelled images"} if metrics.get("few_labels") else {}
     for key in ("val_accuracy", "test_accuracy", "params", "model_bytes", "train_images_per_second", "peak_rss_mb"):
         value = metrics.get(key)
         if value is not None:
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) and value <= 1 else f"{value:,}")
+            shown = f"{value:.4f}" if isinstance(value, float) and value <= 1 else f"{value:,}"
+            table.add_row(names.get(key, key), shown)
     for key, value in metrics.get("timings_seconds", {}).items():
         table.add_row(key, f"{value:.1f}")
     if metrics.get("data_cache"):

@@ -66,6 +66,8 @@ def _finetune(refs, options, out, ctx):
     from edgexfer.config import FinetuneConfig
     from edgexfer.train.finetune import finetune
 
+    # init (an earlier stage) and unlabelled (a dataset) are references: the config takes their paths.
+    options = {**options, **{key: str(refs[key]) for key in ("init", "unlabelled") if refs.get(key)}}
     return finetune(refs["data"], out, FinetuneConfig.build(**options), progress=ctx.progress, log=ctx.log)
 
 
@@ -79,7 +81,7 @@ def _fuse(refs, options, out, ctx):
     from edgexfer.train.fuse import fuse
 
     source = refs.get("source_model") or options.pop("source_model_spec")
-    extra = {key: refs[key] for key in ("val_data", "curve_data") if refs.get(key)}
+    extra = {key: refs[key] for key in ("val_data", "source_data", "curve_data") if refs.get(key)}
     return fuse(source, refs["finetuned"], out, progress=ctx.progress, log=ctx.log, **extra, **options)
 
 
@@ -153,7 +155,7 @@ def _check_evaluate_split(config, refs: dict) -> None:
 LABELLED_DATA_KEYS = {
     "finetune": ("data",),
     "adapt": ("source",),
-    "fuse": ("val_data",),
+    "fuse": ("val_data", "source_data"),
     "distill": ("data",),
     "prune": ("data",),
     "quantize": ("data",),
@@ -167,7 +169,8 @@ STAGE_TYPES: dict[str, StageType] = {
             "finetune",
             _finetune,
             "edgexfer.config.FinetuneConfig",
-            data_keys=("data",),
+            stage_keys=("init",),
+            data_keys=("data", "unlabelled"),
             required=("data",),
             summary="fine-tune a pretrained backbone on an image folder",
         ),
@@ -185,7 +188,7 @@ STAGE_TYPES: dict[str, StageType] = {
             _fuse,
             "edgexfer.train.fuse.FuseConfig",
             stage_keys=("source_model", "finetuned"),
-            data_keys=("val_data",),
+            data_keys=("val_data", "source_data"),
             data_map_keys=("curve_data",),
             required=("finetuned",),
             internal=("source_model_spec",),

@@ -38,7 +38,7 @@ from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, build_classifier, build_head_layers, count_params, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.seeding import derive_seed
-from edgexfer.train import common, distributed
+from edgexfer.train import common, distributed, fewshot
 from edgexfer.train.resume import StageCheckpoint
 
 # ``image_cache=auto`` keeps the decoded train+val images (uint8, H×W×3 each) plus phase 1's
@@ -133,10 +133,20 @@ def finetune(
     from edgexfer.data.pipeline import data_errors
     from edgexfer.tf_env import import_tf
 
-    spec = get_backbone(config.backbone)
-    input_size = config.img_size or spec.default_input_size
-    spec.check_options(input_size, config.width)
-    preprocessing = spec.preprocessing(input_size)
+    init_artifact = fewshot.check_init_artifact(config.init) if config.init else None
+    if init_artifact is not None:  # the init model's preprocessing travels on
+        preprocessing = init_artifact.manifest.preprocessing
+        input_size = int(preprocessing.input_size)
+        if config.img_size is not None and config.img_size != input_size:
+            raise ConfigError(
+                f"--init {config.init!r} takes {input_size}×{input_size} px images but --img-size is "
+                f"{config.img_size}; pass --img-size {input_size} (or leave it out: the init model's size is used)"
+            )
+    else:
+        spec = get_backbone(config.backbone)
+        input_size = config.img_size or spec.default_input_size
+        spec.check_options(input_size, config.width)
+        preprocessing = spec.preprocessing(input_size)
 
     dataset = scan_image_folder(
         data_dir,
@@ -145,11 +155,44 @@ def finetune(
         seed=config.seed,
         strict=config.strict,
     )
-    train_samples = _limit(dataset.split("train"), config.max_train_images, config.seed)
-    val_samples, test_samples = dataset.split("val"), dataset.split("test")
+    target_classes = None
+    if config.class_map and init_artifact is None:
+        raise ConfigError("--class-map renames the folder's classes to the --init model's: it needs --init ARTIFACT")
+    if init_artifact is not None:
+        target_classes = fewshot.match_init_classes(
+            dataset.class_names, init_artifact.manifest.label_names, dict(config.class_map)
+        )
+        if target_classes.keep_head:
+            fewshot.relabel(dataset, target_classes.class_names, dict(config.class_map))
+        else:
+            log(target_classes.message)
+    few_labels = None
+    if config.per_class:
+        few_labels = fewshot.per_class_split(dataset, config.per_class, config.seed, repr(str(data_dir)))
+        # No labelled image is left over to validate on: the labelled images stand in for the
+        # validation split (so early stopping, which would watch training images, is off) and
+        # the held-out images, never trained on, give the reported test accuracy.
+        train_samples, val_samples, test_samples = few_labels.train, few_labels.train, few_labels.held_out
+        config = config.model_copy(update={"early_stopping_patience": 0})
+        log(
+            f"few labels: {len(train_samples)} images ({config.per_class} per class, seed {config.seed}) of "
+            f"{few_labels.pool}; {len(test_samples)} held out ({few_labels.held_out_from}) for the test accuracy"
+        )
+    else:
+        train_samples = _limit(dataset.split("train"), config.max_train_images, config.seed)
+        val_samples, test_samples = dataset.split("val"), dataset.split("test")
     class_names = dataset.class_names
     if not val_samples:
         raise ConfigError(f"{data_dir}: the validation split is empty; add images or raise --val-fraction")
+    unlabelled: list = []
+    if config.unlabelled:
+        unlabelled, excluded = fewshot.unlabelled_paths(
+            config.unlabelled, [*train_samples, *val_samples, *test_samples], config.strict
+        )
+        log(
+            f"unlabelled: {len(unlabelled)} images of {config.unlabelled} for self-training "
+            f"({excluded} left out: labelled or held-out images)"
+        )
 
     tf, keras = import_tf()
     common.seed_everything(config.seed, config.deterministic)
@@ -181,15 +224,23 @@ def finetune(
 
     with data_errors(), distributed.writing_artifact_on_chief(out, cluster) as writer, contextlib.closing(run_files):
         with strategy.scope():
-            backbone = create_backbone(config.backbone, input_size, config.weights, config.width)
+            if init_artifact is not None:
+                init = fewshot.load_init_model(init_artifact, config.img_size)
+                backbone = init.backbone
+            else:
+                backbone = create_backbone(config.backbone, input_size, config.weights, config.width)
             backbone.trainable = False
-            head_layers = build_head_layers(
-                len(class_names),
-                config.head.dropout,
-                config.head.hidden_units,
-                seed=derive_seed(config.seed, "finetune", "head"),
-            )
-            model = build_classifier(backbone, head_layers, name=f"{config.backbone}_classifier")
+            if target_classes is not None and target_classes.keep_head:
+                head_layers, model = init.head_layers, init.model
+            else:
+                head_layers = build_head_layers(
+                    len(class_names),
+                    config.head.dropout,
+                    config.head.hidden_units,
+                    seed=derive_seed(config.seed, "finetune", "head"),
+                )
+                backbone_name = init_artifact.manifest.backbone if init_artifact is not None else config.backbone
+                model = build_classifier(backbone, head_layers, name=f"{backbone_name}_classifier")
         plan = plan_data_cache(
             config.image_cache,
             images=len(train_samples) + len(val_samples),
@@ -204,7 +255,7 @@ def finetune(
         class_weight = _class_weights(train_samples, len(class_names)) if config.class_weights == "balanced" else None
         history: dict[str, Any] = {}
         log(
-            f"phase 1: head on frozen {config.backbone} ({len(train_samples)} train / {len(val_samples)} val "
+            f"phase 1: head on frozen {backbone.name} ({len(train_samples)} train / {len(val_samples)} val "
             f"images at {input_size}px, feature cache {'on' if config.feature_cache else 'off'}; "
             f"{_describe_plan(plan)})"
         )
@@ -257,7 +308,7 @@ def finetune(
             else:
                 history["phase2"] = _fit_images(
                     model,
-                    train_samples,
+                    fewshot.fill_epoch(train_samples, config.batch_size) if few_labels else train_samples,
                     val_samples,
                     preprocessing,
                     config,
@@ -274,6 +325,32 @@ def finetune(
                 )
                 checkpoint.complete("phase2", model, history["phase2"])
             peak_rss["phase2"] = round(common.peak_rss_mb(), 1)
+        if unlabelled:
+            rate = config.fine_tune_learning_rate if config.fine_tune_epochs > 0 else config.learning_rate
+            history["self_training"] = fewshot.self_train(
+                model,
+                train_samples,
+                unlabelled,
+                preprocessing,
+                config,
+                lambda samples, epochs: _fit_images(
+                    fewshot.ready_to_fit_again(model),
+                    samples,
+                    val_samples,
+                    preprocessing,
+                    config,
+                    strategy,
+                    epochs,
+                    rate,
+                    class_weight,
+                    timings,
+                    "self_training",
+                    progress,
+                    augment=True,
+                    cache=image_cache,
+                ),
+                log,
+            )
         timings["total_train_seconds"] = round(time.perf_counter() - started, 3)
         run_files.close()  # the caches are not needed for evaluation: free the disk early
 
@@ -310,12 +387,30 @@ def finetune(
             ),
             "resumed": checkpoint.resumed,
         }
+        if init_artifact is not None:
+            metrics["init"] = {**init_artifact.parent_ref(), "head": "kept" if target_classes.keep_head else "new"}
+        if few_labels is not None:
+            metrics["few_labels"] = {
+                "per_class": config.per_class,
+                "labelled": len(train_samples),
+                "pool": few_labels.pool,
+                "held_out": len(test_samples),
+                "held_out_from": few_labels.held_out_from,
+                "val_is_train": True,  # "val" metrics are on the labelled training images
+                # which images were labelled (relative to the folder): fuse can select on them
+                "labelled_files": sorted(Path(s.path).relative_to(dataset.root).as_posix() for s in train_samples),
+            }
         manifest = Manifest(
             stage="finetune",
             label_names=class_names,
             preprocessing=preprocessing,
-            backbone=config.backbone,
-            weights=_weights_provenance(spec, config.weights),
+            backbone=init_artifact.manifest.backbone if init_artifact is not None else config.backbone,
+            weights=(
+                fewshot.init_provenance(init_artifact)
+                if init_artifact is not None
+                else _weights_provenance(spec, config.weights)
+            ),
+            parent=init_artifact.parent_ref() if init_artifact is not None else None,
             config=user_config.model_dump(),
             model_file=MODEL_FILE,
             dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},

@@ -49,6 +49,23 @@ class FuseConfig(FrozenConfig):
     )
     alphas: tuple[float, ...] = Field(DEFAULT_ALPHAS, description="the grid auto sweeps")
     val_data: str | None = Field(None, description="labelled image folder that auto selects alpha on")
+    val_images: Literal["all", "labelled"] = Field(
+        "all",
+        description="labelled: select on only the val_data images the fine-tuned model's --per-class run labelled "
+        "(a few-label user's only target labels)",
+    )
+    source_data: str | None = Field(
+        None,
+        description="[NAME=]DIR: labelled SOURCE-domain folder, scored on its held-out test split (carved as the "
+        "source model's run carved it): its curve, and what keep_source protects",
+    )
+    keep_source: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="auto: the alpha with the best val_data accuracy among those losing at most this much "
+        "source_data accuracy against the source model (0.01 = one point)",
+    )
     curve_data: dict[str, str] = Field(default_factory=dict, description="more labelled folders to draw curves for")
     class_map: dict[str, str] = Field(default_factory=dict)
     bn_reset: str | None = Field(
@@ -74,6 +91,15 @@ class FuseConfig(FrozenConfig):
         if not value or any(not 0.0 <= a <= 1.0 for a in value):
             raise ValueError("alphas must be a non-empty list of values in [0, 1]")
         return tuple(sorted(set(float(a) for a in value)))
+
+    @model_validator(mode="after")
+    def _keep_source_needs_source_data(self):
+        if self.keep_source is not None and (self.alpha != "auto" or not self.source_data):
+            raise ValueError(
+                "keep_source chooses alpha (--alpha auto) by the source model's accuracy on labelled source "
+                "images: pass alpha auto and source_data (--source-data DIR)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _auto_needs_data(self):
@@ -127,8 +153,9 @@ def match_layers(source_model, finetuned_model) -> tuple[list[str], list[str]]:
             differing.append(f"{layer.name} ({found})")
     if differing:
         raise ConfigError(
-            f"fuse needs two models of the same architecture; {len(differing)} backbone layer(s) of the fine-tuned "
-            f"model differ in the source: {'; '.join(differing[:4])}{' …' if len(differing) > 4 else ''}. "
+            f"fuse needs two models of the same architecture; the first layer that differs is {differing[0]} "
+            f"({len(differing)} backbone layer(s) of the fine-tuned model differ in the source"
+            f"{': ' + '; '.join(differing[1:4]) if len(differing) > 1 else ''}{' …' if len(differing) > 4 else ''}). "
             "Fuse a model with the source it was fine-tuned from (same backbone, e.g. imagenet:<backbone>)"
         )
     if not shared:
@@ -201,18 +228,30 @@ def run_fuse(
     source_model, source_info = load_source_model(source, target_artifact)
     model = load_keras_model(target_artifact.model_path)
     shared, kept = match_layers(source_model, model)
+    if source_info["kind"] == "artifact":
+        unrelated = lineage_warning(Artifact(source), target_artifact)
+        if unrelated:  # a warning (the CLI shows it on stderr), not an error
+            import logging
+
+            logging.getLogger(__name__).warning(unrelated)
     if kept:
         log(
             f"the source has a different head: {len(shared)} shared layers interpolated, the fine-tuned "
             f"{', '.join(kept)} kept"
         )
     interpolator = Interpolator(source_model, model, shared)
+    datasets = _load_datasets(
+        config,
+        manifest,
+        finetuned=target_artifact,
+        source_artifact=Artifact(source) if source_info["kind"] == "artifact" else None,
+    )
+    reference = _source_reference(source_model, source_info, manifest, config, datasets)
     del source_model
     reset = _BatchNormReset(model, config, manifest) if config.bn_reset else None
     if reset is not None:
         log(f"BatchNorm statistics re-estimated on {len(reset.images)} images of {config.bn_reset} at every alpha")
 
-    datasets = _load_datasets(config, manifest)
     curves: dict[str, list[float]] = {}
     selection = next(iter(datasets), None) if config.val_data else None
     if config.alpha == "auto":
@@ -231,11 +270,18 @@ def run_fuse(
                 curves.setdefault(name, []).append(float((probs.argmax(1) == labels).mean()))
             if datasets:
                 log(f"  alpha {alpha:.2f}: " + ", ".join(f"{n} {c[-1]:.4f}" for n, c in curves.items()))
-    if config.alpha == "auto":
+    rule = None
+    if config.alpha == "auto" and config.keep_source is not None:
+        alpha, rule = choose_keeping_source(
+            alphas, curves[selection], curves[_source_name(config)], reference, config.keep_source
+        )
+        log(f"  {rule['rule']}: alpha {alpha:g}")
+    elif config.alpha == "auto":
         scores = curves[selection]
         best = max(scores)
         # Ties go to the smallest alpha: the model closest to the fine-tuned one.
         alpha = alphas[min(i for i, s in enumerate(scores) if s >= best - 1e-12)]
+        rule = {"rule": f"best {selection} accuracy"}
     else:
         alpha = float(config.alpha)
     interpolator.set(alpha)
@@ -266,11 +312,14 @@ def run_fuse(
                 "curves": curves,
                 "selected_on": selection,
                 "chosen_alpha": alpha,
+                "rule": rule,
                 "data": {name: str(path) for name, path in _named_data(config).items()},
             }
             writer.write_json(CURVE_JSON, curve)
             _plot_curve(curve, writer.file(CURVE_PNG))
             metrics["curve_json"], metrics["curve_png"] = CURVE_JSON, CURVE_PNG
+            metrics["curve"] = {"alphas": alphas, **curves}
+            metrics["rule"] = rule
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         child = Manifest(
             stage="fuse",
@@ -338,6 +387,11 @@ def _named_data(config: FuseConfig) -> dict[str, str]:
     if config.val_data:
         name, path = parse_domain(config.val_data)
         named[name] = path
+    if config.source_data:
+        name, path = parse_domain(config.source_data)
+        if name in named:
+            raise ConfigError(f"data name {name!r} is used twice; give each folder its own NAME (NAME=DIR)")
+        named[name] = path
     for name, path in config.curve_data.items():
         if name in named:
             raise ConfigError(f"data name {name!r} is used twice; give each folder its own NAME (NAME=DIR)")
@@ -345,8 +399,87 @@ def _named_data(config: FuseConfig) -> dict[str, str]:
     return named
 
 
-def _load_datasets(config: FuseConfig, manifest) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``name → (preprocessed float32 images, labels)`` of the validation and curve folders."""
+def _source_name(config: FuseConfig) -> str:
+    from edgexfer.evaluate.domains import parse_domain
+
+    return parse_domain(config.source_data)[0]
+
+
+def _source_reference(source_model, source_info: dict, manifest, config: FuseConfig, datasets) -> float | None:
+    """With ``keep_source``: the source model's own accuracy on ``source_data`` (what the
+    fused model may lose at most ``keep_source`` of)."""
+    if config.keep_source is None:
+        return None
+    if source_info["kind"] != "artifact" or list(Artifact(source_info["path"]).manifest.label_names) != list(
+        manifest.label_names
+    ):
+        raise ConfigError(
+            "--keep-source compares with the source model's own source accuracy: the source must be a classifier "
+            "artifact with the fine-tuned model's classes (not imagenet:<backbone> or another label set)"
+        )
+    images, labels = datasets[_source_name(config)]
+    probs = source_model.predict(images, batch_size=config.batch_size, verbose=0)
+    return float((probs.argmax(1) == labels).mean())
+
+
+def choose_keeping_source(
+    alphas: list[float], target: list[float], source: list[float], reference: float, keep_source: float
+) -> tuple[float, dict]:
+    """The alpha with the best ``target`` accuracy among those whose ``source`` accuracy is at
+    least ``reference - keep_source`` (ties: the smallest alpha); ``ConfigError`` when none is."""
+    floor = reference - keep_source
+    allowed = [i for i, acc in enumerate(source) if acc >= floor - 1e-12]
+    rule = (
+        f"best target accuracy losing at most {keep_source:g} source accuracy "
+        f"(source model {reference:.4f}, floor {floor:.4f})"
+    )
+    if not allowed:
+        raise ConfigError(
+            f"--keep-source {keep_source:g}: no alpha keeps source accuracy ≥ {floor:.4f} (the source model's "
+            f"{reference:.4f} minus {keep_source:g}; best on the grid {max(source):.4f}); allow a larger loss "
+            "or add alphas nearer 1"
+        )
+    best = max(target[i] for i in allowed)
+    index = min(i for i in allowed if target[i] >= best - 1e-12)
+    return alphas[index], {
+        "rule": rule,
+        "keep_source": keep_source,
+        "source_model_accuracy": reference,
+        "source_floor": floor,
+        "allowed_alphas": [alphas[i] for i in allowed],
+    }
+
+
+def lineage_warning(source: Artifact, finetuned: Artifact) -> str | None:
+    """A sentence when neither model descends from the other (by the model sha256s in their
+    manifests' parent chains), else None: interpolating unrelated models rarely helps."""
+
+    def chain(artifact: Artifact) -> set[str]:
+        digests = {artifact.parent_ref()["sha256"]}
+        for member in artifact.lineage():
+            if member.manifest.parent and member.manifest.parent.get("sha256"):
+                digests.add(member.manifest.parent["sha256"])
+        return digests
+
+    source_sha = source.parent_ref()["sha256"]
+    finetuned_sha = finetuned.parent_ref()["sha256"]
+    if source_sha in chain(finetuned) or finetuned_sha in chain(source):
+        return None
+    return (
+        f"{str(finetuned.path)!r} does not descend from {str(source.path)!r} (no shared lineage in their "
+        "manifests): interpolating unrelated weights rarely helps; fuse a model with the one it was fine-tuned "
+        "from (finetune --init)"
+    )
+
+
+def _load_datasets(
+    config: FuseConfig, manifest, *, finetuned: Artifact | None = None, source_artifact: Artifact | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``name → (preprocessed float32 images, labels)`` of the validation and curve folders.
+
+    ``source_data`` is scored on its held-out test split, carved as the source model's run
+    carved its training data (``evaluate.splits.scan_domain``); with ``val_images="labelled"``
+    the validation folder is cut down to the images ``finetuned``'s ``--per-class`` run labelled."""
     from edgexfer.data import load_arrays
     from edgexfer.data.class_map import check_map_used, scan_labelled
 
@@ -355,7 +488,19 @@ def _load_datasets(config: FuseConfig, manifest) -> dict[str, tuple[np.ndarray, 
     folder_classes: set[str] = set()
     mean = np.asarray(manifest.preprocessing.mean, np.float32)
     std = np.asarray(manifest.preprocessing.std, np.float32)
+    source_name = _source_name(config) if config.source_data else None
+    selection = next(iter(named), None) if config.val_data else None
     for name, path in named.items():
+        if name == source_name:
+            from edgexfer.evaluate.splits import scan_domain
+
+            held_out = scan_domain(
+                source_artifact or finetuned, path, class_map=config.class_map or None, strict=config.strict
+            )
+            folder_classes.update(held_out.folder_class_names)
+            images, labels = load_arrays(list(held_out.split("test")), manifest.preprocessing)
+            result[name] = (((images.astype(np.float32) - mean) / std), labels)
+            continue
         dataset = scan_labelled(
             path,
             manifest.label_names,
@@ -367,6 +512,8 @@ def _load_datasets(config: FuseConfig, manifest) -> dict[str, tuple[np.ndarray, 
         folder_classes.update(dataset.folder_class_names)
         splits = ("train", "val", "test") if config.split == "all" else (config.split,)
         samples = [s for split in splits for s in dataset.split(split)]
+        if name == selection and config.val_images == "labelled":
+            samples = _labelled_only(samples, finetuned, path)
         if config.max_images and len(samples) > config.max_images:
             order = np.random.default_rng(config.seed).permutation(len(samples))[: config.max_images]
             samples = [samples[i] for i in sorted(order)]
@@ -375,6 +522,25 @@ def _load_datasets(config: FuseConfig, manifest) -> dict[str, tuple[np.ndarray, 
     if named:
         check_map_used(config.class_map, folder_classes)
     return result
+
+
+def _labelled_only(samples: list, finetuned: Artifact | None, folder: str) -> list:
+    """The ``samples`` that ``finetuned``'s ``--per-class`` run trained on (by path in the folder)."""
+    few = (finetuned.metrics if finetuned is not None else {}).get("few_labels") or {}
+    if not few.get("labelled_files"):
+        raise ConfigError(
+            "val_images 'labelled' selects on the images a finetune --per-class run labelled, and the fine-tuned "
+            "artifact records none; pass val_images all with a labelled validation folder"
+        )
+    wanted = set(few["labelled_files"])
+    root = Path(folder).resolve()
+    kept = [s for s in samples if Path(s.path).resolve().relative_to(root).as_posix() in wanted]
+    if not kept:
+        raise ConfigError(
+            f"val_data {folder!r} holds none of the {len(wanted)} images the fine-tuned model was trained on; "
+            "pass the folder it was fine-tuned on"
+        )
+    return kept
 
 
 def _plot_curve(curve: dict, path: Path) -> None:
