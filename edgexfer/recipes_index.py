@@ -22,7 +22,8 @@ def list_recipes() -> dict[str, Path]:
     """Shipped recipe name → its file, sorted by name (``digits`` → ``…/recipes/digits.yaml``)."""
     if not RECIPES_DIR.is_dir():
         return {}
-    return {path.stem: path for path in sorted(RECIPES_DIR.glob(f"*{SUFFIX}")) if path.is_file()}
+    paths = [path for path in RECIPES_DIR.glob(f"*{SUFFIX}") if path.is_file()]
+    return {path.stem: path for path in sorted(paths, key=lambda path: path.stem)}
 
 
 def recipe_description(path: Path) -> str:

@@ -271,7 +271,7 @@ def test_shipped_recipes_resolve_from_anywhere(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     recipes = list_recipes()
-    assert {"digits", "fashion-mnist", "template"} <= set(recipes)
+    assert {"digits", "digits-fewshot", "fashion-mnist", "template"} <= set(recipes)
     assert resolve_pipeline("digits") == recipes["digits"] == demo.RECIPE
     assert resolve_pipeline("digits.yaml") == recipes["digits"]
     own = tmp_path / "digits"  # a file of the user's wins over the shipped name
@@ -280,7 +280,7 @@ def test_shipped_recipes_resolve_from_anywhere(tmp_path, monkeypatch):
     with pytest.raises(
         ConfigError,
         match=r"'digit' is neither .* \(did you mean 'digits'\?\); shipped recipes: "
-        r"digits, fashion-mnist, template",
+        r"digits, digits-fewshot, fashion-mnist, template",
     ):
         resolve_pipeline("digit")
     with pytest.raises(ConfigError, match="does not exist"):
