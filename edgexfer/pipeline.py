@@ -77,7 +77,8 @@ def _finetune(refs, options, out, ctx):
 def _adapt(refs, options, out, ctx):
     from edgexfer.train.adapt import adapt
 
-    return adapt(refs["parent"], refs["source"], refs["target"], out, progress=ctx.progress, log=ctx.log, **options)
+    source = refs.get("source")  # absent for the source-free method (shot)
+    return adapt(refs["parent"], source, refs["target"], out, progress=ctx.progress, log=ctx.log, **options)
 
 
 def _fuse(refs, options, out, ctx):
@@ -165,6 +166,16 @@ def _validator(model_path: str, *, drop: tuple[str, ...] = ()):
         return model.build(**values)
 
     return validate
+
+
+def _validate_adapt(options: dict) -> Any:
+    from edgexfer.train.adapt import source_problem
+
+    config = _validator("edgexfer.train.adapt.AdaptConfig")(options)
+    problem = source_problem(config.method, "source" in options.get("__refs__", {}))
+    if problem:
+        raise ConfigError(problem)
+    return config
 
 
 def _validate_export(options: dict) -> None:
@@ -268,10 +279,10 @@ STAGE_TYPES: dict[str, StageType] = {
         StageType(
             "adapt",
             _adapt,
-            _validator("edgexfer.train.adapt.AdaptConfig"),
+            _validate_adapt,
             stage_keys=("parent",),
             data_keys=("source", "target"),
-            required=("parent", "source", "target"),
+            required=("parent", "target"),  # source: every method but shot (_validate_adapt)
             summary="unsupervised domain adaptation to unlabelled target images",
         ),
         StageType(

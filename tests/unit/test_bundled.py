@@ -20,7 +20,7 @@ def pixels(folder: Path) -> np.ndarray:
 
 def test_list_datasets_describes_each():
     infos = {info.name: info for info in list_datasets()}
-    assert set(infos) == {"mnist-5k", "uci-digits", "fashion-mnist"}
+    assert set(infos) == {"mnist-5k", "uci-digits", "uci-digits-color", "fashion-mnist"}
     assert infos["fashion-mnist"].images == 70000 and infos["uci-digits"].image_size == 8
     assert all(info.license and info.install and info.classes == 10 for info in infos.values())
 
