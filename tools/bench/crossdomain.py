@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -159,14 +160,15 @@ def main() -> None:
     parser.add_argument("--source-images", type=int, default=1000)
     parser.add_argument("--name", default="crossdomain")
     parser.add_argument("--no-export", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, help="pairs run at once, one process each")
     args = parser.parse_args()
     started = time.perf_counter()
     setup = call_in_subprocess(
         __file__, "_prepare_json", {"work": str(args.work), "img_size": args.img_size, "target": args.target_images}
     )
-    pairs = {}
+    specs = {}
     for pair, (source, target) in PAIRS.items():
-        spec = {
+        specs[pair] = {
             "pair": pair,
             "work": str(args.work / "runs" / pair.replace(" → ", "_to_")),
             "teacher": setup["teachers"][source],
@@ -175,8 +177,12 @@ def main() -> None:
             "seeds": args.seeds,
             "source_images": args.source_images,
         }
-        pairs[pair] = {"spec": spec, **call_in_subprocess(__file__, "run_pair", spec)}
-        print(json.dumps({pair: {m: pairs[pair]["runs"][m] for m in METHODS}}), file=sys.stderr)
+    # one process per pair, --jobs of them at once (each holds its own teacher and target images)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = dict(
+            zip(specs, pool.map(lambda spec: call_in_subprocess(__file__, "run_pair", spec), specs.values()))
+        )
+    pairs = {pair: {"spec": specs[pair], **results[pair]} for pair in PAIRS}
 
     table = {}
     for pair, res in pairs.items():
@@ -229,6 +235,7 @@ def main() -> None:
                 "img_size": args.img_size,
                 "target_images": args.target_images,
                 "source_images": args.source_images,
+                "jobs": args.jobs,
                 "teacher": teacher_options(args.img_size),
             },
             "table": table,
