@@ -142,6 +142,7 @@ def test_cli_shot_needs_no_source_and_refuses_one_in_one_line(model, domains, tm
     assert missing.code == 2 and "--source DIR" in the_error(missing.err)
 
 
+@pytest.mark.slow  # five adaptations: ~1 min on an idle 2-core machine
 def test_auto_runs_every_candidate_and_records_its_pick(model, domains, tmp_path):
     source, target = domains
     messages = []
