@@ -91,7 +91,8 @@ def quantize_check(model, **options):
 
 
 def adapt(model, source, target, out, method=None, **options):
-    """Unsupervised domain adaptation: adabn | coral | dann | pseudo-label (``AdaptConfig`` options)."""
+    """Unsupervised domain adaptation: adabn | coral | dann | pseudo-label | auto, or the source-free
+    shot (``source=None``) (``AdaptConfig`` options)."""
     from edgexfer.train.adapt import adapt as run
 
     return run(model, source, target, out, method, **options)

@@ -27,13 +27,23 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def adapt(
         model: Path = typer.Argument(..., help="The artifact to adapt (e.g. a finetune output)."),
-        source: Path = typer.Option(..., "--source", help="Labelled SOURCE image folder (the model's classes)."),
+        source: Optional[Path] = typer.Option(
+            None,
+            "--source",
+            help="Labelled SOURCE image folder (the model's classes). Needed by every method but shot; "
+            "refused with shot, which is source-free (its artifact records that no source image was read).",
+        ),
         target: Path = typer.Option(
             ...,
             "--target",
             help="TARGET images: a folder of images, or an image folder whose class labels are ignored (never read).",
         ),
-        method: str = typer.Option(..., "--method", help="adabn | coral | dann | pseudo-label"),
+        method: str = typer.Option(
+            ...,
+            "--method",
+            help="adabn | coral | dann | pseudo-label | shot (source-free: the model and target images only) | "
+            "auto (runs the others, keeps the one agreeing most with their consensus on the target)",
+        ),
         out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
         after: Optional[str] = typer.Option(
             None,
@@ -70,6 +80,9 @@ def register(app: typer.Typer) -> None:
         dann_weight: Optional[float] = typer.Option(
             None, help="dann: largest gradient-reversal coefficient (default: 0.3)"
         ),
+        shot_weight: Optional[float] = typer.Option(
+            None, help="shot: weight β of the centroid pseudo-label loss (default: 0.3)"
+        ),
         threshold: Optional[float] = typer.Option(None, help="pseudo-label: minimum confidence (default: 0.9)"),
         rounds: Optional[int] = typer.Option(None, help="pseudo-label: rounds of re-labelling (default: 3)"),
         class_map: Optional[str] = typer.Option(
@@ -105,6 +118,7 @@ def register(app: typer.Typer) -> None:
             learning_rate=learning_rate,
             coral_weight=coral_weight,
             dann_weight=dann_weight,
+            shot_weight=shot_weight,
             threshold=threshold,
             rounds=rounds,
             max_source_images=max_source_images,
@@ -120,8 +134,9 @@ def register(app: typer.Typer) -> None:
             model, source, target, out, AdaptConfig.build(**values), progress=sys.stdout.isatty(), log=console.print
         )
         m = artifact.metrics
+        picked = f" → {m['picked']}" if m.get("picked") else ""
         table = Table(
-            title=f"adapt ({m['method']}{' after ' + m['after'] if m.get('after') else ''}, "
+            title=f"adapt ({m['method']}{picked}{' after ' + m['after'] if m.get('after') else ''}, "
             f"BatchNorm {m['bn']}) → {artifact.path}"
         )
         table.add_column("metric")
@@ -138,9 +153,12 @@ def register(app: typer.Typer) -> None:
         )
         table.add_row("seconds", "", f"{m['timings_seconds']['total_seconds']:.1f}")
         console.print(table)
-        console.print(
-            f"target accuracy needs labels: edgexfer evaluate {artifact.path} --data source={source} --data target=DIR"
-        )
+        if m.get("auto"):
+            console.print(f"auto picked {m['auto']['reason']}")
+        if m.get("source_free"):
+            console.print("source-free: no source image was read")
+        domains = f"--data source={source} " if source is not None else ""
+        console.print(f"target accuracy needs labels: edgexfer evaluate {artifact.path} {domains}--data target=DIR")
 
     @app.command()
     def fuse(

@@ -390,7 +390,7 @@ def data_list() -> None:
 
 @data_app.command("prepare")
 def data_prepare(
-    name: str = typer.Argument(..., help="mnist-5k | uci-digits | fashion-mnist"),
+    name: str = typer.Argument(..., help="mnist-5k | uci-digits | uci-digits-color | fashion-mnist"),
     out: Path = typer.Argument(..., help="Directory to write the image folder to."),
     source: Optional[Path] = typer.Option(None, help="Directory with the source files, where not installed."),
     limit: Optional[int] = typer.Option(None, help="Stratified subset of the training images."),

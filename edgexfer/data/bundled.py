@@ -108,6 +108,23 @@ def _load_uci_digits(source: str | None) -> Arrays:
     return {"all": (images.reshape(-1, 8, 8), labels.astype(np.int64))}
 
 
+# uci-digits-color: a colour shift of uci-digits (the third cross-domain pair, mnist-5k → it).
+# Each image gets its own background colour (every RGB channel uniform in 0..96) and ink colour
+# (every channel uniform in 160..255), drawn by this fixed generator in file order, and each pixel
+# is background + (ink − background) × gray/255: the same strokes, always brighter than the
+# background, in random colours. The same images whatever --seed (that only picks a --limit subset).
+UCI_COLOR_SEED = 14
+
+
+def _load_uci_digits_color(source: str | None) -> Arrays:
+    gray, labels = _load_uci_digits(source)["all"]
+    rng = np.random.default_rng(UCI_COLOR_SEED)
+    background = rng.integers(0, 97, size=(len(gray), 1, 1, 3)).astype(np.float32)
+    ink = rng.integers(160, 256, size=(len(gray), 1, 1, 3)).astype(np.float32)
+    colored = background + (ink - background) * (gray[..., None].astype(np.float32) / 255.0)
+    return {"all": (np.rint(colored).clip(0, 255).astype(np.uint8), labels)}
+
+
 def _read_idx(folder: Path, stem: str, offset: int, magic: int) -> np.ndarray:
     """An IDX file (``stem`` with or without ``.gz``, and ``-idx`` or ``.idx`` naming)."""
     names = [stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"]
@@ -182,6 +199,20 @@ _DATASETS: dict[str, _Dataset] = {
         ),
         _Dataset(
             DatasetInfo(
+                name="uci-digits-color",
+                images=1797,
+                classes=10,
+                image_size=8,
+                license="CC BY 4.0",
+                source="PyPI scikit-learn: sklearn/datasets/data/digits.csv.gz, coloured (fixed seed)",
+                install="pip install scikit-learn",
+                description="uci-digits, each digit in a random bright colour on a random dark background, RGB",
+            ),
+            DIGIT_CLASSES,
+            _load_uci_digits_color,
+        ),
+        _Dataset(
+            DatasetInfo(
                 name="fashion-mnist",
                 images=70000,
                 classes=10,
@@ -214,7 +245,9 @@ def _get(name: str) -> _Dataset:
 def _save_pngs(job: tuple[str, list[str], np.ndarray]) -> int:
     folder, names, pixels = job
     for name, image in zip(names, pixels):
-        Image.fromarray(image, "L").save(os.path.join(folder, name), format="PNG", compress_level=1)
+        Image.fromarray(image, "L" if image.ndim == 2 else "RGB").save(
+            os.path.join(folder, name), format="PNG", compress_level=1
+        )
     return len(names)
 
 

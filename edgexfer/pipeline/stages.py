@@ -74,7 +74,8 @@ def _finetune(refs, options, out, ctx):
 def _adapt(refs, options, out, ctx):
     from edgexfer.train.adapt import adapt
 
-    return adapt(refs["parent"], refs["source"], refs["target"], out, progress=ctx.progress, log=ctx.log, **options)
+    source = refs.get("source")  # absent for the source-free method (shot)
+    return adapt(refs["parent"], source, refs["target"], out, progress=ctx.progress, log=ctx.log, **options)
 
 
 def _fuse(refs, options, out, ctx):
@@ -144,6 +145,14 @@ def _evaluate(refs, options, out, ctx):
     return result
 
 
+def _check_adapt_source(config, refs: dict) -> None:
+    from edgexfer.train.adapt import source_problem
+
+    problem = source_problem(config.method, "source" in refs)
+    if problem:
+        raise ConfigError(problem)
+
+
 def _check_evaluate_split(config, refs: dict) -> None:
     from edgexfer.evaluate.splits import resolve_splits
 
@@ -180,7 +189,8 @@ STAGE_TYPES: dict[str, StageType] = {
             "edgexfer.train.adapt.AdaptConfig",
             stage_keys=("parent",),
             data_keys=("source", "target"),
-            required=("parent", "source", "target"),
+            required=("parent", "target"),  # source: every method but shot (_check_adapt_source)
+            check=_check_adapt_source,
             summary="unsupervised domain adaptation to unlabelled target images",
         ),
         StageType(

@@ -11,6 +11,13 @@ images whose labels, if the folder has any, are never read. Methods:
 - ``pseudo-label`` (self-training): rounds of training on target images whose prediction is
   at least ``threshold`` confident, with their predicted labels, beside the labelled
   source; optionally after another method (``after``).
+- ``shot`` (Liang et al. 2020), SOURCE-FREE: reads no source image (``source`` must be
+  ``None``; giving one is refused so the artifact's "no source images" is true). The classifier
+  head is frozen; the feature layers learn information maximisation plus pseudo-labels from
+  class centroids on the target images (``edgexfer.train.shot``).
+- ``auto``: runs adabn, coral, dann, pseudo-label and shot with their defaults and keeps the
+  one whose target predictions agree most with the consensus of all of them (unlabelled target
+  statistics only); metrics record every candidate's scores and why (``edgexfer.train.auto``).
 
 BatchNorm statistics. In tf_keras a BN layer with ``trainable=False`` runs in inference
 mode even when called with ``training=True``, and ``finetune`` keeps BN frozen: a fine-tuned
@@ -81,8 +88,10 @@ from edgexfer.train.resume import (
     variable_arrays,
 )
 
-METHODS = ("adabn", "coral", "dann", "pseudo-label")
-Method = Literal["adabn", "coral", "dann", "pseudo-label"]
+METHODS = ("adabn", "coral", "dann", "pseudo-label", "shot", "auto")
+Method = Literal["adabn", "coral", "dann", "pseudo-label", "shot", "auto"]
+# Methods that read no source image; ``source`` is refused with them.
+SOURCE_FREE_METHODS = ("shot",)
 
 # Per-method defaults, tuned on mnist-5k → uci-digits (EfficientNet-Lite0, 64 px); ``None``
 # in the config means "this method's default".
@@ -94,6 +103,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # DANN with frozen statistics collapsed (every target image to one class); per-domain works.
     "dann": {"epochs": 10, "bn": "domain"},
     "pseudo-label": {"epochs": 3, "bn": "frozen", "after": "coral"},  # epochs per round
+    # SHOT: epochs over the TARGET images; BN "domain" = target statistics (no source data).
+    "shot": {"epochs": 10, "bn": "domain"},
 }
 
 
@@ -123,13 +134,18 @@ class AdaptConfig(FrozenConfig):
     output_stats: Literal["target", "source"] = Field(
         "target", description="BatchNorm statistics the written model carries (source: the source-statistics baseline)"
     )
-    epochs: int | None = Field(None, ge=0, description="training epochs over the source (pseudo-label: per round)")
+    epochs: int | None = Field(
+        None, ge=0, description="training epochs over the source (pseudo-label: per round; shot: over the target)"
+    )
     train_layers: int = Field(30, ge=0, description="top weighted layers trained besides the head; 0: head only")
     batch_size: int = Field(64, ge=2)
     learning_rate: float = Field(1e-3, gt=0, le=1.0)
     coral_weight: float = Field(1.0, ge=0, description="weight of the CORAL loss (Deep CORAL's lambda)")
     dann_weight: float = Field(0.3, ge=0, description="largest gradient-reversal coefficient (ramped up from 0)")
     dann_hidden: int = Field(256, ge=1, description="units of the domain classifier's hidden layer")
+    shot_weight: float = Field(
+        0.3, ge=0, description="shot: weight β of the cross-entropy to the centroid pseudo-labels (SHOT's cls_par)"
+    )
     threshold: float = Field(0.9, gt=0.0, lt=1.0, description="pseudo-label: minimum confidence")
     rounds: int = Field(3, ge=1, description="pseudo-label: rounds of re-labelling")
     pseudo_weight: float = Field(1.0, gt=0, description="pseudo-label: weight of the target loss")
@@ -158,6 +174,8 @@ class AdaptConfig(FrozenConfig):
                 f"after={self.after!r} is for method pseudo-label (self-training after another "
                 f"method); with method {self.method!r} leave it out"
             )
+        if self.method == "auto" and (self.bn is not None or self.epochs is not None):
+            raise ValueError("method auto runs every method with its own defaults; leave bn and epochs out")
         if self.bn == "frozen" and "adabn" in (self.method, self.after):
             raise ValueError("adabn re-estimates BatchNorm statistics; bn='frozen' contradicts it")
         return self
@@ -167,6 +185,8 @@ class AdaptConfig(FrozenConfig):
         """The BatchNorm mode used: the given one, else the method's default."""
         if self.bn is not None:
             return self.bn
+        if self.method == "auto":
+            return "per method"
         if "adabn" in (self.method, self.after):
             return "domain"
         first = self.first_method
@@ -198,7 +218,7 @@ class AdaptConfig(FrozenConfig):
 
 def adapt(
     model: str | Path,
-    source: str | Path,
+    source: str | Path | None,
     target: str | Path,
     out: str | Path,
     method: str | None = None,
@@ -210,7 +230,8 @@ def adapt(
 ) -> Artifact:
     """Adapt the Keras artifact ``model`` from the labelled ``source`` image folder to the
     ``target`` images (a folder of images, or an image folder whose labels are ignored) and
-    write the adapted artifact at ``out``. ``method``: adabn | coral | dann | pseudo-label;
+    write the adapted artifact at ``out``. ``method``: adabn | coral | dann | pseudo-label |
+    shot (source-free: ``source`` must be ``None``) | auto;
     ``options`` are :class:`AdaptConfig` fields (``class_map`` may be ``"a=x,b=y"``)."""
     from edgexfer.data.class_map import parse_class_map
 
@@ -226,7 +247,7 @@ def adapt(
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def run_adapt(
     model_dir: str | Path,
-    source: str | Path,
+    source: str | Path | None,
     target: str | Path,
     out: str | Path,
     config: AdaptConfig,
@@ -236,6 +257,18 @@ def run_adapt(
 ) -> Artifact:
     """The adapt stage with a built config (see :func:`adapt`)."""
     from edgexfer.data.class_map import scan_labelled, scan_unlabelled
+
+    problem = source_problem(config.method, source is not None)
+    if problem:
+        raise ConfigError(problem)
+    if config.method in SOURCE_FREE_METHODS:
+        from edgexfer.train.shot import run_shot
+
+        return run_shot(model_dir, target, out, config, progress=progress, log=log)
+    if config.method == "auto":
+        from edgexfer.train.auto import run_auto
+
+        return run_auto(model_dir, source, target, out, config, progress=progress, log=log)
 
     parent = Artifact(model_dir)
     if Path(out).resolve() == parent.path.resolve():
@@ -372,6 +405,21 @@ def run_adapt(
         artifact = writer.commit(child, metrics)
     checkpoint.finish()
     return artifact
+
+
+def source_problem(method: str, has_source: bool) -> str | None:
+    """Why ``method`` cannot run with (or without) source images, or ``None``."""
+    if method in SOURCE_FREE_METHODS and has_source:
+        return (
+            f"method {method} is source-free and reads no source images; leave the source out (--source, or "
+            "source: in a pipeline); for the source accuracy afterwards: edgexfer evaluate OUT --data source=DIR"
+        )
+    if method not in SOURCE_FREE_METHODS and not has_source:
+        return (
+            f"method {method} trains on labelled source images: give them (--source DIR, or source: in a "
+            f"pipeline); without source images use method {SOURCE_FREE_METHODS[0]}"
+        )
+    return None
 
 
 def _source_split(parent: Artifact, config: AdaptConfig) -> dict[str, Any]:

@@ -20,7 +20,7 @@ def pixels(folder: Path) -> np.ndarray:
 
 def test_list_datasets_describes_each():
     infos = {info.name: info for info in list_datasets()}
-    assert set(infos) == {"mnist-5k", "uci-digits", "fashion-mnist"}
+    assert set(infos) == {"mnist-5k", "uci-digits", "uci-digits-color", "fashion-mnist"}
     assert infos["fashion-mnist"].images == 70000 and infos["uci-digits"].image_size == 8
     assert all(info.license and info.install and info.classes == 10 for info in infos.values())
 
@@ -36,6 +36,26 @@ def test_uci_digits_real_data(tmp_path):
     assert images.min() == 0 and images.max() == 255
     assert images.mean() == pytest.approx(4.8842 * 255 / 16, abs=0.05)  # sklearn digits.data.mean()
     assert set(np.unique(images)) <= {round(v * 255 / 16) for v in range(17)}
+
+
+def test_uci_digits_color_is_the_same_digits_in_fixed_random_colours(tmp_path):
+    from PIL import Image
+
+    prepare_dataset("uci-digits", tmp_path / "gray")
+    summary = prepare_dataset("uci-digits-color", tmp_path / "color", seed=5)
+    assert summary["images"] == 1797
+    name = sorted((tmp_path / "color" / "3").iterdir())[0].name
+    gray = np.asarray(Image.open(tmp_path / "gray" / "3" / name), np.float32)
+    color = Image.open(tmp_path / "color" / "3" / name)
+    assert color.mode == "RGB" and color.size == (8, 8)
+    rgb = np.asarray(color, np.float32)
+    background, ink = rgb[gray == 0], rgb[gray == gray.max()]
+    assert np.ptp(background, axis=0).max() <= 1 and background.max() <= 96 and (ink > background.max()).all()
+    for channel in range(3):  # every channel is an increasing affine map of the gray strokes
+        assert np.corrcoef(gray.ravel(), rgb[..., channel].ravel())[0, 1] > 0.99
+    again = prepare_dataset("uci-digits-color", tmp_path / "again")  # --seed picks subsets only
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / "3" / name)), rgb.astype(np.uint8))
+    assert again["images"] == 1797
 
 
 def test_mnist_5k_real_data(tmp_path):

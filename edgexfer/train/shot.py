@@ -1,0 +1,442 @@
+"""Source-free adaptation: SHOT (Liang, Hu & Feng, "Do We Really Need to Access the Source Data?",
+ICML 2020; reference code github.com/tim-learn/SHOT).
+
+Only the source MODEL and unlabelled TARGET images are read; no source image. The classifier
+(every layer after the penultimate features: dropout and the final Dense) is frozen as the
+"hypothesis"; the top ``train_layers`` weighted layers below it learn, on the target images, to
+produce features that the frozen classifier labels confidently and diversely:
+
+- information maximisation: the mean per-sample entropy of the predictions minus the entropy of
+  their mean (confident, yet not all one class);
+- plus ``shot_weight`` (SHOT's β) × the cross-entropy to self-supervised pseudo-labels: class
+  centroids in feature space weighted by the predicted probabilities, each image labelled by its
+  nearest centroid (cosine distance), then the centroids recomputed from those labels and the
+  labels recomputed once more. The labels are recomputed at the start of every epoch.
+
+BatchNorm: with ``bn="domain"`` (the default for shot) every BatchNorm layer carries TARGET
+statistics, estimated over all target images (PreciseBN) before training and re-estimated for
+the trained layers after every epoch; the written model carries them. That is the natural
+choice with no source data, it is what SHOT's reference does (its network trains in train mode
+on target batches), and it measured better than the model's own statistics (``bn="frozen"``)
+on mnist-5k → uci-digits (Lite0 64 px demo teacher: 27.8 % against 18.8 %). It assumes the
+source model carries SOURCE statistics, as a model trained with BatchNorm in train mode does.
+``finetune`` keeps the pretraining statistics instead (BN frozen); from such a model shot
+reached 27.8 %, from the same model re-fitted under source statistics (``adapt --method adabn
+--output-stats source`` with the source as both domains: source data only) 86.7 %. shot says
+so when its input comes straight from finetune. The BatchNorm scales and offsets stay as
+they are, as in ``adapt``.
+
+Speed: as in ``adapt``, the frozen part below the trained layers runs once per image (its
+output is cached) and each epoch costs only the top of the network. The loop is epoch by
+epoch: pseudo-labels, then one pass over the target, then the statistics refreshed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.errors import ConfigError
+from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
+
+# A fine-tuned artifact keeps its backbone's pretraining BatchNorm statistics (finetune trains with
+# BN frozen), not source-domain ones, so swapping in target statistics is not what SHOT assumes.
+PRETRAINING_STATISTICS = (
+    "this model comes straight from finetune, so its BatchNorm layers carry the backbone's pretraining "
+    "statistics, not source-domain ones; shot assumes source statistics (measured on mnist-5k → uci-digits: "
+    "28 % from the fine-tuned model, 87 % from the same model re-fitted under source statistics). Where you "
+    "have the source data, prepare the source model once with: edgexfer adapt MODEL --source SRC --target SRC "
+    "--method adabn --output-stats source --out SOURCE_MODEL"
+)
+# Layers a separable classifier head may hold: its final Dense and weightless dropout/activations.
+_HEAD_LAYERS = ("Dropout", "Activation", "Softmax", "Dense")
+
+
+# ----------------------------------------------------------------------------- the losses (numpy + TF)
+
+
+def centroid_pseudo_labels(features: np.ndarray, probs: np.ndarray, refinements: int = 1) -> np.ndarray:
+    """SHOT's self-supervised pseudo-labels: probability-weighted class centroids of the
+    features (with a constant 1 appended and L2-normalised, as in the reference code), each
+    image labelled by its nearest centroid by cosine distance; then ``refinements`` times the
+    centroids are recomputed from those hard labels and the images relabelled. Classes the model
+    never predicts get no centroid (the reference's ``labelset``)."""
+    features = np.concatenate([features.astype(np.float64), np.ones((len(features), 1))], axis=1)
+    features /= np.linalg.norm(features, axis=1, keepdims=True) + 1e-12
+    num_classes = probs.shape[1]
+    present = np.flatnonzero(np.bincount(probs.argmax(1), minlength=num_classes) > 0)
+    weights = probs.astype(np.float64)
+    labels = probs.argmax(1)
+    for _ in range(refinements + 1):
+        centroids = weights.T @ features / (1e-8 + weights.sum(0)[:, None])
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-12
+        similarity = features @ centroids[present].T  # cosine distance = 1 − similarity
+        labels = present[similarity.argmax(1)]
+        weights = np.eye(num_classes)[labels]
+    return labels.astype(np.int32)
+
+
+def information_maximisation(probs, epsilon: float = 1e-5):
+    """Mean per-sample entropy minus the entropy of the mean prediction (a TF tensor; lower is better)."""
+    from edgexfer.tf_env import import_tf
+
+    tf, _ = import_tf()
+    entropy = tf.reduce_mean(-tf.reduce_sum(probs * tf.math.log(probs + epsilon), axis=1))
+    mean = tf.reduce_mean(probs, axis=0)
+    diversity = -tf.reduce_sum(mean * tf.math.log(mean + epsilon))
+    return entropy - diversity
+
+
+def prediction_summary(probs: np.ndarray) -> dict[str, float]:
+    """Label-free statistics of predictions: mean confidence, mean per-sample entropy and the
+    entropy of the predicted class histogram (both divided by log K: 0..1), and their
+    information-maximisation score (class entropy of the mean − mean entropy, by log K)."""
+    k = probs.shape[1]
+    log_k = math.log(k) if k > 1 else 1.0
+    sample_entropy = float(np.mean(-(probs * np.log(probs + 1e-12)).sum(1))) / log_k
+    mean = probs.mean(0)
+    mean_entropy = float(-(mean * np.log(mean + 1e-12)).sum()) / log_k
+    counts = np.bincount(probs.argmax(1), minlength=k) / max(len(probs), 1)
+    class_entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum()) / log_k
+    return {
+        "target_mean_confidence": round(float(probs.max(1).mean()), 4),
+        "target_mean_entropy": round(sample_entropy, 4),
+        "target_predicted_class_entropy": round(class_entropy, 4),
+        "target_information_maximisation": round(mean_entropy - sample_entropy, 4),
+    }
+
+
+# ----------------------------------------------------------------------------- the model's anatomy
+
+
+def classifier_head(model):
+    """``(features_layer, head_layers)``: the layer whose output the final Dense classifies and
+    the layers after it (the frozen hypothesis: that Dense, with only dropout/activations
+    besides). A hidden Dense layer below it is a feature layer (SHOT's bottleneck) and trains.
+    ``ConfigError`` naming what is missing: no BatchNorm, or no final Dense on a features layer."""
+    name = getattr(model, "name", "model")
+    if not batchnorm_count(model):
+        raise ConfigError(
+            f"shot needs BatchNorm layers (it adapts with target statistics) and model {name!r} has none; "
+            "use a source-based method (--method coral|dann|pseudo-label with --source) instead"
+        )
+    layers = model.layers
+    position = len(layers) - 1
+    while position > 0 and type(layers[position]).__name__ in ("Activation", "Softmax"):
+        position -= 1
+    dense = layers[position]
+    producer = None
+    if type(dense).__name__ == "Dense" and len(dense._inbound_nodes) == 1:
+        inbound = dense._inbound_nodes[0].inbound_layers
+        producer = inbound[0] if isinstance(inbound, list) and len(inbound) == 1 else inbound
+        if isinstance(producer, list) or type(producer).__name__ == "InputLayer" or producer not in layers:
+            producer = None
+    if producer is None or len(dense.input_shape) != 2:
+        last = layers[position]
+        raise ConfigError(
+            f"shot needs a separable classifier head (a final Dense layer on a features layer, e.g. after "
+            f"global pooling) and model {name!r} ends in {type(last).__name__} {last.name!r}; adapt it with a "
+            "source-based method (--method coral|dann|pseudo-label with --source)"
+        )
+    head = layers[layers.index(producer) + 1 :]
+    odd = [
+        layer for layer in head if type(layer).__name__ not in _HEAD_LAYERS or (layer.weights and layer is not dense)
+    ]
+    if odd:
+        raise ConfigError(
+            f"shot freezes the classifier after {producer.name!r} and it holds {type(odd[0]).__name__} "
+            f"{odd[0].name!r} besides the final Dense; adapt this model with a source-based method "
+            "(--method coral|dann|pseudo-label with --source)"
+        )
+    return producer, head
+
+
+def batchnorm_count(model) -> int:
+    from edgexfer.train.batchnorm import batchnorm_layers
+
+    return len(batchnorm_layers(model))
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def run_shot(
+    model_dir: str | Path,
+    target: str | Path,
+    out: str | Path,
+    config,
+    *,
+    progress: bool = False,
+    log: Callable[..., Any] = print,
+) -> Artifact:
+    """SHOT from the artifact ``model_dir`` on the unlabelled ``target`` images into ``out``
+    (``config``: an ``AdaptConfig`` with method ``shot``). Reads no source image."""
+    from edgexfer.data import Sample, data_errors, load_arrays
+    from edgexfer.data.class_map import scan_unlabelled
+    from edgexfer.tf_env import import_tf
+    from edgexfer.train import common
+
+    parent = Artifact(model_dir)
+    if Path(out).resolve() == parent.path.resolve():
+        raise ConfigError(
+            f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose another directory"
+        )
+    manifest = parent.manifest
+    labels = manifest.label_names
+    preprocessing = manifest.preprocessing
+    started = time.perf_counter()
+    if manifest.stage == "finetune" and config.bn_mode == "domain":
+        log(f"note: {PRETRAINING_STATISTICS}")
+    target_data = scan_unlabelled(target, labels, config.class_map, strict=config.strict)
+    if target_data.had_labels:
+        log(f"target {target}: has class folders; their labels are ignored — shot uses only the images")
+    target_paths = list(target_data.paths)
+    if config.max_target_images and len(target_paths) > config.max_target_images:
+        order = np.random.default_rng(config.seed).permutation(len(target_paths))[: config.max_target_images]
+        target_paths = [target_paths[i] for i in sorted(order)]
+    if len(target_paths) < 2:
+        raise ConfigError(f"shot needs at least 2 target images; {target} has {len(target_paths)}")
+
+    import_tf()
+    common.seed_everything(config.seed, config.deterministic)
+    timings: dict[str, float] = {}
+    with data_errors(), writing_artifact(out) as writer:
+        model = load_keras_model(parent.model_path)
+        classifier_head(model)  # refuse a model shot cannot adapt before any work
+        with common.timed(timings, "load_seconds"):
+            xt, _ = load_arrays([Sample(p, -1) for p in target_paths], preprocessing)
+        log(
+            f"adapt (shot, source-free, BatchNorm {config.bn_mode}): {len(xt)} unlabelled target images at "
+            f"{preprocessing.input_size}px, no source images"
+        )
+        shot = Shot(model, preprocessing, config, xt, log=log, progress=progress)
+        before = {"source_val_accuracy": None, **shot.summary()}  # no source image to score on
+        with common.timed(timings, "adapt_seconds"):
+            history = shot.run()
+        shot.finish()
+        after = {"source_val_accuracy": None, **shot.summary()}
+        save_keras_model(model, writer.file(MODEL_FILE))
+        timings["total_seconds"] = round(time.perf_counter() - started, 3)
+        record = {
+            "method": "shot",
+            "bn": config.bn_mode,
+            "source_free": True,
+            "source_images_used": 0,
+            "target_labels_used": False,
+        }
+        metrics = {
+            **record,
+            "after": None,
+            "output_stats": "target" if config.bn_mode == "domain" else "model",
+            "source_val_accuracy": None,
+            "source_stats_source_val_accuracy": None,
+            "input": before,
+            "output": after,
+            "target_had_labels": target_data.had_labels,
+            "images": {"source_train": 0, "source_val": 0, "target": len(xt)},
+            "trained_layers": shot.trained_layer_names,
+            "frozen_head": [layer.name for layer in shot.head],
+            "cut": shot.cut_name,
+            "history": history,
+            "params": count_params(model),
+            "model_bytes": writer.file(MODEL_FILE).stat().st_size,
+            "timings_seconds": timings,
+            "peak_rss_mb": round(common.peak_rss_mb(), 1),
+        }
+        child = Manifest(
+            stage="adapt",
+            label_names=list(labels),
+            preprocessing=preprocessing,
+            backbone=manifest.backbone,
+            weights=manifest.weights,
+            config=config.model_dump(),
+            model_file=MODEL_FILE,
+            parent=parent.parent_ref(),
+            seed=config.seed,
+            # the target domain only: no source dataset was read (``source`` is absent on purpose).
+            dataset={"path": str(Path(target).resolve()), "domain": "target", **target_data.fingerprint()},
+            extra={**manifest.extra, "adapt": {**record, "after": None, "output_stats": metrics["output_stats"]}},
+        )
+        return writer.commit(child, metrics)
+
+
+class Shot:
+    """The trained top of the model on cached target features, and SHOT's epoch loop."""
+
+    def __init__(self, model, preprocessing, config, xt: np.ndarray, *, log, progress):
+        from edgexfer.tf_env import import_tf
+        from edgexfer.train.batchnorm import BatchNormStats, batchnorm_layers, build_top, find_cut
+
+        tf, keras = import_tf()
+        self.tf, self.keras = tf, keras
+        self.model, self.config, self.log, self.progress = model, config, log, progress
+        self.mean = np.asarray(preprocessing.mean, np.float32)
+        self.std = np.asarray(preprocessing.std, np.float32)
+        self.xt = xt
+        self.rng = np.random.default_rng(config.seed)
+        self.num_classes = int(model.output_shape[-1])
+        self.original_trainable = {layer.name: layer.trainable for layer in model.layers}
+
+        features_layer, self.head = classifier_head(model)
+        index = {layer.name: i for i, layer in enumerate(model.layers)}
+        feat_index = index[features_layer.name]
+        all_bns = batchnorm_layers(model)
+        bn_ids = {id(layer) for layer in all_bns}
+        for layer in model.layers:
+            layer.trainable = False  # the head (the hypothesis) stays frozen
+        trained = []
+        for layer in reversed(model.layers[:feat_index]):
+            if len(trained) >= config.train_layers:
+                break
+            if layer.weights and id(layer) not in bn_ids:
+                trained.append(layer)
+        if not trained:
+            raise ConfigError(
+                "shot trains the feature layers below the frozen classifier; --train-layers 0 leaves none"
+            )
+        for layer in trained:
+            layer.trainable = True
+        self.trained_layer_names = sorted((layer.name for layer in trained), key=index.get)
+        first = min(index[layer.name] for layer in trained)
+        cut_layer = find_cut(model, first)
+        self.cut_name = cut_layer.name if cut_layer is not None else None
+        bn_inputs = [layer.input for layer in all_bns]  # before build_top adds nodes to the layers
+        if cut_layer is None:
+            self.bottom = None
+            self.top = keras.Model(model.inputs, [features_layer.output, model.output], name="shot_top")
+            top_inputs = {layer.name: t for layer, t in zip(all_bns, bn_inputs)}
+        else:
+            self.bottom = keras.Model(model.inputs, cut_layer.output, name="shot_bottom")
+            self.top, top_inputs = build_top(model, cut_layer, features_layer)
+        self.top_bns = [layer for layer in all_bns if layer.name in top_inputs]
+        self.bottom_bns = [layer for layer in all_bns if layer.name not in top_inputs]
+        if all_bns != self.bottom_bns + self.top_bns:
+            raise ConfigError("cannot split this model's BatchNorm layers into a frozen and a trained part")
+        self.variables = [v for layer in trained for v in layer.trainable_weights]
+        self._full_stats = BatchNormStats(model, all_bns, bn_inputs, config.batch_size)
+        self._top_stats = BatchNormStats(
+            self.top, self.top_bns, [top_inputs[layer.name] for layer in self.top_bns], config.batch_size
+        )
+        self._infer_top = self._compile(self.top)
+        self._infer_model = self._compile(model)
+        self.target_stats = config.bn_mode == "domain"
+        if self.target_stats:
+            self.log("estimating BatchNorm statistics of the target images")
+            self._full_stats.assign(self._full_stats.estimate(self._batches(self.xt, images=True)))
+        # The frozen bottom runs once, under the statistics the written model will carry.
+        infer_bottom = self._compile(self.bottom) if self.bottom is not None else None
+        if infer_bottom is None:
+            self.zt = self._normalise(self.xt)
+        else:
+            self.zt = np.concatenate([infer_bottom(b).numpy() for b in self._batches(self.xt, images=True)])
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _compile(self, part):
+        tf = self.tf
+
+        @tf.function(reduce_retracing=True)
+        def infer(x):
+            return part(x, training=False)
+
+        return infer
+
+    def _normalise(self, images: np.ndarray) -> np.ndarray:
+        return (images.astype(np.float32) - self.mean) / self.std
+
+    def _batches(self, array: np.ndarray, images: bool):
+        size = max(self.config.batch_size, 128)
+        for start in range(0, len(array), size):
+            chunk = array[start : start + size]
+            yield self._normalise(chunk) if images else chunk
+
+    def _run_top(self) -> tuple[np.ndarray, np.ndarray]:
+        feats, probs = [], []
+        for batch in self._batches(self.zt, images=False):
+            f, p = self._infer_top(batch)
+            feats.append(f.numpy())
+            probs.append(p.numpy())
+        return np.concatenate(feats), np.concatenate(probs)
+
+    def _refresh_top_stats(self) -> None:
+        """Re-estimate the target statistics of the BN layers in the trained part (their inputs
+        change as the layers below them train)."""
+        if self.target_stats and self.top_bns:
+            self._top_stats.assign(self._top_stats.estimate(self._batches(self.zt, images=False)))
+
+    def summary(self) -> dict[str, float]:
+        """Label-free statistics of the model's predictions on the target, as it is now."""
+        return prediction_summary(self._run_top()[1])
+
+    # -- training -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        tf, keras = self.tf, self.keras
+        config = self.config
+        epochs = config.epochs_for("shot")
+        batch = config.batch_size
+        steps = max(1, math.ceil(len(self.zt) / batch))
+        total = max(steps * epochs, 1)
+        optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(config.learning_rate, total))
+        ce = keras.losses.SparseCategoricalCrossentropy()
+        top, variables, beta = self.top, self.variables, float(config.shot_weight)
+
+        @tf.function
+        def step(z, pseudo):
+            with tf.GradientTape() as tape:
+                _, probs = top(z, training=False)  # the frozen head's dropout stays off, as in SHOT's
+                im = information_maximisation(probs)
+                pl = ce(pseudo, probs)
+                loss = im + beta * pl
+            gradients = tape.gradient(loss, variables)
+            optimizer.apply_gradients([(g, v) for g, v in zip(gradients, variables) if g is not None])
+            return im, pl
+
+        history: dict[str, list] = {"im_loss": [], "pseudo_label_loss": [], "pseudo_label_agreement": []}
+        with _progress("adapt shot", steps * epochs, self.progress) as advance:
+            for _epoch in range(epochs):
+                features, probs = self._run_top()
+                pseudo = centroid_pseudo_labels(features, probs)
+                history["pseudo_label_agreement"].append(round(float((pseudo == probs.argmax(1)).mean()), 4))
+                order = self.rng.permutation(len(self.zt))
+                if len(order) < steps * batch:  # fixed batch shapes: one trace for the whole run
+                    order = np.concatenate([order, self.rng.choice(len(self.zt), steps * batch - len(order))])
+                ims, pls = [], []
+                for s in range(steps):
+                    idx = order[s * batch : (s + 1) * batch]
+                    im, pl = step(self.zt[idx], pseudo[idx])
+                    ims.append(float(im))
+                    pls.append(float(pl))
+                    advance()
+                self._refresh_top_stats()
+                history["im_loss"].append(round(float(np.mean(ims)), 5))
+                history["pseudo_label_loss"].append(round(float(np.mean(pls)), 5))
+        if epochs:
+            self.log(
+                f"  adapt shot: {epochs} epochs, information maximisation {history['im_loss'][-1]:.4f}, "
+                f"pseudo-label loss {history['pseudo_label_loss'][-1]:.4f}"
+            )
+        return {"epochs": epochs, **history}
+
+    def finish(self) -> None:
+        """Restore the trainable flags (the statistics in place are the ones to keep)."""
+        for layer in self.model.layers:
+            layer.trainable = self.original_trainable.get(layer.name, layer.trainable)
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int, enabled: bool):
+    """A rich progress bar over training steps; yields ``advance()``; silent when disabled."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)

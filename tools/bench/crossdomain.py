@@ -1,0 +1,270 @@
+"""Cross-domain methods on three pairs with ONE set of defaults, 3 seeds, and their int8 exports.
+
+    python tools/bench/crossdomain.py WORK_DIR [--seeds 0 1 2] [--img-size 32] [--target-images 600]
+                                      [--source-images 1000] [--name crossdomain]
+
+Pairs (bundled data, ``edgexfer data prepare``): mnist-5k → uci-digits, uci-digits → mnist-5k,
+mnist-5k → uci-digits-color (uci-digits, each digit in a random bright colour on a random dark
+background; see ``edgexfer.data.bundled``). Targets are stratified subsets of ``--target-images``
+images (``prepare_data(..., limit=N, seed=0)``), the same for every seed and method.
+
+One teacher per SOURCE domain, trained once (seed 0): EfficientNet-Lite0 from ImageNet at
+``--img-size``, 10 head epochs + 5 fine-tune epochs of the top 30 layers, label smoothing 0.1
+(SHOT's source training uses label smoothing). The seed varies the ADAPTATION only: adapt's seed
+(its subset of ``--source-images`` source training images, the batch order, DANN's domain
+classifier initialisation, SHOT's batch order). Every method runs with its defaults
+(``edgexfer adapt --method M --seed S``, plus ``--max-source-images``); source-only is the teacher.
+Target labels are read only to score. ``auto`` is scored as the candidate that
+``edgexfer.train.auto.choose_method`` picks from the five adapted models' target predictions,
+which is exactly what ``adapt --method auto`` runs (the same candidates, seeds and defaults,
+deterministic), without training them twice.
+
+Then int8 TFLite (``edgexfer export --format tflite --quant int8``, calibrated on the target
+images) of shot on mnist-5k → uci-digits for every seed, and of each pair's best method (seed 0),
+checked against its Keras parent on the target (``edgexfer check``). Work is kept in WORK_DIR and
+reused when the script runs again (a killed run resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import call_in_subprocess, markdown_table, save  # noqa: E402
+
+PAIRS = {
+    "mnist-5k → uci-digits": ("mnist-5k", "uci-digits"),
+    "uci-digits → mnist-5k": ("uci-digits", "mnist-5k"),
+    "mnist-5k → uci-digits-color": ("mnist-5k", "uci-digits-color"),
+}
+METHODS = ("adabn", "coral", "dann", "pseudo-label", "shot")
+ROWS = ("source-only", *METHODS, "auto")
+
+
+def teacher_options(img_size: int) -> dict:
+    return dict(
+        backbone="efficientnet_lite0",
+        weights="imagenet",
+        img_size=img_size,
+        epochs=10,
+        fine_tune_epochs=5,
+        unfreeze_layers=30,
+        label_smoothing=0.1,
+        seed=0,
+    )
+
+
+def prepare(work: Path, img_size: int, target_images: int) -> dict:
+    """Data folders and one teacher per source domain (reused when present)."""
+    from edgexfer import api
+
+    data = {}
+    for name in sorted({name for pair in PAIRS.values() for name in pair}):
+        data[name] = api.prepare_data(name, work / "data" / name)["path"]
+        data[f"{name}:target"] = api.prepare_data(name, work / "data" / f"{name}-target", limit=target_images)["path"]
+    teachers = {}
+    for source in sorted({pair[0] for pair in PAIRS.values()}):
+        out = work / "teachers" / source
+        if not (out / "manifest.json").is_file():
+            print(f"teacher on {source}", file=sys.stderr)
+            api.finetune(data[source], out, **teacher_options(img_size))
+        teachers[source] = str(out)
+    return {"data": data, "teachers": teachers}
+
+
+def _labelled_target(folder: str, artifact) -> tuple[np.ndarray, np.ndarray]:
+    from edgexfer.data import load_arrays
+    from edgexfer.data.class_map import scan_labelled
+
+    dataset = scan_labelled(folder, artifact.manifest.label_names, {}, role="target")
+    return load_arrays(dataset.all_samples(), artifact.manifest.preprocessing)
+
+
+def run_pair(spec: dict) -> None:
+    """Every method × seed on one pair (in its own process); prints the JSON result last."""
+    from edgexfer import api
+    from edgexfer.artifact import Artifact
+    from edgexfer.train.auto import choose_method, target_probabilities
+
+    work, teacher, source, target = Path(spec["work"]), Artifact(spec["teacher"]), spec["source"], spec["target"]
+    images, labels = _labelled_target(target, teacher)
+    accuracy = lambda probs: round(float((probs.argmax(1) == labels).mean()), 4)  # noqa: E731
+    result = {"n_target": int(len(labels)), "source-only": accuracy(target_probabilities(teacher, images))}
+    runs: dict = {method: {} for method in METHODS}
+    auto: dict = {}
+    for seed in spec["seeds"]:
+        predictions = {}
+        for method in METHODS:
+            out = work / f"{method}-s{seed}"
+            if not (out / "metrics.json").is_file():
+                print(f"{spec['pair']}: {method} seed {seed}", file=sys.stderr)
+                api.adapt(
+                    teacher.path,
+                    None if method == "shot" else source,
+                    target,
+                    out,
+                    method=method,
+                    seed=seed,
+                    max_source_images=spec["source_images"],
+                )
+            artifact = Artifact(out)
+            predictions[method] = target_probabilities(artifact, images)
+            runs[method][seed] = {
+                "accuracy": accuracy(predictions[method]),
+                "seconds": artifact.metrics["timings_seconds"]["total_seconds"],
+                "artifact": str(out),
+            }
+        choice = choose_method(predictions)
+        auto[seed] = {**choice, "accuracy": runs[choice["picked"]][seed]["accuracy"]}
+        best = max(METHODS, key=lambda m: runs[m][seed]["accuracy"])
+        auto[seed]["best_method"] = best
+        auto[seed]["picked_best"] = runs[choice["picked"]][seed]["accuracy"] >= runs[best][seed]["accuracy"]
+    print(json.dumps({**result, "runs": runs, "auto": auto}))
+
+
+def export_int8(artifact: str, target: str, out: Path) -> dict:
+    """int8 TFLite of ``artifact`` (calibrated on target images) and its target accuracy next to its Keras parent."""
+    from edgexfer import api
+
+    exported = out / "tflite-int8"
+    if not (exported / "manifest.json").is_file():
+        api.export(artifact, exported, "tflite", "int8", calibration_data=target)
+    check = api.check([exported], target, measure_latency=False, out=out / "check")
+    row = check["candidates"][0]["parity"]
+    return {
+        "artifact": artifact,
+        "keras_accuracy": round(row["reference_accuracy"], 4),
+        "int8_accuracy": round(row["accuracy"], 4),
+        "loss_points": round(100 * (row["reference_accuracy"] - row["accuracy"]), 2),
+        "agreement": round(row["agreement"], 4),
+    }
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4), "values": values}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--target-images", type=int, default=600)
+    parser.add_argument("--source-images", type=int, default=1000)
+    parser.add_argument("--name", default="crossdomain")
+    parser.add_argument("--no-export", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, help="pairs run at once, one process each")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    setup = call_in_subprocess(
+        __file__, "_prepare_json", {"work": str(args.work), "img_size": args.img_size, "target": args.target_images}
+    )
+    specs = {}
+    for pair, (source, target) in PAIRS.items():
+        specs[pair] = {
+            "pair": pair,
+            "work": str(args.work / "runs" / pair.replace(" → ", "_to_")),
+            "teacher": setup["teachers"][source],
+            "source": setup["data"][source],
+            "target": setup["data"][f"{target}:target"],
+            "seeds": args.seeds,
+            "source_images": args.source_images,
+        }
+    # one process per pair, --jobs of them at once (each holds its own teacher and target images)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = dict(
+            zip(specs, pool.map(lambda spec: call_in_subprocess(__file__, "run_pair", spec), specs.values()))
+        )
+    pairs = {pair: {"spec": specs[pair], **results[pair]} for pair in PAIRS}
+
+    table = {}
+    for pair, res in pairs.items():
+        rows = {"source-only": {"mean": res["source-only"], "std": 0.0, "values": [res["source-only"]]}}
+        for method in METHODS:
+            rows[method] = mean_std([res["runs"][method][str(s)]["accuracy"] for s in args.seeds])
+        rows["auto"] = mean_std([res["auto"][str(s)]["accuracy"] for s in args.seeds])
+        best = max(METHODS, key=lambda m: rows[m]["mean"])
+        table[pair] = {
+            "rows": rows,
+            "best_method": best,
+            "best_over_source_only_points": round(100 * (rows[best]["mean"] - res["source-only"]), 1),
+            "auto_picks": {s: res["auto"][str(s)]["picked"] for s in args.seeds},
+            "auto_picked_best": sum(res["auto"][str(s)]["picked_best"] for s in args.seeds),
+        }
+
+    exports = {}
+    if not args.no_export:
+        first = next(iter(PAIRS))
+        for seed in args.seeds:
+            artifact = pairs[first]["runs"]["shot"][str(seed)]["artifact"]
+            exports[f"shot {first} seed {seed}"] = call_in_subprocess(
+                __file__, "_export_json", {"artifact": artifact, "target": pairs[first]["spec"]["target"]}
+            )
+        for pair, entry in table.items():
+            method = entry["best_method"]
+            key = f"{method} {pair} seed {args.seeds[0]}"
+            if key not in exports:
+                artifact = pairs[pair]["runs"][method][str(args.seeds[0])]["artifact"]
+                exports[key] = call_in_subprocess(
+                    __file__, "_export_json", {"artifact": artifact, "target": pairs[pair]["spec"]["target"]}
+                )
+
+    header = ["method", *PAIRS]
+    lines = []
+    for method in ROWS:
+        cells = [method]
+        for pair in PAIRS:
+            row = table[pair]["rows"][method]
+            cell = f"{100 * row['mean']:.1f}" + ("" if method == "source-only" else f" ± {100 * row['std']:.1f}")
+            cells.append(f"**{cell}**" if method == table[pair]["best_method"] else cell)
+        lines.append(cells)
+    markdown = markdown_table(header, lines)
+    print(markdown)
+    save(
+        args.name,
+        {
+            "settings": {
+                "seeds": args.seeds,
+                "img_size": args.img_size,
+                "target_images": args.target_images,
+                "source_images": args.source_images,
+                "jobs": args.jobs,
+                "teacher": teacher_options(args.img_size),
+            },
+            "table": table,
+            "pairs": {
+                pair: {k: v for k, v in res.items() if k != "spec"} | {"spec": res["spec"]}
+                for pair, res in pairs.items()
+            },
+            "exports": exports,
+            "markdown": markdown,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+
+
+def _prepare_json(spec: dict) -> None:
+    print(json.dumps(prepare(Path(spec["work"]), spec["img_size"], spec["target"])))
+
+
+def _export_json(spec: dict) -> None:
+    print(
+        json.dumps(
+            export_int8(
+                spec["artifact"],
+                spec["target"],
+                Path(spec["artifact"]).parent / "exports" / Path(spec["artifact"]).name,
+            )
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
