@@ -290,9 +290,13 @@ def test_shipped_recipes_resolve_from_anywhere(tmp_path, monkeypatch):
 def test_run_list_and_unknown_recipe(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     listing = call_cli(capsys, "run", "--list")
-    assert listing.code == 0 and all(name in listing.out for name in ("digits", "fashion-mnist", "template"))
+    assert listing.code == 0 and all(
+        name in listing.out for name in ("digits", "digits-fewshot", "fashion-mnist", "template")
+    )
     unknown = call_cli(capsys, "run", "no-such-recipe")
-    assert unknown.code == 2 and "shipped recipes: digits, fashion-mnist, template" in the_error(unknown.err)
+    assert unknown.code == 2 and "shipped recipes: digits, digits-fewshot, fashion-mnist, template" in the_error(
+        unknown.err
+    )
 
 
 # ------------------------------------------------------------------------- bundle
