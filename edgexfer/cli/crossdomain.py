@@ -104,7 +104,8 @@ def register(app: typer.Typer) -> None:
         """Adapt a model to an unlabelled target domain (target labels are never read)."""
         from edgexfer.config import load_config_file
         from edgexfer.data.class_map import parse_class_map
-        from edgexfer.train.adapt import AdaptConfig, run_adapt
+        from edgexfer.train.adapt import run_adapt
+        from edgexfer.train.config import AdaptConfig
 
         values: dict[str, Any] = load_config_file(config) if config else {}
         flags = dict(
@@ -235,7 +236,8 @@ def register(app: typer.Typer) -> None:
         """
         from edgexfer.data.class_map import parse_class_map
         from edgexfer.evaluate.domains import parse_domains
-        from edgexfer.train.fuse import FuseConfig, run_fuse
+        from edgexfer.train.config import FuseConfig
+        from edgexfer.train.fuse import run_fuse
 
         values: dict[str, Any] = {"batch_size": batch_size, "strict": strict}
         if alpha.strip().lower() == "auto":

@@ -186,7 +186,7 @@ STAGE_TYPES: dict[str, StageType] = {
         StageType(
             "adapt",
             _adapt,
-            "edgexfer.train.adapt.AdaptConfig",
+            "edgexfer.train.config.AdaptConfig",
             stage_keys=("parent",),
             data_keys=("source", "target"),
             required=("parent", "target"),  # source: every method but shot (_check_adapt_source)
@@ -196,7 +196,7 @@ STAGE_TYPES: dict[str, StageType] = {
         StageType(
             "fuse",
             _fuse,
-            "edgexfer.train.fuse.FuseConfig",
+            "edgexfer.train.config.FuseConfig",
             stage_keys=("source_model", "finetuned"),
             data_keys=("val_data", "source_data"),
             data_map_keys=("curve_data",),

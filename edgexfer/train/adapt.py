@@ -57,13 +57,11 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
 
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
-from edgexfer.config import FrozenConfig
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
@@ -77,6 +75,7 @@ from edgexfer.train.batchnorm import (
     find_cut,
     find_features_layer,
 )
+from edgexfer.train.config import SOURCE_FREE_METHODS, AdaptConfig
 from edgexfer.train.resume import (
     LoopCheckpoint,
     SeededRandomLayers,
@@ -87,128 +86,6 @@ from edgexfer.train.resume import (
     restore_optimizer,
     variable_arrays,
 )
-
-METHODS = ("adabn", "coral", "dann", "pseudo-label", "shot", "auto")
-Method = Literal["adabn", "coral", "dann", "pseudo-label", "shot", "auto"]
-# Methods that read no source image; ``source`` is refused with them.
-SOURCE_FREE_METHODS = ("shot",)
-
-# Per-method defaults, tuned on mnist-5k → uci-digits (EfficientNet-Lite0, 64 px); ``None``
-# in the config means "this method's default".
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "adabn": {"epochs": 10, "bn": "domain"},
-    # Deep CORAL aligned best with the model's own BN statistics: 85.8 % on uci-digits over 3
-    # seeds against 71.1 % with per-domain statistics, and its int8 export keeps the accuracy.
-    "coral": {"epochs": 10, "bn": "frozen"},
-    # DANN with frozen statistics collapsed (every target image to one class); per-domain works.
-    "dann": {"epochs": 10, "bn": "domain"},
-    "pseudo-label": {"epochs": 3, "bn": "frozen", "after": "coral"},  # epochs per round
-    # SHOT: epochs over the TARGET images; BN "domain" = target statistics (no source data).
-    "shot": {"epochs": 10, "bn": "domain"},
-}
-
-
-# adapt's training loop swaps each BatchNorm layer's statistics between the source and the
-# target batch inside every step (assigning the variables), which replicas of a tf.distribute
-# strategy cannot share; it trains the top layers on cached features, minutes on one CPU.
-ADAPT_NOT_DISTRIBUTED = (
-    "adapt cannot be distributed (--strategy default only): its training step swaps BatchNorm "
-    "statistics between source and target batches, which tf.distribute replicas cannot share; "
-    "run it in one process (it trains the top layers on cached features)"
-)
-
-
-class AdaptConfig(FrozenConfig):
-    """How to adapt. ``epochs``/``after`` of ``None`` take the method's defaults."""
-
-    method: Method = "adabn"
-    after: Literal["none", "adabn", "coral", "dann"] | None = Field(
-        None, description="pseudo-label only: run this method first, then self-train (default: coral)"
-    )
-    bn: Literal["domain", "frozen"] | None = Field(
-        None,
-        description="domain: per-domain BatchNorm statistics (source for source batches, target for "
-        "target batches; AdaBN underneath the method); frozen: the model's own statistics "
-        "(default: per method — adabn/dann domain, coral/pseudo-label frozen)",
-    )
-    output_stats: Literal["target", "source"] = Field(
-        "target", description="BatchNorm statistics the written model carries (source: the source-statistics baseline)"
-    )
-    epochs: int | None = Field(
-        None, ge=0, description="training epochs over the source (pseudo-label: per round; shot: over the target)"
-    )
-    train_layers: int = Field(30, ge=0, description="top weighted layers trained besides the head; 0: head only")
-    batch_size: int = Field(64, ge=2)
-    learning_rate: float = Field(1e-3, gt=0, le=1.0)
-    coral_weight: float = Field(1.0, ge=0, description="weight of the CORAL loss (Deep CORAL's lambda)")
-    dann_weight: float = Field(0.3, ge=0, description="largest gradient-reversal coefficient (ramped up from 0)")
-    dann_hidden: int = Field(256, ge=1, description="units of the domain classifier's hidden layer")
-    shot_weight: float = Field(
-        0.3, ge=0, description="shot: weight β of the cross-entropy to the centroid pseudo-labels (SHOT's cls_par)"
-    )
-    threshold: float = Field(0.9, gt=0.0, lt=1.0, description="pseudo-label: minimum confidence")
-    rounds: int = Field(3, ge=1, description="pseudo-label: rounds of re-labelling")
-    pseudo_weight: float = Field(1.0, gt=0, description="pseudo-label: weight of the target loss")
-    class_balance: bool = Field(
-        True,
-        description="pseudo-label: keep at most as many pseudo-labels of a class "
-        "as the target has images per class on average",
-    )
-    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="source images held out to report source accuracy")
-    max_source_images: int | None = Field(None, ge=2)
-    max_target_images: int | None = Field(None, ge=2)
-    class_map: dict[str, str] = Field(default_factory=dict, description="target folder class → model class")
-    seed: int = 0
-    deterministic: bool = True
-    strict: bool = False
-    strategy: Literal["default", "mirrored", "multi-worker"] = Field(
-        "default", description="default only: adapt cannot be distributed"
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.strategy != "default":
-            raise ConfigError(ADAPT_NOT_DISTRIBUTED)  # not a ValueError: pydantic passes it through as it is
-        if self.after not in (None, "none") and self.method != "pseudo-label":
-            raise ValueError(
-                f"after={self.after!r} is for method pseudo-label (self-training after another "
-                f"method); with method {self.method!r} leave it out"
-            )
-        if self.method == "auto" and (self.bn is not None or self.epochs is not None):
-            raise ValueError("method auto runs every method with its own defaults; leave bn and epochs out")
-        if self.bn == "frozen" and "adabn" in (self.method, self.after):
-            raise ValueError("adabn re-estimates BatchNorm statistics; bn='frozen' contradicts it")
-        return self
-
-    @property
-    def bn_mode(self) -> str:
-        """The BatchNorm mode used: the given one, else the method's default."""
-        if self.bn is not None:
-            return self.bn
-        if self.method == "auto":
-            return "per method"
-        if "adabn" in (self.method, self.after):
-            return "domain"
-        first = self.first_method
-        if first is not None and self.after is not None:  # an explicit first method sets the mode
-            return METHOD_DEFAULTS[first]["bn"]
-        return METHOD_DEFAULTS[self.method]["bn"]
-
-    @property
-    def first_method(self) -> str | None:
-        """The method pseudo-labelling runs after (default: coral, whose pseudo-labels are the
-        best first guesses measured). ``none``: the input model labels the first round."""
-        if self.method != "pseudo-label" or self.after == "none":
-            return None
-        if self.after is None:
-            return "adabn" if self.bn == "domain" else METHOD_DEFAULTS["pseudo-label"]["after"]
-        return self.after
-
-    def epochs_for(self, method: str) -> int:
-        if method == self.method and self.epochs is not None:
-            return self.epochs
-        return METHOD_DEFAULTS[method]["epochs"]
-
 
 # ----------------------------------------------------------------------------- losses (unit-tested)
 

@@ -92,7 +92,8 @@ def run_auto(
     from edgexfer.data import Sample, data_errors, load_arrays
     from edgexfer.data.class_map import scan_unlabelled
     from edgexfer.tempfiles import sweep_stale, tmp_prefix
-    from edgexfer.train.adapt import AdaptConfig, run_adapt
+    from edgexfer.train.adapt import run_adapt
+    from edgexfer.train.config import AdaptConfig
 
     parent = Artifact(model_dir)
     out = Path(out)

@@ -22,16 +22,15 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
 
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
-from edgexfer.config import FrozenConfig
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
+from edgexfer.train.config import FuseConfig
 
 ALPHA_MEANING = (
     "theta = alpha * theta_source + (1 - alpha) * theta_finetuned: alpha is the weight of the "
@@ -40,75 +39,6 @@ ALPHA_MEANING = (
 )
 CURVE_JSON = "alpha_curve.json"
 CURVE_PNG = "alpha_curve.png"
-DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
-
-
-class FuseConfig(FrozenConfig):
-    alpha: float | Literal["auto"] = Field(
-        "auto", description="weight of the source model in [0, 1] (0: fine-tuned, 1: source), or auto"
-    )
-    alphas: tuple[float, ...] = Field(DEFAULT_ALPHAS, description="the grid auto sweeps")
-    val_data: str | None = Field(None, description="labelled image folder that auto selects alpha on")
-    val_images: Literal["all", "labelled"] = Field(
-        "all",
-        description="labelled: select on only the val_data images the fine-tuned model's --per-class run labelled "
-        "(a few-label user's only target labels)",
-    )
-    source_data: str | None = Field(
-        None,
-        description="[NAME=]DIR: labelled SOURCE-domain folder, scored on its held-out test split (carved as the "
-        "source model's run carved it): its curve, and what keep_source protects",
-    )
-    keep_source: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="auto: the alpha with the best val_data accuracy among those losing at most this much "
-        "source_data accuracy against the source model (0.01 = one point)",
-    )
-    curve_data: dict[str, str] = Field(default_factory=dict, description="more labelled folders to draw curves for")
-    class_map: dict[str, str] = Field(default_factory=dict)
-    bn_reset: str | None = Field(
-        None,
-        description="images (labels unused) to re-estimate BatchNorm statistics on after interpolating, at every alpha",
-    )
-    split: Literal["all", "train", "val", "test"] = "all"
-    batch_size: int = Field(64, ge=1)
-    max_images: int | None = Field(None, ge=2, description="at most this many images per folder (seeded)")
-    seed: int = 0
-    strict: bool = False
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha_range(cls, value):
-        if value != "auto" and not 0.0 <= float(value) <= 1.0:
-            raise ValueError("alpha must be in [0, 1] (0: the fine-tuned model, 1: the source) or 'auto'")
-        return value
-
-    @field_validator("alphas")
-    @classmethod
-    def _grid(cls, value):
-        if not value or any(not 0.0 <= a <= 1.0 for a in value):
-            raise ValueError("alphas must be a non-empty list of values in [0, 1]")
-        return tuple(sorted(set(float(a) for a in value)))
-
-    @model_validator(mode="after")
-    def _keep_source_needs_source_data(self):
-        if self.keep_source is not None and (self.alpha != "auto" or not self.source_data):
-            raise ValueError(
-                "keep_source chooses alpha (--alpha auto) by the source model's accuracy on labelled source "
-                "images: pass alpha auto and source_data (--source-data DIR)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _auto_needs_data(self):
-        if self.alpha == "auto" and not self.val_data:
-            raise ValueError(
-                "alpha 'auto' selects alpha on a labelled validation folder: pass val_data "
-                "(--val-data DIR, from the source or the target domain — your choice)"
-            )
-        return self
 
 
 def load_source_model(source: str | Path, finetuned: Artifact):

@@ -7,8 +7,8 @@ import pytest
 from edgexfer.data.class_map import check_map_used, match_classes, parse_class_map
 from edgexfer.errors import ConfigError, DataError
 from edgexfer.evaluate.domains import parse_domain, parse_domains
-from edgexfer.train.adapt import METHOD_DEFAULTS, AdaptConfig
-from edgexfer.train.fuse import ALPHA_MEANING, DEFAULT_ALPHAS, FuseConfig
+from edgexfer.train.config import DEFAULT_ALPHAS, METHOD_DEFAULTS, AdaptConfig, FuseConfig
+from edgexfer.train.fuse import ALPHA_MEANING
 
 
 def test_adapt_config_defaults_and_method_epochs():
