@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.data.subset import random_subset
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
@@ -177,9 +178,9 @@ def run_adapt(
             f"{' …' if len(target_data.class_folders) > 10 else ''}); their labels are ignored — adapt uses "
             "only the images"
         )
-    source_train = _subset(source_data.split("train"), config.max_source_images, config.seed)
+    source_train = random_subset(source_data.split("train"), config.max_source_images, config.seed)
     source_val = source_data.split("val")
-    target_paths = _subset(target_data.paths, config.max_target_images, config.seed)
+    target_paths = random_subset(target_data.paths, config.max_target_images, config.seed)
 
     from edgexfer.data import Sample, data_errors, load_arrays
     from edgexfer.tf_env import import_tf
@@ -310,13 +311,6 @@ def _source_split(parent: Artifact, config: AdaptConfig) -> dict[str, Any]:
 def _describe(config: AdaptConfig) -> str:
     method = config.method if not config.first_method else f"{config.first_method} → {config.method}"
     return f"{method}, BatchNorm {config.bn_mode}"
-
-
-def _subset(items: list, limit: int | None, seed: int) -> list:
-    if not limit or len(items) <= limit:
-        return list(items)
-    order = np.random.default_rng(seed).permutation(len(items))[:limit]
-    return [items[i] for i in sorted(order)]
 
 
 # ----------------------------------------------------------------------------- the model's anatomy

@@ -34,6 +34,7 @@ import numpy as np
 
 from edgexfer.artifact import Artifact, Manifest
 from edgexfer.config import FinetuneConfig, ImageCache
+from edgexfer.data.subset import limit_samples
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, build_classifier, build_head_layers, count_params, save_keras_model
 from edgexfer.provenance import recorded
@@ -179,7 +180,7 @@ def finetune(
             f"{few_labels.pool}; {len(test_samples)} held out ({few_labels.held_out_from}) for the test accuracy"
         )
     else:
-        train_samples = _limit(dataset.split("train"), config.max_train_images, config.seed)
+        train_samples = limit_samples(dataset.split("train"), config.max_train_images, config.seed, sort_by_path=False)
         val_samples, test_samples = dataset.split("val"), dataset.split("test")
     class_names = dataset.class_names
     if not val_samples:
@@ -449,17 +450,6 @@ def _distributed_metrics(
         if steps[phase] and f"{phase}_seconds" in timings
     }
     return result
-
-
-def _limit(samples: list, limit: int | None, seed: int) -> list:
-    """A stratified, seeded subset of at most ``limit`` samples."""
-    if not limit or len(samples) <= limit:
-        return samples
-    from sklearn.model_selection import train_test_split
-
-    labels = [s.label for s in samples]
-    kept, _ = train_test_split(samples, train_size=limit, stratify=labels, random_state=seed)
-    return kept
 
 
 def _class_weights(samples: list, num_classes: int) -> dict[int, float]:

@@ -49,6 +49,7 @@ import numpy as np
 
 from edgexfer.errors import ConfigError
 from edgexfer.seeding import derive_seed
+from edgexfer.tempfiles import write_text_atomically
 
 INFO = "info.json"
 
@@ -94,9 +95,7 @@ def _alive(info: dict[str, Any]) -> bool:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 class StageCheckpoint:
