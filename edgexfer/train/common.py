@@ -6,6 +6,7 @@ import contextlib
 import resource
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from edgexfer.errors import ConfigError
@@ -48,45 +49,51 @@ def make_strategy(name: str):
     raise ConfigError(f"--strategy {name!r} is unknown; allowed: default, mirrored, multi-worker")
 
 
-# The directory training stages log TensorBoard events to, while ``tensorboard_logging`` is active.
-_TENSORBOARD_DIR: list[Path] = []
+# The directory training stages log TensorBoard events to, while ``tensorboard_logging`` is
+# active. A context variable, not an argument of every stage: the callbacks are made deep inside
+# finetune, adapt, distill, prune and QAT (their training helpers), the log directory changes
+# nothing a stage computes (so it stays out of the ``@recorded`` provenance), and the pipeline
+# runner is its one setter. A ContextVar keeps it per thread and per task, where a module-level
+# list would leak between concurrent runs in one process.
+_tensorboard_dir: ContextVar[Path | None] = ContextVar("edgexfer_tensorboard_dir", default=None)
 
 
 @contextlib.contextmanager
 def tensorboard_logging(log_dir: Path | None) -> Iterator[None]:
-    """Training stages run inside this block add a TensorBoard callback writing to ``log_dir``."""
+    """Training stages run inside this block add a TensorBoard callback writing to ``log_dir``
+    (``None``: leaves the surrounding setting as it is)."""
     if log_dir is None:
         yield
         return
-    _TENSORBOARD_DIR.append(Path(log_dir))
+    token = _tensorboard_dir.set(Path(log_dir))
     try:
         yield
     finally:
-        _TENSORBOARD_DIR.pop()
+        _tensorboard_dir.reset(token)
 
 
 def tensorboard_callbacks(phase: str) -> list:
     """A TensorBoard callback for ``phase`` when ``tensorboard_logging`` is active, else none."""
-    if not _TENSORBOARD_DIR:
+    log_dir = _tensorboard_dir.get()
+    if log_dir is None:
         return []
     from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
     return [
-        keras.callbacks.TensorBoard(
-            log_dir=str(_TENSORBOARD_DIR[-1] / phase), histogram_freq=0, write_graph=False, profile_batch=0
-        )
+        keras.callbacks.TensorBoard(log_dir=str(log_dir / phase), histogram_freq=0, write_graph=False, profile_batch=0)
     ]
 
 
 def tensorboard_writer(phase: str):
     """A ``tf.summary`` writer for custom training loops (no Keras callback), or None when not logging."""
-    if not _TENSORBOARD_DIR:
+    log_dir = _tensorboard_dir.get()
+    if log_dir is None:
         return None
     from edgexfer.tf_env import import_tf
 
     tf, _ = import_tf()
-    return tf.summary.create_file_writer(str(_TENSORBOARD_DIR[-1] / phase))
+    return tf.summary.create_file_writer(str(log_dir / phase))
 
 
 def peak_rss_mb() -> float:
