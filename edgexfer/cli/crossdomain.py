@@ -1,5 +1,6 @@
 """Cross-domain commands: ``adapt`` (unsupervised domain adaptation) and ``fuse`` (weight-space
-interpolation). Thin: parse options → build a config → call the stage → render a table."""
+interpolation). Thin: parse options (``--config`` merged by ``edgexfer.cli.options``) → build a
+config → call ``edgexfer.api`` → render the stage's typed result (``edgexfer.train.results``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from edgexfer.cli import options
+from edgexfer.cli.options import config_help as _help
 from edgexfer.errors import ConfigError
+from edgexfer.train.config import AdaptConfig, FuseConfig
+from edgexfer.train.results import AdaptResult, FuseResult
 
 
 def _fmt(value: Any) -> str:
@@ -44,7 +49,7 @@ def register(app: typer.Typer) -> None:
             help="adabn | coral | dann | pseudo-label | shot (source-free: the model and target images only) | "
             "auto (runs the others, keeps the one agreeing most with their consensus on the target)",
         ),
-        out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
+        out: options.Out = ...,
         after: Optional[str] = typer.Option(
             None,
             help="pseudo-label only: first run adabn | coral | dann, then "
@@ -90,24 +95,19 @@ def register(app: typer.Typer) -> None:
         ),
         max_source_images: Optional[int] = typer.Option(None, help="Seeded subset of the source training images."),
         max_target_images: Optional[int] = typer.Option(None, help="Seeded subset of the target images."),
-        seed: Optional[int] = typer.Option(None, help="(default: 0)"),
+        seed: options.Seed = None,
         strategy: Optional[str] = typer.Option(
             None,
             help="default only: adapt cannot be distributed (its step "
             "swaps BatchNorm statistics per domain); one process",
         ),
-        strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
-        config: Optional[Path] = typer.Option(
-            None, "--config", help="YAML/TOML file of these options; flags override it."
-        ),
+        strict: options.Strict = False,
+        config: options.ConfigFile = None,
     ) -> None:
         """Adapt a model to an unlabelled target domain (target labels are never read)."""
-        from edgexfer.config import load_config_file
+        from edgexfer import api
         from edgexfer.data.class_map import parse_class_map
-        from edgexfer.train.adapt import run_adapt
-        from edgexfer.train.config import AdaptConfig
 
-        values: dict[str, Any] = load_config_file(config) if config else {}
         flags = dict(
             method=method,
             after=after,
@@ -128,38 +128,19 @@ def register(app: typer.Typer) -> None:
             strategy=strategy,
             strict=strict or None,
         )
-        values.update({k: v for k, v in flags.items() if v is not None})
+        values = options.merge_config(config, flags)
         if class_map is not None or "class_map" in values:
             values["class_map"] = parse_class_map(class_map if class_map is not None else values["class_map"])
-        artifact = run_adapt(
-            model, source, target, out, AdaptConfig.build(**values), progress=sys.stdout.isatty(), log=console.print
+        artifact = api.adapt(
+            model,
+            source,
+            target,
+            out,
+            config=AdaptConfig.build(**values),
+            progress=sys.stdout.isatty(),
+            log=console.print,
         )
-        m = artifact.metrics
-        picked = f" → {m['picked']}" if m.get("picked") else ""
-        table = Table(
-            title=f"adapt ({m['method']}{picked}{' after ' + m['after'] if m.get('after') else ''}, "
-            f"BatchNorm {m['bn']}) → {artifact.path}"
-        )
-        table.add_column("metric")
-        table.add_column("input", justify="right")
-        table.add_column("adapted", justify="right")
-        table.add_row("source val accuracy", _fmt(m["input"]["source_val_accuracy"]), _fmt(m["source_val_accuracy"]))
-        table.add_row("source val accuracy, source BN statistics", "", _fmt(m["source_stats_source_val_accuracy"]))
-        table.add_row("target mean confidence (no labels)", "", _fmt(m["output"].get("target_mean_confidence")))
-        table.add_row("target images ≥ threshold (no labels)", "", _fmt(m["output"].get("target_confident_fraction")))
-        table.add_row(
-            "images (source / val / target)",
-            "",
-            f"{m['images']['source_train']} / {m['images']['source_val']} / {m['images']['target']}",
-        )
-        table.add_row("seconds", "", f"{m['timings_seconds']['total_seconds']:.1f}")
-        console.print(table)
-        if m.get("auto"):
-            console.print(f"auto picked {m['auto']['reason']}")
-        if m.get("source_free"):
-            console.print("source-free: no source image was read")
-        domains = f"--data source={source} " if source is not None else ""
-        console.print(f"target accuracy needs labels: edgexfer evaluate {artifact.path} {domains}--data target=DIR")
+        render_adapt(AdaptResult.of(artifact), source)
 
     @app.command()
     def fuse(
@@ -170,7 +151,7 @@ def register(app: typer.Typer) -> None:
             "imagenet:efficientnet_lite0).",
         ),
         finetuned: Path = typer.Argument(..., help="FINETUNED: the fine-tuned artifact."),
-        out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
+        out: options.Out = ...,
         alpha: str = typer.Option(
             ...,
             "--alpha",
@@ -224,9 +205,12 @@ def register(app: typer.Typer) -> None:
             "with different statistics (e.g. an "
             "adapted model and its source).",
         ),
-        max_images: Optional[int] = typer.Option(None, help="At most this many images per folder (seeded)."),
-        batch_size: int = typer.Option(64),
-        strict: bool = typer.Option(False, "--strict", help="Corrupt image files are an error."),
+        max_images: Optional[int] = typer.Option(
+            None, help="At most this many images per folder (seeded; default: all)"
+        ),
+        batch_size: Optional[int] = typer.Option(None, help=_help(FuseConfig, "batch_size", "Images per batch")),
+        strict: options.Strict = False,
+        config: options.ConfigFile = None,
     ) -> None:
         """Interpolate weights: θ = α·θ_source + (1−α)·θ_finetuned (α = weight of the SOURCE).
 
@@ -234,63 +218,92 @@ def register(app: typer.Typer) -> None:
         (e.g. ImageNet's classes), only the shared layers are interpolated and the fine-tuned
         head is kept.
         """
+        from edgexfer import api
         from edgexfer.data.class_map import parse_class_map
         from edgexfer.evaluate.domains import parse_domains
-        from edgexfer.train.config import FuseConfig
-        from edgexfer.train.fuse import run_fuse
 
-        values: dict[str, Any] = {"batch_size": batch_size, "strict": strict}
         if alpha.strip().lower() == "auto":
-            values["alpha"] = "auto"
+            alpha_value: float | str = "auto"
         else:
             try:
-                values["alpha"] = float(alpha)
+                alpha_value = float(alpha)
             except ValueError:
                 raise ConfigError(f"--alpha {alpha!r} is not a number in [0, 1] or 'auto'") from None
-        if val_data:
-            values["val_data"] = val_data
-        if source_data:
-            values["source_data"] = source_data
-        if val_images:
-            values["val_images"] = val_images
-        if keep_source is not None:
-            values["keep_source"] = keep_source
-        if curve_data:
-            values["curve_data"] = parse_domains(curve_data)
+        grid = None
         if alphas:
             try:
-                values["alphas"] = tuple(float(a) for a in alphas.split(",") if a.strip())
+                grid = tuple(float(a) for a in alphas.split(",") if a.strip())
             except ValueError:
                 raise ConfigError(f"--alphas {alphas!r}: write numbers in [0, 1] separated by commas") from None
-        if class_map:
-            values["class_map"] = parse_class_map(class_map)
-        if max_images:
-            values["max_images"] = max_images
-        if bn_reset:
-            values["bn_reset"] = str(bn_reset)
-        artifact = run_fuse(
-            source, finetuned, out, FuseConfig.build(**values), log=console.print, progress=sys.stdout.isatty()
+        flags = dict(
+            alpha=alpha_value,
+            alphas=grid,
+            val_data=val_data or None,
+            source_data=source_data or None,
+            val_images=val_images or None,
+            keep_source=keep_source,
+            curve_data=parse_domains(curve_data) if curve_data else None,
+            max_images=max_images,
+            bn_reset=str(bn_reset) if bn_reset else None,
+            batch_size=batch_size,
+            strict=strict or None,
         )
-        m = artifact.metrics
-        curve_path = artifact.path / "alpha_curve.json"
-        if curve_path.is_file():
-            import json
+        values = options.merge_config(config, flags)
+        if class_map or "class_map" in values:
+            values["class_map"] = parse_class_map(class_map or values["class_map"])
+        artifact = api.fuse(
+            source, finetuned, out, config=FuseConfig.build(**values), log=console.print, progress=sys.stdout.isatty()
+        )
+        render_fuse(FuseResult.of(artifact))
 
-            curve = json.loads(curve_path.read_text())
-            table = Table(title="fuse: accuracy vs α")
-            table.add_column("α", justify="right")
-            for name in curve["curves"]:
-                table.add_column(name + (" (selection)" if name == curve["selected_on"] else ""), justify="right")
-            for i, a in enumerate(curve["alphas"]):
-                mark = " ← chosen" if a == m["alpha"] else ""
-                table.add_row(f"{a:g}{mark}", *(f"{values_[i]:.4f}" for values_ in curve["curves"].values()))
-            console.print(table)
-            if curve.get("rule"):
-                console.print(f"chosen by: {curve['rule']['rule']}")
-            console.print("α = weight of the source: θ = α·θ_source + (1−α)·θ_finetuned (0: fine-tuned, 1: source)")
-            console.print(f"curve: {artifact.path / 'alpha_curve.json'}, {artifact.path / 'alpha_curve.png'}")
-        kept = m["kept_from_finetuned"]
-        kept_text = f", kept from the fine-tuned model: {', '.join(kept)}" if kept else ""
-        console.print(
-            f"fused α = {m['alpha']:g} ({m['interpolated_layers']} layers interpolated{kept_text}) → {artifact.path}"
-        )
+
+def render_adapt(result: AdaptResult, source: Path | None) -> None:
+    from edgexfer.cli.main import console
+
+    picked = f" → {result.picked}" if result.picked else ""
+    after = f" after {result.after}" if result.after else ""
+    table = Table(title=f"adapt ({result.method}{picked}{after}, BatchNorm {result.bn}) → {result.path}")
+    table.add_column("metric")
+    table.add_column("input", justify="right")
+    table.add_column("adapted", justify="right")
+    table.add_row("source val accuracy", _fmt(result.source_val_accuracy_input), _fmt(result.source_val_accuracy))
+    table.add_row("source val accuracy, source BN statistics", "", _fmt(result.source_stats_source_val_accuracy))
+    table.add_row("target mean confidence (no labels)", "", _fmt(result.target_mean_confidence))
+    table.add_row("target images ≥ threshold (no labels)", "", _fmt(result.target_confident_fraction))
+    table.add_row(
+        "images (source / val / target)",
+        "",
+        f"{result.source_train_images} / {result.source_val_images} / {result.target_images}",
+    )
+    table.add_row("seconds", "", f"{result.seconds:.1f}")
+    console.print(table)
+    if result.auto_reason:
+        console.print(f"auto picked {result.auto_reason}")
+    if result.source_free:
+        console.print("source-free: no source image was read")
+    domains = f"--data source={source} " if source is not None else ""
+    console.print(f"target accuracy needs labels: edgexfer evaluate {result.path} {domains}--data target=DIR")
+
+
+def render_fuse(result: FuseResult) -> None:
+    from edgexfer.cli.main import console
+
+    curve = result.curve
+    if curve is not None:
+        table = Table(title="fuse: accuracy vs α")
+        table.add_column("α", justify="right")
+        for name in curve.curves:
+            table.add_column(name + (" (selection)" if name == curve.selected_on else ""), justify="right")
+        for i, a in enumerate(curve.alphas):
+            mark = " ← chosen" if a == result.alpha else ""
+            table.add_row(f"{a:g}{mark}", *(f"{accuracies[i]:.4f}" for accuracies in curve.curves.values()))
+        console.print(table)
+        if curve.rule:
+            console.print(f"chosen by: {curve.rule}")
+        console.print("α = weight of the source: θ = α·θ_source + (1−α)·θ_finetuned (0: fine-tuned, 1: source)")
+        console.print(f"curve: {curve.json_path}, {curve.png_path}")
+    kept = result.kept_from_finetuned
+    kept_text = f", kept from the fine-tuned model: {', '.join(kept)}" if kept else ""
+    console.print(
+        f"fused α = {result.alpha:g} ({result.interpolated_layers} layers interpolated{kept_text}) → {result.path}"
+    )
