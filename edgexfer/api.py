@@ -194,3 +194,21 @@ def reproduce(target, **options):
     from edgexfer.reproduce import reproduce as run
 
     return run(target, **options)
+
+
+def checkpoints(out: str | Path | None = None) -> dict[str, Any]:
+    """The checkpoints interrupted training runs left (``edgexfer clean``): ``{"root": DIR,
+    "entries": [...]}``; with ``out``, only that of the stage writing that artifact directory."""
+    from edgexfer.train.resume import checkpoint_dir, checkpoints_root, list_checkpoints
+
+    entries = list_checkpoints()
+    if out is not None:
+        entries = [entry for entry in entries if Path(entry["dir"]) == checkpoint_dir(out)]
+    return {"root": checkpoints_root(), "entries": entries}
+
+
+def remove_checkpoints(out: str | Path | None = None) -> list[dict[str, Any]]:
+    """Remove the checkpoints of interrupted runs (those not running), or only that of ``out``."""
+    from edgexfer.train.resume import remove_checkpoints as remove
+
+    return remove(str(out) if out else None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -160,7 +160,7 @@ def finetune(
     """Fine-tune a pretrained backbone (or your own model, --init) on an image folder (head on cached
     features, then the top layers)."""
     from edgexfer import api
-    from edgexfer.config import load_config_file
+    from edgexfer.cli import options
 
     flags = dict(
         backbone=backbone,
@@ -192,20 +192,16 @@ def finetune(
         pseudo_rounds=pseudo_rounds,
         pseudo_epochs=pseudo_epochs,
     )
-    values: dict[str, Any] = load_config_file(config) if config else {}
-    values.update({k: v for k, v in flags.items() if v is not None})
+    values = options.merge_config(
+        config,
+        flags,
+        augment={"flip": flip, "crop_zoom": crop_zoom, "brightness": brightness, "contrast": contrast},
+        head={"dropout": dropout},
+    )
     if class_map is not None or "class_map" in values:
         from edgexfer.data.class_map import parse_class_map
 
         values["class_map"] = parse_class_map(class_map if class_map is not None else values["class_map"])
-    nested = {
-        "head": {"dropout": dropout},
-        "augment": {"flip": flip, "crop_zoom": crop_zoom, "brightness": brightness, "contrast": contrast},
-    }
-    for group, options in nested.items():
-        given = {k: v for k, v in options.items() if v is not None}
-        if given:
-            values[group] = {**values.get(group, {}), **given}
     artifact = api.finetune(
         data, out, progress=sys.stdout.isatty(), log=console.print, config=FinetuneConfig.build(**values)
     )

@@ -1,4 +1,4 @@
-"""``edgexfer clean``: the training checkpoints interrupted runs left behind (see ``edgexfer.train.resume``)."""
+"""``edgexfer clean``: the training checkpoints interrupted runs left behind (``edgexfer.api.checkpoints``)."""
 
 from __future__ import annotations
 
@@ -23,20 +23,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List (or --remove) the checkpoints that interrupted training runs left under
         EDGEXFER_CACHE/checkpoints; re-running the interrupted command resumes from them."""
-        from edgexfer.train.resume import checkpoint_dir, checkpoints_root, list_checkpoints, remove_checkpoints
+        from edgexfer import api
 
         if remove:
-            removed = remove_checkpoints(str(out) if out else None)
+            removed = api.remove_checkpoints(out)
             freed = sum(entry["bytes"] for entry in removed)
             console.print(f"removed {len(removed)} checkpoint(s), {freed / 1e6:.1f} MB")
             return
-        entries = list_checkpoints()
-        if out:
-            entries = [e for e in entries if Path(e["dir"]) == checkpoint_dir(out)]
+        found = api.checkpoints(out)
+        root, entries = found["root"], found["entries"]
         if not entries:
-            console.print(f"no checkpoints under {checkpoints_root()}")
+            console.print(f"no checkpoints under {root}")
             return
-        table = Table(title=f"checkpoints of interrupted runs ({checkpoints_root()})")
+        table = Table(title=f"checkpoints of interrupted runs ({root})")
         for column in ("out", "stage", "progress", "updated", "size", "state"):
             table.add_column(column)
         for e in entries:
