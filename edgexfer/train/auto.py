@@ -94,6 +94,7 @@ def run_auto(
     from edgexfer.tempfiles import sweep_stale, tmp_prefix
     from edgexfer.train.adapt import run_adapt
     from edgexfer.train.config import AdaptConfig
+    from edgexfer.train.resume import checkpoint_dir
 
     parent = Artifact(model_dir)
     out = Path(out)
@@ -174,3 +175,7 @@ def run_auto(
             return writer.commit(manifest, metrics)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        # The candidates run under a temporary name, so an interrupted auto cannot resume them:
+        # their checkpoints would only be left behind (tens of MB each for Lite0).
+        for method in CANDIDATES:
+            shutil.rmtree(checkpoint_dir(work / method), ignore_errors=True)

@@ -45,6 +45,14 @@ import numpy as np
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
+from edgexfer.train.resume import (
+    LoopCheckpoint,
+    StageCheckpoint,
+    assign_arrays,
+    optimizer_arrays,
+    restore_optimizer,
+    variable_arrays,
+)
 
 # A fine-tuned artifact keeps its backbone's pretraining BatchNorm statistics (finetune trains with
 # BN frozen), not source-domain ones, so swapping in target statistics is not what SHOT assumes.
@@ -216,7 +224,19 @@ def run_shot(
             f"adapt (shot, source-free, BatchNorm {config.bn_mode}): {len(xt)} unlabelled target images at "
             f"{preprocessing.input_size}px, no source images"
         )
-        shot = Shot(model, preprocessing, config, xt, log=log, progress=progress)
+        # Claimed once the inputs were read (a bad input leaves nothing in the cache); tied to the
+        # config and inputs, so a changed command starts afresh (edgexfer.train.resume).
+        checkpoint = StageCheckpoint(
+            "adapt",
+            out,
+            {
+                "config": config.model_dump(),
+                "parent": parent.parent_ref()["sha256"],
+                "target": {"path": str(Path(target).resolve()), **target_data.fingerprint()},
+            },
+            log=log,
+        )
+        shot = Shot(model, preprocessing, config, xt, log=log, progress=progress, checkpoint=checkpoint)
         before = {"source_val_accuracy": None, **shot.summary()}  # no source image to score on
         with common.timed(timings, "adapt_seconds"):
             history = shot.run()
@@ -245,6 +265,7 @@ def run_shot(
             "frozen_head": [layer.name for layer in shot.head],
             "cut": shot.cut_name,
             "history": history,
+            "resumed": checkpoint.resumed,
             "params": count_params(model),
             "model_bytes": writer.file(MODEL_FILE).stat().st_size,
             "timings_seconds": timings,
@@ -264,13 +285,15 @@ def run_shot(
             dataset={"path": str(Path(target).resolve()), "domain": "target", **target_data.fingerprint()},
             extra={**manifest.extra, "adapt": {**record, "after": None, "output_stats": metrics["output_stats"]}},
         )
-        return writer.commit(child, metrics)
+        artifact = writer.commit(child, metrics)
+    checkpoint.finish()
+    return artifact
 
 
 class Shot:
     """The trained top of the model on cached target features, and SHOT's epoch loop."""
 
-    def __init__(self, model, preprocessing, config, xt: np.ndarray, *, log, progress):
+    def __init__(self, model, preprocessing, config, xt: np.ndarray, *, log, progress, checkpoint=None):
         from edgexfer.tf_env import import_tf
         from edgexfer.train.batchnorm import BatchNormStats, batchnorm_layers, build_top, find_cut
 
@@ -281,6 +304,11 @@ class Shot:
         self.std = np.asarray(preprocessing.std, np.float32)
         self.xt = xt
         self.rng = np.random.default_rng(config.seed)
+        # Interrupted runs resume after the last completed epoch: the trained weights, the trained
+        # part's BatchNorm statistics, the optimizer and the position of the random stream are
+        # saved, so the resumed run continues the same stream and gives the same model.
+        self.checkpoint = checkpoint
+        self._loop = LoopCheckpoint(checkpoint) if checkpoint is not None else None
         self.num_classes = int(model.output_shape[-1])
         self.original_trainable = {layer.name: layer.trainable for layer in model.layers}
 
@@ -398,8 +426,13 @@ class Shot:
             return im, pl
 
         history: dict[str, list] = {"im_loss": [], "pseudo_label_loss": [], "pseudo_label_agreement": []}
+        statistics = [v for layer in self.top_bns for v in (layer.moving_mean, layer.moving_variance)]
+        optimizer.build(variables)  # the same variables in the same order in every run
+        start = self._resume(variables, statistics, optimizer, history, epochs)
         with _progress("adapt shot", steps * epochs, self.progress) as advance:
-            for _epoch in range(epochs):
+            for _ in range(start * steps):
+                advance()
+            for epoch in range(start, epochs):
                 features, probs = self._run_top()
                 pseudo = centroid_pseudo_labels(features, probs)
                 history["pseudo_label_agreement"].append(round(float((pseudo == probs.argmax(1)).mean()), 4))
@@ -416,12 +449,43 @@ class Shot:
                 self._refresh_top_stats()
                 history["im_loss"].append(round(float(np.mean(ims)), 5))
                 history["pseudo_label_loss"].append(round(float(np.mean(pls)), 5))
+                if self._loop is not None:
+                    self._loop.save(
+                        {"epochs_done": epoch + 1, "history": history, "rng": self.rng.bit_generator.state},
+                        {
+                            **variable_arrays("weights", variables),
+                            **variable_arrays("statistics", statistics),
+                            **optimizer_arrays(optimizer),
+                        },
+                        phase="shot",
+                        epochs_done=epoch + 1,
+                        epochs=epochs,
+                    )
         if epochs:
             self.log(
                 f"  adapt shot: {epochs} epochs, information maximisation {history['im_loss'][-1]:.4f}, "
                 f"pseudo-label loss {history['pseudo_label_loss'][-1]:.4f}"
             )
         return {"epochs": epochs, **history}
+
+    def _resume(self, variables, statistics, optimizer, history: dict[str, list], epochs: int) -> int:
+        """The epoch to start from: 0, or the one after the last the checkpoint completed (then the
+        weights, statistics, optimizer, random stream and history are put back)."""
+        saved = self._loop.load() if self._loop is not None else None
+        if saved is None:
+            return 0
+        state, arrays = saved
+        done = int(state.get("epochs_done", 0))
+        if not 0 < done <= epochs:
+            return 0
+        assign_arrays("weights", variables, arrays)
+        assign_arrays("statistics", statistics, arrays)
+        restore_optimizer(optimizer, variables, arrays)
+        self.rng.bit_generator.state = state["rng"]
+        for key in history:
+            history[key].extend(state["history"][key])
+        self.checkpoint.note_resume("shot", done, epochs)
+        return done
 
     def finish(self) -> None:
         """Restore the trainable flags (the statistics in place are the ones to keep)."""

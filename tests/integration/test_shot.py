@@ -177,3 +177,57 @@ def test_pipeline_validates_method_shot_without_a_source(tmp_path):
         load_pipeline(recipe("parent: finetune, source: source, target: target, method: shot"))
     with pytest.raises(ConfigError, match="coral trains on labelled source images"):
         load_pipeline(recipe("parent: finetune, target: target, method: coral"))
+
+
+def test_an_interrupted_shot_resumes_and_matches_an_uninterrupted_run(model, domains, tmp_path, monkeypatch):
+    """shot checkpoints every epoch like adapt's other methods: the rerun says where it resumes
+    and gives the uninterrupted run's model, bit for bit (the random stream's position is saved)."""
+    from edgexfer.train import resume
+    from edgexfer.train.resume import checkpoint_dir
+
+    _, target = domains
+    options = {**SHOT, "epochs": 3}
+    reference = adapt(model.path, None, target, tmp_path / "reference", method="shot", **options)
+    original = resume.LoopCheckpoint.save
+
+    def save_then_stop(self, state, arrays, *, phase, epochs_done, epochs):
+        original(self, state, arrays, phase=phase, epochs_done=epochs_done, epochs=epochs)
+        if epochs_done == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume.LoopCheckpoint, "save", save_then_stop)
+    out = tmp_path / "shot"
+    with pytest.raises(KeyboardInterrupt):
+        adapt(model.path, None, target, out, method="shot", **options)
+    assert not out.exists() and checkpoint_dir(out).is_dir()
+    monkeypatch.setattr(resume.LoopCheckpoint, "save", original)
+    lines: list[str] = []
+    resumed = adapt(
+        model.path, None, target, out, method="shot", log=lambda *a: lines.append(" ".join(map(str, a))), **options
+    )
+    assert any("shot: resuming from epoch 3 of 3" in line for line in lines), lines
+    for a, b in zip(
+        load_keras_model(resumed.model_path).get_weights(), load_keras_model(reference.model_path).get_weights()
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.metrics["history"] == reference.metrics["history"]
+    assert resumed.metrics["resumed"]["shot"]["from_epoch"] == 3 and reference.metrics["resumed"] == {}
+    assert not checkpoint_dir(out).exists() and not checkpoint_dir(tmp_path / "reference").exists()
+
+
+def test_an_interrupted_auto_leaves_no_candidate_checkpoint_behind(model, domains, tmp_path, monkeypatch):
+    """auto's candidates run under temporary names, which a rerun cannot find again: when auto is
+    interrupted, their checkpoints go with them instead of filling the cache."""
+    from edgexfer.train import resume
+
+    source, target = domains
+
+    def stop(self, state, arrays, *, phase, epochs_done, epochs):
+        raise KeyboardInterrupt
+
+    before = {entry["dir"] for entry in resume.list_checkpoints()}
+    monkeypatch.setattr(resume.LoopCheckpoint, "save", stop)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(model.path, source, target, tmp_path / "auto", method="auto", train_layers=2, seed=0)
+    assert {entry["dir"] for entry in resume.list_checkpoints()} == before
+    assert not (tmp_path / "auto").exists() and list(tmp_path.iterdir()) == []
