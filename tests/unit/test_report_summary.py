@@ -108,6 +108,7 @@ def make_run(tmp_path, finished=ORDER):
                         "format": "tflite",
                         "quant": "int8",
                         "size_bytes": 61_000,
+                        "macs": 600_000,
                         "parity": {"accuracy": accuracy, "agreement": 0.99},
                         "latency": [{"batch": 1, "threads": 1, "threads_used": 1, "p50_ms": 0.05}],
                     }
@@ -170,6 +171,10 @@ def test_the_summary_comes_first_and_names_what_is_deployed(tmp_path):
     # The per-stage tables and confusion matrices are folded at the end, formatted by kind.
     assert md.index("<summary><b>Metrics of each stage</b></summary>") > md.index("## Lineage")
     assert "| peak rss mb | 1.33 GB |" in md and "| alpha | 0 |" in md
+    # The parity tables show MACs next to size and latency (the check's count of each file).
+    parity = md.split("<summary><b>Parity checks</b></summary>")[1]
+    assert "| size | latency (batch 1) | MACs | threads |" in parity
+    assert re.search(r"\| export_tflite \| tflite/int8 \|.*\| 600 k \| 1 \|", parity)
     assert not re.search(r"\b\d\.\d{4}\b", md), "a raw float with four decimals"
     # One self-contained HTML file: every image inline, the same sections.
     assert page.count("<img") >= 2 and 'src="data:image/png;base64,' in page

@@ -376,7 +376,7 @@ def folded_sections(road: Road, stages: list[dict], figures_dir: Path) -> list[S
             )
             blocks.append(
                 markdown_table(
-                    ["model", "format", "accuracy", "agreement", "size", "latency (batch 1)", "threads"],
+                    ["model", "format", "accuracy", "agreement", "size", "latency (batch 1)", "MACs", "threads"],
                     [
                         [
                             r["name"],
@@ -385,6 +385,7 @@ def folded_sections(road: Road, stages: list[dict], figures_dir: Path) -> list[S
                             fmt.percent(r["agreement"]),
                             fmt.size(r["size"]),
                             fmt.milliseconds(r["latency_ms"]),
+                            fmt.macs(r["macs"]),
                             r["threads"],
                         ]
                         for r in rows
