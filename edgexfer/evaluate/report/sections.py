@@ -278,8 +278,9 @@ def road_sections(road: Road, figures_dir: Path) -> list[Section]:
                 figure,
                 f"Accuracy on {what} against batch-1 latency (log scale) of every Keras "
                 "model and every exported file of the run; marker area grows with the file "
-                "size. The dashed line joins the Pareto front: models no other is both faster "
-                "and more accurate than." + (f" Not placed: {', '.join(left_out)}." if left_out else ""),
+                "size; the legend gives each one's size and MACs per image. The dashed line "
+                "joins the Pareto front: models no other is both faster and more accurate than."
+                + (f" Not placed: {', '.join(left_out)}." if left_out else ""),
             )
         )
     blocks.append(
