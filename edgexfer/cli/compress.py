@@ -332,12 +332,18 @@ def quantize(
 
 
 def render_check(report: QatPreflight) -> None:
+    kind = "pruning-preserving QAT" if report.pqat else "QAT"
     if report.artifact is not None:
-        what = f"{report.backbone} ({report.artifact})"
-    else:
+        title = f"QAT preflight: {report.backbone} ({report.artifact}) — {kind}"
+    else:  # a student name: what was built, on its own line (a long title would wrap to the table's width)
+        from edgexfer.evaluate.formatting import macs
+
         width = f", width {report.width}" if report.width is not None else ""
-        what = f"student {report.backbone} at {report.input_size} px{width}, random weights"
-    title = f"QAT preflight: {what} — " + ("pruning-preserving QAT" if report.pqat else "QAT")
+        _console().print(
+            f"student {report.backbone} at {report.input_size} px{width} (random weights): "
+            f"{report.params:,} params, {macs(report.macs)} MACs per image"
+        )
+        title = f"{kind} preflight"
     table = Table(title=title)
     for column in ("status", "layers"):
         table.add_column(column)
@@ -369,15 +375,12 @@ def render_check(report: QatPreflight) -> None:
 
 def int8_line(report: QatPreflight) -> str:
     """The converter's verdict on a student: ``int8 TFLite: 0 float tensors`` or what stays float."""
-    from edgexfer.evaluate.formatting import macs
-
     converted = report.int8
     source = "the QAT model" if converted.from_qat else "the float model (PTQ)"
-    size = f"{report.params:,} params, {macs(report.macs)} MACs per image"
     if converted.error:
         return f"[bold red]int8 TFLite: conversion failed[/bold red] ({source}): {converted.error}"
     if converted.fully_int8:
-        return f"[green]int8 TFLite: 0 float tensors[/green] (converted from {source}; {size})"
+        return f"[green]int8 TFLite: 0 float tensors[/green] (converted from {source})"
     names = ", ".join(repr(name) for name in converted.fp32_tensors[:5])
     more = " …" if converted.fp32_tensor_count > 5 else ""
     return (

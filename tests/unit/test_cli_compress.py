@@ -130,8 +130,8 @@ def test_quantize_check_of_a_student_passes_when_fully_int8(capsys, calls):
     assert result.code == 0, result.err
     assert calls["quantize_check"][1] == {"preserve_sparsity": None, "img_size": 32, "width": 0.5}
     text = " ".join(result.out.split())
-    assert "student lite0_b3 at 32 px, width 0.5" in text
-    assert "int8 TFLite: 0 float tensors (converted from the QAT model; 29,216 params, 990 k MACs" in text
+    assert "student lite0_b3 at 32 px, width 0.5 (random weights): 29,216 params, 990 k MACs per image" in text
+    assert "int8 TFLite: 0 float tensors (converted from the QAT model)" in text
 
 
 def test_quantize_check_of_a_student_with_float_tensors_fails_in_one_line(capsys, calls):
