@@ -291,7 +291,8 @@ def quantize(
     strict: options.Strict = False,
     config: options.ConfigFile = None,
 ) -> None:
-    """QAT (pruning-preserving on a pruned model) or PTQ for export, measured as TFLite; --check: preflight."""
+    """QAT (pruning-preserving on a pruned model) or PTQ for export, measured as TFLite; --check: preflight
+    (of an artifact, or of a student name before training it)."""
     from edgexfer import api
 
     if check:
