@@ -84,7 +84,8 @@ def quantize(model, data, out, **options):
 
 
 def quantize_check(model, **options):
-    """QAT preflight before any training: per layer, what will be quantized and what stays float."""
+    """QAT preflight before any training: per layer, what will be quantized and what stays float; on a
+    student name (``img_size``, ``width``) also the float tensors its int8 TFLite keeps."""
     from edgexfer.compress.api import quantize_check as run
 
     return run(model, **options)

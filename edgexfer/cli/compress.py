@@ -19,7 +19,7 @@ from edgexfer.cli import options
 from edgexfer.cli.options import config_help as _help
 from edgexfer.compress.config import DistillConfig, PruneConfig, QuantizeConfig
 from edgexfer.compress.results import DistillResult, PruneResult, QatPreflight, QuantizeResult
-from edgexfer.errors import ConfigError
+from edgexfer.errors import ConfigError, ExportError
 
 
 def _console():
@@ -219,6 +219,7 @@ def render_prune(result: PruneResult) -> None:
         ("non-zero parameters", result.nonzero_params.before, result.nonzero_params.after),
         ("model bytes (.h5)", result.h5_bytes.before, result.h5_bytes.after),
         ("gzip bytes (.h5)", result.h5_gzip_bytes.before, result.h5_gzip_bytes.after),
+        ("MACs per image (zeros count)", result.macs.before, result.macs.after),
     ]
     if result.tflite_bytes is not None:
         rows += [
@@ -251,7 +252,9 @@ def render_prune(result: PruneResult) -> None:
 
 
 def quantize(
-    model: Path = typer.Argument(..., help="A Keras artifact (finetune, distill, prune …)."),
+    model: Path = typer.Argument(
+        ..., help="A Keras artifact (finetune, distill, prune …); with --check also a student name, e.g. lite0_b3."
+    ),
     data: Optional[Path] = typer.Argument(
         None, help="Image folder with the model's classes (not needed with --check)."
     ),
@@ -270,19 +273,37 @@ def quantize(
     compare_ptq: Optional[bool] = typer.Option(
         None, "--compare-ptq/--no-compare-ptq", help="QAT: also measure PTQ int8 of MODEL (default: on)"
     ),
-    check: bool = typer.Option(False, "--check", help="Preflight: list what QAT will and won't quantize, then stop."),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Preflight: list what QAT will and won't quantize, then stop. On a student name (cnn_small, "
+        "lite0_b3 …) also convert it to int8 TFLite and fail if any tensor stays float.",
+    ),
+    img_size: Optional[int] = typer.Option(
+        None, help="--check STUDENT: its input size in pixels (default: the backbone's)."
+    ),
+    width: Optional[float] = typer.Option(
+        None, help="--check STUDENT: its width multiplier where it has one (see `edgexfer backbones`)."
+    ),
     max_train_images: options.MaxTrainImages = None,
     seed: options.Seed = None,
     strategy: Optional[str] = typer.Option(None, help=options.STRATEGY_HELP + "; QAT only: PTQ trains nothing"),
     strict: options.Strict = False,
     config: options.ConfigFile = None,
 ) -> None:
-    """QAT (pruning-preserving on a pruned model) or PTQ for export, measured as TFLite; --check: preflight."""
+    """QAT (pruning-preserving on a pruned model) or PTQ for export, measured as TFLite; --check: preflight
+    (of an artifact, or of a student name before training it)."""
     from edgexfer import api
 
     if check:
-        render_check(QatPreflight.of(api.quantize_check(model, preserve_sparsity=preserve_sparsity)))
+        report = QatPreflight.of(
+            api.quantize_check(model, preserve_sparsity=preserve_sparsity, img_size=img_size, width=width)
+        )
+        render_check(report)
+        fail_unless_fully_int8(report)
         return
+    if img_size is not None or width is not None:
+        raise ConfigError("--img-size and --width go with --check STUDENT (a student name); drop them")
     if data is None or out is None:
         raise ConfigError("quantize needs DATA and --out (or --check MODEL for the preflight alone)")
     values = options.merge_config(
@@ -312,9 +333,18 @@ def quantize(
 
 
 def render_check(report: QatPreflight) -> None:
-    title = f"QAT preflight: {report.backbone} ({report.artifact}) — " + (
-        "pruning-preserving QAT" if report.pqat else "QAT"
-    )
+    kind = "pruning-preserving QAT" if report.pqat else "QAT"
+    if report.artifact is not None:
+        title = f"QAT preflight: {report.backbone} ({report.artifact}) — {kind}"
+    else:  # a student name: what was built, on its own line (a long title would wrap to the table's width)
+        from edgexfer.evaluate.formatting import macs
+
+        width = f", width {report.width}" if report.width is not None else ""
+        _console().print(
+            f"student {report.backbone} at {report.input_size} px{width} (random weights): "
+            f"{report.params:,} params, {macs(report.macs)} MACs per image"
+        )
+        title = f"{kind} preflight"
     table = Table(title=title)
     for column in ("status", "layers"):
         table.add_column(column)
@@ -340,6 +370,44 @@ def render_check(report: QatPreflight) -> None:
         _console().print(f"[green]the whole model is quantized[/green] ({report.quantizable} layers with weights)")
     else:
         _console().print(f"partial QAT: {report.quantizable} layers with int8 weights, {len(floats)} float layers")
+    if report.int8 is not None:
+        _console().print(int8_line(report))
+
+
+def int8_line(report: QatPreflight) -> str:
+    """The converter's verdict on a student: ``int8 TFLite: 0 float tensors`` or what stays float."""
+    converted = report.int8
+    source = "the QAT model" if converted.from_qat else "the float model (PTQ)"
+    if converted.error:
+        return f"[bold red]int8 TFLite: conversion failed[/bold red] ({source}): {converted.error}"
+    if converted.fully_int8:
+        return f"[green]int8 TFLite: 0 float tensors[/green] (converted from {source})"
+    names = ", ".join(repr(name) for name in converted.fp32_tensors[:5])
+    more = " …" if converted.fp32_tensor_count > 5 else ""
+    return (
+        f"[bold red]int8 TFLite: {converted.fp32_tensor_count} float tensors[/bold red] "
+        f"(converted from {source}): {names}{more}"
+    )
+
+
+def fail_unless_fully_int8(report: QatPreflight) -> None:
+    """``quantize --check STUDENT`` fails (one line, exit 2) unless QAT applies and the int8 TFLite
+    keeps no float tensor."""
+    converted = report.int8
+    if converted is None:  # an artifact: the preflight alone, as before
+        return
+    student = f"{report.backbone} at {report.input_size} px"
+    advice = "pick another student (edgexfer backbones) or deploy it with --quant fp16 or dynamic"
+    if report.error:
+        raise ExportError(f"student {student} cannot be QAT-trained: {report.error}; {advice}")
+    if converted.error:
+        raise ExportError(f"student {student} cannot be converted to int8 TFLite ({converted.error}); {advice}")
+    if not converted.fully_int8:
+        names = ", ".join(repr(name) for name in converted.fp32_tensors[:3])
+        raise ExportError(
+            f"student {student} is not fully int8: the converter leaves {converted.fp32_tensor_count} float32 "
+            f"tensors ({names}{' …' if converted.fp32_tensor_count > 3 else ''}); {advice}"
+        )
 
 
 def render_quantize(result: QuantizeResult) -> None:
@@ -363,6 +431,10 @@ def render_quantize(result: QuantizeResult) -> None:
             _fmt(converted.weight_sparsity),
         )
     _console().print(table)
+    if result.macs is not None:
+        from edgexfer.evaluate.formatting import macs
+
+        _console().print(f"{macs(result.macs)} MACs per image (multiply-accumulates; the same in every model above)")
     if result.qat_keras_accuracy is not None:
         _console().print(
             f"QAT (fake-quant Keras) accuracy {result.qat_keras_accuracy:.4f}; "

@@ -305,6 +305,10 @@ def _render_export(result) -> None:
     table.add_row("size", f"{result.size_bytes:,} bytes (gzip {result.gzip_bytes:,})")
     if result.size_ratio is not None:
         table.add_row("size vs Keras", f"{result.size_ratio:.3f}×")
+    if result.macs is not None:
+        from edgexfer.evaluate.formatting import macs
+
+        table.add_row("MACs per image", f"{macs(result.macs)} ({result.macs:,} multiply-accumulates)")
     table.add_row("conversion", f"{result.conversion_seconds:.1f} s")
     if result.calibration_images:
         table.add_row("calibration", f"{result.calibration_images} images from {result.calibration_source or '?'}")

@@ -69,8 +69,18 @@ def quantize(
     return run(model, data, out, config or QuantizeConfig.build(**options), progress=progress, log=log or _quiet)
 
 
-def quantize_check(model: str | Path, *, preserve_sparsity: bool | None = None) -> dict[str, Any]:
-    """Preflight of QAT before any training: per layer, what will be quantized and what stays float."""
+def quantize_check(
+    model: str | Path,
+    *,
+    preserve_sparsity: bool | None = None,
+    img_size: int | None = None,
+    width: float | None = None,
+) -> dict[str, Any]:
+    """Preflight of QAT before any training: per layer, what will be quantized and what stays float.
+
+    ``model``: a Keras artifact folder, or a registered student name (``img_size`` and ``width``
+    as for ``distill``'s student; default the backbone's own), which is also converted to an int8
+    TFLite to count the float32 tensors the converter leaves (``report["int8_tflite"]``)."""
     from edgexfer.compress.quantize_check import check
 
-    return check(model, preserve_sparsity=preserve_sparsity)
+    return check(model, preserve_sparsity=preserve_sparsity, img_size=img_size, width=width)

@@ -21,6 +21,7 @@ from edgexfer.artifact import Artifact, Manifest
 from edgexfer.compress import measure, stage_io
 from edgexfer.compress.config import PruneConfig
 from edgexfer.errors import ConfigError
+from edgexfer.evaluate.macs import keras_macs
 from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
@@ -282,6 +283,9 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
             "params_after": after["params"],
             "params_nonzero_before": before["params_nonzero"],
             "params_nonzero_after": after["params_nonzero"],
+            # multiply-accumulates per image: a pruned kernel counts in full (dense runtimes multiply its zeros)
+            "macs": keras_macs(stripped),
+            "macs_before": keras_macs(model),
             "target_sparsity": config.target_sparsity,
             "structure": config.structure,
             "sparsity_before": before["sparsity"],

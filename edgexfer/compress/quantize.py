@@ -47,6 +47,7 @@ from edgexfer.compress.qat import (
     train_qat,
 )
 from edgexfer.errors import ConfigError
+from edgexfer.evaluate.macs import keras_macs
 from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train import common as train_common
@@ -115,6 +116,7 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
         "float_accuracy": float_accuracy,
         "params_before": before["params"],
         "sparsity_before": before["sparsity"],
+        "macs": keras_macs(model),  # multiply-accumulates per image; quantization keeps the graph's MACs
     }
     base_manifest = Manifest(
         stage="quantize",

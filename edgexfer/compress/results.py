@@ -100,6 +100,7 @@ class PruneResult:
     pruned_layers_sparsity: float
     gzip_ratio: float
     dense_layers: tuple[DenseLayer, ...]
+    macs: BeforeAfter  # multiply-accumulates per image (a pruned kernel counts in full)
 
     @classmethod
     def of(cls, artifact: Artifact) -> PruneResult:
@@ -128,6 +129,7 @@ class PruneResult:
                 DenseLayer(entry["layer"], entry["class"], entry["params"], entry["reason"])
                 for entry in m["dense_layers"]
             ),
+            macs=BeforeAfter(m.get("macs_before"), m.get("macs")),
         )
 
 
@@ -178,6 +180,7 @@ class QuantizeResult:
     sparsity_check: SparsityCheck | None
     calibration_images: int
     calibration_file: str | None
+    macs: int | None  # multiply-accumulates per image, the same in every converted model
 
     @classmethod
     def of(cls, artifact: Artifact) -> QuantizeResult:
@@ -212,6 +215,7 @@ class QuantizeResult:
             else None,
             calibration_images=q.get("calibration_images") or 0,
             calibration_file=q.get("calibration_file"),
+            macs=m.get("macs"),
         )
 
 
@@ -225,10 +229,24 @@ class FloatLayer:
 
 
 @dataclass(frozen=True)
+class Int8Conversion:
+    """``quantize --check STUDENT``: what the TFLite converter made of the student at int8."""
+
+    fp32_tensor_count: int | None  # None where the conversion failed
+    fp32_tensors: tuple[str, ...]  # the first ones, by name
+    from_qat: bool  # converted from the QAT model (else the float model, as PTQ)
+    error: str | None
+
+    @property
+    def fully_int8(self) -> bool:
+        return self.error is None and self.fp32_tensor_count == 0
+
+
+@dataclass(frozen=True)
 class QatPreflight:
     """``quantize --check``: what QAT will quantize, before any data is read."""
 
-    artifact: str
+    artifact: str | None  # None for a student name
     backbone: str
     pqat: bool
     counts: dict[str, int]  # int8 | folded | passthrough | float → number of layers
@@ -236,9 +254,15 @@ class QatPreflight:
     quantizable: int
     whole_model: bool
     error: str | None
+    input_size: int | None = None  # a student name: the size and width it was built at
+    width: float | None = None
+    params: int | None = None
+    macs: int | None = None
+    int8: Int8Conversion | None = None  # a student name: the int8 TFLite conversion
 
     @classmethod
     def of(cls, report: dict[str, Any]) -> QatPreflight:
+        converted = report.get("int8_tflite")
         return cls(
             artifact=report["artifact"],
             backbone=report["backbone"],
@@ -250,4 +274,16 @@ class QatPreflight:
             quantizable=report.get("quantizable", 0),
             whole_model=bool(report.get("whole_model")),
             error=report.get("error"),
+            input_size=report.get("input_size"),
+            width=report.get("width"),
+            params=report.get("params"),
+            macs=report.get("macs"),
+            int8=Int8Conversion(
+                converted["fp32_tensor_count"],
+                tuple(converted.get("fp32_tensors") or ()),
+                bool(converted.get("from_qat")),
+                converted.get("error"),
+            )
+            if converted
+            else None,
         )

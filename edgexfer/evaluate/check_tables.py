@@ -45,6 +45,7 @@ BENCHMARK_HEADER = (
     "p99 ms",
     "images/s",
     "size",
+    "MACs",
 )
 
 COMPUTE_HEADER = ("model", "runtime", "threads", "batch", "MACs/image", "GMAC/s", "peak GMAC/s", "of peak")
@@ -282,9 +283,15 @@ def render_check_markdown(result: dict[str, Any]) -> str:
 
 
 def benchmark_table_rows(result: dict[str, Any], short: bool = False) -> list[list[str]]:
+    from edgexfer.evaluate.formatting import macs
+
+    counted = {size["model"]: size.get("macs") for size in result.get("sizes", [])}
     out = []
     for row, text in zip(result["rows"], latency_table_rows(result["rows"], short=short)):
-        out.append([text[0], f"{row['format']}/{row['quant']}", *text[1:9], size_text(row["size_bytes"])])
+        per_image = row.get("macs") or counted.get(row["model"])
+        out.append(
+            [text[0], f"{row['format']}/{row['quant']}", *text[1:9], size_text(row["size_bytes"]), macs(per_image)]
+        )
     return out
 
 

@@ -231,7 +231,9 @@ def _model(name: str, folder: Path, manifest: dict) -> Model:
     )
     if not keras:
         model.keras_parent = parent
-        model.macs = model_file_macs(path)
+        model.macs = model_file_macs(path) or metrics.get("macs")
+    else:
+        model.macs = metrics.get("macs")  # distill, prune and quantize record theirs
     return model
 
 

@@ -195,6 +195,7 @@ def export_artifact(
             "source_size_bytes": source_size,
             "size_ratio": round(info["size_bytes"] / source_size, 4) if source_size else None,
             "conversion_seconds": info["conversion_seconds"],
+            "macs": exported_macs(writer.tmp / info["model_file"], keras_model),
         }
         for key in ("fp32_tensor_count", "fp32_weight_count"):
             if key in quantization:
@@ -202,6 +203,14 @@ def export_artifact(
         if "tflite_micro" in quantization:  # tflite-micro: the arena estimate of model.h
             metrics["tensor_arena_bytes"] = quantization["tflite_micro"]["arena"]["arena_bytes"]
         return writer.commit(exported, metrics)
+
+
+def exported_macs(model_path: Path, keras_model) -> int:
+    """Multiply-accumulates per image of an exported model: counted on the file where it can be
+    (``.tflite``, ``.onnx``), else on the Keras model it was converted from (a SavedModel)."""
+    from edgexfer.evaluate.macs import keras_macs, model_file_macs
+
+    return model_file_macs(model_path) or keras_macs(keras_model)
 
 
 def calibration_array(

@@ -26,6 +26,7 @@ class ExportResult:
     fp32_tensor_count: int | None  # tflite: float tensors left in the graph
     fp32_weight_count: int | None  # onnx: float initialisers left
     tensor_arena_bytes: int | None  # tflite-micro: the arena estimate
+    macs: int | None  # multiply-accumulates per image, counted on the exported file
     warnings: tuple[str, ...]
 
     @classmethod
@@ -49,5 +50,6 @@ class ExportResult:
             fp32_tensor_count=metrics.get("fp32_tensor_count"),
             fp32_weight_count=metrics.get("fp32_weight_count"),
             tensor_arena_bytes=metrics.get("tensor_arena_bytes"),
+            macs=metrics.get("macs"),
             warnings=tuple((manifest.extra or {}).get("warnings", [])),
         )

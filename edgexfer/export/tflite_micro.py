@@ -478,6 +478,7 @@ def export_tflite_artifact(source, out: str | os.PathLike[str]):
     import shutil
 
     from edgexfer.artifact import Manifest, writing_artifact
+    from edgexfer.evaluate.macs import model_file_macs
 
     if Path(out).resolve() == source.path.resolve():
         raise ExportError(
@@ -520,5 +521,6 @@ def export_tflite_artifact(source, out: str | os.PathLike[str]):
             "conversion_seconds": 0.0,
             "fp32_tensor_count": 0,
             "tensor_arena_bytes": micro["arena"]["arena_bytes"],
+            "macs": model_file_macs(source.model_path),
         }
         return writer.commit(exported, metrics)

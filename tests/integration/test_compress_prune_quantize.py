@@ -8,7 +8,7 @@ from edgexfer.artifact import Artifact, Manifest, writing_artifact
 from edgexfer.compress import api as capi
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import load_keras_model
-from kit import shared_teacher
+from kit import call_cli, shared_teacher, the_error
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +55,20 @@ def test_prune_reaches_the_sparsity_and_shrinks_the_gzip_size(pruned, teacher):
     assert (model.get_layer("stage2_conv").kernel.numpy() == 0).mean() >= 0.45
     original = load_keras_model(teacher[0].model_path)
     assert (original.get_layer("stage2_conv").kernel.numpy() == 0).mean() == 0.0
+
+
+def test_prune_and_quantize_metrics_carry_the_macs_of_their_model(teacher, pruned, qat):
+    from edgexfer.compress.results import BeforeAfter, PruneResult, QuantizeResult
+    from edgexfer.evaluate.macs import keras_macs
+
+    teacher_macs = keras_macs(load_keras_model(teacher[0].model_path))
+    assert teacher_macs > 10_000
+    # counted on the model each artifact holds (QAT wrappers looked through): pruning and QAT keep the graph
+    for artifact in (pruned, qat):
+        assert artifact.metrics["macs"] == keras_macs(load_keras_model(artifact.model_path)) == teacher_macs
+    assert pruned.metrics["macs_before"] == teacher_macs
+    assert PruneResult.of(pruned).macs == BeforeAfter(teacher_macs, teacher_macs)
+    assert QuantizeResult.of(qat).macs == teacher_macs
 
 
 def test_two_four_structured_pruning(teacher, runs):
@@ -182,6 +196,45 @@ def test_check_lists_what_stays_float_in_mobilenet_v3(tmp_path):
     assert "stay float under QAT" in result.output and "TFOpLambda" in result.output
 
 
+def test_check_of_a_student_name_converts_it_to_int8_and_counts_float_tensors(capsys):
+    from edgexfer.backbones.registry import create_backbone
+    from edgexfer.evaluate.macs import keras_macs
+
+    result = call_cli(capsys, "quantize", "cnn_tiny", "--check", "--img-size", "16")
+    assert result.code == 0, result.err
+    assert "int8 TFLite: 0 float tensors" in result.out and "converted from the QAT model" in result.out
+    assert "the whole model is quantized" in result.out and "int8" in result.out
+    # the MACs printed are the student's (backbone + a 10-class head on its pooled features)
+    backbone = create_backbone("cnn_tiny", 16, weights="none")
+    macs = keras_macs(backbone) + backbone.output_shape[-1] * 10
+    assert f"{macs / 1e3:.3g} k MACs per image" in " ".join(result.out.split())
+
+
+def test_check_of_an_unknown_student_is_one_line(capsys, tmp_path):
+    result = call_cli(capsys, "quantize", "lite0_b9", "--check")
+    assert result.code == 2
+    line = the_error(result.err)
+    assert "unknown backbone 'lite0_b9'" in line and "lite0_b2, lite0_b3, lite0_b4, lite0_b5" in line
+    assert "no folder 'lite0_b9' exists" in line
+    result = call_cli(capsys, "quantize", "cnn_tiny", "--check", "--width", "0.3")
+    assert result.code == 2 and "--width 0.3 is not available for cnn_tiny; allowed: 0.5, 1.0, 2.0" in the_error(
+        result.err
+    )
+    result = call_cli(capsys, "quantize", tmp_path, "--check", "--img-size", "32")  # a folder: an artifact
+    assert result.code == 2 and "--img-size and --width are for a student name" in the_error(result.err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["cnn_tiny", "cnn_small", "cnn_small2", "cnn_medium", "lite0_b2", "lite0_b3", "lite0_b4", "lite0_b5"]
+)
+def test_every_registered_student_converts_to_int8_with_no_float_tensor(name):
+    report = capi.quantize_check(name, img_size=32)
+    assert report["whole_model"] and "error" not in report, report.get("error")
+    assert report["int8_tflite"]["error"] is None
+    assert report["int8_tflite"]["fp32_tensor_count"] == 0, report["int8_tflite"]["fp32_tensors"]
+
+
 def test_qat_on_a_model_with_no_quantizable_layer_is_an_error(teacher, tmp_path):
     from edgexfer.tf_env import import_tf
 
@@ -215,6 +268,8 @@ def test_cli_prune_and_quantize_render_tables(pruned, teacher, tmp_path):
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "fp32 tensors" in result.output and "PTQ dynamic" in result.output.split("quantize (ptq dynamic)")[1]
+    assert "MACs per image" in result.output
+    assert Artifact(tmp_path / "ptq").metrics["macs"] == pruned.metrics["macs"]
     result = runner.invoke(
         app,
         [
@@ -234,6 +289,7 @@ def test_cli_prune_and_quantize_render_tables(pruned, teacher, tmp_path):
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "sparsity reached per pruned layer" in result.output and "stay dense" in result.output
+    assert "MACs per image (zeros count)" in result.output and f"{pruned.metrics['macs']:,}" in result.output
     assert Artifact(tmp_path / "pr").metrics["pruned_layers_sparsity"] >= 0.55
 
 

@@ -378,11 +378,14 @@ def test_qat_model_exports_to_int8_without_calibration(tiny):
             assert quantization["fp32_weight_count"] == 0
 
 
-def test_macs_are_the_same_counted_on_tflite_and_onnx_float_and_int8(exported):
-    from edgexfer.evaluate.macs import onnx_macs, tflite_macs
+def test_macs_are_the_same_counted_on_tflite_and_onnx_float_and_int8(tiny, exported):
+    from edgexfer.evaluate.macs import keras_macs, onnx_macs, tflite_macs
 
     # conv 14×14 × 3·3·3·16, conv (stride 2) 6×6 × 3·3·16·32, dense 32·3
     expected = 14 * 14 * 27 * 16 + 6 * 6 * 144 * 32 + 32 * 3
     for quant in ("none", "int8"):
         assert tflite_macs(exported["tflite", quant].model_path) == expected
         assert onnx_macs(exported["onnx", quant].model_path) == expected
+    assert keras_macs(tiny.model) == expected
+    # every export artifact's metrics.json carries the count (a SavedModel's from its Keras model)
+    assert {key: artifact.metrics["macs"] for key, artifact in exported.items()} == dict.fromkeys(exported, expected)

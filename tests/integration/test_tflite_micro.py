@@ -203,6 +203,8 @@ def test_from_a_tflite_export_and_refusal_of_float_layers(micro, tmp_path):
     again = export_stage(int8.path, tmp_path / "micro2", "tflite-micro")
     assert (again.path / "model.tflite").read_bytes() == int8.model_path.read_bytes()
     assert (again.path / "model.c").is_file() and again.manifest.config["format"] == "tflite-micro"
+    # MACs per image: conv_a 10·10 × 3·3·3·8, dw_b 4·4 × 3·3·8, head 8·3; counted on each file
+    assert again.metrics["macs"] == int8.metrics["macs"] == micro.exported.metrics["macs"] == 21_600 + 1_152 + 24
 
     # int8 inside, float32 in and out (uint8 would need one mean/std for all channels): not for TFLite Micro
     float_io = export_stage(

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 import edgexfer.api
-from kit import call_cli
+from kit import call_cli, the_error
 
 
 def _artifact(metrics: dict, **manifest) -> SimpleNamespace:
@@ -73,6 +73,8 @@ def test_prune_renders_per_layer_sparsity_and_the_dense_layers(capsys, calls, tm
         "pruned_layers_sparsity": 0.5,
         "gzip_ratio": 1.7,
         "dense_layers": [{"layer": "stem", "class": "Conv2D", "params": 27, "reason": "3 input channels"}],
+        "macs_before": 995_328,
+        "macs": 995_328,
     }
     calls["patch"]("prune", _artifact(metrics))
     result = call_cli(capsys, "prune", "M", "D", "--out", tmp_path / "o", "--structure", "2:4", "--no-flip")
@@ -81,6 +83,7 @@ def test_prune_renders_per_layer_sparsity_and_the_dense_layers(capsys, calls, tm
     assert "prune (2:4)" in result.out and "conv1" in result.out and "yes" in result.out
     assert "1 layers with weights stay dense" in result.out and "3 input channels" in result.out
     assert "gzip ratio 1.70×" in result.out
+    assert "MACs per image (zeros count)" in result.out and result.out.count("995,328") == 2
 
 
 def test_quantize_check_renders_the_preflight(capsys, calls):
@@ -98,10 +101,52 @@ def test_quantize_check_renders_the_preflight(capsys, calls):
     calls["patch"]("quantize_check", report)
     result = call_cli(capsys, "quantize", "M", "--check")
     assert result.code == 0, result.err
-    assert calls["quantize_check"] == ((Path("M"),), {"preserve_sparsity": None})
+    assert calls["quantize_check"] == ((Path("M"),), {"preserve_sparsity": None, "img_size": None, "width": None})
     assert "mobilenet_v3_small" in result.out and "3 layers stay float under QAT" in result.out
     assert "TFOpLambda" in result.out and "hard_swish_2" in result.out and "not in tfmot" in result.out
     assert "partial QAT: 40 layers with int8 weights, 3 float layers" in result.out
+
+
+def _student_report(fp32: int, names=()) -> dict:
+    return {
+        "artifact": None,
+        "backbone": "lite0_b3",
+        "input_size": 32,
+        "width": 0.5,
+        "params": 29_216,
+        "macs": 990_000,
+        "pqat": False,
+        "counts": {"int8": 40, "folded": 12},
+        "float_layers": [],
+        "quantizable": 40,
+        "whole_model": True,
+        "int8_tflite": {"fp32_tensor_count": fp32, "fp32_tensors": list(names), "from_qat": True, "error": None},
+    }
+
+
+def test_quantize_check_of_a_student_passes_when_fully_int8(capsys, calls):
+    calls["patch"]("quantize_check", _student_report(0))
+    result = call_cli(capsys, "quantize", "lite0_b3", "--check", "--img-size", "32", "--width", "0.5")
+    assert result.code == 0, result.err
+    assert calls["quantize_check"][1] == {"preserve_sparsity": None, "img_size": 32, "width": 0.5}
+    text = " ".join(result.out.split())
+    assert "student lite0_b3 at 32 px, width 0.5 (random weights): 29,216 params, 990 k MACs per image" in text
+    assert "int8 TFLite: 0 float tensors (converted from the QAT model)" in text
+
+
+def test_quantize_check_of_a_student_with_float_tensors_fails_in_one_line(capsys, calls):
+    calls["patch"]("quantize_check", _student_report(4, ["block2a_se/mul", "tfl.dequantize", "a", "b"]))
+    result = call_cli(capsys, "quantize", "lite0_b3", "--check")
+    assert result.code == 2
+    assert "int8 TFLite: 4 float tensors" in result.out and "'block2a_se/mul'" in result.out
+    line = the_error(result.err)
+    assert "student lite0_b3 at 32 px is not fully int8: the converter leaves 4 float32 tensors" in line
+    assert "('block2a_se/mul', 'tfl.dequantize', 'a' …)" in line and "pick another student" in line
+
+
+def test_quantize_img_size_without_check_is_one_line(capsys):
+    result = call_cli(capsys, "quantize", "M", "D", "--out", "o", "--img-size", "32")
+    assert result.code == 2 and "--img-size and --width go with --check STUDENT" in the_error(result.err)
 
 
 def test_quantize_without_data_is_one_line(capsys):

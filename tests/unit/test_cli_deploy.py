@@ -51,7 +51,13 @@ def test_export_renders_its_typed_result(capsys, monkeypatch, tmp_path):
     exported = SimpleNamespace(
         path=tmp_path / "export",
         model_path=tmp_path / "export" / "model.tflite",
-        metrics={"size_bytes": 123_456, "gzip_bytes": 100_000, "size_ratio": 0.25, "conversion_seconds": 3.2},
+        metrics={
+            "size_bytes": 123_456,
+            "gzip_bytes": 100_000,
+            "size_ratio": 0.25,
+            "conversion_seconds": 3.2,
+            "macs": 2_430_000,
+        },
         manifest=SimpleNamespace(
             config={"format": "tflite", "quant": "int8", "calibration_images": 300, "calibration_source": "data"},
             quantization={"input": {"dtype": "uint8", "scale": 1.0, "zero_point": 0}},
@@ -71,4 +77,5 @@ def test_export_renders_its_typed_result(capsys, monkeypatch, tmp_path):
     assert "123,456 bytes (gzip 100,000)" in shown.out and "0.250×" in shown.out
     assert "300 images from data" in shown.out and '"uint8"' in shown.out
     assert "warning: 2 float tensors remain" in shown.out
+    assert "MACs per image" in shown.out and "2.43 M (2,430,000 multiply-accumulates)" in shown.out
     assert seen["calibration_data"] is None and seen["io_type"] is None

@@ -159,6 +159,7 @@ def test_cuda_claimed_but_not_started_is_an_error_not_a_cpu_number(tmp_path, mon
 def test_benchmark_rows_name_provider_and_device(tmp_path):
     from edgexfer.evaluate.benchmark import benchmark_models
     from edgexfer.evaluate.check_tables import render_benchmark_markdown
+    from edgexfer.evaluate.formatting import macs as fmt_macs
     from edgexfer.evaluate.latency import LatencySettings
 
     artifact = onnx_export(tmp_path / "onnx")
@@ -168,7 +169,14 @@ def test_benchmark_rows_name_provider_and_device(tmp_path):
     assert result["device"] == "cpu" and len(result["rows"]) == 2
     for row in result["rows"]:
         assert (row["provider"], row["device"], row["runtime"]) == ("CPUExecutionProvider", "cpu", "onnxruntime-cpu")
-    assert "onnxruntime-cpu (CPUExecutionProvider) | cpu |" in render_benchmark_markdown(result)
+    markdown = render_benchmark_markdown(result)
+    assert "onnxruntime-cpu (CPUExecutionProvider) | cpu |" in markdown
+    # the size-and-latency table shows the MACs counted on the file, on every row
+    assert "| images/s | size | MACs |" in markdown
+    counted = fmt_macs(result["sizes"][0]["macs"])
+    size_and_latency = [line for line in markdown.splitlines() if "| onnx/" in line]
+    assert result["sizes"][0]["macs"] > 0 and len(size_and_latency) == len(result["rows"])
+    assert all(line.endswith(f" | {counted} |") for line in size_and_latency), size_and_latency
 
 
 def test_auto_with_a_cuda_provider_that_does_not_start_keeps_only_cpu_rows(tmp_path, monkeypatch):

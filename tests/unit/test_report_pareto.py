@@ -18,6 +18,7 @@ def test_report_rows_say_which_thread_count_each_latency_used():
                 "name": "student",
                 "accuracy": 0.9,
                 "size_bytes": 10,
+                "macs": 1_000_000,
                 "latency": [{"batch": 1, "threads": 0, "threads_used": 2, "p50_ms": 0.6}],
             }
         ],
@@ -27,6 +28,7 @@ def test_report_rows_say_which_thread_count_each_latency_used():
                 "format": "tflite",
                 "quant": "int8",
                 "size_bytes": 3,
+                "macs": 1_000_000,
                 "parity": {"accuracy": 0.9, "agreement": 0.99},
                 "latency": [
                     {"batch": 1, "threads": 2, "threads_used": 2, "p50_ms": 0.01},
@@ -38,3 +40,4 @@ def test_report_rows_say_which_thread_count_each_latency_used():
     keras, int8 = check_rows(result)
     assert (keras["latency_ms"], keras["threads"]) == (0.6, "2 (runtime's own)")
     assert (int8["latency_ms"], int8["threads"]) == (0.02, "1")  # 1 thread preferred
+    assert keras["macs"] == int8["macs"] == 1_000_000  # the check's count travels to the report's table

@@ -30,7 +30,7 @@ def write(path, data):
     path.write_text(json.dumps(data))
 
 
-def keras_stage(run, name, parent, params, size):
+def keras_stage(run, name, parent, params, size, macs=None):
     write(
         run / name / "manifest.json",
         {
@@ -40,7 +40,8 @@ def keras_stage(run, name, parent, params, size):
             "parent": {"path": str(run / parent)} if parent else None,
         },
     )
-    write(run / name / "metrics.json", {"params": params, "peak_rss_mb": 1331.6, "alpha": 0.0, "test_accuracy": 0.986})
+    metrics = {"params": params, "peak_rss_mb": 1331.6, "alpha": 0.0, "test_accuracy": 0.986}
+    write(run / name / "metrics.json", {**metrics, **({"macs": macs} if macs else {})})
     (run / name / "model.h5").write_bytes(b"x" * size)
 
 
@@ -79,7 +80,7 @@ def make_run(tmp_path, finished=ORDER):
     (run / "data/source").mkdir(parents=True)
     (run / "data/target").mkdir(parents=True)
     keras_stage(run, "finetune", None, 3_400_000, 14_000_000)
-    keras_stage(run, "adapt", "finetune", 3_400_000, 14_000_000)
+    keras_stage(run, "adapt", "finetune", 3_400_000, 14_000_000, macs=25_100_000)
     keras_stage(run, "quantize", "adapt", 40_000, 200_000)
     evaluation(run, "source_only", "finetune", 0.986, 0.41, 25_000_000, 9.0)
     evaluation(run, "student", "quantize", 0.972, 0.80, 600_000, 0.7)
@@ -108,6 +109,7 @@ def make_run(tmp_path, finished=ORDER):
                         "format": "tflite",
                         "quant": "int8",
                         "size_bytes": 61_000,
+                        "macs": 600_000,
                         "parity": {"accuracy": accuracy, "agreement": 0.99},
                         "latency": [{"batch": 1, "threads": 1, "threads_used": 1, "p50_ms": 0.05}],
                     }
@@ -170,6 +172,12 @@ def test_the_summary_comes_first_and_names_what_is_deployed(tmp_path):
     # The per-stage tables and confusion matrices are folded at the end, formatted by kind.
     assert md.index("<summary><b>Metrics of each stage</b></summary>") > md.index("## Lineage")
     assert "| peak rss mb | 1.33 GB |" in md and "| alpha | 0 |" in md
+    # A Keras stage's own MAC count (metrics.json) reaches the road's table.
+    assert "| `adapt` | Keras | `finetune` | — | — | 14 MB | — | 25.1 M | 3,400,000 |" in md
+    # The parity tables show MACs next to size and latency (the check's count of each file).
+    parity = md.split("<summary><b>Parity checks</b></summary>")[1]
+    assert "| size | latency (batch 1) | MACs | threads |" in parity
+    assert re.search(r"\| export_tflite \| tflite/int8 \|.*\| 600 k \| 1 \|", parity)
     assert not re.search(r"\b\d\.\d{4}\b", md), "a raw float with four decimals"
     # One self-contained HTML file: every image inline, the same sections.
     assert page.count("<img") >= 2 and 'src="data:image/png;base64,' in page

@@ -319,7 +319,9 @@ def _summary(rows: list[dict]) -> list[dict]:
 
 
 def _table(rows: list[dict], timings: dict) -> str:
-    header = ["file", "runtime", "size", "threads", "batch", "p50 ms", "p90 ms", "images/s", "accuracy"]
+    from edgexfer.evaluate.formatting import macs
+
+    header = ["file", "runtime", "size", "MACs", "threads", "batch", "p50 ms", "p90 ms", "images/s", "accuracy"]
     body = []
     for row in rows:
         predictions = timings[row["file"]]["predictions"]
@@ -329,6 +331,7 @@ def _table(rows: list[dict], timings: dict) -> str:
                 row["file"],
                 row["runtime"],
                 f"{row['size_bytes'] / 1e3:,.1f} kB",
+                macs(row.get("macs")),  # counted on the file by the benchmark
                 f"{threads} ({row['threads_used']})",
                 row["batch"],
                 f"{row['p50_ms']:.3f}",

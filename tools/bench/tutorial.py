@@ -243,6 +243,7 @@ def measure_deployed(spec: dict) -> None:
     from edgexfer.data import load_arrays, scan_image_folder
     from edgexfer.data.subset import stratified_subset
     from edgexfer.evaluate import latency as lat
+    from edgexfer.evaluate.macs import model_file_macs
     from edgexfer.runtime import load_model, normalize
     from edgexfer.train.common import peak_rss_mb
 
@@ -284,6 +285,7 @@ def measure_deployed(spec: dict) -> None:
         json.dumps(
             {
                 "size_bytes": Path(spec["model"]).stat().st_size,
+                "macs": model_file_macs(spec["model"]),  # None for a file LiteRT/onnx cannot count
                 "latency": latency,
                 "batch1_p50_ms": lat.batch1_p50(latency),
                 "deploy_peak_rss_mb": peak,
@@ -535,10 +537,12 @@ def _summary(results: dict, in_domain: str) -> dict:
 
 
 def _table(results: dict, domains: dict, in_domain: str, cross) -> str:
+    from edgexfer.evaluate.formatting import macs
+
     header = (
         ["arm", f"{in_domain} accuracy"]
         + ([f"{cross[0]} accuracy (cross-domain)"] if cross else [])
-        + ["size", "p50 batch 1, 1 thread", "peak RSS: training / deployed (model's share)", "training time"]
+        + ["size", "MACs", "p50 batch 1, 1 thread", "peak RSS: training / deployed (model's share)", "training time"]
     )
     rows = []
     for arm, r in results.items():
@@ -550,6 +554,7 @@ def _table(results: dict, domains: dict, in_domain: str, cross) -> str:
                 label,
                 *acc,
                 _size(d["size_bytes"]),
+                macs(d.get("macs")),
                 f"{d['batch1_p50_ms']:.3f} ms",
                 f"{r['train_peak_rss_mb']:,.0f} / {d['deploy_peak_rss_mb']:,.0f} MB "
                 f"(+{d['deploy_peak_rss_mb'] - d['rss_before_load_mb']:,.0f})",

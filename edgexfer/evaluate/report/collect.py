@@ -36,7 +36,7 @@ def stage_rows(run_dir: Path, order: list[str], types: dict[str, str], state: di
 
 def check_rows(result: dict) -> list[dict[str, Any]]:
     """The Keras parents and the exported candidates of a check result: accuracy, agreement,
-    size and batch-1 latency."""
+    size, MACs per image and batch-1 latency."""
 
     def timing(latency: list[dict]) -> dict[str, Any]:
         row = batch1_row(latency)
@@ -52,6 +52,7 @@ def check_rows(result: dict) -> list[dict[str, Any]]:
             "accuracy": p.get("accuracy"),
             "agreement": None,
             "size": p["size_bytes"],
+            "macs": p.get("macs"),
             **timing(p.get("latency", [])),
         }
         for p in result.get("parents", [])
@@ -63,6 +64,7 @@ def check_rows(result: dict) -> list[dict[str, Any]]:
             "accuracy": c["parity"]["accuracy"],
             "agreement": c["parity"]["agreement"],
             "size": c["size_bytes"],
+            "macs": c.get("macs"),
             **timing(c.get("latency", [])),
         }
         for c in result.get("candidates", [])

@@ -30,7 +30,8 @@ def plot_road(models: list[Model], domain: str, path: Path, title: str = "") -> 
             marker=markers[index % len(markers)],
             edgecolors="black",
             linewidths=0.5,
-            label=f"{model.name} ({model.kind}): {fmt.size(model.bytes)}",
+            label=f"{model.name} ({model.kind}): {fmt.size(model.bytes)}"
+            + (f", {fmt.macs(model.macs)} MACs" if model.macs else ""),
         )
     front = pareto_front(points)
     if len(front) > 1:
@@ -52,7 +53,7 @@ def plot_road(models: list[Model], domain: str, path: Path, title: str = "") -> 
         fontsize=7,
         loc="center left",
         bbox_to_anchor=(1.01, 0.5),
-        title="model: file size (marker area)",
+        title="model: file size (marker area), MACs per image",
         title_fontsize=7,
         markerscale=0.5,
         frameon=False,

@@ -278,8 +278,9 @@ def road_sections(road: Road, figures_dir: Path) -> list[Section]:
                 figure,
                 f"Accuracy on {what} against batch-1 latency (log scale) of every Keras "
                 "model and every exported file of the run; marker area grows with the file "
-                "size. The dashed line joins the Pareto front: models no other is both faster "
-                "and more accurate than." + (f" Not placed: {', '.join(left_out)}." if left_out else ""),
+                "size; the legend gives each one's size and MACs per image. The dashed line "
+                "joins the Pareto front: models no other is both faster and more accurate than."
+                + (f" Not placed: {', '.join(left_out)}." if left_out else ""),
             )
         )
     blocks.append(
@@ -376,7 +377,7 @@ def folded_sections(road: Road, stages: list[dict], figures_dir: Path) -> list[S
             )
             blocks.append(
                 markdown_table(
-                    ["model", "format", "accuracy", "agreement", "size", "latency (batch 1)", "threads"],
+                    ["model", "format", "accuracy", "agreement", "size", "latency (batch 1)", "MACs", "threads"],
                     [
                         [
                             r["name"],
@@ -385,6 +386,7 @@ def folded_sections(road: Road, stages: list[dict], figures_dir: Path) -> list[S
                             fmt.percent(r["agreement"]),
                             fmt.size(r["size"]),
                             fmt.milliseconds(r["latency_ms"]),
+                            fmt.macs(r["macs"]),
                             r["threads"],
                         ]
                         for r in rows
