@@ -149,6 +149,8 @@ def render_distill(result: DistillResult) -> None:
         summary.add_row("same student without distillation", f"{result.baseline_accuracy:.4f}")
         summary.add_row("gain from distillation (points)", f"{100 * result.distillation_gain:+.2f}")
     summary.add_row("teacher logits", result.teacher_logits)
+    if result.feature_weight > 0:
+        summary.add_row(f"feature hint (β {result.feature_weight:g}): last loss", _fmt(result.feature_loss))
     _console().print(summary)
 
 
