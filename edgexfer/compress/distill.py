@@ -164,6 +164,9 @@ def _cached_dataset(train, student_pre: Preprocessing, targets, config: DistillC
     else:
         teacher = tf.data.Dataset.from_tensor_slices(targets[order].astype(np.float32))
     size = student_pre.input_size
+    # Sized on the images alone, with or without cached features, so that a run with the feature
+    # hint sees the same data order as one without (they are compared); the features then add
+    # at most one more copy of their cache (buffer × width × 4 bytes, 112 MB at 32 px for Lite0).
     buffer = int(min(len(samples), max(1024, _SHUFFLE_BUFFER_BYTES // (size * size * 3 * 4))))
     return (
         tf.data.Dataset.zip((images, teacher))
