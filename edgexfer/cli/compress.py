@@ -65,6 +65,7 @@ def distill(
     student_img_size: Optional[int] = typer.Option(None, help="Student input size (default: the teacher's)."),
     temperature: Optional[float] = typer.Option(None, help=_help(DistillConfig, "temperature")),
     alpha: Optional[float] = typer.Option(None, help=_help(DistillConfig, "alpha")),
+    feature_weight: Optional[float] = typer.Option(None, help=_help(DistillConfig, "feature_weight")),
     baseline: Optional[bool] = typer.Option(
         None,
         "--baseline/--no-baseline",
@@ -102,6 +103,7 @@ def distill(
             student_img_size=student_img_size,
             temperature=temperature,
             alpha=alpha,
+            feature_weight=feature_weight,
             baseline=baseline,
             epochs=epochs,
             batch_size=batch_size,
@@ -147,6 +149,8 @@ def render_distill(result: DistillResult) -> None:
         summary.add_row("same student without distillation", f"{result.baseline_accuracy:.4f}")
         summary.add_row("gain from distillation (points)", f"{100 * result.distillation_gain:+.2f}")
     summary.add_row("teacher logits", result.teacher_logits)
+    if result.feature_weight > 0:
+        summary.add_row(f"feature hint (β {result.feature_weight:g}): last loss", _fmt(result.feature_loss))
     _console().print(summary)
 
 

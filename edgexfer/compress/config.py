@@ -35,8 +35,14 @@ class _StageConfig(FrozenConfig):
 class DistillConfig(_StageConfig):
     """Hinton knowledge distillation of a teacher artifact into a registered student backbone.
 
-    ``loss = alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(y, softmax(s))``:
-    ``alpha`` weighs the soft targets, ``1 − alpha`` the hard labels.
+    ``loss = alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(y, softmax(s))
+    + β · mean_batch ‖normalize(P·e_s) − normalize(e_t)‖²``:
+    ``alpha`` weighs the soft targets, ``1 − alpha`` the hard labels; ``β`` (``feature_weight``,
+    0: off) weighs a FitNets-style hint (Romero et al., 2015) on the pooled embeddings — ``e_t``
+    the input of the teacher's ``head_dense``, ``e_s`` the input of the student's head Dense
+    (before its dropout), ``P`` a linear projection onto the teacher's width, trained with the
+    student and not saved with it. The vectors are L2-normalised, so the term lies in [0, 4]
+    per image whatever the feature magnitudes and widths.
     """
 
     student: str = Field(..., description="registered backbone name of the student")
@@ -58,6 +64,13 @@ class DistillConfig(_StageConfig):
     temperature: float = Field(4.0, gt=0.0, le=100.0, description="softmax temperature T of the soft targets")
     alpha: float = Field(
         0.7, ge=0.0, le=1.0, description="weight of the soft-target loss; 1 - alpha weighs the hard labels"
+    )
+    feature_weight: float = Field(
+        0.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="weight β of the feature hint: the student's pooled embedding, linearly projected, "
+        "matches the teacher's (L2-normalised squared distance, 0–4 per image); 0: off",
     )
     baseline: bool = Field(False, description="also train the same student without distillation")
     unlabelled: str | None = Field(

@@ -17,8 +17,14 @@ same augmented image every step, so the teacher runs online.
 loss is masked out): a source-domain student then also inherits the adapted teacher's
 target-domain behaviour.
 
+``feature_weight`` β > 0 adds a FitNets-style hint on the pooled embeddings
+(``edgexfer.compress.distill_losses``): the teacher's is its ``head_dense`` layer's input,
+cached with the logits or computed online alongside them.
+
 ``baseline=True`` trains the same student (same initialisation, data order, schedule)
-with ``alpha = 0``, so the gain from distillation is measured, not assumed.
+with ``alpha = 0`` and no hint, so the gain from distillation is measured, not assumed.
+
+The losses and the training model live in ``edgexfer.compress.distill_losses``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 from edgexfer.artifact import Artifact, Manifest, Preprocessing
 from edgexfer.compress import measure, stage_io
 from edgexfer.compress.config import DistillConfig
+from edgexfer.compress.distill_losses import distiller
 from edgexfer.data.subset import limit_samples
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, build_classifier, build_head_layers, load_keras_model, save_keras_model
@@ -42,6 +49,10 @@ from edgexfer.train import distributed
 from edgexfer.train.resume import StageCheckpoint, stage_checkpoint
 
 _SHUFFLE_BUFFER_BYTES = 256 << 20
+# Cached teacher features (N × width) above this size in float32 are kept in float16: half the
+# memory (60,000 × 1280 Lite0 embeddings are 307 MB in float32), and the hint L2-normalises
+# them, so float16's 3 significant digits are plenty.
+_FEATURE_CACHE_FLOAT32_BYTES = 512 << 20
 
 
 def student_settings(config: DistillConfig, teacher_preprocessing: Preprocessing):
@@ -65,8 +76,13 @@ def student_settings(config: DistillConfig, teacher_preprocessing: Preprocessing
     return spec, size, weights, spec.preprocessing(size)
 
 
-def teacher_logits_model(teacher):
-    """``teacher``'s input → logits: a linear copy of its ``head_dense`` layer, or log-probabilities."""
+def teacher_logits_model(teacher, with_features: bool = False):
+    """``teacher``'s input → logits: a linear copy of its ``head_dense`` layer, or log-probabilities.
+
+    ``with_features``: → ``[logits, features]``, the features being ``head_dense``'s input
+    (the pooled embedding the feature hint matches); ``ConfigError`` for a teacher whose
+    classifier is not such a Dense layer.
+    """
     from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
@@ -78,81 +94,17 @@ def teacher_logits_model(teacher):
         linear = keras.layers.Dense(dense.units, activation=None, use_bias=dense.use_bias, name="teacher_logits")
         logits = linear(dense.input)
         linear.set_weights(dense.get_weights())
-        return keras.Model(teacher.input, logits, name="teacher_logits_model"), "head_dense pre-activation"
+        outputs = [logits, dense.input] if with_features else logits
+        return keras.Model(teacher.input, outputs, name="teacher_logits_model"), "head_dense pre-activation"
+    if with_features:
+        raise ConfigError(
+            "--feature-weight needs a teacher whose classifier is a softmax Dense layer named head_dense "
+            "(the hint matches the embedding it reads); this teacher has none: leave --feature-weight at 0"
+        )
     log_probs = keras.layers.Lambda(lambda p: tf.math.log(tf.maximum(p, 1e-12)), name="teacher_log_probs")(
         teacher.output
     )
     return keras.Model(teacher.input, log_probs, name="teacher_logits_model"), "log-probabilities"
-
-
-def _distiller(student, dense, teacher, temperature: float, alpha: float, online: bool):
-    """A Keras model whose ``fit`` trains ``student`` on the distillation loss."""
-    from edgexfer.tf_env import import_tf
-
-    tf, keras = import_tf()
-
-    class Distiller(keras.Model):
-        def __init__(self):
-            super().__init__(name="distiller")
-            self.student = student
-            self.features = keras.Model(student.input, dense.input)
-            self.dense = dense
-            self.teacher = teacher
-            self.loss_tracker = keras.metrics.Mean(name="loss")
-            self.soft_tracker = keras.metrics.Mean(name="soft_loss")
-            self.hard_tracker = keras.metrics.Mean(name="hard_loss")
-            self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-
-        @property
-        def metrics(self):
-            return [self.loss_tracker, self.soft_tracker, self.hard_tracker, self.accuracy]
-
-        def call(self, inputs, training=False):
-            return self.student(inputs, training=training)
-
-        def train_step(self, data):
-            (x, extra), y = data
-            teacher_logits = None
-            if alpha > 0:
-                teacher_logits = self.teacher(extra, training=False) if online else extra
-            with tf.GradientTape() as tape:
-                features = self.features(x, training=True)
-                logits = tf.matmul(features, self.dense.kernel)
-                if self.dense.use_bias:
-                    logits = logits + self.dense.bias
-                # Unlabelled images (label -1) carry only the soft loss: mask them out of the hard loss.
-                labelled = tf.cast(y >= 0, logits.dtype)
-                per_image = keras.losses.sparse_categorical_crossentropy(tf.maximum(y, 0), logits, from_logits=True)
-                hard = tf.reduce_sum(per_image * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
-                if alpha > 0:
-                    t_log = tf.nn.log_softmax(tf.cast(teacher_logits, logits.dtype) / temperature)
-                    s_log = tf.nn.log_softmax(logits / temperature)
-                    soft = tf.reduce_mean(tf.reduce_sum(tf.exp(t_log) * (t_log - s_log), axis=-1))
-                    soft = soft * (temperature**2)
-                else:
-                    soft = tf.constant(0.0)
-                loss = alpha * soft + (1.0 - alpha) * hard
-                if self.student.losses:
-                    loss = loss + tf.add_n(self.student.losses)
-                # Replicas' gradients are summed: scale each replica's loss so the sum is the global mean.
-                replicas = tf.distribute.get_strategy().num_replicas_in_sync
-                scaled = loss / replicas if replicas > 1 else loss
-            variables = self.student.trainable_variables
-            self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-            self.loss_tracker.update_state(loss)
-            self.soft_tracker.update_state(soft)
-            self.hard_tracker.update_state(hard)
-            self.accuracy.update_state(tf.maximum(y, 0), logits, sample_weight=labelled)
-            return {m.name: m.result() for m in self.metrics}
-
-        def test_step(self, data):
-            x, y = data
-            probs = self.student(x, training=False)
-            self.loss_tracker.update_state(tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probs)))
-            self.accuracy.update_state(y, probs)
-            return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy.result()}
-
-    return Distiller()
 
 
 def _normalise(tf, images, preprocessing: Preprocessing, from_size: int):
@@ -171,9 +123,34 @@ def _normalise(tf, images, preprocessing: Preprocessing, from_size: int):
     return (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
-def _cached_dataset(train, student_pre: Preprocessing, logits: np.ndarray, config: DistillConfig):
-    """``((student images, cached teacher logits), labels)``: samples and logits permuted
-    together once (no shuffle before the zip), then the zipped pairs are shuffled."""
+def _cached_teacher_features(model, images, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's logits (float32) and pooled features for ``images`` (``count`` of them),
+    written batch by batch into preallocated arrays: the features in float16 where float32
+    would take more than ``_FEATURE_CACHE_FLOAT32_BYTES``."""
+    from edgexfer.tf_env import import_tf
+
+    tf, _ = import_tf()
+    logits_width, feature_width = (int(out.shape[-1]) for out in model.outputs)
+    dtype = np.float16 if count * feature_width * 4 > _FEATURE_CACHE_FLOAT32_BYTES else np.float32
+    logits = np.empty((count, logits_width), np.float32)
+    features = np.empty((count, feature_width), dtype)
+    infer = tf.function(lambda x: model(x, training=False))
+    start = 0
+    for batch in images:
+        batch_logits, batch_features = infer(batch)
+        end = start + int(batch_logits.shape[0])
+        logits[start:end] = batch_logits.numpy()
+        features[start:end] = batch_features.numpy()
+        start = end
+    if start != count:
+        raise RuntimeError(f"teacher features: {start} images read, {count} expected")
+    return logits, features
+
+
+def _cached_dataset(train, student_pre: Preprocessing, targets, config: DistillConfig):
+    """``((student images, cached teacher targets), labels)``: samples and targets (the
+    logits, or ``(logits, features)``) permuted together once (no shuffle before the zip),
+    then the zipped pairs are shuffled."""
     from edgexfer.data import make_dataset
     from edgexfer.tf_env import import_tf
 
@@ -181,8 +158,15 @@ def _cached_dataset(train, student_pre: Preprocessing, logits: np.ndarray, confi
     order = np.random.default_rng(config.seed).permutation(len(train))
     samples = [train[i] for i in order]
     images = make_dataset(samples, student_pre, batch_size=256, cache=True).unbatch()
-    teacher = tf.data.Dataset.from_tensor_slices(logits[order].astype(np.float32))
+    if isinstance(targets, tuple):
+        logits, features = targets
+        teacher = tf.data.Dataset.from_tensor_slices((logits[order].astype(np.float32), features[order]))
+    else:
+        teacher = tf.data.Dataset.from_tensor_slices(targets[order].astype(np.float32))
     size = student_pre.input_size
+    # Sized on the images alone, with or without cached features, so that a run with the feature
+    # hint sees the same data order as one without (they are compared); the features then add
+    # at most one more copy of their cache (buffer × width × 4 bytes, 112 MB at 32 px for Lite0).
     buffer = int(min(len(samples), max(1024, _SHUFFLE_BUFFER_BYTES // (size * size * 3 * 4))))
     return (
         tf.data.Dataset.zip((images, teacher))
@@ -235,6 +219,8 @@ def _train_student(
     checkpoint: StageCheckpoint | None = None,
     phase: str = "student",
     val_steps: int = 1,
+    feature_weight: float = 0.0,
+    teacher_width: int | None = None,
 ):
     from edgexfer.backbones.registry import create_backbone
     from edgexfer.data import data_errors
@@ -252,9 +238,11 @@ def _train_student(
                     layer.momentum = config.bn_momentum
         head = build_head_layers(num_classes, config.head.dropout, config.head.hidden_units)
         student = build_classifier(backbone, head, name=f"{spec_name}_student")
-        distiller = _distiller(student, head[-1], teacher, config.temperature, alpha, online)
+        model = distiller(
+            student, head, teacher, config.temperature, alpha, online, feature_weight, teacher_width, config.seed
+        )
         total = steps * config.epochs
-        distiller.compile(
+        model.compile(
             optimizer=keras.optimizers.Adam(
                 train_common.cosine_with_warmup(config.learning_rate, total, config.warmup_fraction)
             )
@@ -271,7 +259,7 @@ def _train_student(
         callbacks += checkpoint.callbacks(phase, config.epochs)
     cluster = distributed.cluster_of(config.strategy, strategy)
     with data_errors():
-        history = distiller.fit(
+        history = model.fit(
             **distributed.fit_inputs(strategy, cluster, train_ds, val_ds, steps, val_steps),
             epochs=config.epochs,
             verbose=0,
@@ -332,7 +320,9 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     timings: dict[str, float] = {}
     started = time.perf_counter()
     teacher = load_keras_model(source.model_path)
-    logits_model, logits_source = teacher_logits_model(teacher)
+    hinted = config.feature_weight > 0
+    logits_model, logits_source = teacher_logits_model(teacher, with_features=hinted)
+    teacher_width = int(logits_model.outputs[1].shape[-1]) if hinted else None
     x_eval_teacher, y_eval = stage_io.load_uint8(eval_samples, teacher_pre)
     teacher_accuracy = measure.accuracy(measure.keras_probs(teacher, x_eval_teacher, teacher_pre), y_eval)
     del x_eval_teacher
@@ -348,16 +338,25 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     if online:
         train_ds = _online_dataset(train, student_pre, teacher_pre, config)
         logits_note = "online (augmentation on: the teacher sees each augmented image)"
+        features_note = "online"
     else:
         with train_common.timed(timings, "teacher_logits_seconds"), data_errors():
             images = make_dataset(train, teacher_pre, batch_size=256, cache=False, return_labels=False)
-            logits = logits_model.predict(images, verbose=0)
-        train_ds = _cached_dataset(train, student_pre, logits, config)
+            if hinted:
+                logits, features = _cached_teacher_features(logits_model, images, len(train))
+            else:
+                logits = logits_model.predict(images, verbose=0)
+        train_ds = _cached_dataset(train, student_pre, (logits, features) if hinted else logits, config)
         logits_note = f"cached ({len(logits)} × {logits.shape[1]}, computed once)"
+        if hinted:
+            features_note = f"cached ({features.shape[0]} × {features.shape[1]}, {features.dtype})"
+            logits_note += f", features {features_note}"
+            del features
     val_ds = make_dataset(val, student_pre, batch_size=config.batch_size, cache=True)
     log(
         f"distilling {teacher_manifest.backbone} ({teacher_pre.input_size}px) into {spec.name} at {size}px "
-        f"(weights {weights}, T={config.temperature}, alpha={config.alpha}) on {labelled_count} images"
+        f"(weights {weights}, T={config.temperature}, alpha={config.alpha}"
+        f"{f', feature hint β={config.feature_weight}' if hinted else ''}) on {labelled_count} images"
         f"{f' + {len(unlabelled)} unlabelled' if unlabelled else ''}; teacher logits {logits_note}"
     )
 
@@ -380,6 +379,8 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             checkpoint=checkpoint,
             phase="student",
             val_steps=val_steps,
+            feature_weight=config.feature_weight,
+            teacher_width=teacher_width,
         )
     distill_step_seconds = timings["distill_seconds"] / (steps * config.epochs)
     allreduce = int(sum(int(np.prod(v.shape)) for v in student.trainable_variables)) * 4
@@ -392,7 +393,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
 
     baseline = None
     if config.baseline:
-        log(f"baseline: the same {spec.name} without distillation (alpha 0, same init, data and schedule)")
+        log(f"baseline: the same {spec.name} without distillation (alpha 0, no hint, same init, data and schedule)")
         with train_common.timed(timings, "baseline_seconds"):
             plain, plain_history = _train_student(
                 config,
@@ -459,6 +460,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             "teacher_logits_source": logits_source,
             "temperature": config.temperature,
             "alpha": config.alpha,
+            "feature_weight": config.feature_weight,
             "history": history,
             "timings_seconds": timings,
             "splits": {"train": labelled_count, "val": len(val), eval_split: int(len(y_eval))},
@@ -471,6 +473,12 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             "resumed": checkpoint.resumed,
             "peak_rss_mb": round(train_common.peak_rss_mb(), 1),
         }
+        if hinted:
+            metrics.update(
+                teacher_features=features_note,
+                teacher_feature_width=teacher_width,
+                feature_loss=history["feature_loss"][-1],
+            )
         if baseline is not None:
             metrics.update(
                 baseline_accuracy=baseline["accuracy"],

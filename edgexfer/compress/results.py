@@ -42,6 +42,8 @@ class DistillResult:
     baseline_accuracy: float | None  # the same student without distillation (--baseline)
     distillation_gain: float | None
     teacher_logits: str
+    feature_weight: float = 0.0  # β of the feature hint; 0: off
+    feature_loss: float | None = None  # the hint's loss in the last epoch
 
     @classmethod
     def of(cls, artifact: Artifact) -> DistillResult:
@@ -61,6 +63,8 @@ class DistillResult:
             baseline_accuracy=m.get("baseline_accuracy"),
             distillation_gain=m.get("distillation_gain"),
             teacher_logits=m["teacher_logits"],
+            feature_weight=m.get("feature_weight", 0.0),
+            feature_loss=m.get("feature_loss"),
         )
 
 

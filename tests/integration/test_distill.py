@@ -191,3 +191,77 @@ def test_unlabelled_cap_is_a_seeded_subset(tmp_path):
     first = _unlabelled_samples(config, ["a", "b"], log=lambda *_: None)
     again = _unlabelled_samples(config, ["a", "b"], log=lambda *_: None)
     assert len(first) == 4 and first == again and {s.label for s in first} == {-1}
+
+
+@pytest.fixture(scope="module")
+def hinted(teacher, tmp_path_factory):
+    """The same distillation with the option left out, at feature_weight 0 and at 1."""
+    artifact, data = teacher
+    root = tmp_path_factory.mktemp("hint")
+    options = {**STUDENT, "epochs": 4}
+    return {
+        "omitted": capi.distill(artifact.path, data, root / "omitted", **options),
+        0.0: capi.distill(artifact.path, data, root / "zero", feature_weight=0.0, **options),
+        1.0: capi.distill(artifact.path, data, root / "one", feature_weight=1.0, **options),
+    }
+
+
+def test_feature_hint_trains_and_leaves_no_projection_in_the_saved_student(hinted):
+    with_hint, without = hinted[1.0].metrics, hinted[0.0].metrics
+    assert with_hint["feature_weight"] == 1.0 and without["feature_weight"] == 0.0
+    assert with_hint["teacher_features"] == "cached (72 × 128, float32)" and with_hint["teacher_feature_width"] == 128
+    losses = with_hint["history"]["feature_loss"]
+    assert with_hint["feature_loss"] == losses[-1] and 0.0 <= losses[-1] < 0.7 * losses[0]  # the embeddings align
+    assert "feature_loss" not in without and "feature_loss" not in without["history"]
+    assert with_hint["student_accuracy"] >= 0.5  # 3 classes: chance is 0.33
+    hint_model, plain_model = (load_keras_model(hinted[w].model_path) for w in (1.0, 0.0))
+    assert [layer.name for layer in hint_model.layers] == [layer.name for layer in plain_model.layers]
+    assert hint_model.count_params() == plain_model.count_params() == with_hint["params"] == without["params"]
+    assert not any("projection" in layer.name for layer in hint_model.layers)
+
+
+def test_feature_weight_zero_is_the_distillation_without_the_option(hinted):
+    omitted, zero, one = (load_keras_model(hinted[k].model_path).get_weights() for k in ("omitted", 0.0, 1.0))
+    assert all(np.array_equal(a, b) for a, b in zip(omitted, zero, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(zero, one, strict=True))  # the hint does change training
+
+
+def test_feature_hint_runs_online_with_augmentation(teacher, tmp_path):
+    artifact, data = teacher
+    options = {**STUDENT, "epochs": 2, "student_img_size": 24, "augment": {"crop_zoom": 0.1}}
+    student = capi.distill(artifact.path, data, tmp_path / "online", feature_weight=0.5, alpha=0.0, **options)
+    assert student.metrics["teacher_features"] == "online" and student.metrics["feature_weight"] == 0.5
+    assert len(student.metrics["history"]["feature_loss"]) == 2 and student.metrics["feature_loss"] > 0.0
+
+
+def test_teacher_features_are_the_head_dense_input_and_cached_in_float16_when_large(teacher, monkeypatch):
+    from edgexfer.compress import distill
+    from edgexfer.tf_env import import_tf
+
+    tf, keras = import_tf()
+    model = load_keras_model(teacher[0].model_path)
+    targets, _ = distill.teacher_logits_model(model, with_features=True)
+    x = np.random.default_rng(0).normal(size=(10, 16, 16, 3)).astype("float32")
+    expected = keras.Model(model.input, model.get_layer("head_dense").input)(x).numpy()
+    images = tf.data.Dataset.from_tensor_slices(x).batch(4)
+    logits, features = distill._cached_teacher_features(targets, images, 10)
+    assert features.dtype == np.float32 and features.shape == expected.shape
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+    np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), model(x).numpy(), atol=1e-5)
+    monkeypatch.setattr(distill, "_FEATURE_CACHE_FLOAT32_BYTES", 1000)  # 10 × 128 × 4 bytes is over it
+    _, small = distill._cached_teacher_features(targets, images, 10)
+    assert small.dtype == np.float16
+    np.testing.assert_allclose(small.astype(np.float32), expected, rtol=2e-3, atol=1e-3)
+
+
+def test_feature_hint_needs_a_head_dense_teacher():
+    from edgexfer.compress.distill import teacher_logits_model
+    from edgexfer.errors import ConfigError
+    from edgexfer.tf_env import import_tf
+
+    _, keras = import_tf()
+    inputs = keras.Input((4,))
+    other = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="classifier")(inputs))
+    with pytest.raises(ConfigError, match="--feature-weight needs a teacher whose classifier is .*head_dense"):
+        teacher_logits_model(other, with_features=True)
+    assert teacher_logits_model(other)[1] == "log-probabilities"

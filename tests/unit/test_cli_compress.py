@@ -47,19 +47,22 @@ def test_distill_merges_config_file_and_flags_and_renders_its_result(capsys, cal
         "baseline_accuracy": 0.93,
         "distillation_gain": 0.02,
         "teacher_logits": "head_dense pre-activation",
+        "feature_weight": 0.5,
+        "feature_loss": 0.27,
     }
     extra = {"teacher": {"backbone": "efficientnet_lite0", "input_size": 64}}
     calls["patch"]("distill", _artifact(metrics, extra=extra, input_size=32))
     config = tmp_path / "distill.yaml"
     config.write_text("student: cnn_small\nepochs: 3\naugment: {brightness: 0.1}\n")
     args = ["distill", "T", "D", "--out", tmp_path / "o", "--config", config, "--alpha", "0.5", "--flip", "--seed", "4"]
-    result = call_cli(capsys, *args)
+    result = call_cli(capsys, *args, "--feature-weight", "0.5")
     assert result.code == 0, result.err
     built = calls["distill"][1]["config"]
-    assert (built.student, built.epochs, built.alpha, built.seed) == ("cnn_small", 3, 0.5, 4)
+    assert (built.student, built.epochs, built.alpha, built.seed, built.feature_weight) == ("cnn_small", 3, 0.5, 4, 0.5)
     assert built.augment.flip and built.augment.brightness == 0.1  # a flag overrides one key of its group
     assert "efficientnet_lite0 → cnn_tiny" in result.out and "170.0×" in result.out
     assert "gain from distillation (points)" in result.out and "+2.00" in result.out
+    assert "feature hint (β 0.5): last loss" in result.out and "0.2700" in result.out
 
 
 def test_prune_renders_per_layer_sparsity_and_the_dense_layers(capsys, calls, tmp_path):

@@ -11,6 +11,7 @@ from PIL import Image
 from edgexfer.artifact import Manifest, Preprocessing, writing_artifact
 from edgexfer.compress.config import DistillConfig, PruneConfig, QuantizeConfig
 from edgexfer.errors import ArtifactError, ConfigError, DataError
+from kit import call_cli, the_error
 
 
 @pytest.mark.parametrize(
@@ -61,6 +62,11 @@ def test_quantize_config_errors(values, message):
         ({}, "student is required \\(--student\\)"),
         ({"student": "cnn_tiny", "temperature": 0}, "temperature=0"),
         ({"student": "cnn_tiny", "alpha": 1.5}, "alpha=1.5"),
+        (
+            {"student": "cnn_tiny", "feature_weight": -0.5},
+            "feature_weight=-0.5 is invalid: .*greater than or equal to 0",
+        ),
+        ({"student": "cnn_tiny", "feature_weight": float("inf")}, "feature_weight=inf is invalid"),
         ({"student": "cnn_tiny", "temprature": 2}, "did you mean 'temperature'"),
         ({"student": "cnn_tiny", "augment": {"crop_zoom": 0.9}}, "augment.crop_zoom=0.9"),
     ],
@@ -188,3 +194,13 @@ def test_cli_bad_inputs_are_one_red_line(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr and message in result.stderr, (args, result.stderr)
         assert json.dumps(result.stderr).count("error:") == 1
+
+
+def test_cli_negative_feature_weight_is_one_line_and_writes_nothing(capsys, tmp_path):
+
+    model = _fake_artifact(tmp_path / "model")
+    args = ["distill", model.path, tmp_path, "--out", tmp_path / "o", "--student", "cnn_tiny", "--feature-weight", "-1"]
+    result = call_cli(capsys, *args)
+    assert result.code == 2
+    assert "feature_weight=-1.0 is invalid" in the_error(result.err) and "greater than or equal to 0" in result.err
+    assert not (tmp_path / "o").exists()
