@@ -14,13 +14,7 @@ from edgexfer.errors import ConfigError
 from edgexfer.seeding import derive_seed
 from edgexfer.train import common as train_common
 from edgexfer.train.adapt_losses import coral_loss, dann_coefficient, gradient_reversal
-from edgexfer.train.batchnorm import (
-    BatchNormStats,
-    batchnorm_layers,
-    build_top,
-    find_cut,
-    find_features_layer,
-)
+from edgexfer.train.batchnorm import find_features_layer, layers_to_train, split_at_cut
 from edgexfer.train.config import AdaptConfig
 from edgexfer.train.resume import (
     LoopCheckpoint,
@@ -63,48 +57,13 @@ class Adapter:
 
         # Trained layers: the head (everything after the features) and the top weighted non-BN layers.
         features_layer = find_features_layer(model)
-        index = {layer.name: i for i, layer in enumerate(model.layers)}
-        feat_index = index[features_layer.name]
-        bns = set(id(layer) for layer in batchnorm_layers(model))
-        for layer in model.layers:
-            layer.trainable = False
-        trained = [layer for layer in model.layers[feat_index + 1 :] if layer.weights]
-        budget = config.train_layers
-        for layer in reversed(model.layers[:feat_index]):
-            if budget <= 0:
-                break
-            if layer.weights and id(layer) not in bns:
-                trained.append(layer)
-                budget -= 1
-        for layer in trained:
-            layer.trainable = True
-        self.trained_layer_names = sorted((layer.name for layer in trained), key=index.get)
-        first = min((index[layer.name] for layer in trained), default=feat_index + 1)
-        first = min(first, feat_index + 1)
-        cut_layer = find_cut(model, first)
-        self.cut_name = cut_layer.name if cut_layer is not None else None
-        all_bns = batchnorm_layers(model)
-        bn_inputs = [layer.input for layer in all_bns]  # before the top part adds nodes to the layers
-        features = features_layer.output
-        if cut_layer is None:
-            self.bottom = None
-            self.top = keras.Model(model.inputs, [features, model.output], name="adapt_top")
-            top_inputs = {layer.name: t for layer, t in zip(all_bns, bn_inputs)}
-        else:
-            self.bottom = keras.Model(model.inputs, cut_layer.output, name="adapt_bottom")
-            self.top, top_inputs = build_top(model, cut_layer, features_layer)
-        self.top_bns = [layer for layer in all_bns if layer.name in top_inputs]
-        self.bottom_bns = [layer for layer in all_bns if layer.name not in top_inputs]
-        if all_bns != self.bottom_bns + self.top_bns:
-            raise ConfigError("cannot split this model's BatchNorm layers into a frozen and a trained part")
-        self.variables = [v for layer in trained for v in layer.trainable_weights]
-
-        self._full_stats = BatchNormStats(model, all_bns, bn_inputs, config.batch_size)
-        self._top_stats = BatchNormStats(
-            self.top, self.top_bns, [top_inputs[layer.name] for layer in self.top_bns], config.batch_size
-        )
-        self._infer_bottom = self._compile(self.bottom) if self.bottom is not None else None
-        self._infer_top = self._compile(self.top)
+        head = [layer for layer in model.layers[model.layers.index(features_layer) + 1 :] if layer.weights]
+        trained = head + layers_to_train(model, features_layer, config.train_layers)
+        self.split = split_at_cut(model, features_layer, trained, name="adapt")
+        self._full_stats = self.split.full_stats(config.batch_size)
+        self._top_stats = self.split.top_stats(config.batch_size)
+        self._infer_bottom = self._compile(self.split.bottom) if self.split.bottom is not None else None
+        self._infer_top = self._compile(self.split.top)
         self._infer_model = self._compile(model)
 
         self.domain = config.bn_mode == "domain"
@@ -121,7 +80,7 @@ class Adapter:
         self.zv = self._run_bottom(self.xv)
         self._full_stats.assign(self.stats_target)
         self.zt = self._run_bottom(self.xt)
-        n_bottom = len(self.bottom_bns)
+        n_bottom = len(self.split.bottom_bns)
         self.top_source = [tuple(map(np.copy, s)) for s in self.stats_source[n_bottom:]]
         self.top_target = [tuple(map(np.copy, s)) for s in self.stats_target[n_bottom:]]
         self._full_stats.assign(self.stats_input)
@@ -146,10 +105,10 @@ class Adapter:
             yield self._normalise(chunk) if images else chunk
 
     def _run_bottom(self, images: np.ndarray) -> np.ndarray:
-        if self.bottom is None:
+        if self.split.bottom is None:
             return self._normalise(images) if len(images) else images.astype(np.float32)
         if not len(images):
-            return np.zeros((0, *self.bottom.output_shape[1:]), np.float32)
+            return np.zeros((0, *self.split.bottom.output_shape[1:]), np.float32)
         return np.concatenate([self._infer_bottom(b).numpy() for b in self._batches(images, images=True)])
 
     def _run_top(self, cached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +125,7 @@ class Adapter:
     def _refresh_top_stats(self) -> None:
         """Re-estimate the statistics of the BN layers in the trained part (their inputs change
         as the layers below them train)."""
-        if self.domain and self.top_bns:
+        if self.domain and self.split.top_bns:
             self.top_source = self._top_stats.estimate(self._batches(self.zs, images=False))
             self.top_target = self._top_stats.estimate(self._batches(self.zt, images=False))
 
@@ -228,7 +187,7 @@ class Adapter:
 
     def finish(self) -> None:
         """Put the written model's statistics in place and restore its trainable flags."""
-        n_bottom = len(self.bottom_bns)
+        n_bottom = len(self.split.bottom_bns)
         if self.config.output_stats == "target":
             stats = self.stats_target[:n_bottom] + list(self.top_target)
         else:
@@ -284,12 +243,12 @@ class Adapter:
                 ],
                 name="domain_classifier",
             )
-            discriminator.build((None, int(self.top.output_shape[0][-1])))
-        variables = list(self.variables) + (list(discriminator.trainable_variables) if discriminator else [])
+            discriminator.build((None, int(self.split.top.output_shape[0][-1])))
+        variables = list(self.split.variables) + (list(discriminator.trainable_variables) if discriminator else [])
         schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
         optimizer = keras.optimizers.Adam(schedule)
         optimizer.build(variables)  # every variable, in this order, in every run: the checkpoint's layout
-        bn_vars = [v for layer in self.top_bns for v in (layer.moving_mean, layer.moving_variance)]
+        bn_vars = [v for layer in self.split.top_bns for v in (layer.moving_mean, layer.moving_variance)]
         history: dict[str, Any] = {"loss": [], "extra_loss": []}
         start = 0
         if self._resume is not None and self._resume[0]["unit"] == unit:
@@ -303,7 +262,7 @@ class Adapter:
         domain = self.domain and bool(bn_vars)
         ce = keras.losses.SparseCategoricalCrossentropy(reduction="none")
         bce = keras.losses.BinaryCrossentropy(from_logits=True)
-        top = self.top
+        top = self.split.top
 
         def assign(values):
             for var, value in zip(bn_vars, values):
@@ -423,7 +382,7 @@ class Adapter:
             return
         started = time.perf_counter()
         arrays = {
-            **variable_arrays("trained", self.variables),
+            **variable_arrays("trained", self.split.variables),
             **variable_arrays("bn", bn_vars),
             **optimizer_arrays(optimizer),
             **(variable_arrays("discriminator", disc.weights) if disc is not None else {}),
@@ -448,7 +407,7 @@ class Adapter:
     def _restore(self, arrays, bn_vars, optimizer, variables, discriminator) -> None:
         """Put the saved state of the interrupted unit back (weights, optimizer, statistics)."""
         try:
-            assign_arrays("trained", self.variables, arrays)
+            assign_arrays("trained", self.split.variables, arrays)
             assign_arrays("bn", bn_vars, arrays)
             restore_optimizer(optimizer, variables, arrays)
             if discriminator is not None:

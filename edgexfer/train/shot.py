@@ -261,9 +261,9 @@ def run_shot(
             "output": after,
             "target_had_labels": target_data.had_labels,
             "images": {"source_train": 0, "source_val": 0, "target": len(xt)},
-            "trained_layers": shot.trained_layer_names,
+            "trained_layers": shot.split.trained_layer_names,
             "frozen_head": [layer.name for layer in shot.head],
-            "cut": shot.cut_name,
+            "cut": shot.split.cut_name,
             "history": history,
             "resumed": checkpoint.resumed,
             "params": count_params(model),
@@ -295,7 +295,7 @@ class Shot:
 
     def __init__(self, model, preprocessing, config, xt: np.ndarray, *, log, progress, checkpoint=None):
         from edgexfer.tf_env import import_tf
-        from edgexfer.train.batchnorm import BatchNormStats, batchnorm_layers, build_top, find_cut
+        from edgexfer.train.batchnorm import layers_to_train, split_at_cut
 
         tf, keras = import_tf()
         self.tf, self.keras = tf, keras
@@ -313,53 +313,23 @@ class Shot:
         self.original_trainable = {layer.name: layer.trainable for layer in model.layers}
 
         features_layer, self.head = classifier_head(model)
-        index = {layer.name: i for i, layer in enumerate(model.layers)}
-        feat_index = index[features_layer.name]
-        all_bns = batchnorm_layers(model)
-        bn_ids = {id(layer) for layer in all_bns}
-        for layer in model.layers:
-            layer.trainable = False  # the head (the hypothesis) stays frozen
-        trained = []
-        for layer in reversed(model.layers[:feat_index]):
-            if len(trained) >= config.train_layers:
-                break
-            if layer.weights and id(layer) not in bn_ids:
-                trained.append(layer)
+        # The head (the hypothesis) stays frozen; the feature layers below it train.
+        trained = layers_to_train(model, features_layer, config.train_layers)
         if not trained:
             raise ConfigError(
                 "shot trains the feature layers below the frozen classifier; --train-layers 0 leaves none"
             )
-        for layer in trained:
-            layer.trainable = True
-        self.trained_layer_names = sorted((layer.name for layer in trained), key=index.get)
-        first = min(index[layer.name] for layer in trained)
-        cut_layer = find_cut(model, first)
-        self.cut_name = cut_layer.name if cut_layer is not None else None
-        bn_inputs = [layer.input for layer in all_bns]  # before build_top adds nodes to the layers
-        if cut_layer is None:
-            self.bottom = None
-            self.top = keras.Model(model.inputs, [features_layer.output, model.output], name="shot_top")
-            top_inputs = {layer.name: t for layer, t in zip(all_bns, bn_inputs)}
-        else:
-            self.bottom = keras.Model(model.inputs, cut_layer.output, name="shot_bottom")
-            self.top, top_inputs = build_top(model, cut_layer, features_layer)
-        self.top_bns = [layer for layer in all_bns if layer.name in top_inputs]
-        self.bottom_bns = [layer for layer in all_bns if layer.name not in top_inputs]
-        if all_bns != self.bottom_bns + self.top_bns:
-            raise ConfigError("cannot split this model's BatchNorm layers into a frozen and a trained part")
-        self.variables = [v for layer in trained for v in layer.trainable_weights]
-        self._full_stats = BatchNormStats(model, all_bns, bn_inputs, config.batch_size)
-        self._top_stats = BatchNormStats(
-            self.top, self.top_bns, [top_inputs[layer.name] for layer in self.top_bns], config.batch_size
-        )
-        self._infer_top = self._compile(self.top)
+        self.split = split_at_cut(model, features_layer, trained, name="shot")
+        self._full_stats = self.split.full_stats(config.batch_size)
+        self._top_stats = self.split.top_stats(config.batch_size)
+        self._infer_top = self._compile(self.split.top)
         self._infer_model = self._compile(model)
         self.target_stats = config.bn_mode == "domain"
         if self.target_stats:
             self.log("estimating BatchNorm statistics of the target images")
             self._full_stats.assign(self._full_stats.estimate(self._batches(self.xt, images=True)))
         # The frozen bottom runs once, under the statistics the written model will carry.
-        infer_bottom = self._compile(self.bottom) if self.bottom is not None else None
+        infer_bottom = self._compile(self.split.bottom) if self.split.bottom is not None else None
         if infer_bottom is None:
             self.zt = self._normalise(self.xt)
         else:
@@ -395,7 +365,7 @@ class Shot:
     def _refresh_top_stats(self) -> None:
         """Re-estimate the target statistics of the BN layers in the trained part (their inputs
         change as the layers below them train)."""
-        if self.target_stats and self.top_bns:
+        if self.target_stats and self.split.top_bns:
             self._top_stats.assign(self._top_stats.estimate(self._batches(self.zt, images=False)))
 
     def summary(self) -> dict[str, float]:
@@ -412,7 +382,7 @@ class Shot:
         total = max(steps * epochs, 1)
         optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(config.learning_rate, total))
         ce = keras.losses.SparseCategoricalCrossentropy()
-        top, variables, beta = self.top, self.variables, float(config.shot_weight)
+        top, variables, beta = self.split.top, self.split.variables, float(config.shot_weight)
 
         @tf.function
         def step(z, pseudo):
@@ -426,7 +396,7 @@ class Shot:
             return im, pl
 
         history: dict[str, list] = {"im_loss": [], "pseudo_label_loss": [], "pseudo_label_agreement": []}
-        statistics = [v for layer in self.top_bns for v in (layer.moving_mean, layer.moving_variance)]
+        statistics = [v for layer in self.split.top_bns for v in (layer.moving_mean, layer.moving_variance)]
         optimizer.build(variables)  # the same variables in the same order in every run
         start = self._resume(variables, statistics, optimizer, history, epochs)
         with _progress("adapt shot", steps * epochs, self.progress) as advance:
