@@ -42,9 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.artifact import Artifact, writing_artifact
 from edgexfer.errors import ConfigError
-from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
+from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
+from edgexfer.train.adapt_record import adapted_manifest, adapted_metrics
 from edgexfer.train.resume import (
     LoopCheckpoint,
     StageCheckpoint,
@@ -251,39 +252,32 @@ def run_shot(
             "source_images_used": 0,
             "target_labels_used": False,
         }
-        metrics = {
-            **record,
-            "after": None,
-            "output_stats": "target" if config.bn_mode == "domain" else "model",
-            "source_val_accuracy": None,
-            "source_stats_source_val_accuracy": None,
-            "input": before,
-            "output": after,
-            "target_had_labels": target_data.had_labels,
-            "images": {"source_train": 0, "source_val": 0, "target": len(xt)},
-            "trained_layers": shot.split.trained_layer_names,
-            "frozen_head": [layer.name for layer in shot.head],
-            "cut": shot.split.cut_name,
-            "history": history,
-            "resumed": checkpoint.resumed,
-            "params": count_params(model),
-            "model_bytes": writer.file(MODEL_FILE).stat().st_size,
-            "timings_seconds": timings,
-            "peak_rss_mb": round(common.peak_rss_mb(), 1),
-        }
-        child = Manifest(
-            stage="adapt",
-            label_names=list(labels),
-            preprocessing=preprocessing,
-            backbone=manifest.backbone,
-            weights=manifest.weights,
-            config=config.model_dump(),
-            model_file=MODEL_FILE,
-            parent=parent.parent_ref(),
-            seed=config.seed,
+        metrics = adapted_metrics(
+            {
+                **record,
+                "after": None,
+                "output_stats": "target" if config.bn_mode == "domain" else "model",
+                "source_val_accuracy": None,
+                "source_stats_source_val_accuracy": None,
+                "input": before,
+                "output": after,
+            },
+            target_had_labels=target_data.had_labels,
+            images={"source_train": 0, "source_val": 0, "target": len(xt)},
+            split=shot.split,
+            history=history,
+            resumed=checkpoint.resumed,
+            model=model,
+            model_file=writer.file(MODEL_FILE),
+            timings=timings,
+            frozen_head=[layer.name for layer in shot.head],
+        )
+        child = adapted_manifest(
+            parent,
+            config,
             # the target domain only: no source dataset was read (``source`` is absent on purpose).
-            dataset={"path": str(Path(target).resolve()), "domain": "target", **target_data.fingerprint()},
-            extra={**manifest.extra, "adapt": {**record, "after": None, "output_stats": metrics["output_stats"]}},
+            {"path": str(Path(target).resolve()), "domain": "target", **target_data.fingerprint()},
+            {**record, "after": None, "output_stats": metrics["output_stats"]},
         )
         artifact = writer.commit(child, metrics)
     checkpoint.finish()
