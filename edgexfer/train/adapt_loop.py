@@ -14,7 +14,7 @@ from edgexfer.errors import ConfigError
 from edgexfer.seeding import derive_seed
 from edgexfer.train import common as train_common
 from edgexfer.train.adapt_losses import coral_loss, dann_coefficient, gradient_reversal
-from edgexfer.train.batchnorm import find_features_layer, layers_to_train, split_at_cut
+from edgexfer.train.batchnorm import SplitRunner, find_features_layer, layers_to_train, split_at_cut
 from edgexfer.train.config import AdaptConfig
 from edgexfer.train.resume import (
     LoopCheckpoint,
@@ -39,8 +39,6 @@ class Adapter:
         tf, keras = import_tf()
         self.tf, self.keras = tf, keras
         self.model, self.config, self.log, self.progress = model, config, log, progress
-        self.mean = np.asarray(preprocessing.mean, np.float32)
-        self.std = np.asarray(preprocessing.std, np.float32)
         self.xs, self.ys, self.xv, self.yv, self.xt = xs, ys.astype(np.int32), xv, yv.astype(np.int32), xt
         # Resuming: training units (one per method trained, one per pseudo-label round) are
         # numbered; ``_resume`` is what an interrupted run saved at its last completed epoch.
@@ -62,63 +60,28 @@ class Adapter:
         self.split = split_at_cut(model, features_layer, trained, name="adapt")
         self._full_stats = self.split.full_stats(config.batch_size)
         self._top_stats = self.split.top_stats(config.batch_size)
-        self._infer_bottom = self._compile(self.split.bottom) if self.split.bottom is not None else None
-        self._infer_top = self._compile(self.split.top)
-        self._infer_model = self._compile(model)
+        self.runner = SplitRunner(self.split, preprocessing, config.batch_size)
 
         self.domain = config.bn_mode == "domain"
         self.stats_input = self._full_stats.current()
         if self.domain:
             self.log("estimating BatchNorm statistics of each domain (source, target)")
-            self.stats_source = self._full_stats.estimate(self._batches(self.xs, images=True))
-            self.stats_target = self._full_stats.estimate(self._batches(self.xt, images=True))
+            self.stats_source = self._full_stats.estimate(self.runner.batches(self.xs, images=True))
+            self.stats_target = self._full_stats.estimate(self.runner.batches(self.xt, images=True))
         else:
             self.stats_source = self.stats_target = self.stats_input
         # Cache what the frozen bottom computes, each domain under its own statistics.
         self._full_stats.assign(self.stats_source)
-        self.zs = self._run_bottom(self.xs)
-        self.zv = self._run_bottom(self.xv)
+        self.zs = self.runner.bottom(self.xs)
+        self.zv = self.runner.bottom(self.xv)
         self._full_stats.assign(self.stats_target)
-        self.zt = self._run_bottom(self.xt)
+        self.zt = self.runner.bottom(self.xt)
         n_bottom = len(self.split.bottom_bns)
         self.top_source = [tuple(map(np.copy, s)) for s in self.stats_source[n_bottom:]]
         self.top_target = [tuple(map(np.copy, s)) for s in self.stats_target[n_bottom:]]
         self._full_stats.assign(self.stats_input)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _compile(self, part):
-        tf = self.tf
-
-        @tf.function(reduce_retracing=True)
-        def infer(x):
-            return part(x, training=False)
-
-        return infer
-
-    def _normalise(self, images: np.ndarray) -> np.ndarray:
-        return (images.astype(np.float32) - self.mean) / self.std
-
-    def _batches(self, array: np.ndarray, images: bool, batch_size: int | None = None):
-        size = batch_size or max(self.config.batch_size, 128)
-        for start in range(0, len(array), size):
-            chunk = array[start : start + size]
-            yield self._normalise(chunk) if images else chunk
-
-    def _run_bottom(self, images: np.ndarray) -> np.ndarray:
-        if self.split.bottom is None:
-            return self._normalise(images) if len(images) else images.astype(np.float32)
-        if not len(images):
-            return np.zeros((0, *self.split.bottom.output_shape[1:]), np.float32)
-        return np.concatenate([self._infer_bottom(b).numpy() for b in self._batches(images, images=True)])
-
-    def _run_top(self, cached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feats, probs = [], []
-        for batch in self._batches(cached, images=False):
-            f, p = self._infer_top(batch)
-            feats.append(f.numpy())
-            probs.append(p.numpy())
-        return np.concatenate(feats), np.concatenate(probs)
-
     def _set_top(self, stats) -> None:
         self._top_stats.assign(stats)
 
@@ -126,8 +89,8 @@ class Adapter:
         """Re-estimate the statistics of the BN layers in the trained part (their inputs change
         as the layers below them train)."""
         if self.domain and self.split.top_bns:
-            self.top_source = self._top_stats.estimate(self._batches(self.zs, images=False))
-            self.top_target = self._top_stats.estimate(self._batches(self.zt, images=False))
+            self.top_source = self._top_stats.estimate(self.runner.batches(self.zs, images=False))
+            self.top_target = self._top_stats.estimate(self.runner.batches(self.zt, images=False))
 
     def _accuracy(self, probs: np.ndarray, labels: np.ndarray) -> float | None:
         return float((probs.argmax(1) == labels).mean()) if len(labels) else None
@@ -135,7 +98,7 @@ class Adapter:
     def _target_summary(self) -> dict[str, Any]:
         """Label-free diagnostics of the model on the target domain."""
         self._set_top(self.top_target)
-        _, probs = self._run_top(self.zt)
+        _, probs = self.runner.top(self.zt)
         confidence = probs.max(1)
         counts = np.bincount(probs.argmax(1), minlength=self.num_classes) / max(len(probs), 1)
         entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum() / math.log(self.num_classes))
@@ -149,13 +112,9 @@ class Adapter:
     def report(self, which: str) -> dict[str, Any]:
         """Source-val accuracy (labels known) and label-free target diagnostics of the model as
         it is (``input``: before adapting; ``output``: the written model)."""
-        probs = (
-            np.concatenate([self._infer_model(b).numpy() for b in self._batches(self.xv, images=True)])
-            if len(self.xv)
-            else np.zeros((0, self.num_classes))
-        )
+        probs = self.runner.model(self.xv) if len(self.xv) else np.zeros((0, self.num_classes))
         result: dict[str, Any] = {"source_val_accuracy": self._accuracy(probs, self.yv)}
-        xt_probs = np.concatenate([self._infer_model(b).numpy() for b in self._batches(self.xt, images=True)])
+        xt_probs = self.runner.model(self.xt)
         if which == "input":
             self.input_target_probs = xt_probs
         confidence = xt_probs.max(1)
@@ -167,7 +126,7 @@ class Adapter:
 
     def _source_stats_val_accuracy(self) -> float | None:
         self._set_top(self.top_source)
-        _, probs = self._run_top(self.zv)
+        _, probs = self.runner.top(self.zv)
         return self._accuracy(probs, self.yv)
 
     # -- training -------------------------------------------------------------------------------
@@ -452,7 +411,7 @@ class Adapter:
                 probs = self.input_target_probs  # the input model, with its own statistics, is the teacher
             else:
                 self._set_top(self.top_target)
-                _, probs = self._run_top(self.zt)
+                _, probs = self.runner.top(self.zt)
             confidence, predicted = probs.max(1), probs.argmax(1)
             chosen = np.flatnonzero(confidence >= config.threshold)
             if config.class_balance and len(chosen):

@@ -142,6 +142,64 @@ def split_at_cut(model, features_layer, trained: list, *, name: str) -> ModelSpl
     )
 
 
+class SplitRunner:
+    """Runs a :class:`ModelSplit` on uint8 images in batches (normalised with the artifact's mean
+    and std): its bottom once per image (the cache the top trains on), its top on that cache, and
+    the whole model; each compiled once for inference."""
+
+    def __init__(self, split: ModelSplit, preprocessing, batch_size: int):
+        self.split = split
+        self.mean = np.asarray(preprocessing.mean, np.float32)
+        self.std = np.asarray(preprocessing.std, np.float32)
+        self.batch_size = max(batch_size, 128)
+        self._bottom = _inference(split.bottom) if split.bottom is not None else None
+        self._top = _inference(split.top)
+        self._model = _inference(split.model)
+
+    def normalise(self, images: np.ndarray) -> np.ndarray:
+        return (images.astype(np.float32) - self.mean) / self.std
+
+    def batches(self, array: np.ndarray, images: bool):
+        """``array`` in batches, normalised when they are ``images`` (not cached bottom outputs)."""
+        for start in range(0, len(array), self.batch_size):
+            chunk = array[start : start + self.batch_size]
+            yield self.normalise(chunk) if images else chunk
+
+    def bottom(self, images: np.ndarray) -> np.ndarray:
+        """What the frozen bottom makes of ``images``: the top's input."""
+        if self._bottom is None:
+            return self.normalise(images) if len(images) else images.astype(np.float32)
+        if not len(images):
+            return np.zeros((0, *self.split.bottom.output_shape[1:]), np.float32)
+        return np.concatenate([self._bottom(b).numpy() for b in self.batches(images, images=True)])
+
+    def top(self, cached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(features, probabilities)`` of the top on ``cached`` bottom outputs."""
+        feats, probs = [], []
+        for batch in self.batches(cached, images=False):
+            f, p = self._top(batch)
+            feats.append(f.numpy())
+            probs.append(p.numpy())
+        return np.concatenate(feats), np.concatenate(probs)
+
+    def model(self, images: np.ndarray) -> np.ndarray:
+        """The whole model's probabilities on non-empty ``images``."""
+        return np.concatenate([self._model(b).numpy() for b in self.batches(images, images=True)])
+
+
+def _inference(part):
+    """``part`` called in inference mode, as one ``tf.function``."""
+    from edgexfer.tf_env import import_tf
+
+    tf, _ = import_tf()
+
+    @tf.function(reduce_retracing=True)
+    def infer(x):
+        return part(x, training=False)
+
+    return infer
+
+
 def batchnorm_layers(model) -> list:
     from edgexfer.tf_env import import_tf
 

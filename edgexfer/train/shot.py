@@ -289,13 +289,11 @@ class Shot:
 
     def __init__(self, model, preprocessing, config, xt: np.ndarray, *, log, progress, checkpoint=None):
         from edgexfer.tf_env import import_tf
-        from edgexfer.train.batchnorm import layers_to_train, split_at_cut
+        from edgexfer.train.batchnorm import SplitRunner, layers_to_train, split_at_cut
 
         tf, keras = import_tf()
         self.tf, self.keras = tf, keras
         self.model, self.config, self.log, self.progress = model, config, log, progress
-        self.mean = np.asarray(preprocessing.mean, np.float32)
-        self.std = np.asarray(preprocessing.std, np.float32)
         self.xt = xt
         self.rng = np.random.default_rng(config.seed)
         # Interrupted runs resume after the last completed epoch: the trained weights, the trained
@@ -316,55 +314,24 @@ class Shot:
         self.split = split_at_cut(model, features_layer, trained, name="shot")
         self._full_stats = self.split.full_stats(config.batch_size)
         self._top_stats = self.split.top_stats(config.batch_size)
-        self._infer_top = self._compile(self.split.top)
-        self._infer_model = self._compile(model)
+        self.runner = SplitRunner(self.split, preprocessing, config.batch_size)
         self.target_stats = config.bn_mode == "domain"
         if self.target_stats:
             self.log("estimating BatchNorm statistics of the target images")
-            self._full_stats.assign(self._full_stats.estimate(self._batches(self.xt, images=True)))
+            self._full_stats.assign(self._full_stats.estimate(self.runner.batches(self.xt, images=True)))
         # The frozen bottom runs once, under the statistics the written model will carry.
-        infer_bottom = self._compile(self.split.bottom) if self.split.bottom is not None else None
-        if infer_bottom is None:
-            self.zt = self._normalise(self.xt)
-        else:
-            self.zt = np.concatenate([infer_bottom(b).numpy() for b in self._batches(self.xt, images=True)])
+        self.zt = self.runner.bottom(self.xt)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _compile(self, part):
-        tf = self.tf
-
-        @tf.function(reduce_retracing=True)
-        def infer(x):
-            return part(x, training=False)
-
-        return infer
-
-    def _normalise(self, images: np.ndarray) -> np.ndarray:
-        return (images.astype(np.float32) - self.mean) / self.std
-
-    def _batches(self, array: np.ndarray, images: bool):
-        size = max(self.config.batch_size, 128)
-        for start in range(0, len(array), size):
-            chunk = array[start : start + size]
-            yield self._normalise(chunk) if images else chunk
-
-    def _run_top(self) -> tuple[np.ndarray, np.ndarray]:
-        feats, probs = [], []
-        for batch in self._batches(self.zt, images=False):
-            f, p = self._infer_top(batch)
-            feats.append(f.numpy())
-            probs.append(p.numpy())
-        return np.concatenate(feats), np.concatenate(probs)
-
     def _refresh_top_stats(self) -> None:
         """Re-estimate the target statistics of the BN layers in the trained part (their inputs
         change as the layers below them train)."""
         if self.target_stats and self.split.top_bns:
-            self._top_stats.assign(self._top_stats.estimate(self._batches(self.zt, images=False)))
+            self._top_stats.assign(self._top_stats.estimate(self.runner.batches(self.zt, images=False)))
 
     def summary(self) -> dict[str, float]:
         """Label-free statistics of the model's predictions on the target, as it is now."""
-        return prediction_summary(self._run_top()[1])
+        return prediction_summary(self.runner.top(self.zt)[1])
 
     # -- training -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -397,7 +364,7 @@ class Shot:
             for _ in range(start * steps):
                 advance()
             for epoch in range(start, epochs):
-                features, probs = self._run_top()
+                features, probs = self.runner.top(self.zt)
                 pseudo = centroid_pseudo_labels(features, probs)
                 history["pseudo_label_agreement"].append(round(float((pseudo == probs.argmax(1)).mean()), 4))
                 order = self.rng.permutation(len(self.zt))
