@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from edgexfer.artifact import Artifact, writing_artifact
+from edgexfer.data.subset import random_subset
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
 from edgexfer.train.adapt_record import adapted_manifest, adapted_metrics
@@ -206,10 +207,7 @@ def run_shot(
     target_data = scan_unlabelled(target, labels, config.class_map, strict=config.strict)
     if target_data.had_labels:
         log(f"target {target}: has class folders; their labels are ignored — shot uses only the images")
-    target_paths = list(target_data.paths)
-    if config.max_target_images and len(target_paths) > config.max_target_images:
-        order = np.random.default_rng(config.seed).permutation(len(target_paths))[: config.max_target_images]
-        target_paths = [target_paths[i] for i in sorted(order)]
+    target_paths = random_subset(target_data.paths, config.max_target_images, config.seed)  # as adapt draws
     if len(target_paths) < 2:
         raise ConfigError(f"shot needs at least 2 target images; {target} has {len(target_paths)}")
 
