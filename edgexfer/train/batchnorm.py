@@ -1,5 +1,6 @@
-"""A classifier cut for adaptation and fusion: the penultimate features layer, the frozen bottom
-and the trained top, its BatchNorm layers, and BatchNorm statistics estimated over a whole domain
+"""A classifier cut for adaptation and fusion: the penultimate features layer, the split into a
+frozen bottom and a trained top (``split_at_cut``) and running its parts on images
+(``SplitRunner``), its BatchNorm layers, and BatchNorm statistics estimated over a whole domain
 (PreciseBN: batch moments averaged over every batch).
 
 Shared by ``adapt``, ``shot`` and ``fuse``. TensorFlow is imported inside the functions that need it.
