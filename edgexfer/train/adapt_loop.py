@@ -50,7 +50,6 @@ class Adapter:
         self._random_layers = SeededRandomLayers(model, config.seed, "adapt", "dropout")
         self.checkpoint_seconds = 0.0  # writing the per-epoch checkpoints (part of adapt_seconds)
         self.num_classes = int(model.output_shape[-1])
-        self.original_trainable = {layer.name: layer.trainable for layer in model.layers}
         self.source_stats_accuracy: float | None = None
 
         # Trained layers: the head (everything after the features) and the top weighted non-BN layers.
@@ -152,8 +151,7 @@ class Adapter:
         else:
             stats = self.stats_source[:n_bottom] + list(self.top_source)
         self._full_stats.assign(stats)
-        for layer in self.model.layers:
-            layer.trainable = self.original_trainable.get(layer.name, layer.trainable)
+        self.split.restore_trainable()
 
     def _train(
         self,
@@ -263,7 +261,7 @@ class Adapter:
             target_labels[pseudo[0]] = pseudo[1]
         done = start * steps
         writer = train_common.tensorboard_writer(description.replace(" ", "_"))
-        with _progress_bar(description, total, self.progress, completed=done) as advance:
+        with train_common.step_progress(description, total, self.progress, completed=done) as advance:
             for epoch in range(start, epochs):
                 # Every draw of the epoch depends on (seed, unit, epoch) only: a resumed run repeats it.
                 rng = epoch_rng(config.seed, "adapt", unit, epoch)
@@ -446,29 +444,3 @@ class Adapter:
             )
             rounds.append(info)
         return {"rounds": rounds}
-
-
-class _progress_bar:
-    """A rich progress bar over training steps; ``advance()`` per step; silent when disabled."""
-
-    def __init__(self, description: str, total: int, enabled: bool, completed: int = 0):
-        self.description, self.total, self.enabled, self.completed = description, total, enabled, completed
-
-    def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            disable=not self.enabled,
-            transient=False,
-        )
-        self.bar.start()
-        task = self.bar.add_task(self.description, total=self.total, completed=self.completed)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc):
-        self.bar.stop()
-        return False

@@ -91,6 +91,12 @@ class ModelSplit:
     top_bns: list
     bn_inputs: list  # each BatchNorm layer's input tensor in the whole model's graph
     top_bn_inputs: list  # each top BatchNorm layer's input tensor in the top's graph
+    original_trainable: dict[str, bool]  # each layer's flag before the split froze the bottom
+
+    def restore_trainable(self) -> None:
+        """Give every layer back the trainable flag it had before the split."""
+        for layer in self.model.layers:
+            layer.trainable = self.original_trainable.get(layer.name, layer.trainable)
 
     def full_stats(self, batch_size: int) -> BatchNormStats:
         """Every BatchNorm layer's statistics, estimated through the whole model."""
@@ -109,6 +115,7 @@ def split_at_cut(model, features_layer, trained: list, *, name: str) -> ModelSpl
     from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
+    original_trainable = {layer.name: layer.trainable for layer in model.layers}
     for layer in model.layers:
         layer.trainable = False
     for layer in trained:
@@ -140,6 +147,7 @@ def split_at_cut(model, features_layer, trained: list, *, name: str) -> ModelSpl
         top_bns=top_bns,
         bn_inputs=bn_inputs,
         top_bn_inputs=[top_inputs[layer.name] for layer in top_bns],
+        original_trainable=original_trainable,
     )
 
 

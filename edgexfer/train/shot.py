@@ -33,7 +33,6 @@ epoch: pseudo-labels, then one pass over the target, then the statistics refresh
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from edgexfer.artifact import Artifact, writing_artifact
 from edgexfer.data.subset import random_subset
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
+from edgexfer.train import common
 from edgexfer.train.adapt_record import adapted_manifest, adapted_metrics
 from edgexfer.train.resume import (
     LoopCheckpoint,
@@ -191,7 +191,6 @@ def run_shot(
     from edgexfer.data import Sample, data_errors, load_arrays
     from edgexfer.data.class_map import scan_unlabelled
     from edgexfer.tf_env import import_tf
-    from edgexfer.train import common
 
     parent = Artifact(model_dir)
     if Path(out).resolve() == parent.path.resolve():
@@ -300,7 +299,6 @@ class Shot:
         self.checkpoint = checkpoint
         self._loop = LoopCheckpoint(checkpoint) if checkpoint is not None else None
         self.num_classes = int(model.output_shape[-1])
-        self.original_trainable = {layer.name: layer.trainable for layer in model.layers}
 
         features_layer, self.head = classifier_head(model)
         # The head (the hypothesis) stays frozen; the feature layers below it train.
@@ -358,9 +356,7 @@ class Shot:
         statistics = [v for layer in self.split.top_bns for v in (layer.moving_mean, layer.moving_variance)]
         optimizer.build(variables)  # the same variables in the same order in every run
         start = self._resume(variables, statistics, optimizer, history, epochs)
-        with _progress("adapt shot", steps * epochs, self.progress) as advance:
-            for _ in range(start * steps):
-                advance()
+        with common.step_progress("adapt shot", steps * epochs, self.progress, completed=start * steps) as advance:
             for epoch in range(start, epochs):
                 features, probs = self.runner.top(self.zt)
                 pseudo = centroid_pseudo_labels(features, probs)
@@ -418,18 +414,4 @@ class Shot:
 
     def finish(self) -> None:
         """Restore the trainable flags (the statistics in place are the ones to keep)."""
-        for layer in self.model.layers:
-            layer.trainable = self.original_trainable.get(layer.name, layer.trainable)
-
-
-@contextlib.contextmanager
-def _progress(description: str, total: int, enabled: bool):
-    """A rich progress bar over training steps; yields ``advance()``; silent when disabled."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled
-    )
-    with bar:
-        task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+        self.split.restore_trainable()
