@@ -47,6 +47,7 @@ from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
 from edgexfer.train import common
 from edgexfer.train.adapt_record import adapted_manifest, adapted_metrics
+from edgexfer.train.batchnorm import SplitRunner, batchnorm_layers, layers_to_train, split_at_cut
 from edgexfer.train.resume import (
     LoopCheckpoint,
     StageCheckpoint,
@@ -169,8 +170,6 @@ def classifier_head(model):
 
 
 def batchnorm_count(model) -> int:
-    from edgexfer.train.batchnorm import batchnorm_layers
-
     return len(batchnorm_layers(model))
 
 
@@ -286,7 +285,6 @@ class Shot:
 
     def __init__(self, model, preprocessing, config, xt: np.ndarray, *, log, progress, checkpoint=None):
         from edgexfer.tf_env import import_tf
-        from edgexfer.train.batchnorm import SplitRunner, layers_to_train, split_at_cut
 
         tf, keras = import_tf()
         self.tf, self.keras = tf, keras
