@@ -58,12 +58,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.artifact import Artifact, writing_artifact
 from edgexfer.data.subset import random_subset
 from edgexfer.errors import ConfigError
-from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
+from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.train.adapt_loop import Adapter
+from edgexfer.train.adapt_record import adapted_manifest, adapted_metrics
 from edgexfer.train.config import SOURCE_FREE_METHODS, AdaptConfig
 from edgexfer.train.resume import StageCheckpoint
 
@@ -204,55 +205,42 @@ def run_adapt(
         timings["checkpoint_seconds"] = round(adapter.checkpoint_seconds, 3)
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
 
-        metrics = {
+        settings = {
             "method": config.method,
             "after": config.first_method,
             "bn": config.bn_mode,
             "output_stats": config.output_stats,
-            "source_val_accuracy": metrics_after["source_val_accuracy"],
-            "input": metrics_before,
-            "output": metrics_after,
-            "source_stats_source_val_accuracy": adapter.source_stats_accuracy,
-            "target_labels_used": False,
-            "target_had_labels": target_data.had_labels,
-            "images": {"source_train": len(xs), "source_val": len(xv), "target": len(xt)},
-            "trained_layers": adapter.trained_layer_names,
-            "cut": adapter.cut_name,
-            "history": history,
-            "resumed": checkpoint.resumed,
-            "params": count_params(model),
-            "model_bytes": writer.file(MODEL_FILE).stat().st_size,
-            "timings_seconds": timings,
-            "peak_rss_mb": round(common.peak_rss_mb(), 1),
         }
-        child = Manifest(
-            stage="adapt",
-            label_names=list(labels),
-            preprocessing=preprocessing,
-            backbone=manifest.backbone,
-            weights=manifest.weights,
-            config=config.model_dump(),
-            model_file=MODEL_FILE,
-            parent=parent.parent_ref(),
-            seed=config.seed,
+        metrics = adapted_metrics(
+            {
+                **settings,
+                "source_val_accuracy": metrics_after["source_val_accuracy"],
+                "input": metrics_before,
+                "output": metrics_after,
+                "source_stats_source_val_accuracy": adapter.source_stats_accuracy,
+                "target_labels_used": False,
+            },
+            target_had_labels=target_data.had_labels,
+            images={"source_train": len(xs), "source_val": len(xv), "target": len(xt)},
+            split=adapter.split,
+            history=history,
+            resumed=checkpoint.resumed,
+            model=model,
+            model_file=writer.file(MODEL_FILE),
+            timings=timings,
+        )
+        child = adapted_manifest(
+            parent,
+            config,
             # ``path`` is the target domain: the one the model is deployed on (export calibrates int8 on it).
-            dataset={
+            {
                 "path": str(Path(target).resolve()),
                 "domain": "target",
                 **target_data.fingerprint(),
                 "source": {"path": str(Path(source).resolve()), **source_data.fingerprint()},
             },
-            extra={
-                **manifest.extra,
-                "split": split,
-                "adapt": {
-                    "method": config.method,
-                    "after": config.first_method,
-                    "bn": config.bn_mode,
-                    "output_stats": config.output_stats,
-                    "target_labels_used": False,
-                },
-            },
+            {**settings, "target_labels_used": False},
+            split=split,
         )
         artifact = writer.commit(child, metrics)
     checkpoint.finish()

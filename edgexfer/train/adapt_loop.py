@@ -14,13 +14,7 @@ from edgexfer.errors import ConfigError
 from edgexfer.seeding import derive_seed
 from edgexfer.train import common as train_common
 from edgexfer.train.adapt_losses import coral_loss, dann_coefficient, gradient_reversal
-from edgexfer.train.batchnorm import (
-    BatchNormStats,
-    batchnorm_layers,
-    build_top,
-    find_cut,
-    find_features_layer,
-)
+from edgexfer.train.batchnorm import SplitRunner, find_features_layer, layers_to_train, split_at_cut
 from edgexfer.train.config import AdaptConfig
 from edgexfer.train.resume import (
     LoopCheckpoint,
@@ -45,8 +39,6 @@ class Adapter:
         tf, keras = import_tf()
         self.tf, self.keras = tf, keras
         self.model, self.config, self.log, self.progress = model, config, log, progress
-        self.mean = np.asarray(preprocessing.mean, np.float32)
-        self.std = np.asarray(preprocessing.std, np.float32)
         self.xs, self.ys, self.xv, self.yv, self.xt = xs, ys.astype(np.int32), xv, yv.astype(np.int32), xt
         # Resuming: training units (one per method trained, one per pseudo-label round) are
         # numbered; ``_resume`` is what an interrupted run saved at its last completed epoch.
@@ -58,117 +50,46 @@ class Adapter:
         self._random_layers = SeededRandomLayers(model, config.seed, "adapt", "dropout")
         self.checkpoint_seconds = 0.0  # writing the per-epoch checkpoints (part of adapt_seconds)
         self.num_classes = int(model.output_shape[-1])
-        self.original_trainable = {layer.name: layer.trainable for layer in model.layers}
         self.source_stats_accuracy: float | None = None
 
         # Trained layers: the head (everything after the features) and the top weighted non-BN layers.
         features_layer = find_features_layer(model)
-        index = {layer.name: i for i, layer in enumerate(model.layers)}
-        feat_index = index[features_layer.name]
-        bns = set(id(layer) for layer in batchnorm_layers(model))
-        for layer in model.layers:
-            layer.trainable = False
-        trained = [layer for layer in model.layers[feat_index + 1 :] if layer.weights]
-        budget = config.train_layers
-        for layer in reversed(model.layers[:feat_index]):
-            if budget <= 0:
-                break
-            if layer.weights and id(layer) not in bns:
-                trained.append(layer)
-                budget -= 1
-        for layer in trained:
-            layer.trainable = True
-        self.trained_layer_names = sorted((layer.name for layer in trained), key=index.get)
-        first = min((index[layer.name] for layer in trained), default=feat_index + 1)
-        first = min(first, feat_index + 1)
-        cut_layer = find_cut(model, first)
-        self.cut_name = cut_layer.name if cut_layer is not None else None
-        all_bns = batchnorm_layers(model)
-        bn_inputs = [layer.input for layer in all_bns]  # before the top part adds nodes to the layers
-        features = features_layer.output
-        if cut_layer is None:
-            self.bottom = None
-            self.top = keras.Model(model.inputs, [features, model.output], name="adapt_top")
-            top_inputs = {layer.name: t for layer, t in zip(all_bns, bn_inputs)}
-        else:
-            self.bottom = keras.Model(model.inputs, cut_layer.output, name="adapt_bottom")
-            self.top, top_inputs = build_top(model, cut_layer, features_layer)
-        self.top_bns = [layer for layer in all_bns if layer.name in top_inputs]
-        self.bottom_bns = [layer for layer in all_bns if layer.name not in top_inputs]
-        if all_bns != self.bottom_bns + self.top_bns:
-            raise ConfigError("cannot split this model's BatchNorm layers into a frozen and a trained part")
-        self.variables = [v for layer in trained for v in layer.trainable_weights]
-
-        self._full_stats = BatchNormStats(model, all_bns, bn_inputs, config.batch_size)
-        self._top_stats = BatchNormStats(
-            self.top, self.top_bns, [top_inputs[layer.name] for layer in self.top_bns], config.batch_size
-        )
-        self._infer_bottom = self._compile(self.bottom) if self.bottom is not None else None
-        self._infer_top = self._compile(self.top)
-        self._infer_model = self._compile(model)
+        head = [layer for layer in model.layers[model.layers.index(features_layer) + 1 :] if layer.weights]
+        trained = head + layers_to_train(model, features_layer, config.train_layers)
+        self.split = split_at_cut(model, features_layer, trained, name="adapt")
+        self._full_stats = self.split.full_stats(config.batch_size)
+        self._top_stats = self.split.top_stats(config.batch_size)
+        self.runner = SplitRunner(self.split, preprocessing, config.batch_size)
 
         self.domain = config.bn_mode == "domain"
         self.stats_input = self._full_stats.current()
         if self.domain:
             self.log("estimating BatchNorm statistics of each domain (source, target)")
-            self.stats_source = self._full_stats.estimate(self._batches(self.xs, images=True))
-            self.stats_target = self._full_stats.estimate(self._batches(self.xt, images=True))
+            self.stats_source = self._full_stats.estimate(self.runner.batches(self.xs, images=True))
+            self.stats_target = self._full_stats.estimate(self.runner.batches(self.xt, images=True))
         else:
             self.stats_source = self.stats_target = self.stats_input
         # Cache what the frozen bottom computes, each domain under its own statistics.
         self._full_stats.assign(self.stats_source)
-        self.zs = self._run_bottom(self.xs)
-        self.zv = self._run_bottom(self.xv)
+        self.zs = self.runner.bottom(self.xs)
+        self.zv = self.runner.bottom(self.xv)
         self._full_stats.assign(self.stats_target)
-        self.zt = self._run_bottom(self.xt)
-        n_bottom = len(self.bottom_bns)
+        self.zt = self.runner.bottom(self.xt)
+        n_bottom = len(self.split.bottom_bns)
         self.top_source = [tuple(map(np.copy, s)) for s in self.stats_source[n_bottom:]]
         self.top_target = [tuple(map(np.copy, s)) for s in self.stats_target[n_bottom:]]
         self._full_stats.assign(self.stats_input)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _compile(self, part):
-        tf = self.tf
-
-        @tf.function(reduce_retracing=True)
-        def infer(x):
-            return part(x, training=False)
-
-        return infer
-
-    def _normalise(self, images: np.ndarray) -> np.ndarray:
-        return (images.astype(np.float32) - self.mean) / self.std
-
-    def _batches(self, array: np.ndarray, images: bool, batch_size: int | None = None):
-        size = batch_size or max(self.config.batch_size, 128)
-        for start in range(0, len(array), size):
-            chunk = array[start : start + size]
-            yield self._normalise(chunk) if images else chunk
-
-    def _run_bottom(self, images: np.ndarray) -> np.ndarray:
-        if self.bottom is None:
-            return self._normalise(images) if len(images) else images.astype(np.float32)
-        if not len(images):
-            return np.zeros((0, *self.bottom.output_shape[1:]), np.float32)
-        return np.concatenate([self._infer_bottom(b).numpy() for b in self._batches(images, images=True)])
-
-    def _run_top(self, cached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feats, probs = [], []
-        for batch in self._batches(cached, images=False):
-            f, p = self._infer_top(batch)
-            feats.append(f.numpy())
-            probs.append(p.numpy())
-        return np.concatenate(feats), np.concatenate(probs)
-
     def _set_top(self, stats) -> None:
         self._top_stats.assign(stats)
 
     def _refresh_top_stats(self) -> None:
         """Re-estimate the statistics of the BN layers in the trained part (their inputs change
         as the layers below them train)."""
-        if self.domain and self.top_bns:
-            self.top_source = self._top_stats.estimate(self._batches(self.zs, images=False))
-            self.top_target = self._top_stats.estimate(self._batches(self.zt, images=False))
+        if self.domain and self.split.top_bns:
+            self.top_source = self._top_stats.estimate(self.runner.batches(self.zs, images=False))
+            self.top_target = self._top_stats.estimate(self.runner.batches(self.zt, images=False))
 
     def _accuracy(self, probs: np.ndarray, labels: np.ndarray) -> float | None:
         return float((probs.argmax(1) == labels).mean()) if len(labels) else None
@@ -176,7 +97,7 @@ class Adapter:
     def _target_summary(self) -> dict[str, Any]:
         """Label-free diagnostics of the model on the target domain."""
         self._set_top(self.top_target)
-        _, probs = self._run_top(self.zt)
+        _, probs = self.runner.top(self.zt)
         confidence = probs.max(1)
         counts = np.bincount(probs.argmax(1), minlength=self.num_classes) / max(len(probs), 1)
         entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum() / math.log(self.num_classes))
@@ -190,13 +111,9 @@ class Adapter:
     def report(self, which: str) -> dict[str, Any]:
         """Source-val accuracy (labels known) and label-free target diagnostics of the model as
         it is (``input``: before adapting; ``output``: the written model)."""
-        probs = (
-            np.concatenate([self._infer_model(b).numpy() for b in self._batches(self.xv, images=True)])
-            if len(self.xv)
-            else np.zeros((0, self.num_classes))
-        )
+        probs = self.runner.model(self.xv) if len(self.xv) else np.zeros((0, self.num_classes))
         result: dict[str, Any] = {"source_val_accuracy": self._accuracy(probs, self.yv)}
-        xt_probs = np.concatenate([self._infer_model(b).numpy() for b in self._batches(self.xt, images=True)])
+        xt_probs = self.runner.model(self.xt)
         if which == "input":
             self.input_target_probs = xt_probs
         confidence = xt_probs.max(1)
@@ -208,7 +125,7 @@ class Adapter:
 
     def _source_stats_val_accuracy(self) -> float | None:
         self._set_top(self.top_source)
-        _, probs = self._run_top(self.zv)
+        _, probs = self.runner.top(self.zv)
         return self._accuracy(probs, self.yv)
 
     # -- training -------------------------------------------------------------------------------
@@ -228,14 +145,13 @@ class Adapter:
 
     def finish(self) -> None:
         """Put the written model's statistics in place and restore its trainable flags."""
-        n_bottom = len(self.bottom_bns)
+        n_bottom = len(self.split.bottom_bns)
         if self.config.output_stats == "target":
             stats = self.stats_target[:n_bottom] + list(self.top_target)
         else:
             stats = self.stats_source[:n_bottom] + list(self.top_source)
         self._full_stats.assign(stats)
-        for layer in self.model.layers:
-            layer.trainable = self.original_trainable.get(layer.name, layer.trainable)
+        self.split.restore_trainable()
 
     def _train(
         self,
@@ -284,12 +200,12 @@ class Adapter:
                 ],
                 name="domain_classifier",
             )
-            discriminator.build((None, int(self.top.output_shape[0][-1])))
-        variables = list(self.variables) + (list(discriminator.trainable_variables) if discriminator else [])
+            discriminator.build((None, int(self.split.top.output_shape[0][-1])))
+        variables = list(self.split.variables) + (list(discriminator.trainable_variables) if discriminator else [])
         schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
         optimizer = keras.optimizers.Adam(schedule)
         optimizer.build(variables)  # every variable, in this order, in every run: the checkpoint's layout
-        bn_vars = [v for layer in self.top_bns for v in (layer.moving_mean, layer.moving_variance)]
+        bn_vars = [v for layer in self.split.top_bns for v in (layer.moving_mean, layer.moving_variance)]
         history: dict[str, Any] = {"loss": [], "extra_loss": []}
         start = 0
         if self._resume is not None and self._resume[0]["unit"] == unit:
@@ -303,7 +219,7 @@ class Adapter:
         domain = self.domain and bool(bn_vars)
         ce = keras.losses.SparseCategoricalCrossentropy(reduction="none")
         bce = keras.losses.BinaryCrossentropy(from_logits=True)
-        top = self.top
+        top = self.split.top
 
         def assign(values):
             for var, value in zip(bn_vars, values):
@@ -345,7 +261,7 @@ class Adapter:
             target_labels[pseudo[0]] = pseudo[1]
         done = start * steps
         writer = train_common.tensorboard_writer(description.replace(" ", "_"))
-        with _progress_bar(description, total, self.progress, completed=done) as advance:
+        with train_common.step_progress(description, total, self.progress, completed=done) as advance:
             for epoch in range(start, epochs):
                 # Every draw of the epoch depends on (seed, unit, epoch) only: a resumed run repeats it.
                 rng = epoch_rng(config.seed, "adapt", unit, epoch)
@@ -423,7 +339,7 @@ class Adapter:
             return
         started = time.perf_counter()
         arrays = {
-            **variable_arrays("trained", self.variables),
+            **variable_arrays("trained", self.split.variables),
             **variable_arrays("bn", bn_vars),
             **optimizer_arrays(optimizer),
             **(variable_arrays("discriminator", disc.weights) if disc is not None else {}),
@@ -448,7 +364,7 @@ class Adapter:
     def _restore(self, arrays, bn_vars, optimizer, variables, discriminator) -> None:
         """Put the saved state of the interrupted unit back (weights, optimizer, statistics)."""
         try:
-            assign_arrays("trained", self.variables, arrays)
+            assign_arrays("trained", self.split.variables, arrays)
             assign_arrays("bn", bn_vars, arrays)
             restore_optimizer(optimizer, variables, arrays)
             if discriminator is not None:
@@ -493,7 +409,7 @@ class Adapter:
                 probs = self.input_target_probs  # the input model, with its own statistics, is the teacher
             else:
                 self._set_top(self.top_target)
-                _, probs = self._run_top(self.zt)
+                _, probs = self.runner.top(self.zt)
             confidence, predicted = probs.max(1), probs.argmax(1)
             chosen = np.flatnonzero(confidence >= config.threshold)
             if config.class_balance and len(chosen):
@@ -528,29 +444,3 @@ class Adapter:
             )
             rounds.append(info)
         return {"rounds": rounds}
-
-
-class _progress_bar:
-    """A rich progress bar over training steps; ``advance()`` per step; silent when disabled."""
-
-    def __init__(self, description: str, total: int, enabled: bool, completed: int = 0):
-        self.description, self.total, self.enabled, self.completed = description, total, enabled, completed
-
-    def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            disable=not self.enabled,
-            transient=False,
-        )
-        self.bar.start()
-        task = self.bar.add_task(self.description, total=self.total, completed=self.completed)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc):
-        self.bar.stop()
-        return False

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.data.subset import random_subset
 from edgexfer.keras_io import MODEL_FILE, load_keras_model
 from edgexfer.train.shot import prediction_summary
 
@@ -116,10 +117,7 @@ def run_auto(
                 log=log,
             )
         data = scan_unlabelled(target, parent.manifest.label_names, config.class_map, strict=config.strict)
-        paths = list(data.paths)
-        if config.max_target_images and len(paths) > config.max_target_images:  # adapt's subset rule
-            order = np.random.default_rng(config.seed).permutation(len(paths))[: config.max_target_images]
-            paths = [paths[i] for i in sorted(order)]
+        paths = random_subset(data.paths, config.max_target_images, config.seed)  # the images the candidates read
         with data_errors():
             images, _ = load_arrays([Sample(p, -1) for p in paths], parent.manifest.preprocessing)
         predictions = {name: target_probabilities(artifact, images) for name, artifact in artifacts.items()}

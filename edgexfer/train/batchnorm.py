@@ -1,11 +1,15 @@
-"""A classifier cut for adaptation and fusion: the penultimate features layer, the frozen bottom
-and the trained top, its BatchNorm layers, and BatchNorm statistics estimated over a whole domain
+"""A classifier cut for adaptation and fusion: the penultimate features layer, the split into a
+frozen bottom and a trained top (``split_at_cut``) and running its parts on images
+(``SplitRunner``), its BatchNorm layers, and BatchNorm statistics estimated over a whole domain
 (PreciseBN: batch moments averaged over every batch).
 
-Shared by ``adapt`` and ``fuse``. TensorFlow is imported inside the functions that need it.
+Shared by ``adapt``, ``shot`` and ``fuse``. TensorFlow is imported inside the functions that need it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +63,150 @@ def build_top(model, cut_layer, features_layer):
         features = keras.layers.Activation("linear", name="adapt_features")(inputs)
     probabilities = tensors[id(_flat(model.outputs)[0])]
     return keras.Model(inputs, [features, probabilities], name="adapt_top"), layer_inputs
+
+
+def layers_to_train(model, features_layer, count: int) -> list:
+    """The top ``count`` weighted layers below ``features_layer`` that are not BatchNorm (their
+    scales and offsets stay as they are), top first: the feature layers adapt and shot train."""
+    layers = model.layers
+    bns = {id(layer) for layer in batchnorm_layers(model)}
+    below = layers[: layers.index(features_layer)]
+    return [layer for layer in reversed(below) if layer.weights and id(layer) not in bns][: max(count, 0)]
+
+
+@dataclass(frozen=True)
+class ModelSplit:
+    """A classifier split for training its top: ``bottom`` (input → cut tensor, frozen, so it runs
+    once per image; ``None`` when there is no cut and the whole model is the top), ``top`` (cut
+    tensor → ``[features, probabilities]``, sharing the model's layers and weights), the BatchNorm
+    layers of each part and the trained layers' variables (in the order the layers were given)."""
+
+    model: Any
+    bottom: Any
+    top: Any
+    cut_name: str | None
+    trained_layer_names: list[str]
+    variables: list
+    bottom_bns: list
+    top_bns: list
+    bn_inputs: list  # each BatchNorm layer's input tensor in the whole model's graph
+    top_bn_inputs: list  # each top BatchNorm layer's input tensor in the top's graph
+    original_trainable: dict[str, bool]  # each layer's flag before the split froze the bottom
+
+    def restore_trainable(self) -> None:
+        """Give every layer back the trainable flag it had before the split."""
+        for layer in self.model.layers:
+            layer.trainable = self.original_trainable.get(layer.name, layer.trainable)
+
+    def full_stats(self, batch_size: int) -> BatchNormStats:
+        """Every BatchNorm layer's statistics, estimated through the whole model."""
+        return BatchNormStats(self.model, self.bottom_bns + self.top_bns, self.bn_inputs, batch_size)
+
+    def top_stats(self, batch_size: int) -> BatchNormStats:
+        """The top's BatchNorm statistics, estimated from cut tensors (the cached bottom outputs)."""
+        return BatchNormStats(self.top, self.top_bns, self.top_bn_inputs, batch_size)
+
+
+def split_at_cut(model, features_layer, trained: list, *, name: str) -> ModelSplit:
+    """Freeze every layer of ``model`` but ``trained`` and split it at the cut below the lowest
+    trained layer (:func:`find_cut`; at most the layer after ``features_layer``). ``name`` prefixes
+    the parts' model names. ``ConfigError`` when the BatchNorm layers do not fall into a frozen
+    bottom followed by a trained top."""
+    from edgexfer.tf_env import import_tf
+
+    _, keras = import_tf()
+    original_trainable = {layer.name: layer.trainable for layer in model.layers}
+    for layer in model.layers:
+        layer.trainable = False
+    for layer in trained:
+        layer.trainable = True
+    index = {layer.name: i for i, layer in enumerate(model.layers)}
+    first = min([index[layer.name] for layer in trained] + [index[features_layer.name] + 1])
+    cut_layer = find_cut(model, first)
+    all_bns = batchnorm_layers(model)
+    bn_inputs = [layer.input for layer in all_bns]  # before build_top adds nodes to the layers
+    if cut_layer is None:
+        bottom = None
+        top = keras.Model(model.inputs, [features_layer.output, model.output], name=f"{name}_top")
+        top_inputs = {layer.name: t for layer, t in zip(all_bns, bn_inputs)}
+    else:
+        bottom = keras.Model(model.inputs, cut_layer.output, name=f"{name}_bottom")
+        top, top_inputs = build_top(model, cut_layer, features_layer)
+    top_bns = [layer for layer in all_bns if layer.name in top_inputs]
+    bottom_bns = [layer for layer in all_bns if layer.name not in top_inputs]
+    if all_bns != bottom_bns + top_bns:
+        raise ConfigError("cannot split this model's BatchNorm layers into a frozen and a trained part")
+    return ModelSplit(
+        model=model,
+        bottom=bottom,
+        top=top,
+        cut_name=cut_layer.name if cut_layer is not None else None,
+        trained_layer_names=sorted((layer.name for layer in trained), key=index.get),
+        variables=[v for layer in trained for v in layer.trainable_weights],
+        bottom_bns=bottom_bns,
+        top_bns=top_bns,
+        bn_inputs=bn_inputs,
+        top_bn_inputs=[top_inputs[layer.name] for layer in top_bns],
+        original_trainable=original_trainable,
+    )
+
+
+class SplitRunner:
+    """Runs a :class:`ModelSplit` on uint8 images in batches (normalised with the artifact's mean
+    and std): its bottom once per image (the cache the top trains on), its top on that cache, and
+    the whole model; each compiled once for inference."""
+
+    def __init__(self, split: ModelSplit, preprocessing, batch_size: int):
+        self.split = split
+        self.mean = np.asarray(preprocessing.mean, np.float32)
+        self.std = np.asarray(preprocessing.std, np.float32)
+        self.batch_size = max(batch_size, 128)
+        self._bottom = _inference(split.bottom) if split.bottom is not None else None
+        self._top = _inference(split.top)
+        self._model = _inference(split.model)
+
+    def normalise(self, images: np.ndarray) -> np.ndarray:
+        return (images.astype(np.float32) - self.mean) / self.std
+
+    def batches(self, array: np.ndarray, images: bool):
+        """``array`` in batches, normalised when they are ``images`` (not cached bottom outputs)."""
+        for start in range(0, len(array), self.batch_size):
+            chunk = array[start : start + self.batch_size]
+            yield self.normalise(chunk) if images else chunk
+
+    def bottom(self, images: np.ndarray) -> np.ndarray:
+        """What the frozen bottom makes of ``images``: the top's input."""
+        if self._bottom is None:
+            return self.normalise(images) if len(images) else images.astype(np.float32)
+        if not len(images):
+            return np.zeros((0, *self.split.bottom.output_shape[1:]), np.float32)
+        return np.concatenate([self._bottom(b).numpy() for b in self.batches(images, images=True)])
+
+    def top(self, cached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(features, probabilities)`` of the top on ``cached`` bottom outputs."""
+        feats, probs = [], []
+        for batch in self.batches(cached, images=False):
+            f, p = self._top(batch)
+            feats.append(f.numpy())
+            probs.append(p.numpy())
+        return np.concatenate(feats), np.concatenate(probs)
+
+    def model(self, images: np.ndarray) -> np.ndarray:
+        """The whole model's probabilities on non-empty ``images``."""
+        return np.concatenate([self._model(b).numpy() for b in self.batches(images, images=True)])
+
+
+def _inference(part):
+    """``part`` called in inference mode, as one ``tf.function``."""
+    from edgexfer.tf_env import import_tf
+
+    tf, _ = import_tf()
+
+    @tf.function(reduce_retracing=True)
+    def infer(x):
+        return part(x, training=False)
+
+    return infer
 
 
 def batchnorm_layers(model) -> list:

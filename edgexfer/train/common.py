@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -139,6 +139,21 @@ def cosine_with_warmup(learning_rate: float, total_steps: int, warmup_fraction: 
         warmup_target=learning_rate if warmup else None,
         warmup_steps=warmup,
     )
+
+
+@contextlib.contextmanager
+def step_progress(description: str, total: int, enabled: bool, completed: int = 0) -> Iterator[Callable[[], None]]:
+    """A rich progress bar over a hand-written loop's ``total`` training steps, ``completed`` of
+    them already done (a resumed run); yields ``advance()``, called once per step; silent when
+    not ``enabled``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled
+    )
+    with bar:
+        task = bar.add_task(description, total=total, completed=completed)
+        yield lambda: bar.advance(task)
 
 
 def rich_progress_callback(description: str, epochs: int, steps_per_epoch: int | None, enabled: bool = True):

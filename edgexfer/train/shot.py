@@ -33,7 +33,6 @@ epoch: pseudo-labels, then one pass over the target, then the statistics refresh
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -42,9 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.artifact import Artifact, writing_artifact
+from edgexfer.data.subset import random_subset
 from edgexfer.errors import ConfigError
-from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
+from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
+from edgexfer.train import common
+from edgexfer.train.adapt_record import adapted_manifest, adapted_metrics
+from edgexfer.train.batchnorm import SplitRunner, batchnorm_layers, layers_to_train, split_at_cut
 from edgexfer.train.resume import (
     LoopCheckpoint,
     StageCheckpoint,
@@ -167,8 +170,6 @@ def classifier_head(model):
 
 
 def batchnorm_count(model) -> int:
-    from edgexfer.train.batchnorm import batchnorm_layers
-
     return len(batchnorm_layers(model))
 
 
@@ -189,7 +190,6 @@ def run_shot(
     from edgexfer.data import Sample, data_errors, load_arrays
     from edgexfer.data.class_map import scan_unlabelled
     from edgexfer.tf_env import import_tf
-    from edgexfer.train import common
 
     parent = Artifact(model_dir)
     if Path(out).resolve() == parent.path.resolve():
@@ -205,10 +205,7 @@ def run_shot(
     target_data = scan_unlabelled(target, labels, config.class_map, strict=config.strict)
     if target_data.had_labels:
         log(f"target {target}: has class folders; their labels are ignored — shot uses only the images")
-    target_paths = list(target_data.paths)
-    if config.max_target_images and len(target_paths) > config.max_target_images:
-        order = np.random.default_rng(config.seed).permutation(len(target_paths))[: config.max_target_images]
-        target_paths = [target_paths[i] for i in sorted(order)]
+    target_paths = random_subset(target_data.paths, config.max_target_images, config.seed)  # as adapt draws
     if len(target_paths) < 2:
         raise ConfigError(f"shot needs at least 2 target images; {target} has {len(target_paths)}")
 
@@ -251,39 +248,32 @@ def run_shot(
             "source_images_used": 0,
             "target_labels_used": False,
         }
-        metrics = {
-            **record,
-            "after": None,
-            "output_stats": "target" if config.bn_mode == "domain" else "model",
-            "source_val_accuracy": None,
-            "source_stats_source_val_accuracy": None,
-            "input": before,
-            "output": after,
-            "target_had_labels": target_data.had_labels,
-            "images": {"source_train": 0, "source_val": 0, "target": len(xt)},
-            "trained_layers": shot.trained_layer_names,
-            "frozen_head": [layer.name for layer in shot.head],
-            "cut": shot.cut_name,
-            "history": history,
-            "resumed": checkpoint.resumed,
-            "params": count_params(model),
-            "model_bytes": writer.file(MODEL_FILE).stat().st_size,
-            "timings_seconds": timings,
-            "peak_rss_mb": round(common.peak_rss_mb(), 1),
-        }
-        child = Manifest(
-            stage="adapt",
-            label_names=list(labels),
-            preprocessing=preprocessing,
-            backbone=manifest.backbone,
-            weights=manifest.weights,
-            config=config.model_dump(),
-            model_file=MODEL_FILE,
-            parent=parent.parent_ref(),
-            seed=config.seed,
+        metrics = adapted_metrics(
+            {
+                **record,
+                "after": None,
+                "output_stats": "target" if config.bn_mode == "domain" else "model",
+                "source_val_accuracy": None,
+                "source_stats_source_val_accuracy": None,
+                "input": before,
+                "output": after,
+            },
+            target_had_labels=target_data.had_labels,
+            images={"source_train": 0, "source_val": 0, "target": len(xt)},
+            split=shot.split,
+            history=history,
+            resumed=checkpoint.resumed,
+            model=model,
+            model_file=writer.file(MODEL_FILE),
+            timings=timings,
+            frozen_head=[layer.name for layer in shot.head],
+        )
+        child = adapted_manifest(
+            parent,
+            config,
             # the target domain only: no source dataset was read (``source`` is absent on purpose).
-            dataset={"path": str(Path(target).resolve()), "domain": "target", **target_data.fingerprint()},
-            extra={**manifest.extra, "adapt": {**record, "after": None, "output_stats": metrics["output_stats"]}},
+            {"path": str(Path(target).resolve()), "domain": "target", **target_data.fingerprint()},
+            {**record, "after": None, "output_stats": metrics["output_stats"]},
         )
         artifact = writer.commit(child, metrics)
     checkpoint.finish()
@@ -295,13 +285,10 @@ class Shot:
 
     def __init__(self, model, preprocessing, config, xt: np.ndarray, *, log, progress, checkpoint=None):
         from edgexfer.tf_env import import_tf
-        from edgexfer.train.batchnorm import BatchNormStats, batchnorm_layers, build_top, find_cut
 
         tf, keras = import_tf()
         self.tf, self.keras = tf, keras
         self.model, self.config, self.log, self.progress = model, config, log, progress
-        self.mean = np.asarray(preprocessing.mean, np.float32)
-        self.std = np.asarray(preprocessing.std, np.float32)
         self.xt = xt
         self.rng = np.random.default_rng(config.seed)
         # Interrupted runs resume after the last completed epoch: the trained weights, the trained
@@ -310,97 +297,35 @@ class Shot:
         self.checkpoint = checkpoint
         self._loop = LoopCheckpoint(checkpoint) if checkpoint is not None else None
         self.num_classes = int(model.output_shape[-1])
-        self.original_trainable = {layer.name: layer.trainable for layer in model.layers}
 
         features_layer, self.head = classifier_head(model)
-        index = {layer.name: i for i, layer in enumerate(model.layers)}
-        feat_index = index[features_layer.name]
-        all_bns = batchnorm_layers(model)
-        bn_ids = {id(layer) for layer in all_bns}
-        for layer in model.layers:
-            layer.trainable = False  # the head (the hypothesis) stays frozen
-        trained = []
-        for layer in reversed(model.layers[:feat_index]):
-            if len(trained) >= config.train_layers:
-                break
-            if layer.weights and id(layer) not in bn_ids:
-                trained.append(layer)
+        # The head (the hypothesis) stays frozen; the feature layers below it train.
+        trained = layers_to_train(model, features_layer, config.train_layers)
         if not trained:
             raise ConfigError(
                 "shot trains the feature layers below the frozen classifier; --train-layers 0 leaves none"
             )
-        for layer in trained:
-            layer.trainable = True
-        self.trained_layer_names = sorted((layer.name for layer in trained), key=index.get)
-        first = min(index[layer.name] for layer in trained)
-        cut_layer = find_cut(model, first)
-        self.cut_name = cut_layer.name if cut_layer is not None else None
-        bn_inputs = [layer.input for layer in all_bns]  # before build_top adds nodes to the layers
-        if cut_layer is None:
-            self.bottom = None
-            self.top = keras.Model(model.inputs, [features_layer.output, model.output], name="shot_top")
-            top_inputs = {layer.name: t for layer, t in zip(all_bns, bn_inputs)}
-        else:
-            self.bottom = keras.Model(model.inputs, cut_layer.output, name="shot_bottom")
-            self.top, top_inputs = build_top(model, cut_layer, features_layer)
-        self.top_bns = [layer for layer in all_bns if layer.name in top_inputs]
-        self.bottom_bns = [layer for layer in all_bns if layer.name not in top_inputs]
-        if all_bns != self.bottom_bns + self.top_bns:
-            raise ConfigError("cannot split this model's BatchNorm layers into a frozen and a trained part")
-        self.variables = [v for layer in trained for v in layer.trainable_weights]
-        self._full_stats = BatchNormStats(model, all_bns, bn_inputs, config.batch_size)
-        self._top_stats = BatchNormStats(
-            self.top, self.top_bns, [top_inputs[layer.name] for layer in self.top_bns], config.batch_size
-        )
-        self._infer_top = self._compile(self.top)
-        self._infer_model = self._compile(model)
+        self.split = split_at_cut(model, features_layer, trained, name="shot")
+        self._full_stats = self.split.full_stats(config.batch_size)
+        self._top_stats = self.split.top_stats(config.batch_size)
+        self.runner = SplitRunner(self.split, preprocessing, config.batch_size)
         self.target_stats = config.bn_mode == "domain"
         if self.target_stats:
             self.log("estimating BatchNorm statistics of the target images")
-            self._full_stats.assign(self._full_stats.estimate(self._batches(self.xt, images=True)))
+            self._full_stats.assign(self._full_stats.estimate(self.runner.batches(self.xt, images=True)))
         # The frozen bottom runs once, under the statistics the written model will carry.
-        infer_bottom = self._compile(self.bottom) if self.bottom is not None else None
-        if infer_bottom is None:
-            self.zt = self._normalise(self.xt)
-        else:
-            self.zt = np.concatenate([infer_bottom(b).numpy() for b in self._batches(self.xt, images=True)])
+        self.zt = self.runner.bottom(self.xt)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _compile(self, part):
-        tf = self.tf
-
-        @tf.function(reduce_retracing=True)
-        def infer(x):
-            return part(x, training=False)
-
-        return infer
-
-    def _normalise(self, images: np.ndarray) -> np.ndarray:
-        return (images.astype(np.float32) - self.mean) / self.std
-
-    def _batches(self, array: np.ndarray, images: bool):
-        size = max(self.config.batch_size, 128)
-        for start in range(0, len(array), size):
-            chunk = array[start : start + size]
-            yield self._normalise(chunk) if images else chunk
-
-    def _run_top(self) -> tuple[np.ndarray, np.ndarray]:
-        feats, probs = [], []
-        for batch in self._batches(self.zt, images=False):
-            f, p = self._infer_top(batch)
-            feats.append(f.numpy())
-            probs.append(p.numpy())
-        return np.concatenate(feats), np.concatenate(probs)
-
     def _refresh_top_stats(self) -> None:
         """Re-estimate the target statistics of the BN layers in the trained part (their inputs
         change as the layers below them train)."""
-        if self.target_stats and self.top_bns:
-            self._top_stats.assign(self._top_stats.estimate(self._batches(self.zt, images=False)))
+        if self.target_stats and self.split.top_bns:
+            self._top_stats.assign(self._top_stats.estimate(self.runner.batches(self.zt, images=False)))
 
     def summary(self) -> dict[str, float]:
         """Label-free statistics of the model's predictions on the target, as it is now."""
-        return prediction_summary(self._run_top()[1])
+        return prediction_summary(self.runner.top(self.zt)[1])
 
     # -- training -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -412,7 +337,7 @@ class Shot:
         total = max(steps * epochs, 1)
         optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(config.learning_rate, total))
         ce = keras.losses.SparseCategoricalCrossentropy()
-        top, variables, beta = self.top, self.variables, float(config.shot_weight)
+        top, variables, beta = self.split.top, self.split.variables, float(config.shot_weight)
 
         @tf.function
         def step(z, pseudo):
@@ -426,14 +351,12 @@ class Shot:
             return im, pl
 
         history: dict[str, list] = {"im_loss": [], "pseudo_label_loss": [], "pseudo_label_agreement": []}
-        statistics = [v for layer in self.top_bns for v in (layer.moving_mean, layer.moving_variance)]
+        statistics = [v for layer in self.split.top_bns for v in (layer.moving_mean, layer.moving_variance)]
         optimizer.build(variables)  # the same variables in the same order in every run
         start = self._resume(variables, statistics, optimizer, history, epochs)
-        with _progress("adapt shot", steps * epochs, self.progress) as advance:
-            for _ in range(start * steps):
-                advance()
+        with common.step_progress("adapt shot", steps * epochs, self.progress, completed=start * steps) as advance:
             for epoch in range(start, epochs):
-                features, probs = self._run_top()
+                features, probs = self.runner.top(self.zt)
                 pseudo = centroid_pseudo_labels(features, probs)
                 history["pseudo_label_agreement"].append(round(float((pseudo == probs.argmax(1)).mean()), 4))
                 order = self.rng.permutation(len(self.zt))
@@ -489,18 +412,4 @@ class Shot:
 
     def finish(self) -> None:
         """Restore the trainable flags (the statistics in place are the ones to keep)."""
-        for layer in self.model.layers:
-            layer.trainable = self.original_trainable.get(layer.name, layer.trainable)
-
-
-@contextlib.contextmanager
-def _progress(description: str, total: int, enabled: bool):
-    """A rich progress bar over training steps; yields ``advance()``; silent when disabled."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled
-    )
-    with bar:
-        task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+        self.split.restore_trainable()
