@@ -9,7 +9,8 @@ Every student (``NAME`` or ``NAME:WIDTH``) goes through the same recipe with the
 file in this process with LiteRT at batch 1 and 1 thread (rows of one run compare), and reports
 the achieved GMAC/s next to this machine's float32 matmul peak. Accuracy is the int8 TFLite
 model's on the artifact's held-out test split (measured by the QAT stage).
-Results: ``tools/bench/results/students[_NAME].json`` and a markdown table on stdout.
+Results: ``tools/bench/results/students[_NAME].json``, a markdown table on stdout, and the
+Pareto plot of int8 accuracy against latency (``students[_NAME].png``, the report's own figure).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import markdown_table, save
+from _common import RESULTS, markdown_table, save
 
 
 def log(message: str) -> None:
@@ -132,7 +133,33 @@ def main() -> None:
     )
     print(table)
     settings = {k: getattr(args, k) for k in ("img_size", "epochs", "qat_epochs", "learning_rate", "runs")}
-    save(f"students{'_' + args.name if args.name else ''}", {"settings": settings, "rows": rows, "table": table})
+    name = f"students{'_' + args.name if args.name else ''}"
+    save(name, {"settings": settings, "rows": rows, "table": table})
+    held_out = f"the {rows[0]['eval_split']} split ({rows[0]['eval_images']:,} images)"
+    pareto_plot(rows, exported, RESULTS / f"{name}.png", held_out)
+
+
+def pareto_plot(rows: list[dict], exported: dict, path: Path, domain: str) -> None:
+    """Every int8 student on the accuracy-latency plane, its Pareto front dashed (the report's figure)."""
+    from edgexfer.evaluate.report.plots import plot_road
+    from edgexfer.evaluate.road import Model
+
+    models = [
+        Model(
+            name=row["student"],
+            stage="distill",
+            kind="TFLite int8",
+            path=exported[row["student"]].model_path,
+            bytes=row["int8_bytes"],
+            params=row["params"],
+            macs=row["macs"],
+            latency_ms=row["latency_p50_ms"],
+            accuracy={domain: {"value": row["int8_accuracy"]}},
+        )
+        for row in rows
+    ]
+    plot_road(models, domain, path, title="int8 students: accuracy against LiteRT latency (batch 1, 1 thread)")
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":
