@@ -1,7 +1,7 @@
 """The distillation ablation: one change at a time against the reference recipe, same budget, same seeds.
 
     python tools/bench/distill_ablation.py --teacher ARTIFACT --data DIR \\
-        [--arms reference no_teacher T2 T8 alpha0.9 epochs_x2 flip features] \\
+        [--arms reference no_teacher features flip epochs_x2 T2 T8 alpha0.9] \\
         [--seeds 0 1 2] [--max-train-images 10000] [--name NAME]
 
 The reference is ``distill`` as the recipes run it: Hinton KD (T 4, alpha 0.7), 30 epochs, lr 2e-3,
@@ -30,12 +30,12 @@ REFERENCE = {"temperature": 4.0, "alpha": 0.7, "epochs": 30, "learning_rate": 2e
 ARMS: dict[str, tuple[str, dict]] = {
     "reference": ("Hinton KD, T 4, alpha 0.7, the reference epochs", {}),
     "no_teacher": ("hard labels only (alpha 0): the student without its teacher", {"alpha": 0.0}),
+    "features": ("+ pooled-feature hint (feature_weight 1)", {"feature_weight": 1.0}),
+    "flip": ("random flips on the student side, the teacher's logits under the same flip", {"augment": {"flip": True}}),
+    "epochs_x2": ("twice the schedule (epochs × 2)", {"epochs": "x2"}),
     "T2": ("temperature 2", {"temperature": 2.0}),
     "T8": ("temperature 8", {"temperature": 8.0}),
     "alpha0.9": ("alpha 0.9 (more weight on the soft targets)", {"alpha": 0.9}),
-    "epochs_x2": ("twice the schedule (epochs × 2)", {"epochs": "x2"}),
-    "flip": ("random flips on the student side, the teacher's logits under the same flip", {"augment": {"flip": True}}),
-    "features": ("+ pooled-feature hint (feature_weight 1)", {"feature_weight": 1.0}),
 }
 
 
@@ -49,6 +49,27 @@ def spread(values: list[float]) -> str:
     if len(values) < 2:
         return f"{mean:.2%}"
     return f"{mean:.2%} ± {statistics.stdev(values):.2%}"
+
+
+def summary(runs: list[dict]) -> str:
+    """Per arm: mean ± std over its seeds, and the mean ± std of its per-seed difference to the
+    reference (over the seeds both have)."""
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    by_arm = {arm: {r["seed"]: r for r in runs if r["arm"] == arm} for arm in arms}
+    reference = by_arm["reference"]
+    rows = []
+    for arm in arms:
+        accuracies = [r["accuracy"] for r in by_arm[arm].values()]
+        differences = [r["accuracy"] - reference[s]["accuracy"] for s, r in by_arm[arm].items() if s in reference]
+        delta = "—"
+        if arm != "reference" and differences:
+            delta = f"{statistics.fmean(differences) * 100:+.2f}"
+            if len(differences) > 1:
+                delta += f" ± {statistics.stdev(differences) * 100:.2f}"
+        seconds = statistics.fmean(r["seconds"] for r in by_arm[arm].values())
+        rows.append([arm, ARMS[arm][0], spread(accuracies), len(accuracies), delta, f"{seconds:.0f} s"])
+    header = ["arm", "change", "student accuracy", "seeds", "Δ vs reference (points)", "time per run"]
+    return markdown_table(header, rows)
 
 
 def main() -> None:
@@ -70,6 +91,14 @@ def main() -> None:
     from edgexfer import api
 
     reference_options = {**REFERENCE, "epochs": args.epochs}
+    settings = {
+        **reference_options,
+        "student": args.student,
+        "student_img_size": args.student_img_size,
+        "max_train_images": args.max_train_images,
+        "seeds": args.seeds,
+    }
+    name = f"distill_ablation{'_' + args.name if args.name else ''}"
 
     runs: list[dict] = []
     for arm in args.arms:
@@ -96,49 +125,18 @@ def main() -> None:
                     "arm": arm,
                     "seed": seed,
                     "accuracy": metrics["student_accuracy"],
-                    "teacher_accuracy": metrics["teacher_accuracy"],
-                    "eval_split": metrics["eval_split"],
-                    "eval_images": metrics["eval_images"],
+                    "held_out": {
+                        "teacher_accuracy": metrics["teacher_accuracy"],
+                        "eval_split": metrics["eval_split"],
+                        "eval_images": metrics["eval_images"],
+                    },
                     "seconds": round(time.perf_counter() - started, 1),
                 }
             )
             log(f"{arm} (seed {seed}): {metrics['student_accuracy']:.4f} in {runs[-1]['seconds']:.0f} s")
-
-    by_arm = {arm: {r["seed"]: r for r in runs if r["arm"] == arm} for arm in args.arms}
-    reference = by_arm["reference"]
-    rows = []
-    for arm in args.arms:
-        accuracies = [r["accuracy"] for r in by_arm[arm].values()]
-        differences = [by_arm[arm][s]["accuracy"] - reference[s]["accuracy"] for s in args.seeds]
-        seconds = statistics.fmean(r["seconds"] for r in by_arm[arm].values())
-        rows.append(
-            [
-                arm,
-                ARMS[arm][0],
-                spread(accuracies),
-                "—"
-                if arm == "reference"
-                else f"{statistics.fmean(differences) * 100:+.2f}"
-                + (f" ± {statistics.stdev(differences) * 100:.2f}" if len(differences) > 1 else ""),
-                f"{seconds:.0f} s",
-            ]
-        )
-    header = ["arm", "change", "student accuracy", "Δ vs reference (points)", "time per run"]
-    table = markdown_table(header, rows)
+            table = summary(runs)  # saved after every run: a cut-short ablation keeps what it measured
+            save(name, {"settings": {**settings, **runs[0]["held_out"]}, "runs": runs, "table": table})
     print(table)
-    first = runs[0]
-    settings = {
-        **reference_options,
-        "student": args.student,
-        "student_img_size": args.student_img_size,
-        "max_train_images": args.max_train_images,
-        "seeds": args.seeds,
-        "eval_split": first["eval_split"],
-        "eval_images": first["eval_images"],
-        "teacher_accuracy": first["teacher_accuracy"],
-    }
-    name = f"distill_ablation{'_' + args.name if args.name else ''}"
-    save(name, {"settings": settings, "runs": runs, "table": table})
 
 
 if __name__ == "__main__":
