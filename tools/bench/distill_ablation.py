@@ -9,7 +9,8 @@ batch 64, no augmentation (the teacher's logits cached), ``--student`` (default 
 ``--student-img-size`` (default 32). Every other arm changes exactly one thing. Each (arm, seed)
 is one ``distill`` run in this process, scored as the float student's accuracy on the data's
 test split (the same held-out images for every arm; ``metrics.json["student_accuracy"]``).
-Results: ``tools/bench/results/distill_ablation[_NAME].json`` and a markdown table (mean ± std
+Results: ``tools/bench/results/distill_ablation[_NAME].json`` (written after every run; a rerun with the
+same ``--work`` reads back the runs already measured) and a markdown table (mean ± std
 over the seeds, and the change against the reference with the spread of the per-seed
 differences, which share the seed and so the student's initialisation and batch order).
 """
@@ -17,6 +18,7 @@ differences, which share the seed and so the student's initialisation and batch 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -49,6 +51,21 @@ def spread(values: list[float]) -> str:
     if len(values) < 2:
         return f"{mean:.2%}"
     return f"{mean:.2%} ± {statistics.stdev(values):.2%}"
+
+
+def measured(arm: str, seed: int, metrics: dict) -> dict:
+    """One run's row, from its artifact's metrics.json."""
+    return {
+        "arm": arm,
+        "seed": seed,
+        "accuracy": metrics["student_accuracy"],
+        "held_out": {
+            "teacher_accuracy": metrics["teacher_accuracy"],
+            "eval_split": metrics["eval_split"],
+            "eval_images": metrics["eval_images"],
+        },
+        "seconds": metrics["timings_seconds"]["total_seconds"],
+    }
 
 
 def summary(runs: list[dict]) -> str:
@@ -107,33 +124,24 @@ def main() -> None:
         if options["epochs"] == "x2":
             options["epochs"] = 2 * args.epochs
         for seed in args.seeds:
+            where = Path(args.work) / f"{arm}_seed{seed}"
+            if (where / "metrics.json").is_file():  # a rerun of a cut-short ablation resumes
+                log(f"{arm} (seed {seed}): already measured in {where}, read back")
+                runs.append(measured(arm, seed, json.loads((where / "metrics.json").read_text())))
+                continue
             log(f"{arm} (seed {seed}): {change}")
-            started = time.perf_counter()
             artifact = api.distill(
                 args.teacher,
                 args.data,
-                Path(args.work) / f"{arm}_seed{seed}",
+                where,
                 student=args.student,
                 student_img_size=args.student_img_size,
                 max_train_images=args.max_train_images,
                 seed=seed,
                 **options,
             )
-            metrics = artifact.metrics
-            runs.append(
-                {
-                    "arm": arm,
-                    "seed": seed,
-                    "accuracy": metrics["student_accuracy"],
-                    "held_out": {
-                        "teacher_accuracy": metrics["teacher_accuracy"],
-                        "eval_split": metrics["eval_split"],
-                        "eval_images": metrics["eval_images"],
-                    },
-                    "seconds": round(time.perf_counter() - started, 1),
-                }
-            )
-            log(f"{arm} (seed {seed}): {metrics['student_accuracy']:.4f} in {runs[-1]['seconds']:.0f} s")
+            runs.append(measured(arm, seed, artifact.metrics))
+            log(f"{arm} (seed {seed}): {runs[-1]['accuracy']:.4f} in {runs[-1]['seconds']:.0f} s")
             table = summary(runs)  # saved after every run: a cut-short ablation keeps what it measured
             save(name, {"settings": {**settings, **runs[0]["held_out"]}, "runs": runs, "table": table})
     print(table)
