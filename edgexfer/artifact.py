@@ -379,6 +379,20 @@ def check_out_dir(out: Path) -> None:
             )
 
 
+def refuse_input_as_out(
+    out: str | os.PathLike[str], *inputs: Artifact | str | os.PathLike[str], error: type[Exception] | None = None
+) -> None:
+    """Raise ``error`` (``ConfigError`` by default) when ``out`` is one of a stage's inputs:
+    a stage never writes over what it reads."""
+    resolved = Path(out).resolve()
+    for item in inputs:
+        if resolved == Path(item.path if isinstance(item, Artifact) else item).resolve():
+            if error is None:
+                from edgexfer.errors import ConfigError as error
+            which = "the input artifact" if len(inputs) == 1 else "an input artifact"
+            raise error(f"--out {str(out)!r} is {which}; a stage never changes its input, choose another directory")
+
+
 def _artifact_problem(path: Path) -> str | None:
     """Why ``path`` is not verifiably a finished edgexfer artifact, or ``None`` when it is one: a
     manifest edgexfer reads, labels.txt, metrics.json and a model, and no folder besides a

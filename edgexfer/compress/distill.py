@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, Preprocessing
+from edgexfer.artifact import Artifact, Manifest, Preprocessing, refuse_input_as_out
 from edgexfer.compress import measure, stage_io
 from edgexfer.compress.config import DistillConfig
 from edgexfer.compress.distill_losses import distiller
@@ -298,7 +298,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     from edgexfer.tf_env import import_tf
 
     source = stage_io.keras_artifact(teacher_dir, "TEACHER")
-    stage_io.check_out(out, source)
+    refuse_input_as_out(out, source)
     teacher_manifest = source.manifest
     teacher_pre = teacher_manifest.preprocessing
     spec, size, weights, student_pre = student_settings(config, teacher_pre)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Preprocessing
+from edgexfer.artifact import Artifact, Preprocessing, refuse_input_as_out
 from edgexfer.data.subset import limit_samples
-from edgexfer.errors import ArtifactError, ConfigError, DataError
+from edgexfer.errors import ArtifactError, DataError
 from edgexfer.evaluate.splits import run_split
 
 log = logging.getLogger("edgexfer.compress")
@@ -34,14 +33,6 @@ def keras_artifact(path, role: str = "MODEL") -> Artifact:
             "quantize), not an export"
         )
     return artifact
-
-
-def check_out(out, *inputs: Artifact) -> None:
-    for artifact in inputs:
-        if Path(out).resolve() == artifact.path.resolve():
-            raise ConfigError(
-                f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose another directory"
-            )
 
 
 def scan_data(artifact: Artifact, data, *, strict: bool, role: str = "model"):
@@ -73,7 +64,7 @@ def stage_inputs(model_dir, data_dir, out, config) -> tuple:
     eval_samples)``.
     """
     source = keras_artifact(model_dir, "MODEL")
-    check_out(out, source)
+    refuse_input_as_out(out, source)
     manifest = source.manifest
     dataset, split = scan_data(source, data_dir, strict=config.strict)
     train = limit_samples(dataset.split("train"), config.max_train_images, config.seed)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, Preprocessing, writing_artifact
+from edgexfer.artifact import Artifact, Manifest, Preprocessing, refuse_input_as_out, writing_artifact
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.export._onnx import OPSET_RANGE
 from edgexfer.export.formats import FORMATS, check_format_quant
@@ -127,10 +127,7 @@ def export_artifact(
     """
     check_io_type_for(check_format_quant(fmt, quant), io_type)  # fail before loading anything
     source = Artifact(artifact_path)
-    if Path(out).resolve() == source.path.resolve():
-        raise ConfigError(
-            f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose another directory"
-        )
+    refuse_input_as_out(out, source)
     model_path = source.model_path
     if model_path.suffix not in KERAS_SUFFIXES:
         raise ArtifactError(

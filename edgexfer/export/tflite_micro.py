@@ -477,13 +477,10 @@ def export_tflite_artifact(source, out: str | os.PathLike[str]):
     """
     import shutil
 
-    from edgexfer.artifact import Manifest, writing_artifact
+    from edgexfer.artifact import Manifest, refuse_input_as_out, writing_artifact
     from edgexfer.evaluate.macs import model_file_macs
 
-    if Path(out).resolve() == source.path.resolve():
-        raise ExportError(
-            f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose another directory"
-        )
+    refuse_input_as_out(out, source, error=ExportError)
     manifest = source.manifest
     content = source.model_path.read_bytes()
     with writing_artifact(out) as writer:

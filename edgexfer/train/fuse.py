@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.artifact import Artifact, Manifest, refuse_input_as_out, writing_artifact
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
@@ -150,10 +150,7 @@ def run_fuse(
     """The fuse stage with a built config (see :func:`fuse`)."""
     started = time.perf_counter()
     target_artifact = Artifact(finetuned)
-    if Path(out).resolve() in (target_artifact.path.resolve(), Path(str(source)).resolve()):
-        raise ConfigError(
-            f"--out {str(out)!r} is an input artifact; a stage never changes its input, choose another directory"
-        )
+    refuse_input_as_out(out, target_artifact, str(source))
     manifest = target_artifact.manifest
     source_model, source_info = load_source_model(source, target_artifact)
     model = load_keras_model(target_artifact.model_path)

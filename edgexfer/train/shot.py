@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, writing_artifact
+from edgexfer.artifact import Artifact, refuse_input_as_out, writing_artifact
 from edgexfer.data.subset import random_subset
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, load_keras_model, save_keras_model
@@ -192,10 +192,7 @@ def run_shot(
     from edgexfer.tf_env import import_tf
 
     parent = Artifact(model_dir)
-    if Path(out).resolve() == parent.path.resolve():
-        raise ConfigError(
-            f"--out {str(out)!r} is the input artifact; a stage never changes its input, choose another directory"
-        )
+    refuse_input_as_out(out, parent)
     manifest = parent.manifest
     labels = manifest.label_names
     preprocessing = manifest.preprocessing

@@ -15,9 +15,17 @@ import pytest
 from PIL import Image
 
 from edgexfer import tempfiles
-from edgexfer.artifact import ArtifactWriter, Manifest, Preprocessing, check_out_dir, writing_artifact
+from edgexfer.artifact import (
+    Artifact,
+    ArtifactWriter,
+    Manifest,
+    Preprocessing,
+    check_out_dir,
+    refuse_input_as_out,
+    writing_artifact,
+)
 from edgexfer.data.folder import scan_image_folder
-from edgexfer.errors import ArtifactError, ConfigError
+from edgexfer.errors import ArtifactError, ConfigError, ExportError
 from edgexfer.model_safety import check_keras_model_file, check_model_config
 from edgexfer.safe_yaml import load as load_yaml
 
@@ -139,6 +147,18 @@ def test_out_rules(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------- temporaries
+
+
+def test_a_stage_never_writes_over_its_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parent = Artifact(_artifact(tmp_path / "parent"))
+    refuse_input_as_out(tmp_path / "child", parent)  # a new folder is fine
+    with pytest.raises(ConfigError, match=r"--out 'parent' is the input artifact; .*choose another directory"):
+        refuse_input_as_out("parent", parent)  # relative and absolute name the same folder
+    with pytest.raises(ConfigError, match="is an input artifact"):
+        refuse_input_as_out(tmp_path / "source", parent, tmp_path / "source")  # a plain path counts too
+    with pytest.raises(ExportError, match="is the input artifact"):
+        refuse_input_as_out(parent.path, parent, error=ExportError)
 
 
 def _dead_pid() -> int:
