@@ -288,6 +288,23 @@ class Artifact:
         """What a child stage records as its parent: path and sha256 of the model file."""
         return {"path": str(self.path.resolve()), "stage": self.manifest.stage, "sha256": sha256_path(self.model_path)}
 
+    def child_manifest(self, stage: str, config: dict[str, Any], model_file: str, **fields: Any) -> Manifest:
+        """The manifest of a model a stage made from this artifact: its classes, preprocessing,
+        backbone, weights, dataset and seed unless ``fields`` says otherwise, and this artifact
+        as the parent."""
+        manifest = self.manifest
+        inherited: dict[str, Any] = {
+            "label_names": list(manifest.label_names),
+            "preprocessing": manifest.preprocessing,
+            "backbone": manifest.backbone,
+            "weights": manifest.weights,
+            "dataset": manifest.dataset,
+            "seed": manifest.seed,
+        }
+        return Manifest(
+            stage=stage, config=config, model_file=model_file, parent=self.parent_ref(), **{**inherited, **fields}
+        )
+
     def __repr__(self) -> str:
         return f"Artifact({str(self.path)!r}, stage={self.manifest.stage!r})"
 

@@ -331,15 +331,11 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
         metrics["timings_seconds"] = timings
         metrics["peak_rss_mb"] = round(train_common.peak_rss_mb(), 1)
-        written = Manifest(
-            stage="prune",
-            label_names=list(manifest.label_names),
+        written = source.child_manifest(
+            "prune",
+            user_config.model_dump(),
+            MODEL_FILE,
             preprocessing=preprocessing,
-            backbone=manifest.backbone,
-            weights=manifest.weights,
-            config=user_config.model_dump(),
-            model_file=MODEL_FILE,
-            parent=source.parent_ref(),
             dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
             seed=config.seed,
             extra={

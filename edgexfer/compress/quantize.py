@@ -118,15 +118,11 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
         "sparsity_before": before["sparsity"],
         "macs": keras_macs(model),  # multiply-accumulates per image; quantization keeps the graph's MACs
     }
-    base_manifest = Manifest(
-        stage="quantize",
-        label_names=list(manifest.label_names),
+    base_manifest = source.child_manifest(
+        "quantize",
+        user_config.model_dump(),
+        MODEL_FILE,
         preprocessing=preprocessing,
-        backbone=manifest.backbone,
-        weights=manifest.weights,
-        config=user_config.model_dump(),
-        model_file=MODEL_FILE,
-        parent=source.parent_ref(),
         dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
         seed=config.seed,
         extra={**_carried(manifest), "split": split, "strategy": config.strategy, "workers": cluster.workers},

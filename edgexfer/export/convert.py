@@ -170,17 +170,10 @@ def export_artifact(
         if "io_type" in quantization:
             config["io_type"] = quantization["io_type"]
         source_size = _sizes(model_path, with_gzip=False)[0]
-        exported = Manifest(
-            stage="export",
-            label_names=list(manifest.label_names),
-            preprocessing=manifest.preprocessing,
-            backbone=manifest.backbone,
-            weights=manifest.weights,
-            config=config,
-            model_file=info["model_file"],
-            parent=source.parent_ref(),
-            dataset=manifest.dataset,
-            seed=manifest.seed,
+        exported = source.child_manifest(
+            "export",
+            config,
+            info["model_file"],
             quantization=quantization,
             extra={"warnings": info["warnings"]} if info["warnings"] else {},
         )

@@ -477,7 +477,7 @@ def export_tflite_artifact(source, out: str | os.PathLike[str]):
     """
     import shutil
 
-    from edgexfer.artifact import Manifest, refuse_input_as_out, writing_artifact
+    from edgexfer.artifact import refuse_input_as_out, writing_artifact
     from edgexfer.evaluate.macs import model_file_macs
 
     refuse_input_as_out(out, source, error=ExportError)
@@ -493,17 +493,10 @@ def export_tflite_artifact(source, out: str | os.PathLike[str]):
         )
         shutil.copyfile(source.model_path, writer.tmp / TFLITE_NAME)
         quantization = {**(manifest.quantization or {}), "mode": "int8", "tflite_micro": micro}
-        exported = Manifest(
-            stage="export",
-            label_names=list(manifest.label_names),
-            preprocessing=manifest.preprocessing,
-            backbone=manifest.backbone,
-            weights=manifest.weights,
-            config={"format": "tflite-micro", "quant": "int8", "from_tflite": str(source.model_path.resolve())},
-            model_file=TFLITE_NAME,
-            parent=source.parent_ref(),
-            dataset=manifest.dataset,
-            seed=manifest.seed,
+        exported = source.child_manifest(
+            "export",
+            {"format": "tflite-micro", "quant": "int8", "from_tflite": str(source.model_path.resolve())},
+            TFLITE_NAME,
             quantization=quantization,
         )
         import gzip

@@ -20,19 +20,13 @@ def adapted_manifest(
     parent's classes, preprocessing, backbone and weights, the lineage, the config and its seed;
     ``dataset`` (its ``path`` is the target domain: the one the model is deployed on, and export
     calibrates int8 on); the parent's extras, then ``extra``, then ``record`` as ``"adapt"``."""
-    manifest = parent.manifest
-    return Manifest(
-        stage="adapt",
-        label_names=list(manifest.label_names),
-        preprocessing=manifest.preprocessing,
-        backbone=manifest.backbone,
-        weights=manifest.weights,
-        config=config.model_dump(),
-        model_file=MODEL_FILE,
-        parent=parent.parent_ref(),
+    return parent.child_manifest(
+        "adapt",
+        config.model_dump(),
+        MODEL_FILE,
         seed=config.seed,
         dataset=dataset,
-        extra={**manifest.extra, **extra, "adapt": record},
+        extra={**parent.manifest.extra, **extra, "adapt": record},
     )
 
 

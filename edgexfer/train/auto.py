@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, writing_artifact
+from edgexfer.artifact import Artifact, writing_artifact
 from edgexfer.data.subset import random_subset
 from edgexfer.keras_io import MODEL_FILE, load_keras_model
 from edgexfer.train.shot import prediction_summary
@@ -145,15 +145,11 @@ def run_auto(
                 "source_images_used": artifacts["coral"].metrics["images"]["source_train"],
                 "target_labels_used": False,
             }
-            manifest = Manifest(
-                stage="adapt",
-                label_names=picked_manifest.label_names,
-                preprocessing=picked_manifest.preprocessing,
-                backbone=picked_manifest.backbone,
-                weights=picked_manifest.weights,
-                config=config.model_dump(),
-                model_file=MODEL_FILE,
-                parent=parent.parent_ref(),
+            # the candidates keep the parent's classes, preprocessing, backbone and weights
+            manifest = parent.child_manifest(
+                "adapt",
+                config.model_dump(),
+                MODEL_FILE,
                 seed=config.seed,
                 # every candidate but shot read the source: the record names it even when shot won
                 dataset={

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgexfer.artifact import Artifact, Manifest, refuse_input_as_out, writing_artifact
+from edgexfer.artifact import Artifact, refuse_input_as_out, writing_artifact
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.keras_io import MODEL_FILE, count_params, load_keras_model, save_keras_model
 from edgexfer.provenance import recorded
@@ -248,17 +248,10 @@ def run_fuse(
             metrics["curve"] = {"alphas": alphas, **curves}
             metrics["rule"] = rule
         metrics["seconds"] = round(time.perf_counter() - started, 3)
-        child = Manifest(
-            stage="fuse",
-            label_names=list(manifest.label_names),
-            preprocessing=manifest.preprocessing,
-            backbone=manifest.backbone,
-            weights=manifest.weights,
-            config=config.model_dump(),
-            model_file=MODEL_FILE,
-            parent=target_artifact.parent_ref(),
-            dataset=manifest.dataset,
-            seed=manifest.seed,
+        child = target_artifact.child_manifest(
+            "fuse",
+            config.model_dump(),
+            MODEL_FILE,
             extra={
                 **manifest.extra,
                 "fuse": {

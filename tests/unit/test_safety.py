@@ -161,6 +161,16 @@ def test_a_stage_never_writes_over_its_input(tmp_path, monkeypatch):
         refuse_input_as_out(parent.path, parent, error=ExportError)
 
 
+def test_a_child_manifest_inherits_what_the_stage_does_not_change(tmp_path):
+    parent = Artifact(_artifact(tmp_path / "parent"))
+    child = parent.child_manifest("export", {"format": "tflite"}, "model.tflite", quantization={"mode": "int8"})
+    assert (child.stage, child.model_file, child.config) == ("export", "model.tflite", {"format": "tflite"})
+    assert child.label_names == ["a", "b"] and child.label_names is not parent.manifest.label_names
+    assert (child.preprocessing, child.backbone, child.weights) == (parent.manifest.preprocessing, "x", "none")
+    assert child.parent == parent.parent_ref() and child.quantization == {"mode": "int8"}
+    assert parent.child_manifest("prune", {}, "model.h5", seed=7, backbone="y").seed == 7
+
+
 def _dead_pid() -> int:
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(done.stdout)
