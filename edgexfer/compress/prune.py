@@ -316,7 +316,7 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
         if config.structure == "2:4":
             metrics["pattern_2_4_layers"] = sum(1 for entry in layers.values() if entry.get("pattern_2_4"))
         if config.measure_tflite:
-            from edgexfer.export._tflite import tflite_bytes
+            from edgexfer.export import tflite_bytes
 
             with train_common.timed(timings, "tflite_seconds"), measure.quiet_native_logs():
                 tfl_before = measure.bytes_sizes(tflite_bytes(model, "none"))

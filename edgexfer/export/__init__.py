@@ -3,6 +3,7 @@
 Importing this package imports no TensorFlow; the converters import it when they run.
 """
 
+from edgexfer.export._tflite import tflite_bytes
 from edgexfer.export.convert import MIN_CALIBRATION_IMAGES, calibration_array, export_artifact, export_model
 from edgexfer.export.formats import FORMATS, QUANT_MODES, ExportFormat, check_format_quant
 
@@ -15,4 +16,5 @@ __all__ = [
     "check_format_quant",
     "export_artifact",
     "export_model",
+    "tflite_bytes",
 ]
