@@ -113,7 +113,7 @@ class FinetuneConfig(FrozenConfig):
     early_stopping_patience: int = Field(3, ge=0, description="0: off")
     feature_cache: bool = True
     # Where the decoded images (and phase 1's features) live between epochs: auto = memory
-    # up to a budget, else disk (edgexfer.train.finetune.MEMORY_CACHE_BUDGET_BYTES).
+    # up to a budget, else disk (edgexfer.train.data_cache.MEMORY_CACHE_BUDGET_BYTES).
     image_cache: ImageCache = "auto"
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)

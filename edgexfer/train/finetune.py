@@ -6,122 +6,28 @@ of the whole backbone. Phase 2 unfreezes the top layers at a lower learning rate
 BatchNorm kept in inference mode (a frozen BN layer in tf_keras runs in inference mode),
 on the image pipeline with augmentation.
 
-Memory and dataset size (``image_cache``): with ``memory`` the decoded uint8 images of the
-train and val splits are cached in RAM after the first epoch and phase 1's features are one
-float32 matrix, so memory grows linearly with the number of images. ``disk`` caches the
-decoded images in tf.data cache files and spills the features to a file; ``none`` decodes
-the images again every epoch (features still go to a file). Both keep memory flat in the
-number of images. ``auto`` (the default) picks ``memory`` while what it would hold fits
-``MEMORY_CACHE_BUDGET_BYTES``, else ``disk``. Disk files live in a private directory per
-run under the edgexfer cache directory (``EDGEXFER_CACHE``) and are deleted when the run
-ends, failed or not: tf.data names its cache files by a digest of paths, labels and decode
-settings, not of the image bytes, so a cache reused across runs could serve stale pixels
-after files were replaced in place, and two concurrent runs on one folder would contend
-for one cache's lock file. A run killed with SIGKILL leaves its ``finetune-runs/PID-*``
-directory behind; it is safe to delete.
+Where the images and phase 1's features live between epochs (``image_cache``): see
+:mod:`edgexfer.train.data_cache`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 
 from edgexfer.artifact import Artifact, Manifest
-from edgexfer.config import FinetuneConfig, ImageCache
+from edgexfer.config import FinetuneConfig
 from edgexfer.data.subset import limit_samples
 from edgexfer.errors import ConfigError
 from edgexfer.keras_io import MODEL_FILE, build_classifier, build_head_layers, count_params, save_keras_model
 from edgexfer.provenance import recorded
 from edgexfer.seeding import derive_seed
-from edgexfer.train import common, distributed, fewshot
+from edgexfer.train import common, data_cache, distributed, fewshot
 from edgexfer.train.resume import StageCheckpoint
-
-# ``image_cache=auto`` keeps the decoded train+val images (uint8, H×W×3 each) plus phase 1's
-# float32 feature matrix in memory while together they fit this many bytes, else on disk.
-# 1 GiB keeps every bundled dataset and the Fashion-MNIST 20k benchmark at 96 px (20k
-# train+val images: 0.55 GB of images + 0.1 GB of features) in memory, what they always did,
-# so their numbers do not move, and stays well inside a small machine's RAM; the full 60k
-# Fashion-MNIST training set at 96 px (2 GB) or a few thousand images at 224 px go to disk.
-MEMORY_CACHE_BUDGET_BYTES = 1 << 30
-
-# Phase 1 on spilled features shuffles in a buffer of at most this many bytes of feature
-# rows. The file holds a seeded permutation of the samples, so a bounded buffer still mixes
-# the classes (the same reasoning as the image pipeline's bounded shuffle buffer).
-_FEATURE_SHUFFLE_BUFFER_BYTES = 64 << 20
-_FEATURE_DTYPE = np.float32
-
-
-def plan_data_cache(
-    mode: str,
-    *,
-    images: int,
-    input_size: int,
-    feature_dim: int,
-    cache_images: bool,
-    cache_features: bool,
-    budget: int | None = None,
-) -> dict[str, Any]:
-    """Where finetune keeps decoded images and phase 1 features between epochs.
-
-    ``images``: train+val image count; ``cache_images``: whether an image pipeline runs for
-    more than one pass (phase 2, or phase 1 without the feature cache); ``cache_features``:
-    the feature cache is on. Returns the plan recorded in ``metrics.json["data_cache"]``:
-    ``images`` is memory | disk | none | unused, ``features`` memory | disk | off.
-    """
-    allowed = get_args(ImageCache)
-    if mode not in allowed:
-        raise ConfigError(f"image_cache={mode!r} is invalid; allowed: {', '.join(allowed)}")
-    budget = MEMORY_CACHE_BUDGET_BYTES if budget is None else budget
-    image_bytes = images * input_size * input_size * 3 if cache_images else 0
-    feature_bytes = images * feature_dim * np.dtype(_FEATURE_DTYPE).itemsize if cache_features else 0
-    where = mode if mode != "auto" else ("memory" if image_bytes + feature_bytes <= budget else "disk")
-    return {
-        "mode": mode,
-        "images": where if cache_images else "unused",
-        "features": ("memory" if where == "memory" else "disk") if cache_features else "off",
-        "memory_bytes_if_cached": image_bytes + feature_bytes,
-        "budget_bytes": budget,
-    }
-
-
-def _describe_plan(plan: dict[str, Any]) -> str:
-    held = f"{plan['memory_bytes_if_cached'] / 2**30:.2f} GiB"
-    why = ""
-    if plan["mode"] == "auto":
-        op = "<=" if plan["memory_bytes_if_cached"] <= plan["budget_bytes"] else ">"
-        why = f" (auto: {held} {op} budget {plan['budget_bytes'] / 2**30:.2f} GiB)"
-    return f"image cache {plan['images']}, features {plan['features']}{why}"
-
-
-class _RunFiles:
-    """A private directory for one run's disk caches, made on first use, removed by ``close``
-    (``contextlib.closing`` calls it however the run ends)."""
-
-    def __init__(self) -> None:
-        self.path: Path | None = None
-
-    def get(self) -> Path:
-        if self.path is None:
-            from edgexfer.tf_env import cache_dir
-
-            root = Path(cache_dir()) / "finetune-runs"
-            from edgexfer.tempfiles import run_dir_prefix, sweep_stale
-
-            root.mkdir(parents=True, exist_ok=True)
-            sweep_stale(root, run_dirs=True)  # left by runs that were killed (SIGKILL, OOM)
-            self.path = Path(tempfile.mkdtemp(prefix=run_dir_prefix(), dir=root))
-        return self.path
-
-    def close(self) -> None:
-        if self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            self.path = None
 
 
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
@@ -221,7 +127,7 @@ def finetune(
     timings: dict[str, float] = {}
     peak_rss: dict[str, float] = {}
     started = time.perf_counter()
-    run_files = _RunFiles()
+    run_files = data_cache.RunFiles()
 
     with data_errors(), distributed.writing_artifact_on_chief(out, cluster) as writer, contextlib.closing(run_files):
         with strategy.scope():
@@ -242,7 +148,7 @@ def finetune(
                 )
                 backbone_name = init_artifact.manifest.backbone if init_artifact is not None else config.backbone
                 model = build_classifier(backbone, head_layers, name=f"{backbone_name}_classifier")
-        plan = plan_data_cache(
+        plan = data_cache.plan_data_cache(
             config.image_cache,
             images=len(train_samples) + len(val_samples),
             input_size=input_size,
@@ -258,7 +164,7 @@ def finetune(
         log(
             f"phase 1: head on frozen {backbone.name} ({len(train_samples)} train / {len(val_samples)} val "
             f"images at {input_size}px, feature cache {'on' if config.feature_cache else 'off'}; "
-            f"{_describe_plan(plan)})"
+            f"{data_cache.describe_plan(plan)})"
         )
         allreduce_bytes["phase1"] = _trainable_bytes(model)
         if checkpoint.completed("phase1") is not None:
@@ -486,35 +392,16 @@ def _train_head_on_cached_features(
     """Phase 1 with the feature cache: the frozen backbone runs once over the data.
 
     The features are one in-memory matrix per split, or, with ``spill_dir``, a file per split
-    that each epoch streams through tf.data (see :func:`_spill_features`).
+    that each epoch streams through tf.data (:mod:`edgexfer.train.data_cache`).
     """
-    from edgexfer.data import make_dataset
     from edgexfer.keras_io import apply_layers
     from edgexfer.tf_env import import_tf
 
-    tf, keras = import_tf()
+    _, keras = import_tf()
     with common.timed(timings, "feature_extraction_seconds"):
-        features, labels = {}, {}
-        for split, samples in (("train", train_samples), ("val", val_samples)):
-            if spill_dir is None:
-                images = make_dataset(
-                    samples, preprocessing, batch_size=config.batch_size, cache=False, return_labels=False
-                )
-                features[split] = (
-                    distributed.predict_local(backbone, images)
-                    if config.strategy == "multi-worker"
-                    else backbone.predict(images, verbose=0)
-                )
-                labels[split] = np.array([s.label for s in samples])
-            else:
-                features[split], labels[split] = _spill_features(
-                    backbone,
-                    samples,
-                    preprocessing,
-                    config,
-                    Path(spill_dir) / f"features-{split}.f32",
-                    shuffle_seed=config.seed if split == "train" else None,
-                )
+        features, labels = data_cache.extract_features(
+            backbone, {"train": train_samples, "val": val_samples}, preprocessing, config, spill_dir
+        )
     feature_dim = int(np.prod(backbone.output_shape[1:]))
 
     with strategy.scope():
@@ -522,29 +409,8 @@ def _train_head_on_cached_features(
         head_model = keras.Model(feature_input, apply_layers(feature_input, head_layers), name="head")
     steps = int(np.ceil(len(labels["train"]) / config.batch_size))
     _compile(head_model, strategy, config.learning_rate, steps * config.epochs, config)
-    if spill_dir is None:
-        train_ds = (
-            tf.data.Dataset.from_tensor_slices((features["train"], _targets(labels["train"], head_model)))
-            .shuffle(len(labels["train"]), seed=config.seed)
-            .batch(config.batch_size)
-            .prefetch(2)
-        )
-        val_ds = tf.data.Dataset.from_tensor_slices((features["val"], _targets(labels["val"], head_model))).batch(
-            config.batch_size
-        )
-    else:
-        row_bytes = feature_dim * np.dtype(_FEATURE_DTYPE).itemsize
-        buffer = min(len(labels["train"]), max(1024, _FEATURE_SHUFFLE_BUFFER_BYTES // row_bytes))
-        train_ds = _feature_file_dataset(
-            features["train"],
-            labels["train"],
-            feature_dim,
-            head_model,
-            config.batch_size,
-            shuffle_buffer=buffer,
-            seed=config.seed,
-        )
-        val_ds = _feature_file_dataset(features["val"], labels["val"], feature_dim, head_model, config.batch_size)
+    targets = {split: _targets(split_labels, head_model) for split, split_labels in labels.items()}
+    train_ds, val_ds = data_cache.feature_datasets(features, targets, feature_dim, config.batch_size, config.seed)
     cluster = distributed.cluster_of(config.strategy, strategy)
     inputs = distributed.fit_inputs(
         strategy, cluster, train_ds, val_ds, steps, int(np.ceil(len(labels["val"]) / config.batch_size))
@@ -559,72 +425,6 @@ def _train_head_on_cached_features(
             + list(extra_callbacks),
         )
     return _history(history)
-
-
-def _spill_features(
-    backbone, samples, preprocessing, config: FinetuneConfig, path: Path, shuffle_seed: int | None
-) -> tuple[str, np.ndarray]:
-    """Write the backbone's features of ``samples`` to ``path`` (raw float32 rows), batch by batch.
-
-    Returns the path and the labels in file order. This is what keeps phase 1 flat in memory.
-    The in-memory path holds the N×D float32 matrix and, while training, the copies that
-    ``from_tensor_slices`` and a full shuffle buffer make: measured with D = 1280
-    (EfficientNet-Lite0, MobileNetV2), 0.31 GB above the baseline at 20k images and 0.94 GB at
-    60k, about 3× the matrix. float16 would only halve that slope. From the file, an epoch
-    streams the rows through a bounded shuffle buffer (``_FEATURE_SHUFFLE_BUFFER_BYTES``);
-    what stays in memory is N int32 labels (0.24 MB at 60k): measured 0.08 GB above the
-    baseline at both 20k and 60k, and an epoch of 60k rows read in 0.6 s. Rows are read with
-    ``read()`` calls (tf.data's FixedLengthRecordDataset), not ``mmap``, whose touched pages
-    would count in the process's RSS. tf.data's own ``cache`` is not used here because the
-    values come from the model: caching them would mean running the backbone inside the
-    input pipeline, which tf.data places on the CPU. Train rows are written in a seeded
-    permutation, so the bounded shuffle buffer still mixes the classes.
-    """
-    from edgexfer.data import make_dataset
-    from edgexfer.tf_env import import_tf
-
-    tf, _ = import_tf()
-    if shuffle_seed is not None:
-        order = np.random.default_rng(shuffle_seed).permutation(len(samples))
-        samples = [samples[i] for i in order]
-    labels = np.array([s.label for s in samples], dtype=np.int32)
-    size = int(preprocessing.input_size)
-    extract = tf.function(
-        lambda x: backbone(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)]
-    )
-    images = make_dataset(samples, preprocessing, batch_size=config.batch_size, cache=False, return_labels=False)
-    with open(path, "wb") as file:
-        for batch in images:
-            rows = extract(batch).numpy().reshape(len(batch), -1)
-            file.write(np.ascontiguousarray(rows, dtype=_FEATURE_DTYPE).tobytes())
-    return str(path), labels
-
-
-def _feature_file_dataset(
-    path: str,
-    labels: np.ndarray,
-    feature_dim: int,
-    head_model,
-    batch_size: int,
-    *,
-    shuffle_buffer: int = 0,
-    seed: int = 0,
-):
-    """Batches of ``(features, targets)`` streamed from a file :func:`_spill_features` wrote."""
-    from edgexfer.tf_env import import_tf
-
-    tf, _ = import_tf()
-    row_bytes = feature_dim * np.dtype(_FEATURE_DTYPE).itemsize
-    rows = tf.data.FixedLengthRecordDataset(path, row_bytes, buffer_size=1 << 20)
-    ds = tf.data.Dataset.zip((rows, tf.data.Dataset.from_tensor_slices(_targets(labels, head_model))))
-    if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dtype = tf.as_dtype(_FEATURE_DTYPE)
-    return (
-        ds.batch(batch_size)
-        .map(lambda raw, y: (tf.cast(tf.io.decode_raw(raw, dtype), tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(2)
-    )
 
 
 def _fit_images(

@@ -156,17 +156,17 @@ def test_mirrored_strategy_over_two_logical_cpus(color_folder, tmp_path):
 @pytest.fixture()
 def run_dir_contents(monkeypatch):
     """What each finetune's private cache directory held just before it was removed."""
-    from edgexfer.train import finetune as module
+    from edgexfer.train import data_cache
 
     seen: list[list[str]] = []
-    close = module._RunFiles.close
+    close = data_cache.RunFiles.close
 
     def recording_close(self):
         if self.path is not None:
             seen.append(sorted(p.name for p in self.path.iterdir()))
         close(self)
 
-    monkeypatch.setattr(module._RunFiles, "close", recording_close)
+    monkeypatch.setattr(data_cache.RunFiles, "close", recording_close)
     return seen
 
 
@@ -175,11 +175,11 @@ def test_streaming_image_caches_reach_the_memory_accuracy(
     color_folder, tiny_artifact, tmp_path, monkeypatch, run_dir_contents, image_cache
 ):
     from edgexfer.tf_env import cache_dir
-    from edgexfer.train import finetune as module
+    from edgexfer.train import data_cache
 
     assert tiny_artifact.metrics["data_cache"]["images"] == "memory"  # small data stays in memory under auto
     if image_cache == "auto-over-budget":
-        monkeypatch.setattr(module, "MEMORY_CACHE_BUDGET_BYTES", 1024)
+        monkeypatch.setattr(data_cache, "MEMORY_CACHE_BUDGET_BYTES", 1024)
     messages = []
     mode = image_cache.split("-")[0]
     artifact = api.finetune(color_folder, tmp_path / mode, log=messages.append, **{**TINY, "image_cache": mode})

@@ -46,19 +46,19 @@ def test_image_cache_defaults_to_auto():
 
 
 def test_auto_image_cache_is_memory_under_the_budget_and_disk_over_it(monkeypatch):
-    from edgexfer.train import finetune
+    from edgexfer.train import data_cache
 
     sizes = dict(images=1000, input_size=96, feature_dim=1280, cache_images=True, cache_features=True)
     held = 1000 * (96 * 96 * 3 + 1280 * 4)
-    plan = finetune.plan_data_cache("auto", **sizes)
+    plan = data_cache.plan_data_cache("auto", **sizes)
     assert (plan["images"], plan["features"], plan["memory_bytes_if_cached"]) == ("memory", "memory", held)
-    monkeypatch.setattr(finetune, "MEMORY_CACHE_BUDGET_BYTES", held - 1)
-    plan = finetune.plan_data_cache("auto", **sizes)
+    monkeypatch.setattr(data_cache, "MEMORY_CACHE_BUDGET_BYTES", held - 1)
+    plan = data_cache.plan_data_cache("auto", **sizes)
     assert (plan["images"], plan["features"], plan["budget_bytes"]) == ("disk", "disk", held - 1)
-    assert finetune.plan_data_cache("memory", **sizes)["images"] == "memory"  # explicit modes win
-    none = finetune.plan_data_cache("none", **sizes)
+    assert data_cache.plan_data_cache("memory", **sizes)["images"] == "memory"  # explicit modes win
+    none = data_cache.plan_data_cache("none", **sizes)
     assert (none["images"], none["features"]) == ("none", "disk")  # features are a cache by definition
-    head_only = finetune.plan_data_cache("disk", **{**sizes, "cache_images": False})
+    head_only = data_cache.plan_data_cache("disk", **{**sizes, "cache_images": False})
     assert (head_only["images"], head_only["features"]) == ("unused", "disk")
     with pytest.raises(ConfigError, match="allowed: auto, memory, disk, none"):
-        finetune.plan_data_cache("ram", **sizes)
+        data_cache.plan_data_cache("ram", **sizes)
