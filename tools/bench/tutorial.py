@@ -42,7 +42,7 @@ from pathlib import Path
 
 from _common import call_in_subprocess, markdown_table, save
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # tools/bench/tutorial.py → the repository
 ARMS = ("edgexfer", "vgg16", "lite0")
 ARM_LABELS = {
     "edgexfer": "edgexfer: Lite0 fine-tuned → distilled student → QAT int8",
