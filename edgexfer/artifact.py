@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgexfer.errors import ArtifactError
+from edgexfer.errors import ArtifactError, ConfigError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -397,15 +397,12 @@ def check_out_dir(out: Path) -> None:
 
 
 def refuse_input_as_out(
-    out: str | os.PathLike[str], *inputs: Artifact | str | os.PathLike[str], error: type[Exception] | None = None
+    out: str | os.PathLike[str], *inputs: Artifact | str | os.PathLike[str], error: type[Exception] = ConfigError
 ) -> None:
-    """Raise ``error`` (``ConfigError`` by default) when ``out`` is one of a stage's inputs:
-    a stage never writes over what it reads."""
+    """Raise ``error`` when ``out`` is one of a stage's inputs: a stage never writes over what it reads."""
     resolved = Path(out).resolve()
     for item in inputs:
         if resolved == Path(item.path if isinstance(item, Artifact) else item).resolve():
-            if error is None:
-                from edgexfer.errors import ConfigError as error
             which = "the input artifact" if len(inputs) == 1 else "an input artifact"
             raise error(f"--out {str(out)!r} is {which}; a stage never changes its input, choose another directory")
 
