@@ -79,10 +79,33 @@ class AugmentOptions(FrozenConfig):
     )
     brightness: float = Field(0.0, ge=0.0, le=1.0, strict=True, description="max brightness delta, fraction of 255")
     contrast: float = Field(0.0, ge=0.0, lt=1.0, strict=True, description="max contrast factor delta")
+    scale: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        strict=True,
+        description="max relative change of the object's size: each image is zoomed about its centre by a factor "
+        "between 1/(1 + scale) and 1 + scale; zooming out fills the border with the mean of the image's edge pixels",
+    )
+    low_res: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        strict=True,
+        description="smallest fraction of the side an image is shrunk to (area) and enlarged back from, drawn "
+        "uniformly up to 1: simulates coarser cameras and scans; 0 is off",
+    )
 
     @property
     def enabled(self) -> bool:
-        return self.flip or self.crop_zoom > 0 or self.brightness > 0 or self.contrast > 0
+        return (
+            self.flip
+            or self.crop_zoom > 0
+            or self.brightness > 0
+            or self.contrast > 0
+            or self.scale > 0
+            or self.low_res > 0
+        )
 
 
 class HeadOptions(FrozenConfig):

@@ -85,6 +85,8 @@ def distill(
     crop_zoom: options.CropZoom = None,
     brightness: options.Brightness = None,
     contrast: options.Contrast = None,
+    scale: options.Scale = None,
+    low_res: options.LowRes = None,
     max_train_images: options.MaxTrainImages = None,
     seed: options.Seed = None,
     strategy: options.Strategy = None,
@@ -117,7 +119,9 @@ def distill(
             strategy=strategy,
             strict=strict or None,
         ),
-        augment=dict(flip=flip, crop_zoom=crop_zoom, brightness=brightness, contrast=contrast),
+        augment=dict(
+            flip=flip, crop_zoom=crop_zoom, brightness=brightness, contrast=contrast, scale=scale, low_res=low_res
+        ),
         head=dict(dropout=dropout),
     )
     artifact = api.distill(

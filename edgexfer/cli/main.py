@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgexfer.cli import options
 from edgexfer.config import FinetuneConfig
 from edgexfer.errors import ConfigError, EdgexferError
 
@@ -114,6 +115,8 @@ def finetune(
         None, help="Random brightness, max delta as fraction of 255 (default: 0)"
     ),
     contrast: Optional[float] = typer.Option(None, help="Random contrast, max factor delta (default: 0)"),
+    scale: options.Scale = None,
+    low_res: options.LowRes = None,
     feature_cache: Optional[bool] = typer.Option(
         None, "--feature-cache/--no-feature-cache", help="Phase 1 on features computed once (default: on)"
     ),
@@ -160,7 +163,6 @@ def finetune(
     """Fine-tune a pretrained backbone (or your own model, --init) on an image folder (head on cached
     features, then the top layers)."""
     from edgexfer import api
-    from edgexfer.cli import options
 
     flags = dict(
         backbone=backbone,
@@ -195,7 +197,14 @@ def finetune(
     values = options.merge_config(
         config,
         flags,
-        augment={"flip": flip, "crop_zoom": crop_zoom, "brightness": brightness, "contrast": contrast},
+        augment={
+            "flip": flip,
+            "crop_zoom": crop_zoom,
+            "brightness": brightness,
+            "contrast": contrast,
+            "scale": scale,
+            "low_res": low_res,
+        },
         head={"dropout": dropout},
     )
     if class_map is not None or "class_map" in values:

@@ -60,3 +60,11 @@ Brightness = Annotated[
     Optional[float], typer.Option(help="Random brightness, max delta as fraction of 255 (default: 0)")
 ]
 Contrast = Annotated[Optional[float], typer.Option(help="Random contrast, max factor delta (default: 0)")]
+Scale = Annotated[
+    Optional[float],
+    typer.Option(help="Random zoom about the centre, in or out by up to a factor 1 + SCALE (default: 0)"),
+]
+LowRes = Annotated[
+    Optional[float],
+    typer.Option(help="Random coarsening: shrink to this fraction of the side at the least, then back (default: 0)"),
+]

@@ -174,6 +174,8 @@ def _augment(tf, image, seed, config: AugmentOptions, method: str):
     seeds = tf.random.experimental.stateless_split(seed, num=5)
     height, width = image.shape[0], image.shape[1]
     x = tf.cast(image, tf.float32)
+    if config.scale > 0:  # its seed is folded in apart, so the other ops draw what they drew before it existed
+        x = _zoom_about_centre(tf, x, tf.random.experimental.stateless_fold_in(seed, 101), config.scale, method)
     if config.crop_zoom > 0:
         side = tf.random.stateless_uniform([], seeds[0], minval=math.sqrt(1.0 - config.crop_zoom), maxval=1.0)
         crop_h = tf.maximum(1, tf.cast(tf.round(side * height), tf.int32))
@@ -182,6 +184,8 @@ def _augment(tf, image, seed, config: AugmentOptions, method: str):
         x = tf.image.resize(x, [height, width], method=method)
     if config.flip:
         x = tf.image.stateless_random_flip_left_right(x, seed=seeds[2])
+    if config.low_res > 0:
+        x = _coarsen(tf, x, tf.random.experimental.stateless_fold_in(seed, 102), config.low_res, method)
     if config.brightness > 0:
         x = tf.image.stateless_random_brightness(x, config.brightness * 255.0, seed=seeds[3])
     if config.contrast > 0:
@@ -189,6 +193,34 @@ def _augment(tf, image, seed, config: AugmentOptions, method: str):
     x = tf.clip_by_value(x, 0.0, 255.0)
     x.set_shape([height, width, 3])
     return x
+
+
+def _zoom_about_centre(tf, x, seed, scale: float, method: str):
+    """Zoom ``x`` (H×W×3 float) about its centre by a log-uniform factor in [1/(1+scale), 1+scale].
+
+    Zooming out pads with the mean colour of the image's edge pixels (the background, for an
+    object on a plain ground), not black or a reflection, which would draw a frame or mirrored
+    strokes."""
+    height, width = x.shape[0], x.shape[1]
+    bound = math.log1p(scale)
+    factor = tf.exp(tf.random.stateless_uniform([], seed, minval=-bound, maxval=bound))
+    new_h = tf.maximum(1, tf.cast(tf.round(factor * height), tf.int32))
+    new_w = tf.maximum(1, tf.cast(tf.round(factor * width), tf.int32))
+    edge = tf.concat([x[0], x[-1], x[:, 0], x[:, -1]], axis=0)
+    fill = tf.reduce_mean(edge, axis=0)
+    zoomed = tf.image.resize(x, tf.stack([new_h, new_w]), method=method) - fill
+    return tf.image.resize_with_crop_or_pad(zoomed, height, width) + fill
+
+
+def _coarsen(tf, x, seed, low_res: float, method: str):
+    """Shrink ``x`` to a random fraction in [low_res, 1] of its side (area average, as a coarse
+    sensor or a block-averaged scan does) and enlarge it back with the preprocessing's resize."""
+    height, width = x.shape[0], x.shape[1]
+    fraction = tf.random.stateless_uniform([], seed, minval=low_res, maxval=1.0)
+    small_h = tf.maximum(1, tf.cast(tf.round(fraction * height), tf.int32))
+    small_w = tf.maximum(1, tf.cast(tf.round(fraction * width), tf.int32))
+    small = tf.image.resize(x, tf.stack([small_h, small_w]), method="area")
+    return tf.image.resize(small, [height, width], method=method)
 
 
 def _cache_file(cache: str | os.PathLike[str], paths: list[str], labels: np.ndarray, preprocessing) -> str:

@@ -120,9 +120,53 @@ def test_disabled_augmentation_is_a_no_op(samples):
     assert np.array_equal(plain, off)
 
 
+def _square_on_ground(root, size: int) -> list[Sample]:
+    """Images of a bright centred square on a plain coloured ground, at the model's input size."""
+    image = np.empty((SIZE, SIZE, 3), np.uint8)
+    image[:] = (30, 60, 90)
+    start = (SIZE - size) // 2
+    image[start : start + size, start : start + size] = 250
+    path = root / "0" / "square.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return [Sample(path, 0)] * 40
+
+
+def _raw(images: np.ndarray) -> np.ndarray:
+    return images * np.array(PRE.std, np.float32) + np.array(PRE.mean, np.float32)
+
+
+def test_scale_zooms_about_the_centre_and_fills_with_the_ground(tmp_path):
+    samples = _square_on_ground(tmp_path, 6)
+    zoomed = _raw(collect(make_dataset(samples, PRE, batch_size=40, augment=AugmentOptions(scale=1.0), seed=3))[0])
+    bright = zoomed[..., 0] > 140
+    sides = bright.any(axis=1).sum(axis=1)
+    assert sides.min() <= 4 and sides.max() >= 9  # factors drawn from 1/2 to 2: smaller and larger squares
+    rows, cols = np.nonzero(bright[0])
+    assert abs(rows.mean() - (SIZE - 1) / 2) < 1 and abs(cols.mean() - (SIZE - 1) / 2) < 1  # about the centre
+    corners = zoomed[:, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert np.allclose(corners, (30, 60, 90), atol=2)  # zooming out pads with the ground, not black
+
+
+def test_low_res_coarsens_the_image_but_keeps_its_colour(samples):
+    plain = _raw(collect(make_dataset(samples, PRE, batch_size=20))[0])
+    coarse = _raw(collect(make_dataset(samples, PRE, batch_size=20, augment=AugmentOptions(low_res=0.25)))[0])
+
+    def roughness(x):
+        return np.abs(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
+
+    assert np.all(roughness(coarse) <= roughness(plain) + 1e-3)  # a draw near 1 can leave an image as it was
+    assert roughness(coarse).mean() < 0.6 * roughness(plain).mean()
+    assert np.allclose(coarse.mean(axis=(1, 2)), plain.mean(axis=(1, 2)), atol=12)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
+        {"scale": 1.5},
+        {"scale": -0.2},
+        {"low_res": 1.0},
+        {"low_res": -0.1},
         {"crop_zoom": 1.0},
         {"crop_zoom": -0.1},
         {"brightness": 1.5},
