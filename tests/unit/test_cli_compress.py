@@ -55,11 +55,12 @@ def test_distill_merges_config_file_and_flags_and_renders_its_result(capsys, cal
     config = tmp_path / "distill.yaml"
     config.write_text("student: cnn_small\nepochs: 3\naugment: {brightness: 0.1}\n")
     args = ["distill", "T", "D", "--out", tmp_path / "o", "--config", config, "--alpha", "0.5", "--flip", "--seed", "4"]
-    result = call_cli(capsys, *args, "--feature-weight", "0.5")
+    result = call_cli(capsys, *args, "--feature-weight", "0.5", "--scale", "0.3", "--low-res", "0.25")
     assert result.code == 0, result.err
     built = calls["distill"][1]["config"]
     assert (built.student, built.epochs, built.alpha, built.seed, built.feature_weight) == ("cnn_small", 3, 0.5, 4, 0.5)
     assert built.augment.flip and built.augment.brightness == 0.1  # a flag overrides one key of its group
+    assert (built.augment.scale, built.augment.low_res) == (0.3, 0.25)
     assert "efficientnet_lite0 → cnn_tiny" in result.out and "170.0×" in result.out
     assert "gain from distillation (points)" in result.out and "+2.00" in result.out
     assert "feature hint (β 0.5): last loss" in result.out and "0.2700" in result.out
@@ -156,3 +157,18 @@ def test_quantize_without_data_is_one_line(capsys):
     result = call_cli(capsys, "quantize", "M")
     assert result.code == 2
     assert "quantize needs DATA and --out" in result.err
+
+
+def test_finetune_takes_the_size_and_resolution_augmentation_flags(capsys, monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_finetune(data, out, **kwargs):
+        seen.update(kwargs)
+        return None  # as a non-chief worker returns: nothing to render, the config is all this test needs
+
+    monkeypatch.setattr(edgexfer.api, "finetune", fake_finetune)
+    result = call_cli(capsys, "finetune", tmp_path, "--out", tmp_path / "o", "--scale", "0.5", "--low-res", "0.125")
+    assert result.code == 0, result.err
+    assert (seen["config"].augment.scale, seen["config"].augment.low_res) == (0.5, 0.125)
+    bad = call_cli(capsys, "finetune", tmp_path, "--out", tmp_path / "o", "--low-res", "1.5")
+    assert bad.code == 2 and "low_res" in the_error(bad.err) and "Traceback" not in bad.err
