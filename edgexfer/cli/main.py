@@ -109,12 +109,10 @@ def finetune(
         None, "--early-stopping", help="Patience in epochs on val accuracy, best weights restored; 0 off (default: 3)"
     ),
     dropout: Optional[float] = typer.Option(None, help="Head dropout (default: 0.2)"),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips (default: off)"),
-    crop_zoom: Optional[float] = typer.Option(None, help="Random crop/zoom, max fraction (default: 0)"),
-    brightness: Optional[float] = typer.Option(
-        None, help="Random brightness, max delta as fraction of 255 (default: 0)"
-    ),
-    contrast: Optional[float] = typer.Option(None, help="Random contrast, max factor delta (default: 0)"),
+    flip: options.Flip = None,
+    crop_zoom: options.CropZoom = None,
+    brightness: options.Brightness = None,
+    contrast: options.Contrast = None,
     scale: options.Scale = None,
     low_res: options.LowRes = None,
     feature_cache: Optional[bool] = typer.Option(

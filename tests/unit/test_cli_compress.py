@@ -167,8 +167,10 @@ def test_finetune_takes_the_size_and_resolution_augmentation_flags(capsys, monke
         return None  # as a non-chief worker returns: nothing to render, the config is all this test needs
 
     monkeypatch.setattr(edgexfer.api, "finetune", fake_finetune)
-    result = call_cli(capsys, "finetune", tmp_path, "--out", tmp_path / "o", "--scale", "0.5", "--low-res", "0.125")
+    flags = ["--scale", "0.5", "--low-res", "0.125", "--flip", "--crop-zoom", "0.1"]
+    result = call_cli(capsys, "finetune", tmp_path, "--out", tmp_path / "o", *flags)
     assert result.code == 0, result.err
-    assert (seen["config"].augment.scale, seen["config"].augment.low_res) == (0.5, 0.125)
+    augment = seen["config"].augment
+    assert (augment.scale, augment.low_res, augment.flip, augment.crop_zoom) == (0.5, 0.125, True, 0.1)
     bad = call_cli(capsys, "finetune", tmp_path, "--out", tmp_path / "o", "--low-res", "1.5")
     assert bad.code == 2 and "low_res" in the_error(bad.err) and "Traceback" not in bad.err
