@@ -72,6 +72,12 @@ class DistillConfig(_StageConfig):
         description="weight β of the feature hint: the student's pooled embedding, linearly projected, "
         "matches the teacher's (L2-normalised squared distance, 0–4 per image); 0: off",
     )
+    teacher_view: Literal["augmented", "clean"] = Field(
+        "augmented",
+        description="with augmentation on: 'augmented' runs the teacher on each augmented image (online); "
+        "'clean' uses its logits of the un-augmented image, computed once, while the student sees the "
+        "augmented view (faster: the teacher does not run every step)",
+    )
     baseline: bool = Field(False, description="also train the same student without distillation")
     unlabelled: str | None = Field(
         None,

@@ -10,7 +10,8 @@ not a plain Dense (valid logits up to a constant, which softmax ignores). Teache
 student may differ in input size and normalisation: each sees the images through its own
 preprocessing from its manifest. Without augmentation the teacher's logits are computed
 once and cached, aligned with the training samples; with augmentation both models see the
-same augmented image every step, so the teacher runs online.
+same augmented image every step, so the teacher runs online, unless ``teacher_view="clean"``:
+then the cached logits of the un-augmented image are the target for every augmented view.
 
 ``unlabelled`` adds images whose labels are not used — typically the target domain after
 ``adapt`` — that the student learns from the teacher's soft targets alone (their hard-label
@@ -157,7 +158,9 @@ def _cached_dataset(train, student_pre: Preprocessing, targets, config: DistillC
     tf, _ = import_tf()
     order = np.random.default_rng(config.seed).permutation(len(train))
     samples = [train[i] for i in order]
-    images = make_dataset(samples, student_pre, batch_size=256, cache=True).unbatch()
+    augment = config.augment if config.augment.enabled else None  # teacher_view "clean": the student's view only
+    images = make_dataset(samples, student_pre, batch_size=256, cache=True, augment=augment, seed=config.seed)
+    images = images.unbatch()
     if isinstance(targets, tuple):
         logits, features = targets
         teacher = tf.data.Dataset.from_tensor_slices((logits[order].astype(np.float32), features[order]))
@@ -327,7 +330,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     teacher_accuracy = measure.accuracy(measure.keras_probs(teacher, x_eval_teacher, teacher_pre), y_eval)
     del x_eval_teacher
 
-    online = config.augment.enabled
+    online = config.augment.enabled and config.teacher_view == "augmented"
     labelled_count, train = len(train), train + unlabelled
     # Multi-worker: this worker's shard (labelled and unlabelled images alike) at its share of the batch.
     train, shard_info = distributed.worker_shard(
@@ -348,6 +351,8 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
                 logits = logits_model.predict(images, verbose=0)
         train_ds = _cached_dataset(train, student_pre, (logits, features) if hinted else logits, config)
         logits_note = f"cached ({len(logits)} × {logits.shape[1]}, computed once)"
+        if config.augment.enabled:
+            logits_note += " on the un-augmented images; the student sees augmented views"
         if hinted:
             features_note = f"cached ({features.shape[0]} × {features.shape[1]}, {features.dtype})"
             logits_note += f", features {features_note}"

@@ -85,6 +85,17 @@ def test_augmented_distillation_runs_the_teacher_online_at_its_own_input_size(te
     assert 0.0 <= student.metrics["student_accuracy"] <= 1.0
 
 
+def test_clean_teacher_view_caches_the_logits_while_the_student_sees_augmented_images(teacher, tmp_path):
+    artifact, data = teacher
+    options = {**STUDENT, "epochs": 2, "student_img_size": 24}
+    augmented = {"augment": {"scale": 0.3, "low_res": 0.5}, "teacher_view": "clean"}
+    clean = capi.distill(artifact.path, data, tmp_path / "clean", **options, **augmented)
+    plain = capi.distill(artifact.path, data, tmp_path / "plain", **options)
+    assert clean.metrics["teacher_logits"] == "cached" and "teacher_logits_seconds" in clean.metrics["timings_seconds"]
+    trained = [load_keras_model(a.model_path).get_weights() for a in (clean, plain)]
+    assert not all(np.array_equal(a, b) for a, b in zip(*trained, strict=True))  # the augmentation reached the student
+
+
 def test_distill_refuses_data_whose_classes_differ_from_the_teacher(teacher, tmp_path):
     other = make_color_folder(tmp_path / "other", per_class=4, size=8)
     (other / "green").rename(other / "yellow")
