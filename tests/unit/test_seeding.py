@@ -78,6 +78,7 @@ def test_seed_overrides_cover_every_seeded_stage_of_the_demo(tmp_path):
         "finetune.seed=2",
         "fuse.seed=2",
         "adapt.seed=2",
+        "refine.seed=2",
         "distill.seed=2",
         "prune.seed=2",
         "quantize.seed=2",
