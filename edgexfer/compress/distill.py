@@ -158,8 +158,8 @@ def _cached_dataset(train, student_pre: Preprocessing, targets, config: DistillC
     tf, _ = import_tf()
     order = np.random.default_rng(config.seed).permutation(len(train))
     samples = [train[i] for i in order]
-    augment = config.augment if config.augment.enabled else None  # teacher_view "clean": the student's view only
-    images = make_dataset(samples, student_pre, batch_size=256, cache=True, augment=augment, seed=config.seed)
+    # Augmentation here reaches the student's view only (teacher_view "clean"); disabled options are a no-op.
+    images = make_dataset(samples, student_pre, batch_size=256, cache=True, augment=config.augment, seed=config.seed)
     images = images.unbatch()
     if isinstance(targets, tuple):
         logits, features = targets

@@ -212,9 +212,14 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
             loss=keras.losses.SparseCategoricalCrossentropy(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
-    augment = _augment(config)
     train_ds = make_dataset(
-        train, preprocessing, batch_size=config.batch_size, shuffle=True, seed=config.seed, augment=augment, cache=True
+        train,
+        preprocessing,
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augment=config.augment,
+        cache=True,
     )
     val_ds = make_dataset(val, preprocessing, batch_size=config.batch_size, cache=True) if val else None
     what = "2:4" if config.structure == "2:4" else f"{config.target_sparsity:.0%}"
@@ -360,10 +365,6 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
 def _carried(manifest: Manifest) -> dict[str, Any]:
     """Facts about the model a compression stage keeps from its input's manifest."""
     return {key: manifest.extra[key] for key in ("width", "teacher") if key in (manifest.extra or {})}
-
-
-def _augment(config):
-    return config.augment if config.augment.enabled else None
 
 
 def _history(history) -> dict[str, list[float]]:

@@ -311,9 +311,14 @@ def train_qat(
             loss=keras.losses.SparseCategoricalCrossentropy(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
-    augment = config.augment if config.augment.enabled else None
     train_ds = make_dataset(
-        train, preprocessing, batch_size=config.batch_size, shuffle=True, seed=config.seed, augment=augment, cache=True
+        train,
+        preprocessing,
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augment=config.augment,
+        cache=True,
     )
     val_ds = make_dataset(val, preprocessing, batch_size=config.batch_size, cache=True) if val else None
     callbacks = [

@@ -178,9 +178,7 @@ def _augment(tf, image, seed, config: AugmentOptions, method: str):
         x = _zoom_about_centre(tf, x, tf.random.experimental.stateless_fold_in(seed, 101), config.scale, method)
     if config.crop_zoom > 0:
         side = tf.random.stateless_uniform([], seeds[0], minval=math.sqrt(1.0 - config.crop_zoom), maxval=1.0)
-        crop_h = tf.maximum(1, tf.cast(tf.round(side * height), tf.int32))
-        crop_w = tf.maximum(1, tf.cast(tf.round(side * width), tf.int32))
-        x = tf.image.stateless_random_crop(x, tf.stack([crop_h, crop_w, 3]), seed=seeds[1])
+        x = tf.image.stateless_random_crop(x, tf.concat([_scaled(tf, side, height, width), [3]], 0), seed=seeds[1])
         x = tf.image.resize(x, [height, width], method=method)
     if config.flip:
         x = tf.image.stateless_random_flip_left_right(x, seed=seeds[2])
@@ -195,6 +193,11 @@ def _augment(tf, image, seed, config: AugmentOptions, method: str):
     return x
 
 
+def _scaled(tf, factor, height: int, width: int):
+    """``[round(factor·height), round(factor·width)]`` as int32, each at least 1 pixel."""
+    return tf.maximum(1, tf.cast(tf.round(factor * tf.constant([height, width], tf.float32)), tf.int32))
+
+
 def _zoom_about_centre(tf, x, seed, scale: float, method: str):
     """Zoom ``x`` (H×W×3 float) about its centre by a log-uniform factor in [1/(1+scale), 1+scale].
 
@@ -204,11 +207,9 @@ def _zoom_about_centre(tf, x, seed, scale: float, method: str):
     height, width = x.shape[0], x.shape[1]
     bound = math.log1p(scale)
     factor = tf.exp(tf.random.stateless_uniform([], seed, minval=-bound, maxval=bound))
-    new_h = tf.maximum(1, tf.cast(tf.round(factor * height), tf.int32))
-    new_w = tf.maximum(1, tf.cast(tf.round(factor * width), tf.int32))
     edge = tf.concat([x[0], x[-1], x[:, 0], x[:, -1]], axis=0)
     fill = tf.reduce_mean(edge, axis=0)
-    zoomed = tf.image.resize(x, tf.stack([new_h, new_w]), method=method) - fill
+    zoomed = tf.image.resize(x, _scaled(tf, factor, height, width), method=method) - fill
     return tf.image.resize_with_crop_or_pad(zoomed, height, width) + fill
 
 
@@ -217,9 +218,7 @@ def _coarsen(tf, x, seed, low_res: float, method: str):
     sensor or a block-averaged scan does) and enlarge it back with the preprocessing's resize."""
     height, width = x.shape[0], x.shape[1]
     fraction = tf.random.stateless_uniform([], seed, minval=low_res, maxval=1.0)
-    small_h = tf.maximum(1, tf.cast(tf.round(fraction * height), tf.int32))
-    small_w = tf.maximum(1, tf.cast(tf.round(fraction * width), tf.int32))
-    small = tf.image.resize(x, tf.stack([small_h, small_w]), method="area")
+    small = tf.image.resize(x, _scaled(tf, fraction, height, width), method="area")
     return tf.image.resize(small, [height, width], method=method)
 
 
