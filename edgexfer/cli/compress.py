@@ -184,6 +184,10 @@ def prune(
     ),
     flip: options.Flip = None,
     crop_zoom: options.CropZoom = None,
+    brightness: options.Brightness = None,
+    contrast: options.Contrast = None,
+    scale: options.Scale = None,
+    low_res: options.LowRes = None,
     max_train_images: options.MaxTrainImages = None,
     seed: options.Seed = None,
     strategy: options.Strategy = None,
@@ -211,7 +215,9 @@ def prune(
             strategy=strategy,
             strict=strict or None,
         ),
-        augment=dict(flip=flip, crop_zoom=crop_zoom),
+        augment=dict(
+            flip=flip, crop_zoom=crop_zoom, brightness=brightness, contrast=contrast, scale=scale, low_res=low_res
+        ),
     )
     artifact = api.prune(
         model, data, out, progress=sys.stdout.isatty(), log=_console().print, config=PruneConfig.build(**values)
@@ -295,6 +301,12 @@ def quantize(
     width: Optional[float] = typer.Option(
         None, help="--check STUDENT: its width multiplier where it has one (see `edgexfer backbones`)."
     ),
+    flip: options.Flip = None,
+    crop_zoom: options.CropZoom = None,
+    brightness: options.Brightness = None,
+    contrast: options.Contrast = None,
+    scale: options.Scale = None,
+    low_res: options.LowRes = None,
     max_train_images: options.MaxTrainImages = None,
     seed: options.Seed = None,
     strategy: Optional[str] = typer.Option(None, help=options.STRATEGY_HELP + "; QAT only: PTQ trains nothing"),
@@ -331,6 +343,9 @@ def quantize(
             seed=seed,
             strategy=strategy,
             strict=strict or None,
+        ),
+        augment=dict(
+            flip=flip, crop_zoom=crop_zoom, brightness=brightness, contrast=contrast, scale=scale, low_res=low_res
         ),
     )
     artifact = api.quantize(

@@ -174,3 +174,24 @@ def test_finetune_takes_the_size_and_resolution_augmentation_flags(capsys, monke
     assert (augment.scale, augment.low_res, augment.flip, augment.crop_zoom) == (0.5, 0.125, True, 0.1)
     bad = call_cli(capsys, "finetune", tmp_path, "--out", tmp_path / "o", "--low-res", "1.5")
     assert bad.code == 2 and "low_res" in the_error(bad.err) and "Traceback" not in bad.err
+
+
+@pytest.mark.parametrize("command", ["prune", "quantize"])
+def test_prune_and_quantize_take_every_augmentation_flag(capsys, monkeypatch, tmp_path, command):
+    """The student's road keeps the distillation's augmentation: the same six flags reach the config."""
+    seen = {}
+
+    def fake_stage(model, data, out, **kwargs):
+        seen.update(kwargs)
+        return None  # as a non-chief worker returns: nothing to render
+
+    monkeypatch.setattr(edgexfer.api, command, fake_stage)
+    required = ["--sparsity", "0.5"] if command == "prune" else []
+    flags = [*required, "--scale", "0.5", "--low-res", "0.125", "--flip", "--crop-zoom", "0.1", "--brightness", "0.2"]
+    result = call_cli(capsys, command, tmp_path, tmp_path, "--out", tmp_path / "o", *flags, "--contrast", "0.3")
+    assert result.code == 0, result.err
+    augment = seen["config"].augment
+    assert (augment.scale, augment.low_res, augment.flip, augment.crop_zoom) == (0.5, 0.125, True, 0.1)
+    assert (augment.brightness, augment.contrast) == (0.2, 0.3)
+    bad = call_cli(capsys, command, tmp_path, tmp_path, "--out", tmp_path / "o", *required, "--scale", "2")
+    assert bad.code == 2 and "scale" in the_error(bad.err) and "Traceback" not in bad.err
