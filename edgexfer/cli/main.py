@@ -508,8 +508,10 @@ def demo(
     _render_run(summary)
     from edgexfer.evaluate import formatting as fmt
 
-    table = Table(title="headline: accuracy (mnist: held-out test split; uci-digits: all), size, latency, MACs")
-    for column in ("model", "role", "mnist acc", "uci-digits acc", "size", "latency, batch 1", "MACs"):
+    names = summary.get("domains", {})
+    source, target = names.get("source", "source"), names.get("target", "target")
+    table = Table(title=f"headline: accuracy ({source}: held-out test split; {target}: all), size, latency, MACs")
+    for column in ("model", "role", f"{source} acc", f"{target} acc", "size", "latency, batch 1", "MACs"):
         table.add_column(column, justify="left" if column in ("model", "role") else "right")
     for row in summary["headline"]:
         table.add_row(

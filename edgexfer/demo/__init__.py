@@ -40,15 +40,20 @@ def run_demo(
 
     if not RECIPE.is_file():
         raise ConfigError(f"the demo recipe {RECIPE} is missing; reinstall edgexfer (pip install 'edgexfer[train]')")
-    summary = run_pipeline(
-        RECIPE,
-        run_dir=run_dir,
-        overrides=(FULL_OVERRIDES if full else []) + (overrides or []),
-        progress=progress,
-        log=log,
-    )
+    overrides = (FULL_OVERRIDES if full else []) + (overrides or [])
+    summary = run_pipeline(RECIPE, run_dir=run_dir, overrides=overrides, progress=progress, log=log)
     summary["headline"] = headline_rows(Path(run_dir))
+    summary["domains"] = domain_names(overrides)
     return summary
+
+
+def domain_names(overrides: list[str]) -> dict[str, str]:
+    """What the demo's source and target domains are (``--set data.target.dataset=…`` may change
+    them): the bundled dataset's name, or the folder's."""
+    from edgexfer.pipeline.load import load_pipeline
+
+    data = load_pipeline(RECIPE, overrides).data
+    return {role: str(spec.get("dataset") or Path(spec["path"]).name) for role, spec in data.items()}
 
 
 def headline_rows(run_dir: Path) -> list[dict[str, Any]]:

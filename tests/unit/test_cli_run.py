@@ -65,7 +65,7 @@ def test_demo_over_seeds_renders_the_headline_and_the_spread(capsys, monkeypatch
     def fake_demo(run_dir, *, seeds, **options):
         seen.update(run_dir=run_dir, seeds=seeds, **options)
         return {
-            "summary": {**SUMMARY, "headline": HEADLINE},
+            "summary": {**SUMMARY, "headline": HEADLINE, "domains": {"source": "uci-digits", "target": "mnist-5k"}},
             "seeds": [0, 1],
             "metrics": {"student · target accuracy": {"mean": 0.87, "std": 0.01, "values": [0.86, 0.88]}},
             "file": "runs/demo/seeds.json",
@@ -77,3 +77,13 @@ def test_demo_over_seeds_renders_the_headline_and_the_spread(capsys, monkeypatch
     assert seen["seeds"] == 2 and seen["full"] is True and seen["run_dir"] == Path("runs/demo")
     assert "student" in shown.out and "98.10" in shown.out and "0.8700 ± 0.0100" in shown.out
     assert "spread: runs/demo/seeds.json" in shown.out
+    # the headline names the domains the run used (here swapped with --set), not the recipe's defaults
+    assert "uci-digits: held-out test split; mnist-5k: all" in " ".join(shown.out.split())
+
+
+def test_demo_domain_names_follow_the_overrides():
+    from edgexfer.demo import domain_names
+
+    assert domain_names([]) == {"source": "mnist-5k", "target": "uci-digits"}
+    swapped = ["data.source.dataset=uci-digits", "data.target={path: /data/my-digits}"]
+    assert domain_names(swapped) == {"source": "uci-digits", "target": "my-digits"}
