@@ -1,28 +1,37 @@
 """Cross-domain methods on three pairs with ONE set of defaults, 3 seeds, and their int8 exports.
 
-    python tools/bench/crossdomain.py WORK_DIR [--seeds 0 1 2] [--img-size 32] [--target-images 600]
-                                      [--source-images 1000] [--name crossdomain]
+    python tools/bench/crossdomain.py WORK_DIR [--seeds 0 1 2] [--img-size 64] [--target-images 600]
+                                      [--source-images 1000] [--name crossdomain] [--jobs 1]
 
 Pairs (bundled data, ``edgexfer data prepare``): mnist-5k → uci-digits, uci-digits → mnist-5k,
 mnist-5k → uci-digits-color (uci-digits, each digit in a random bright colour on a random dark
 background; see ``edgexfer.data.bundled``). Targets are stratified subsets of ``--target-images``
 images (``prepare_data(..., limit=N, seed=0)``), the same for every seed and method.
 
-One teacher per SOURCE domain, trained once (seed 0): EfficientNet-Lite0 from ImageNet at
-``--img-size``, 10 head epochs + 5 fine-tune epochs of the top 30 layers, label smoothing 0.1
-(SHOT's source training uses label smoothing). The seed varies the ADAPTATION only: adapt's seed
-(its subset of ``--source-images`` source training images, the batch order, DANN's domain
-classifier initialisation, SHOT's batch order). Every method runs with its defaults
-(``edgexfer adapt --method M --seed S``, plus ``--max-source-images``); source-only is the teacher.
-Target labels are read only to score. ``auto`` is scored as the candidate that
-``edgexfer.train.auto.choose_method`` picks from the five adapted models' target predictions,
-which is exactly what ``adapt --method auto`` runs (the same candidates, seeds and defaults,
-deterministic), without training them twice.
+One teacher per SOURCE domain, trained once (seed 0) with the digits recipe's finetune stage
+(``models/digits.yaml``): EfficientNet-Lite0 from ImageNet at ``--img-size``, 10 head epochs +
+5 fine-tune epochs of the top 30 layers, ``augment: {scale: 0.5, low_res: 0.125}``. For the
+source-free shot the source team prepares, once and with source data only, the same teacher
+re-fitted under SOURCE BatchNorm statistics (``adapt --method adabn --output-stats source`` with
+the source as both domains, ``--max-source-images``/``--max-target-images``), the model SHOT
+assumes; shot then reads that model and the target images, nothing else.
+
+The seed varies the ADAPTATION only: adapt's seed (its subset of ``--source-images`` source
+training images, the batch order, DANN's domain classifier initialisation, SHOT's batch order).
+Rows: source-only (the teacher), adabn, coral, dann, pseudo-label (each ``edgexfer adapt --method
+M --seed S --max-source-images N`` from the teacher, defaults otherwise); shot (source-free, from
+the source-statistics model, defaults); shot with SHOT's own digit-task settings (β 0.1, 30
+epochs; same input); shot (teacher): shot straight from the teacher, as ``--method auto`` runs
+it; coral → shot (the demo's road: shot with ``--bn frozen`` on that seed's coral model, whose
+BatchNorm layers keep the model's own statistics). Target labels are read only to score. ``auto``
+is the candidate that ``edgexfer.train.auto.choose_method`` (the rule of ``adapt --method auto``)
+picks from the target predictions of adabn, coral, dann, pseudo-label, shot (teacher) and
+coral → shot; "auto, without coral → shot" from the first five (what auto chose among before).
 
 Then int8 TFLite (``edgexfer export --format tflite --quant int8``, calibrated on the target
-images) of shot on mnist-5k → uci-digits for every seed, and of each pair's best method (seed 0),
-checked against its Keras parent on the target (``edgexfer check``). Work is kept in WORK_DIR and
-reused when the script runs again (a killed run resumes).
+images) of each pair's best row for every seed, checked against its Keras parent on the target
+(``edgexfer check``). Work is kept in WORK_DIR and reused when the script runs again (a killed
+run resumes).
 """
 
 from __future__ import annotations
@@ -44,8 +53,18 @@ PAIRS = {
     "uci-digits → mnist-5k": ("uci-digits", "mnist-5k"),
     "mnist-5k → uci-digits-color": ("mnist-5k", "uci-digits-color"),
 }
-METHODS = ("adabn", "coral", "dann", "pseudo-label", "shot")
-ROWS = ("source-only", *METHODS, "auto")
+METHODS = ("adabn", "coral", "dann", "pseudo-label", "shot", "shot (digits settings)", "shot (teacher)", "coral → shot")
+# SHOT's own settings for its digit tasks (github.com/tim-learn/SHOT, digit/run.sh and uda_digit.py):
+# β (cls_par) 0.1 and 30 epochs, against edgexfer's defaults of 0.3 (SHOT's object tasks) and 10
+SHOT_DIGITS_SETTINGS = {"shot_weight": 0.1, "epochs": 30}
+# what `adapt --method auto` chooses among (its shot runs from the model it is given: the teacher)
+AUTO_CANDIDATES = {
+    "auto": ("adabn", "coral", "dann", "pseudo-label", "shot (teacher)", "coral → shot"),
+    "auto, without coral → shot": ("adabn", "coral", "dann", "pseudo-label", "shot (teacher)"),
+}
+ROWS = ("source-only", *METHODS, *AUTO_CANDIDATES)
+# the source team's preparation of the source-free shot's input (source data only)
+SOURCE_STATISTICS_IMAGES = 1000
 
 
 def teacher_options(img_size: int) -> dict:
@@ -56,7 +75,7 @@ def teacher_options(img_size: int) -> dict:
         epochs=10,
         fine_tune_epochs=5,
         unfreeze_layers=30,
-        label_smoothing=0.1,
+        augment={"scale": 0.5, "low_res": 0.125},
         seed=0,
     )
 
@@ -76,6 +95,20 @@ def prepare(work: Path, img_size: int, target_images: int) -> dict:
             print(f"teacher on {source}", file=sys.stderr)
             api.finetune(data[source], out, **teacher_options(img_size))
         teachers[source] = str(out)
+        statistics = work / "teachers" / f"{source}-source-statistics"
+        if not (statistics / "manifest.json").is_file():
+            print(f"source-statistics model on {source}", file=sys.stderr)
+            api.adapt(
+                out,
+                data[source],
+                data[source],
+                statistics,
+                method="adabn",
+                output_stats="source",
+                max_source_images=SOURCE_STATISTICS_IMAGES,
+                max_target_images=SOURCE_STATISTICS_IMAGES,
+            )
+        teachers[f"{source}:source-statistics"] = str(statistics)
     return {"data": data, "teachers": teachers}
 
 
@@ -98,22 +131,36 @@ def run_pair(spec: dict) -> None:
     accuracy = lambda probs: round(float((probs.argmax(1) == labels).mean()), 4)  # noqa: E731
     result = {"n_target": int(len(labels)), "source-only": accuracy(target_probabilities(teacher, images))}
     runs: dict = {method: {} for method in METHODS}
-    auto: dict = {}
+    auto: dict = {name: {} for name in AUTO_CANDIDATES}
     for seed in spec["seeds"]:
         predictions = {}
         for method in METHODS:
-            out = work / f"{method}-s{seed}"
+            slug = (
+                method.replace(" → ", "-then-")
+                .replace(" (teacher)", "-teacher")
+                .replace(" (digits settings)", "-digits")
+            )
+            out = work / f"{slug}-s{seed}"
             if not (out / "metrics.json").is_file():
                 print(f"{spec['pair']}: {method} seed {seed}", file=sys.stderr)
-                api.adapt(
-                    teacher.path,
-                    None if method == "shot" else source,
-                    target,
-                    out,
-                    method=method,
-                    seed=seed,
-                    max_source_images=spec["source_images"],
-                )
+                if method == "shot":  # source-free: the source-statistics model and the target only
+                    api.adapt(spec["shot_input"], None, target, out, method="shot", seed=seed)
+                elif method == "shot (digits settings)":
+                    api.adapt(spec["shot_input"], None, target, out, method="shot", seed=seed, **SHOT_DIGITS_SETTINGS)
+                elif method == "shot (teacher)":  # what auto's shot candidate runs
+                    api.adapt(teacher.path, None, target, out, method="shot", seed=seed)
+                elif method == "coral → shot":
+                    api.adapt(runs["coral"][seed]["artifact"], None, target, out, method="shot", bn="frozen", seed=seed)
+                else:
+                    api.adapt(
+                        teacher.path,
+                        source,
+                        target,
+                        out,
+                        method=method,
+                        seed=seed,
+                        max_source_images=spec["source_images"],
+                    )
             artifact = Artifact(out)
             predictions[method] = target_probabilities(artifact, images)
             runs[method][seed] = {
@@ -121,11 +168,17 @@ def run_pair(spec: dict) -> None:
                 "seconds": artifact.metrics["timings_seconds"]["total_seconds"],
                 "artifact": str(out),
             }
-        choice = choose_method(predictions)
-        auto[seed] = {**choice, "accuracy": runs[choice["picked"]][seed]["accuracy"]}
         best = max(METHODS, key=lambda m: runs[m][seed]["accuracy"])
-        auto[seed]["best_method"] = best
-        auto[seed]["picked_best"] = runs[choice["picked"]][seed]["accuracy"] >= runs[best][seed]["accuracy"]
+        for name, candidates in AUTO_CANDIDATES.items():
+            choice = choose_method({method: predictions[method] for method in candidates})
+            picked = runs[choice["picked"]][seed]["accuracy"]
+            best_candidate = max(runs[m][seed]["accuracy"] for m in candidates)
+            auto[name][seed] = {
+                **choice,
+                "accuracy": picked,
+                "best_method": best,
+                "picked_best": picked >= best_candidate,
+            }
     print(json.dumps({**result, "runs": runs, "auto": auto}))
 
 
@@ -155,7 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--target-images", type=int, default=600)
     parser.add_argument("--source-images", type=int, default=1000)
     parser.add_argument("--name", default="crossdomain")
@@ -172,6 +225,7 @@ def main() -> None:
             "pair": pair,
             "work": str(args.work / "runs" / pair.replace(" → ", "_to_")),
             "teacher": setup["teachers"][source],
+            "shot_input": setup["teachers"][f"{source}:source-statistics"],
             "source": setup["data"][source],
             "target": setup["data"][f"{target}:target"],
             "seeds": args.seeds,
@@ -189,30 +243,28 @@ def main() -> None:
         rows = {"source-only": {"mean": res["source-only"], "std": 0.0, "values": [res["source-only"]]}}
         for method in METHODS:
             rows[method] = mean_std([res["runs"][method][str(s)]["accuracy"] for s in args.seeds])
-        rows["auto"] = mean_std([res["auto"][str(s)]["accuracy"] for s in args.seeds])
+        for name in AUTO_CANDIDATES:
+            rows[name] = mean_std([res["auto"][name][str(s)]["accuracy"] for s in args.seeds])
         best = max(METHODS, key=lambda m: rows[m]["mean"])
         table[pair] = {
             "rows": rows,
             "best_method": best,
             "best_over_source_only_points": round(100 * (rows[best]["mean"] - res["source-only"]), 1),
-            "auto_picks": {s: res["auto"][str(s)]["picked"] for s in args.seeds},
-            "auto_picked_best": sum(res["auto"][str(s)]["picked_best"] for s in args.seeds),
+            "auto_picks": {
+                name: {s: res["auto"][name][str(s)]["picked"] for s in args.seeds} for name in AUTO_CANDIDATES
+            },
+            "auto_picked_best": {
+                name: sum(res["auto"][name][str(s)]["picked_best"] for s in args.seeds) for name in AUTO_CANDIDATES
+            },
         }
 
     exports = {}
     if not args.no_export:
-        first = next(iter(PAIRS))
-        for seed in args.seeds:
-            artifact = pairs[first]["runs"]["shot"][str(seed)]["artifact"]
-            exports[f"shot {first} seed {seed}"] = call_in_subprocess(
-                __file__, "_export_json", {"artifact": artifact, "target": pairs[first]["spec"]["target"]}
-            )
         for pair, entry in table.items():
             method = entry["best_method"]
-            key = f"{method} {pair} seed {args.seeds[0]}"
-            if key not in exports:
-                artifact = pairs[pair]["runs"][method][str(args.seeds[0])]["artifact"]
-                exports[key] = call_in_subprocess(
+            for seed in args.seeds:
+                artifact = pairs[pair]["runs"][method][str(seed)]["artifact"]
+                exports[f"{method} {pair} seed {seed}"] = call_in_subprocess(
                     __file__, "_export_json", {"artifact": artifact, "target": pairs[pair]["spec"]["target"]}
                 )
 
