@@ -164,7 +164,6 @@ def is_m_by_n(values: np.ndarray, m_by_n=M_BY_N) -> bool:
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = True, log=print) -> Artifact:
     """Prune the Keras model of the artifact ``model_dir`` while fine-tuning on ``data_dir``."""
-    from edgexfer.data import make_dataset
     from edgexfer.export.convert import has_quantize_layers
     from edgexfer.tf_env import import_tf
 
@@ -212,16 +211,7 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
             loss=keras.losses.SparseCategoricalCrossentropy(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
-    train_ds = make_dataset(
-        train,
-        preprocessing,
-        batch_size=config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        augment=config.augment,
-        cache=True,
-    )
-    val_ds = make_dataset(val, preprocessing, batch_size=config.batch_size, cache=True) if val else None
+    train_ds, val_ds = stage_io.training_datasets(train, val, preprocessing, config)
     what = "2:4" if config.structure == "2:4" else f"{config.target_sparsity:.0%}"
     log(
         f"pruning {len(plan.pruned)} layers to {what} sparsity ({schedule_info['kind']} schedule) while "

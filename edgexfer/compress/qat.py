@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgexfer.artifact import Artifact
-from edgexfer.compress import measure
+from edgexfer.compress import measure, stage_io
 from edgexfer.compress.config import QuantizeConfig
 from edgexfer.errors import ConfigError
 from edgexfer.train import common as train_common
@@ -296,7 +296,7 @@ def train_qat(
     strategy=None,
     extra_callbacks=(),
 ) -> dict:
-    from edgexfer.data import data_errors, make_dataset
+    from edgexfer.data import data_errors
     from edgexfer.tf_env import import_tf
 
     tf, keras = import_tf()
@@ -311,16 +311,7 @@ def train_qat(
             loss=keras.losses.SparseCategoricalCrossentropy(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
-    train_ds = make_dataset(
-        train,
-        preprocessing,
-        batch_size=config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        augment=config.augment,
-        cache=True,
-    )
-    val_ds = make_dataset(val, preprocessing, batch_size=config.batch_size, cache=True) if val else None
+    train_ds, val_ds = stage_io.training_datasets(train, val, preprocessing, config)
     callbacks = [
         train_common.rich_progress_callback("QAT", config.epochs, steps, enabled=progress),
         *train_common.tensorboard_callbacks("qat"),

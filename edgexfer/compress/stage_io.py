@@ -116,6 +116,24 @@ def load_uint8(samples: Sequence, preprocessing: Preprocessing) -> tuple[np.ndar
     return load_arrays(list(samples), preprocessing)
 
 
+def training_datasets(train: Sequence, val: Sequence | None, preprocessing: Preprocessing, config) -> tuple:
+    """The (train, val) tf.data pipelines a compression stage fine-tunes on: the training split
+    shuffled, augmented as ``config.augment`` says and cached; the val split (if any) cached."""
+    from edgexfer.data import make_dataset
+
+    train_ds = make_dataset(
+        train,
+        preprocessing,
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augment=config.augment,
+        cache=True,
+    )
+    val_ds = make_dataset(val, preprocessing, batch_size=config.batch_size, cache=True) if val else None
+    return train_ds, val_ds
+
+
 def make_trainable(model) -> list[str]:
     """Unfreeze every layer but BatchNormalization for fine-tuning while compressing.
 
