@@ -182,6 +182,8 @@ def prune(
         "--measure-tflite/--no-measure-tflite",
         help="Convert to float TFLite to report its gzip size (default: on)",
     ),
+    unlabelled: Optional[Path] = typer.Option(None, help=_help(PruneConfig, "unlabelled")),
+    max_unlabelled_images: Optional[int] = typer.Option(None, help=_help(PruneConfig, "max_unlabelled_images")),
     flip: options.Flip = None,
     crop_zoom: options.CropZoom = None,
     brightness: options.Brightness = None,
@@ -210,6 +212,8 @@ def prune(
             batch_size=batch_size,
             learning_rate=learning_rate,
             measure_tflite=measure_tflite,
+            unlabelled=str(unlabelled) if unlabelled else None,
+            max_unlabelled_images=max_unlabelled_images,
             max_train_images=max_train_images,
             seed=seed,
             strategy=strategy,
@@ -289,6 +293,10 @@ def quantize(
     compare_ptq: Optional[bool] = typer.Option(
         None, "--compare-ptq/--no-compare-ptq", help="QAT: also measure PTQ int8 of MODEL (default: on)"
     ),
+    unlabelled: Optional[Path] = typer.Option(None, help="QAT: " + _help(QuantizeConfig, "unlabelled")),
+    max_unlabelled_images: Optional[int] = typer.Option(
+        None, help="QAT: " + _help(QuantizeConfig, "max_unlabelled_images")
+    ),
     check: bool = typer.Option(
         False,
         "--check",
@@ -339,6 +347,8 @@ def quantize(
             learning_rate=learning_rate,
             preserve_sparsity=preserve_sparsity,
             compare_ptq=compare_ptq,
+            unlabelled=str(unlabelled) if unlabelled else None,
+            max_unlabelled_images=max_unlabelled_images,
             max_train_images=max_train_images,
             seed=seed,
             strategy=strategy,

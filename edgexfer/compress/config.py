@@ -95,7 +95,20 @@ class DistillConfig(_StageConfig):
     early_stopping_patience: int = Field(0, ge=0, description="patience on val accuracy, best weights restored; 0: off")
 
 
-class PruneConfig(_StageConfig):
+class _KeepsUnlabelled(_StageConfig):
+    """What prune and QAT take besides the labelled data: unlabelled images (the target domain)
+    that join the training data under the input model's own predictions."""
+
+    unlabelled: str | None = Field(
+        None,
+        description="folder of images with no labels used (e.g. the target domain): they join the "
+        "training data labelled with the input model's own predictions, so fine-tuning while "
+        "compressing keeps what the model does there",
+    )
+    max_unlabelled_images: int | None = Field(None, ge=1, description="seeded random cap on the unlabelled images")
+
+
+class PruneConfig(_KeepsUnlabelled):
     """tfmot magnitude pruning while fine-tuning, then ``strip_pruning``."""
 
     sparsity: float | None = Field(
@@ -145,7 +158,7 @@ class PruneConfig(_StageConfig):
         return 0.5 if self.structure == "2:4" else float(self.sparsity)
 
 
-class QuantizeConfig(_StageConfig):
+class QuantizeConfig(_KeepsUnlabelled):
     """QAT (tfmot fake-quant fine-tuning, int8) or PTQ settings (int8 | fp16 | dynamic) for export."""
 
     mode: Literal["qat", "ptq"] = "qat"
@@ -174,6 +187,8 @@ class QuantizeConfig(_StageConfig):
     def _qat_is_int8(self):
         if self.mode == "qat" and self.type != "int8":
             raise ValueError(f"QAT trains for int8; --type {self.type} is a PTQ setting (use --mode ptq)")
+        if self.mode == "ptq" and self.unlabelled:
+            raise ValueError("unlabelled images are trained on by QAT; PTQ trains nothing: drop them or use --mode qat")
         return self
 
 

@@ -279,14 +279,11 @@ def _unlabelled_samples(config: DistillConfig, label_names, log) -> list:
     if not config.unlabelled:
         return []
     from edgexfer.data import Sample
-    from edgexfer.data.class_map import scan_unlabelled
 
-    images = scan_unlabelled(config.unlabelled, label_names, {}, strict=config.strict)
-    paths = images.paths
-    if config.max_unlabelled_images and len(paths) > config.max_unlabelled_images:
-        chosen = np.random.default_rng(config.seed).choice(len(paths), config.max_unlabelled_images, replace=False)
-        paths = [paths[i] for i in sorted(chosen)]
-    if images.had_labels:
+    paths, had_labels = stage_io.unlabelled_paths(
+        config.unlabelled, label_names, config.max_unlabelled_images, config.seed, strict=config.strict
+    )
+    if had_labels:
         log(
             f"unlabelled {config.unlabelled}: its class folders are ignored; the student learns these "
             f"{len(paths)} images from the teacher's soft targets only"

@@ -170,6 +170,8 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = stage_io.stage_inputs(
         model_dir, data_dir, out, config
     )
+    added, unlabelled = stage_io.labelled_by_model(source, config, log)
+    train = train + added
 
     tf, keras = import_tf()
     import tensorflow_model_optimization as tfmot
@@ -297,6 +299,7 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
             "schedule": schedule_info,
             "history": history_dict,
             "splits": {"train": len(train), "val": len(val), eval_split: len(y_eval)},
+            **({"unlabelled": unlabelled} if unlabelled else {}),
             "distributed": {
                 **distributed.describe(cluster, shard_info, user_config.batch_size),
                 "allreduce_bytes_per_step": allreduce,

@@ -67,6 +67,8 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
     source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = stage_io.stage_inputs(
         model_dir, data_dir, out, config
     )
+    added, unlabelled = stage_io.labelled_by_model(source, config, log)  # QAT only (the config refuses PTQ)
+    train = train + added
     calibration_samples = (
         stage_io.pick_calibration(dataset.split("train"), config.calibration_images, config.seed)
         if config.mode == "qat" or config.type == "int8"
@@ -249,6 +251,7 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
                 zero_channels_given_a_range=fixed_ranges,
                 history=history,
                 pqat=pqat,
+                **({"unlabelled": unlabelled} if unlabelled else {}),
                 distributed={
                     **distributed.describe(cluster, shard_info, user_config.batch_size),
                     "allreduce_bytes_per_step": allreduce,

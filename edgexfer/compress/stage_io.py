@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from edgexfer.artifact import Artifact, Preprocessing, refuse_input_as_out
+from edgexfer.compress import measure
 from edgexfer.data.subset import limit_samples
 from edgexfer.errors import ArtifactError, DataError
 from edgexfer.evaluate.splits import run_split
@@ -108,6 +110,58 @@ def pick_calibration(samples: Sequence, count: int, seed: int) -> list:
             "asked for %d calibration images, the training split has %d; using all of them", count, len(samples)
         )
     return limit_samples(samples, count, seed)
+
+
+def unlabelled_paths(folder, label_names, max_images: int | None, seed: int, *, strict: bool) -> tuple[list, bool]:
+    """The image paths of an unlabelled folder (a seeded random ``max_images`` of them, in folder
+    order) and whether it had class folders (their names are checked, never used as labels)."""
+    from edgexfer.data.class_map import scan_unlabelled
+
+    images = scan_unlabelled(folder, label_names, {}, strict=strict)
+    paths = images.paths
+    if max_images and len(paths) > max_images:
+        chosen = np.random.default_rng(seed).choice(len(paths), max_images, replace=False)
+        paths = [paths[i] for i in sorted(chosen)]
+    return paths, images.had_labels
+
+
+# Images predicted per chunk when labelling unlabelled images (bounded memory on large folders).
+_LABEL_CHUNK = 1024
+
+
+def labelled_by_model(source: Artifact, config, log) -> tuple[list, dict]:
+    """``config.unlabelled``'s images as training samples labelled with the input model's own
+    predictions, and what was done (count, predicted images per class). Fine-tuning while
+    pruning or QAT on the labelled source data alone drifts away from the domain these images
+    come from; with them the compressed model keeps what its input model does there
+    (self-training; no label of theirs is read)."""
+    if not config.unlabelled:
+        return [], {}
+    from edgexfer.data import Sample
+    from edgexfer.keras_io import load_keras_model
+
+    names = source.manifest.label_names
+    paths, had_labels = unlabelled_paths(
+        config.unlabelled, names, config.max_unlabelled_images, config.seed, strict=config.strict
+    )
+    model = load_keras_model(source.model_path)
+    preprocessing = source.manifest.preprocessing
+    predicted = []
+    for start in range(0, len(paths), _LABEL_CHUNK):
+        chunk = [Sample(Path(p), -1) for p in paths[start : start + _LABEL_CHUNK]]
+        predicted.append(measure.keras_probs(model, load_uint8(chunk, preprocessing)[0], preprocessing).argmax(1))
+    labels = np.concatenate(predicted) if predicted else np.zeros(0, int)
+    counts = np.bincount(labels, minlength=len(names))
+    log(
+        f"unlabelled {config.unlabelled}: {len(paths)} images join the training data labelled with the input "
+        f"model's predictions{' (their class folders are ignored)' if had_labels else ''}"
+    )
+    info = {
+        "path": str(config.unlabelled),
+        "images": len(paths),
+        "predicted_per_class": {name: int(count) for name, count in zip(names, counts)},
+    }
+    return [Sample(Path(p), int(k)) for p, k in zip(paths, labels)], info
 
 
 def load_uint8(samples: Sequence, preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray]:

@@ -86,23 +86,29 @@ def _fuse(refs, options, out, ctx):
     return fuse(source, refs["finetuned"], out, progress=ctx.progress, log=ctx.log, **extra, **options)
 
 
+def _with_unlabelled(refs, options) -> dict:
+    """The ``unlabelled`` reference (a dataset) as the path the compression configs take."""
+    return {**options, "unlabelled": str(refs["unlabelled"])} if refs.get("unlabelled") else options
+
+
 def _distill(refs, options, out, ctx):
     from edgexfer.compress import api as compress
 
-    if refs.get("unlabelled"):
-        options = {**options, "unlabelled": str(refs["unlabelled"])}
+    options = _with_unlabelled(refs, options)
     return compress.distill(refs["teacher"], refs["data"], out, progress=ctx.progress, log=ctx.log, **options)
 
 
 def _prune(refs, options, out, ctx):
     from edgexfer.compress import api as compress
 
+    options = _with_unlabelled(refs, options)
     return compress.prune(refs["parent"], refs["data"], out, progress=ctx.progress, log=ctx.log, **options)
 
 
 def _quantize(refs, options, out, ctx):
     from edgexfer.compress import api as compress
 
+    options = _with_unlabelled(refs, options)
     return compress.quantize(refs["parent"], refs["data"], out, progress=ctx.progress, log=ctx.log, **options)
 
 
@@ -160,7 +166,7 @@ def _check_evaluate_split(config, refs: dict) -> None:
 
 
 # The data keys whose labels a stage trains on (or selects on); the others (adapt's target,
-# distill's unlabelled, export's calibration_data) read images only.
+# distill's, prune's and quantize's unlabelled, export's calibration_data) read images only.
 LABELLED_DATA_KEYS = {
     "finetune": ("data",),
     "adapt": ("source",),
@@ -218,7 +224,7 @@ STAGE_TYPES: dict[str, StageType] = {
             _prune,
             "edgexfer.compress.config.PruneConfig",
             stage_keys=("parent",),
-            data_keys=("data",),
+            data_keys=("data", "unlabelled"),
             required=("parent", "data"),
             summary="magnitude pruning while fine-tuning",
         ),
@@ -227,7 +233,7 @@ STAGE_TYPES: dict[str, StageType] = {
             _quantize,
             "edgexfer.compress.config.QuantizeConfig",
             stage_keys=("parent",),
-            data_keys=("data",),
+            data_keys=("data", "unlabelled"),
             required=("parent", "data"),
             summary="QAT or PTQ settings",
         ),

@@ -349,3 +349,32 @@ def test_all_zero_output_channels_keep_a_weight_range_so_int8_matches_keras(teac
         interpreter.invoke()
         preds.append(interpreter.get_tensor(out["index"])[0].argmax())
     assert (np.array(preds) == keras_pred).mean() >= 0.9
+
+
+def test_prune_and_qat_train_on_unlabelled_images_under_the_input_model_s_predictions(teacher, tmp_path):
+    """The unlabelled images join the training data with the input model's predicted classes as
+    labels (never their folders'); both stages record how many and how they were labelled."""
+    from edgexfer.compress import measure, stage_io
+    from edgexfer.compress.config import PruneConfig
+    from kit import make_color_folder
+
+    artifact, data = teacher
+    target = make_color_folder(tmp_path / "target", per_class=8, size=20, seed=5, shift=(40, -30, 20), labelled=False)
+    config = PruneConfig.build(sparsity=0.5, unlabelled=str(target), max_unlabelled_images=15, seed=2)
+    samples, info = stage_io.labelled_by_model(artifact, config, log=lambda *_: None)
+    assert len(samples) == info["images"] == 15 and sum(info["predicted_per_class"].values()) == 15
+    images, _ = stage_io.load_uint8(samples, artifact.manifest.preprocessing)
+    model = load_keras_model(artifact.model_path)
+    predicted = measure.keras_probs(model, images, artifact.manifest.preprocessing).argmax(1)
+    assert [s.label for s in samples] == predicted.tolist()
+
+    fast = dict(PRUNE, epochs=1)
+    plain = capi.prune(artifact.path, data, tmp_path / "plain", sparsity=0.5, measure_tflite=False, **fast)
+    pruned = capi.prune(
+        artifact.path, data, tmp_path / "p", sparsity=0.5, measure_tflite=False, unlabelled=str(target), **fast
+    )
+    assert pruned.metrics["unlabelled"]["images"] == 24
+    assert pruned.metrics["splits"]["train"] == plain.metrics["splits"]["train"] + 24
+    qat = capi.quantize(pruned.path, data, tmp_path / "q", unlabelled=str(target), **{**QAT, "compare_ptq": False})
+    assert qat.metrics["unlabelled"]["images"] == 24
+    assert qat.manifest.config["unlabelled"] == str(target)

@@ -195,3 +195,23 @@ def test_prune_and_quantize_take_every_augmentation_flag(capsys, monkeypatch, tm
     assert (augment.brightness, augment.contrast) == (0.2, 0.3)
     bad = call_cli(capsys, command, tmp_path, tmp_path, "--out", tmp_path / "o", *required, "--scale", "2")
     assert bad.code == 2 and "scale" in the_error(bad.err) and "Traceback" not in bad.err
+
+
+@pytest.mark.parametrize("command", ["prune", "quantize"])
+def test_prune_and_quantize_take_unlabelled_images(capsys, monkeypatch, tmp_path, command):
+    """--unlabelled and its cap reach the config; PTQ, which trains nothing, refuses them in one line."""
+    seen = {}
+
+    def fake_stage(model, data, out, **kwargs):
+        seen.update(kwargs)
+        return None  # as a non-chief worker returns: nothing to render
+
+    monkeypatch.setattr(edgexfer.api, command, fake_stage)
+    required = ["--sparsity", "0.5"] if command == "prune" else []
+    flags = [*required, "--unlabelled", tmp_path / "target", "--max-unlabelled-images", "50"]
+    result = call_cli(capsys, command, tmp_path, tmp_path, "--out", tmp_path / "o", *flags)
+    assert result.code == 0, result.err
+    assert (seen["config"].unlabelled, seen["config"].max_unlabelled_images) == (str(tmp_path / "target"), 50)
+    if command == "quantize":
+        bad = call_cli(capsys, command, tmp_path, tmp_path, "--out", tmp_path / "o", "--mode", "ptq", *flags)
+        assert bad.code == 2 and "PTQ trains nothing" in the_error(bad.err) and "Traceback" not in bad.err

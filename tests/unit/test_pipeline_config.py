@@ -166,6 +166,30 @@ stages:
 """
 
 
+def test_prune_and_quantize_take_the_target_as_unlabelled_images(tmp_path):
+    """Their ``unlabelled`` names a dataset whose images (not labels) they read: the student's
+    scores on the target stay on all of it."""
+    (tmp_path / "DATA2").mkdir()
+    text = CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2")).replace(
+        "  source_only:",
+        "  prune:\n    parent: distill\n    data: source\n    sparsity: 0.5\n    unlabelled: target\n"
+        "  quantize:\n    parent: prune\n    data: source\n    unlabelled: target\n  source_only:",
+    )
+    pipeline = load_pipeline(write(tmp_path, text))
+    for name in ("prune", "quantize"):
+        assert pipeline.stage(name).refs["unlabelled"] == {"data": "target"}
+    assert pipeline.stage("student").options["split"] == {"source": "test", "target": "all"}
+    with pytest.raises(ConfigError, match="PTQ trains nothing"):
+        load_pipeline(
+            write(
+                tmp_path,
+                text.replace(
+                    "    unlabelled: target\n  source_only:", "    unlabelled: target\n    mode: ptq\n  source_only:"
+                ),
+            )
+        )
+
+
 def test_evaluate_stages_score_trained_on_domains_on_their_held_out_test_split(tmp_path):
     (tmp_path / "DATA2").mkdir()
     pipeline = load_pipeline(write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))))
