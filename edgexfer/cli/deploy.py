@@ -98,6 +98,12 @@ def register(app: typer.Typer) -> None:
             help="tflite input/output type: uint8 (default for int8: what MediaPipe Tasks "
             "and the Task Library accept; raw pixels in), int8, or float32.",
         ),
+        gray_input: bool = typer.Option(
+            False,
+            "--gray-input",
+            help="The device's images are grayscale (X-rays, digits, scans): average the first convolution's "
+            "colour channels, exact on gray images, so int8 cannot break filters whose colours cancel.",
+        ),
     ) -> None:
         """Export a Keras artifact to TFLite / ONNX / SavedModel, labels and preprocessing embedded."""
         from edgexfer import api
@@ -114,6 +120,7 @@ def register(app: typer.Typer) -> None:
             opset=opset,
             log=_log,
             io_type=io_type,
+            gray_input=gray_input,
         )
         _render_export(ExportResult.of(exported))
         if bundle is not None:

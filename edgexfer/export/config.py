@@ -24,6 +24,11 @@ class ExportConfig(FrozenConfig):
     calibration_images: int = Field(DEFAULT_MAX_CALIBRATION_IMAGES, description="int8: at most this many images")
     opset: int = Field(15, description="ONNX opset")
     io_type: str | None = Field(None, description="tflite input/output type: uint8 | int8 | float32")
+    gray_input: bool = Field(
+        False,
+        description="the device's images are grayscale: average the first convolution's colour channels "
+        "(exact on gray images; int8 then cannot break filters whose colours cancel)",
+    )
 
     @model_validator(mode="after")
     def _format_allows(self):

@@ -20,6 +20,7 @@ from edgexfer.artifact import Artifact, Manifest, Preprocessing, refuse_input_as
 from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.export._onnx import OPSET_RANGE
 from edgexfer.export.formats import FORMATS, check_format_quant
+from edgexfer.export.gray import fold_first_conv_for_gray
 from edgexfer.keras_io import load_keras_model
 from edgexfer.runtime.images import list_image_files, load_images, normalize
 from edgexfer.runtime.metadata import EmbeddedInfo
@@ -115,6 +116,7 @@ def export_artifact(
     is_qat: bool | None = None,
     calibration_source: str | None = None,
     io_type: str | None = None,
+    gray_input: bool = False,
 ) -> Artifact:
     """The export stage: read the Keras artifact at ``artifact_path``, write an export artifact
     at ``out`` (``model.tflite`` / ``model.onnx`` / ``saved_model``) and return it.
@@ -123,7 +125,8 @@ def export_artifact(
     artifact's preprocessing), already preprocessed float32 images, an image folder, or a list
     of image files; at most ``max_calibration_images`` are used. ``is_qat`` defaults to what
     the manifest and the model say. ``calibration_source`` (a description of where the
-    calibration images came from) is recorded in the manifest's config.
+    calibration images came from) is recorded in the manifest's config. ``gray_input`` folds the
+    first convolution's colour channels first (``export.gray``: exact on grayscale images).
     """
     check_io_type_for(check_format_quant(fmt, quant), io_type)  # fail before loading anything
     source = Artifact(artifact_path)
@@ -142,6 +145,7 @@ def export_artifact(
 
     keras_model = load_keras_model(source.model_path)
     qat = is_qat if is_qat is not None else _manifest_says_qat(manifest) or has_quantize_layers(keras_model)
+    folded = fold_first_conv_for_gray(keras_model, manifest.preprocessing) if gray_input else None
 
     with writing_artifact(out) as writer:
         info = export_model(
@@ -169,6 +173,8 @@ def export_artifact(
             config["opset"] = opset
         if "io_type" in quantization:
             config["io_type"] = quantization["io_type"]
+        if folded:
+            config["gray_input"] = True
         source_size = _sizes(model_path, with_gzip=False)[0]
         exported = source.child_manifest(
             "export",
@@ -187,6 +193,8 @@ def export_artifact(
             "conversion_seconds": info["conversion_seconds"],
             "macs": exported_macs(writer.tmp / info["model_file"], keras_model),
         }
+        if folded:
+            metrics["gray_input"] = folded
         for key in ("fp32_tensor_count", "fp32_weight_count"):
             if key in quantization:
                 metrics[key] = quantization[key]

@@ -48,6 +48,7 @@ def export_stage(
     opset: int = 15,
     log: Callable[[str], None] | None = None,
     io_type: str | None = None,
+    gray_input: bool = False,
 ) -> Artifact:
     """Export the Keras artifact ``artifact`` to ``fmt`` (a ``FORMATS`` row) at ``out``.
 
@@ -56,6 +57,7 @@ def export_stage(
     ``calibration_data``, the artifact's stored calibration set or its dataset (see the
     module docstring); at most ``calibration_images`` are used. ``io_type``: tflite's
     input/output type (uint8 | int8 | float32; default uint8 for int8, else float32).
+    ``gray_input``: fold the first convolution's colour channels (``export.gray``).
     """
     log = log or (lambda _message: None)
     ExportConfig.build(
@@ -65,6 +67,7 @@ def export_stage(
         calibration_images=calibration_images,
         opset=opset,
         io_type=io_type,
+        gray_input=gray_input,
     )
     source = Artifact(artifact)
     model_path = source.model_path  # "has no model file" before anything is loaded
@@ -89,6 +92,11 @@ def export_stage(
             log("int8 from a quantization-aware model: ranges come from its fake-quant layers")
     elif calibration_data is not None:
         log(f"--calibration-data is only used by --quant int8; ignored for --quant {quant}")
+    if gray_input:
+        log(
+            "--gray-input: the first convolution's colour channels are averaged (exact on grayscale images; "
+            "a colour image is read as its channel mean)"
+        )
     return export_artifact(
         source.path,
         out,
@@ -99,6 +107,7 @@ def export_stage(
         max_calibration_images=calibration_images,
         calibration_source=description,
         io_type=io_type,
+        gray_input=gray_input,
     )
 
 

@@ -79,3 +79,6 @@ def test_export_renders_its_typed_result(capsys, monkeypatch, tmp_path):
     assert "warning: 2 float tensors remain" in shown.out
     assert "MACs per image" in shown.out and "2.43 M (2,430,000 multiply-accumulates)" in shown.out
     assert seen["calibration_data"] is None and seen["io_type"] is None
+    assert seen["gray_input"] is False
+    folded = call_cli(capsys, "export", "A", "--format", "tflite", "--out", tmp_path / "export", "--gray-input")
+    assert folded.code == 0 and seen["gray_input"] is True
