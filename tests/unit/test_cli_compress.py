@@ -176,17 +176,23 @@ def test_finetune_takes_the_size_and_resolution_augmentation_flags(capsys, monke
     assert bad.code == 2 and "low_res" in the_error(bad.err) and "Traceback" not in bad.err
 
 
-@pytest.mark.parametrize("command", ["prune", "quantize"])
-def test_prune_and_quantize_take_every_augmentation_flag(capsys, monkeypatch, tmp_path, command):
-    """The student's road keeps the distillation's augmentation: the same six flags reach the config."""
-    seen = {}
+def _capture_stage_config(monkeypatch, command: str) -> tuple[dict, list[str]]:
+    """Replace ``api.<command>`` by a stand-in that keeps its keyword arguments (the config);
+    also the flags the command cannot go without."""
+    seen: dict = {}
 
     def fake_stage(model, data, out, **kwargs):
         seen.update(kwargs)
         return None  # as a non-chief worker returns: nothing to render
 
     monkeypatch.setattr(edgexfer.api, command, fake_stage)
-    required = ["--sparsity", "0.5"] if command == "prune" else []
+    return seen, (["--sparsity", "0.5"] if command == "prune" else [])
+
+
+@pytest.mark.parametrize("command", ["prune", "quantize"])
+def test_prune_and_quantize_take_every_augmentation_flag(capsys, monkeypatch, tmp_path, command):
+    """The student's road keeps the distillation's augmentation: the same six flags reach the config."""
+    seen, required = _capture_stage_config(monkeypatch, command)
     flags = [*required, "--scale", "0.5", "--low-res", "0.125", "--flip", "--crop-zoom", "0.1", "--brightness", "0.2"]
     result = call_cli(capsys, command, tmp_path, tmp_path, "--out", tmp_path / "o", *flags, "--contrast", "0.3")
     assert result.code == 0, result.err
@@ -200,14 +206,7 @@ def test_prune_and_quantize_take_every_augmentation_flag(capsys, monkeypatch, tm
 @pytest.mark.parametrize("command", ["prune", "quantize"])
 def test_prune_and_quantize_take_unlabelled_images(capsys, monkeypatch, tmp_path, command):
     """--unlabelled and its cap reach the config; PTQ, which trains nothing, refuses them in one line."""
-    seen = {}
-
-    def fake_stage(model, data, out, **kwargs):
-        seen.update(kwargs)
-        return None  # as a non-chief worker returns: nothing to render
-
-    monkeypatch.setattr(edgexfer.api, command, fake_stage)
-    required = ["--sparsity", "0.5"] if command == "prune" else []
+    seen, required = _capture_stage_config(monkeypatch, command)
     flags = [*required, "--unlabelled", tmp_path / "target", "--max-unlabelled-images", "50"]
     result = call_cli(capsys, command, tmp_path, tmp_path, "--out", tmp_path / "o", *flags)
     assert result.code == 0, result.err
