@@ -145,6 +145,11 @@ def export_artifact(
 
     keras_model = load_keras_model(source.model_path)
     qat = is_qat if is_qat is not None else _manifest_says_qat(manifest) or has_quantize_layers(keras_model)
+    if gray_input and qat:
+        raise ConfigError(
+            "--gray-input folds a float model's weights; a quantization-aware (QAT) model's int8 ranges were "
+            "trained on the unfolded ones: export it without --gray-input"
+        )
     folded = fold_first_conv_for_gray(keras_model, manifest.preprocessing) if gray_input else None
 
     with writing_artifact(out) as writer:

@@ -20,9 +20,9 @@ from edgexfer.errors import ConfigError
 
 
 def fold_first_conv_for_gray(keras_model, preprocessing: Preprocessing) -> dict[str, Any]:
-    """Average the colour channels of the convolution that reads the model's input, in place;
+    """Average the colour channels of the convolution that reads a float model's input, in place;
     ``ConfigError`` when the fold would not be exact (per-channel normalisation, no such
-    convolution, a quantization-aware model). Returns what was folded."""
+    convolution). Returns what was folded."""
     from edgexfer.tf_env import import_tf
 
     _, keras = import_tf()
@@ -50,14 +50,6 @@ def fold_first_conv_for_gray(keras_model, preprocessing: Preprocessing) -> dict[
 
 
 def _input_convolution(keras_model, keras):
-    if any(
-        type(layer).__name__ in ("QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV2")
-        for layer in keras_model.layers
-    ):
-        raise ConfigError(
-            "--gray-input folds a float model's weights; a quantization-aware (QAT) model's int8 ranges were "
-            "trained on the unfolded ones: export it without --gray-input"
-        )
     model_input = keras_model.inputs[0]
     readers = [
         layer

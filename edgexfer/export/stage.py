@@ -72,6 +72,8 @@ def export_stage(
     source = Artifact(artifact)
     model_path = source.model_path  # "has no model file" before anything is loaded
     if fmt == "tflite-micro" and model_path.suffix == ".tflite":  # the same bytes as C; no TensorFlow
+        if gray_input:
+            raise ConfigError("--gray-input folds a Keras model's weights; this artifact is already a .tflite file")
         from edgexfer.export.tflite_micro import export_tflite_artifact
 
         return export_tflite_artifact(source, out)

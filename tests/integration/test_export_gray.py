@@ -103,3 +103,7 @@ def test_gray_input_refuses_what_it_cannot_fold_exactly(keras, tmp_path):
     dense_first = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten(name="flat")(inputs)))
     with pytest.raises(ConfigError, match=r"goes to flat \(Flatten\): drop --gray-input"):
         fold_first_conv_for_gray(dense_first, PRE)
+    source = write_artifact(tmp_path / "model", opponent_stem_model(keras))
+    with pytest.raises(ConfigError, match="quantization-aware"):
+        export_artifact(source, tmp_path / "out", "tflite", "int8", is_qat=True, gray_input=True)
+    assert not (tmp_path / "out").exists()
