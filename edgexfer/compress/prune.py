@@ -170,20 +170,14 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
     source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = stage_io.stage_inputs(
         model_dir, data_dir, out, config
     )
-    added, unlabelled = stage_io.labelled_by_model(source, config, log)
-    train = train + added
 
     tf, keras = import_tf()
     import tensorflow_model_optimization as tfmot
 
     train_common.seed_everything(config.seed, config.deterministic)
-    strategy = train_common.make_strategy(config.strategy)
+    strategy = train_common.make_strategy(config.strategy)  # before any other TensorFlow op (multi-worker)
     user_config, cluster = config, distributed.cluster_of(config.strategy, strategy)
     config = distributed.worker_config(config, cluster)
-    train, shard_info = distributed.worker_shard(
-        train, cluster, config.seed, batch_size=config.batch_size, global_batch_size=user_config.batch_size, log=log
-    )
-    checkpoint = stage_checkpoint("prune", out, user_config, source, data_dir, dataset, cluster, strategy, log)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = load_keras_model(source.model_path)
@@ -192,6 +186,16 @@ def prune(model_dir, data_dir, out, config: PruneConfig, *, progress: bool = Tru
             f"MODEL {str(source.path)!r} is quantization-aware (QAT); prune the float model "
             "first, then quantize the pruned one (pruning-preserving QAT keeps the sparsity)"
         )
+    added, unlabelled = stage_io.labelled_by_model(source, model, user_config, log)
+    train, shard_info = distributed.worker_shard(
+        train + added,
+        cluster,
+        config.seed,
+        batch_size=config.batch_size,
+        global_batch_size=user_config.batch_size,
+        log=log,
+    )
+    checkpoint = stage_checkpoint("prune", out, user_config, source, data_dir, dataset, cluster, strategy, log)
     stage_io.make_trainable(model)
     plan = plan_pruning(model, config.structure)
     if not plan.pruned:

@@ -67,8 +67,6 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
     source, manifest, preprocessing, dataset, split, train, val, eval_split, eval_samples = stage_io.stage_inputs(
         model_dir, data_dir, out, config
     )
-    added, unlabelled = stage_io.labelled_by_model(source, config, log)  # QAT only (the config refuses PTQ)
-    train = train + added
     calibration_samples = (
         stage_io.pick_calibration(dataset.split("train"), config.calibration_images, config.seed)
         if config.mode == "qat" or config.type == "int8"
@@ -85,10 +83,6 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
             f"{config.strategy} (QAT, --mode qat, can be distributed)"
         )
     config = distributed.worker_config(config, cluster)
-    train, shard_info = distributed.worker_shard(
-        train, cluster, config.seed, batch_size=config.batch_size, global_batch_size=user_config.batch_size, log=log
-    )
-    checkpoint = stage_checkpoint("quantize", out, user_config, source, data_dir, dataset, cluster, strategy, log)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = load_keras_model(source.model_path)
@@ -97,6 +91,16 @@ def quantize(model_dir, data_dir, out, config: QuantizeConfig, *, progress: bool
             f"MODEL {str(source.path)!r} is already quantization-aware (QAT); export it "
             "directly: edgexfer export MODEL --format tflite --quant int8"
         )
+    added, unlabelled = stage_io.labelled_by_model(source, model, user_config, log)  # QAT only (PTQ refuses it)
+    train, shard_info = distributed.worker_shard(
+        train + added,
+        cluster,
+        config.seed,
+        batch_size=config.batch_size,
+        global_batch_size=user_config.batch_size,
+        log=log,
+    )
+    checkpoint = stage_checkpoint("quantize", out, user_config, source, data_dir, dataset, cluster, strategy, log)
 
     x_eval, y_eval = stage_io.load_uint8(eval_samples, preprocessing)
     calibration_uint8 = stage_io.load_uint8(calibration_samples, preprocessing)[0] if calibration_samples else None

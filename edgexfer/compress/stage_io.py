@@ -129,22 +129,20 @@ def unlabelled_paths(folder, label_names, max_images: int | None, seed: int, *, 
 _LABEL_CHUNK = 1024
 
 
-def labelled_by_model(source: Artifact, config, log) -> tuple[list, dict]:
-    """``config.unlabelled``'s images as training samples labelled with the input model's own
-    predictions, and what was done (count, predicted images per class). Fine-tuning while
+def labelled_by_model(source: Artifact, model, config, log) -> tuple[list, dict]:
+    """``config.unlabelled``'s images as training samples labelled with ``model``'s (the input
+    artifact's) predictions, and what was done (count, predicted images per class). Fine-tuning while
     pruning or QAT on the labelled source data alone drifts away from the domain these images
     come from; with them the compressed model keeps what its input model does there
     (self-training; no label of theirs is read)."""
     if not config.unlabelled:
         return [], {}
     from edgexfer.data import Sample
-    from edgexfer.keras_io import load_keras_model
 
     names = source.manifest.label_names
     paths, had_labels = unlabelled_paths(
         config.unlabelled, names, config.max_unlabelled_images, config.seed, strict=config.strict
     )
-    model = load_keras_model(source.model_path)
     preprocessing = source.manifest.preprocessing
     predicted = []
     for start in range(0, len(paths), _LABEL_CHUNK):

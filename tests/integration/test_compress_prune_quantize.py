@@ -361,10 +361,10 @@ def test_prune_and_qat_train_on_unlabelled_images_under_the_input_model_s_predic
     artifact, data = teacher
     target = make_color_folder(tmp_path / "target", per_class=8, size=20, seed=5, shift=(40, -30, 20), labelled=False)
     config = PruneConfig.build(sparsity=0.5, unlabelled=str(target), max_unlabelled_images=15, seed=2)
-    samples, info = stage_io.labelled_by_model(artifact, config, log=lambda *_: None)
+    model = load_keras_model(artifact.model_path)
+    samples, info = stage_io.labelled_by_model(artifact, model, config, log=lambda *_: None)
     assert len(samples) == info["images"] == 15 and sum(info["predicted_per_class"].values()) == 15
     images, _ = stage_io.load_uint8(samples, artifact.manifest.preprocessing)
-    model = load_keras_model(artifact.model_path)
     predicted = measure.keras_probs(model, images, artifact.manifest.preprocessing).argmax(1)
     assert [s.label for s in samples] == predicted.tolist()
 
