@@ -74,6 +74,9 @@ def distill(
     unlabelled: Optional[Path] = typer.Option(None, help=_help(DistillConfig, "unlabelled")),
     max_unlabelled_images: Optional[int] = typer.Option(None, help=_help(DistillConfig, "max_unlabelled_images")),
     teacher_view: Optional[str] = typer.Option(None, help=_help(DistillConfig, "teacher_view")),
+    correct_teacher: Optional[bool] = typer.Option(
+        None, "--correct-teacher/--no-correct-teacher", help=_help(DistillConfig, "correct_teacher")
+    ),
     epochs: Optional[int] = typer.Option(None, help=_help(DistillConfig, "epochs")),
     batch_size: Optional[int] = typer.Option(None, help=_help(DistillConfig, "batch_size")),
     learning_rate: Optional[float] = typer.Option(None, help=_help(DistillConfig, "learning_rate")),
@@ -113,6 +116,7 @@ def distill(
             unlabelled=str(unlabelled) if unlabelled else None,
             max_unlabelled_images=max_unlabelled_images,
             teacher_view=teacher_view,
+            correct_teacher=correct_teacher,
             learning_rate=learning_rate,
             warmup_fraction=warmup_fraction,
             early_stopping_patience=early_stopping,

@@ -78,6 +78,12 @@ class DistillConfig(_StageConfig):
         "'clean' uses its logits of the un-augmented image, computed once, while the student sees the "
         "augmented view (faster: the teacher does not run every step)",
     )
+    correct_teacher: bool = Field(
+        False,
+        description="on each labelled image the teacher gets wrong, swap its logits of the predicted and "
+        "the true class (Knowledge Adjustment, Wen et al. 2021), so the soft target agrees with the label: "
+        "for a teacher adapted away from the labelled domain",
+    )
     baseline: bool = Field(False, description="also train the same student without distillation")
     unlabelled: str | None = Field(
         None,

@@ -242,7 +242,16 @@ def _train_student(
         head = build_head_layers(num_classes, config.head.dropout, config.head.hidden_units)
         student = build_classifier(backbone, head, name=f"{spec_name}_student")
         model = distiller(
-            student, head, teacher, config.temperature, alpha, online, feature_weight, teacher_width, config.seed
+            student,
+            head,
+            teacher,
+            config.temperature,
+            alpha,
+            online,
+            feature_weight,
+            teacher_width,
+            config.seed,
+            correct_teacher=config.correct_teacher,
         )
         total = steps * config.epochs
         model.compile(
@@ -339,6 +348,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
         train_ds = _online_dataset(train, student_pre, teacher_pre, config)
         logits_note = "online (augmentation on: the teacher sees each augmented image)"
         features_note = "online"
+        teacher_errors = None  # the teacher runs on each augmented view: no single prediction to count
     else:
         with train_common.timed(timings, "teacher_logits_seconds"), data_errors():
             images = make_dataset(train, teacher_pre, batch_size=256, cache=False, return_labels=False)
@@ -347,6 +357,8 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             else:
                 logits = logits_model.predict(images, verbose=0)
         train_ds = _cached_dataset(train, student_pre, (logits, features) if hinted else logits, config)
+        labels = np.array([sample.label for sample in train])
+        teacher_errors = int(((logits.argmax(1) != labels) & (labels >= 0)).sum())
         logits_note = f"cached ({len(logits)} × {logits.shape[1]}, computed once)"
         if config.augment.enabled:
             logits_note += " on the un-augmented images; the student sees augmented views"
@@ -354,6 +366,10 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             features_note = f"cached ({features.shape[0]} × {features.shape[1]}, {features.dtype})"
             logits_note += f", features {features_note}"
             del features
+        logits_note += (
+            f"; it misses the label on {teacher_errors} of {int((labels >= 0).sum())} labelled images"
+            f"{' (their soft targets corrected)' if config.correct_teacher else ''}"
+        )
     val_ds = make_dataset(val, student_pre, batch_size=config.batch_size, cache=True)
     log(
         f"distilling {teacher_manifest.backbone} ({teacher_pre.input_size}px) into {spec.name} at {size}px "
@@ -463,6 +479,9 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             "temperature": config.temperature,
             "alpha": config.alpha,
             "feature_weight": config.feature_weight,
+            "correct_teacher": config.correct_teacher,
+            # labelled training images (this worker's share) whose cached teacher logits miss the label
+            "teacher_errors_on_labelled": teacher_errors,
             "history": history,
             "timings_seconds": timings,
             "splits": {"train": labelled_count, "val": len(val), eval_split: int(len(y_eval))},

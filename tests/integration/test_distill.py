@@ -276,3 +276,30 @@ def test_feature_hint_needs_a_head_dense_teacher():
     with pytest.raises(ConfigError, match="--feature-weight needs a teacher whose classifier is .*head_dense"):
         teacher_logits_model(other, with_features=True)
     assert teacher_logits_model(other)[1] == "log-probabilities"
+
+
+def test_correct_teacher_makes_the_soft_targets_agree_with_the_labels(teacher, tmp_path):
+    """Knowledge Adjustment: on data whose labels the teacher gets wrong (two classes' folders swapped),
+    the corrected soft targets teach the labels; uncorrected, a soft-target-heavy student learns the
+    teacher's mistakes."""
+    artifact, _ = teacher
+    swapped = make_color_folder(tmp_path / "swapped", per_class=30, size=20, names={"red": "green", "green": "red"})
+    options = {**STUDENT, "alpha": 0.9, "epochs": 6}
+    plain = capi.distill(artifact.path, swapped, tmp_path / "plain", **options)
+    corrected = capi.distill(artifact.path, swapped, tmp_path / "corrected", **options, correct_teacher=True)
+    labelled = corrected.metrics["splits"]["train"]
+    assert corrected.metrics["correct_teacher"] and not plain.metrics["correct_teacher"]
+    assert corrected.metrics["teacher_errors_on_labelled"] == plain.metrics["teacher_errors_on_labelled"]
+    assert corrected.metrics["teacher_errors_on_labelled"] >= 0.5 * labelled  # two of three classes swapped
+    assert corrected.metrics["teacher_accuracy"] <= 0.5  # the teacher is wrong on this data
+    assert corrected.metrics["student_accuracy"] >= 0.8
+    assert corrected.metrics["student_accuracy"] >= plain.metrics["student_accuracy"] + 0.3
+
+
+def test_knowledge_adjustment_swaps_the_predicted_and_true_logits_of_wrong_labelled_images():
+    from edgexfer.compress.distill_losses import knowledge_adjustment
+
+    logits = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0]], np.float32)
+    labels = np.array([1, 1, -1])  # wrong, right, unlabelled
+    adjusted = knowledge_adjustment(logits, labels).numpy()
+    np.testing.assert_array_equal(adjusted, [[1.0, 2.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0]])

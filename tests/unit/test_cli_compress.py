@@ -55,9 +55,12 @@ def test_distill_merges_config_file_and_flags_and_renders_its_result(capsys, cal
     config = tmp_path / "distill.yaml"
     config.write_text("student: cnn_small\nepochs: 3\naugment: {brightness: 0.1}\n")
     args = ["distill", "T", "D", "--out", tmp_path / "o", "--config", config, "--alpha", "0.5", "--flip", "--seed", "4"]
-    result = call_cli(capsys, *args, "--feature-weight", "0.5", "--scale", "0.3", "--low-res", "0.25")
+    result = call_cli(
+        capsys, *args, "--feature-weight", "0.5", "--scale", "0.3", "--low-res", "0.25", "--correct-teacher"
+    )
     assert result.code == 0, result.err
     built = calls["distill"][1]["config"]
+    assert built.correct_teacher
     assert (built.student, built.epochs, built.alpha, built.seed, built.feature_weight) == ("cnn_small", 3, 0.5, 4, 0.5)
     assert built.augment.flip and built.augment.brightness == 0.1  # a flag overrides one key of its group
     assert (built.augment.scale, built.augment.low_res) == (0.3, 0.25)
