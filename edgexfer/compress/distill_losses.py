@@ -7,8 +7,8 @@ Knowledge Adjustment (``correct_teacher``), after Wen, Lai & Qian (2021, "Prepar
 Improve Knowledge Distillation with Better Supervision", Neurocomputing): on a labelled image the
 teacher gets wrong, its logits of the predicted and of the true class are swapped, so the soft
 target agrees with the label and keeps the rest of the teacher's distribution. It matters when
-the teacher was adapted away from the labelled domain (after SHOT it can miss 10–15 % of the
-source images) and would teach the student those mistakes.
+the teacher was adapted away from the labelled domain (after SHOT the demo's teacher missed 4–15 %
+of the source images) and would teach the student those mistakes.
 
 Feature hint (``feature_weight`` β > 0), after FitNets (Romero et al., 2015, "FitNets: Hints
 for Thin Deep Nets", whose hint is an intermediate layer of the teacher that a regressor on

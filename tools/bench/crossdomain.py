@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--jobs", type=int, default=1, help="pairs run at once, one process each")
     args = parser.parse_args()
+    if "coral → shot" in args.methods and "coral" not in args.methods:
+        parser.error("the row 'coral → shot' adapts each seed's coral model: add 'coral' to --methods")
     started = time.perf_counter()
     setup = call_in_subprocess(
         __file__,
