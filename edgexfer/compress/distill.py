@@ -358,7 +358,8 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
                 logits = logits_model.predict(images, verbose=0)
         train_ds = _cached_dataset(train, student_pre, (logits, features) if hinted else logits, config)
         labels = np.array([sample.label for sample in train])
-        teacher_errors = int(((logits.argmax(1) != labels) & (labels >= 0)).sum())
+        labelled = labels >= 0  # unlabelled images carry -1
+        teacher_errors = int(((logits.argmax(1) != labels) & labelled).sum())
         logits_note = f"cached ({len(logits)} × {logits.shape[1]}, computed once)"
         if config.augment.enabled:
             logits_note += " on the un-augmented images; the student sees augmented views"
@@ -367,7 +368,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             logits_note += f", features {features_note}"
             del features
         logits_note += (
-            f"; it misses the label on {teacher_errors} of {int((labels >= 0).sum())} labelled images"
+            f"; it misses the label on {teacher_errors} of {int(labelled.sum())} labelled images"
             f"{' (their soft targets corrected)' if config.correct_teacher else ''}"
         )
     val_ds = make_dataset(val, student_pre, batch_size=config.batch_size, cache=True)

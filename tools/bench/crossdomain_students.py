@@ -62,7 +62,7 @@ def student_road(adapted: str, source: str, target: str, seed: int, work: Path) 
             "clean",
             "--seed",
             s,
-        ],  # fmt: skip
+        ],
         "p": ["prune", work / "d", source, "--sparsity", "0.5", *AUGMENT, "--unlabelled", target, "--seed", s],
         "q": ["quantize", work / "p", source, "--mode", "qat", *AUGMENT, "--unlabelled", target, "--seed", s],
         "x": ["export", work / "q", "--format", "tflite", "--quant", "int8"],
