@@ -53,7 +53,11 @@ def _before_after(title: str, rows: list[tuple[str, Any, Any]]) -> Table:
 
 def distill(
     teacher: Path = typer.Argument(..., help="The teacher: a finetune (or other Keras) artifact."),
-    data: Path = typer.Argument(..., help="Image folder with the teacher's classes."),
+    data: Optional[Path] = typer.Argument(
+        None,
+        help="Image folder with the teacher's classes. Leave it out to learn from --unlabelled images "
+        "alone, reading no label (e.g. after adapt --method shot).",
+    ),
     out: options.Out = ...,
     student: Optional[str] = typer.Option(
         None, help="Student backbone, e.g. cnn_small, mobilenet_v2, efficientnet_lite0 (see `edgexfer backbones`)."
@@ -140,10 +144,13 @@ def distill(
 
 
 def render_distill(result: DistillResult) -> None:
+    # No DATA: no label was read, so there is no accuracy to show (agreement with the teacher below).
+    accuracy = [(f"{result.eval_split} accuracy", result.accuracy.before, result.accuracy.after)]
+    rows = accuracy if result.labels_read else []
     table = _before_after(
         f"distill: {result.teacher_backbone} → {result.student_backbone} ({result.path})",
         [
-            (f"{result.eval_split} accuracy", result.accuracy.before, result.accuracy.after),
+            *rows,
             ("parameters", result.params.before, result.params.after),
             ("model bytes (.h5)", result.h5_bytes.before, result.h5_bytes.after),
             ("input size (px)", result.input_size.before, result.input_size.after),
@@ -154,7 +161,11 @@ def render_distill(result: DistillResult) -> None:
     summary.add_column("", style="bold")
     summary.add_column("", justify="right")
     summary.add_row("params ratio (teacher / student)", f"{result.params_ratio:.1f}×")
-    summary.add_row("gap to teacher (points)", f"{100 * result.gap_to_teacher:.2f}")
+    if result.gap_to_teacher is not None:
+        summary.add_row("gap to teacher (points)", f"{100 * result.gap_to_teacher:.2f}")
+    if result.teacher_agreement is not None:
+        where = f"{result.eval_images} {result.eval_split} images" + ("" if result.labels_read else ", no label read")
+        summary.add_row(f"agreement with the teacher ({where})", f"{100 * result.teacher_agreement:.2f} %")
     if result.baseline_accuracy is not None:
         summary.add_row("same student without distillation", f"{result.baseline_accuracy:.4f}")
         summary.add_row("gain from distillation (points)", f"{100 * result.distillation_gain:+.2f}")

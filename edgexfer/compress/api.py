@@ -20,7 +20,7 @@ def _quiet(*_: Any) -> None:
 
 def distill(
     teacher: str | Path,
-    data: str | Path,
+    data: str | Path | None,
     out: str | Path,
     *,
     progress: bool = False,
@@ -29,7 +29,8 @@ def distill(
     **options: Any,
 ) -> Artifact:
     """Distill a fine-tuned teacher artifact into a student backbone (``options``: ``DistillConfig``
-    fields, e.g. ``student="cnn_small", temperature=4, alpha=0.7, baseline=True``)."""
+    fields, e.g. ``student="cnn_small", temperature=4, alpha=0.7, baseline=True``). ``data`` None:
+    on the ``unlabelled`` images alone, reading no label."""
     from edgexfer.compress.distill import distill as run
 
     return run(teacher, data, out, config or DistillConfig.build(**options), progress=progress, log=log or _quiet)

@@ -89,7 +89,7 @@ class DistillConfig(_StageConfig):
         None,
         description="folder of extra images with no labels used (e.g. the "
         "target domain): the student learns them from the "
-        "teacher's soft targets alone",
+        "teacher's soft targets alone; with no DATA, the only images (source-free)",
     )
     max_unlabelled_images: int | None = Field(None, ge=1, description="seeded random cap on the unlabelled images")
     epochs: int = Field(30, ge=1)

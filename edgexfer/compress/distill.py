@@ -18,6 +18,12 @@ then the cached logits of the un-augmented image are the target for every augmen
 loss is masked out): a source-domain student then also inherits the adapted teacher's
 target-domain behaviour.
 
+With no labelled folder at all (``data_dir`` None) the student learns from the ``unlabelled``
+images alone, reading no label: the source-free road after ``adapt --method shot``, where a
+small student trained on the teacher's answers under augmentation (``teacher_view="clean"``)
+regularises the adapted teacher's mistakes. Progress and the result are then measured as
+agreement with the teacher on a seeded share of those images, not as accuracy.
+
 ``feature_weight`` β > 0 adds a FitNets-style hint on the pooled embeddings
 (``edgexfer.compress.distill_losses``): the teacher's is its ``head_dense`` layer's input,
 cached with the logits or computed online alongside them.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -283,26 +290,90 @@ def _train_student(
     return student, history
 
 
-def _unlabelled_samples(config: DistillConfig, label_names, log) -> list:
-    """The ``unlabelled`` folder's images as samples with label -1 (labels there are ignored)."""
+def _unlabelled(config: DistillConfig, label_names, log):
+    """``(samples with label -1, UnlabelledImages)`` of the ``unlabelled`` folder; ``([], None)`` without one."""
     if not config.unlabelled:
-        return []
+        return [], None
     from edgexfer.data import Sample
 
-    paths, had_labels = stage_io.unlabelled_paths(
+    images = stage_io.unlabelled_images(
         config.unlabelled, label_names, config.max_unlabelled_images, config.seed, strict=config.strict
     )
-    if had_labels:
+    if images.had_labels:
         log(
             f"unlabelled {config.unlabelled}: its class folders are ignored; the student learns these "
-            f"{len(paths)} images from the teacher's soft targets only"
+            f"{len(images.paths)} images from the teacher's soft targets only"
         )
-    return [Sample(Path(p), -1) for p in paths]
+    return [Sample(Path(p), -1) for p in images.paths], images
+
+
+# Without DATA, the student's agreement with the teacher is measured (and its progress logged) on
+# a seeded share of the unlabelled images, labelled by the teacher: 10 %, at least 100, at most 2,000.
+_AGREEMENT_FRACTION, _AGREEMENT_MIN, _AGREEMENT_MAX = 0.1, 100, 2000
+
+
+@dataclass
+class _Images:
+    """What distill trains and measures on."""
+
+    train: list  # labelled training samples (none without DATA)
+    unlabelled: list  # label -1: the soft targets alone teach them
+    val: list  # labelled; without DATA, unlabelled images the teacher's answers are filled in for
+    eval_split: str
+    eval_samples: list
+    folder: Path  # the folder whose images define the run (DATA, or the unlabelled folder without it)
+    scanned: Any  # that folder scanned (Dataset, UnlabelledImages): its fingerprint keys checkpoint and manifest
+    split: dict | None  # DATA's split settings; None without DATA
+    labels_read: bool
+
+
+def _labelled_images(source, data_dir, config: DistillConfig, log) -> _Images:
+    dataset, split = stage_io.scan_data(source, data_dir, strict=config.strict, role="teacher")
+    train = limit_samples(dataset.split("train"), config.max_train_images, config.seed)
+    unlabelled, _ = _unlabelled(config, source.manifest.label_names, log)
+    val = dataset.split("val")
+    if not val:
+        raise ConfigError(f"{data_dir}: the validation split is empty; add images to the folder")
+    eval_split, eval_samples = stage_io.evaluation_samples(dataset)
+    return _Images(train, unlabelled, val, eval_split, eval_samples, Path(data_dir), dataset, split, True)
+
+
+def label_free_problem(config: DistillConfig, has_unlabelled: bool) -> str | None:
+    """Why ``config`` cannot distill without DATA (on unlabelled images alone), or ``None``."""
+    if not has_unlabelled:
+        return (
+            "distill needs labelled images (DATA, or data: in a pipeline) or unlabelled ones alone (--unlabelled "
+            "DIR, or unlabelled:), whose teacher's answers the student learns; give one of them"
+        )
+    for given, key, why in (
+        (config.baseline, "baseline", "trains the same student on DATA's labels"),
+        (config.correct_teacher, "correct_teacher", "corrects the teacher with DATA's labels"),
+        (config.max_train_images, "max_train_images", "caps DATA's training images (max_unlabelled_images caps these)"),
+    ):
+        if given:
+            flag = "--" + key.replace("_", "-")
+            return f"{flag} ({key}: in a pipeline) {why}, and without DATA there are none: give DATA or drop {flag}"
+    return None
+
+
+def _label_free_images(config: DistillConfig, label_names, log) -> _Images:
+    """No DATA: every unlabelled image trains; a seeded share of them is set aside (still trained
+    on) to measure the student's agreement with the teacher, whose answers become its labels."""
+    problem = label_free_problem(config, has_unlabelled=bool(config.unlabelled))
+    if problem:
+        raise ConfigError(problem)
+    unlabelled, images = _unlabelled(config, label_names, log)
+    count = min(len(unlabelled), max(_AGREEMENT_MIN, min(_AGREEMENT_MAX, round(_AGREEMENT_FRACTION * len(unlabelled)))))
+    chosen = np.random.default_rng(config.seed).choice(len(unlabelled), count, replace=False)
+    val = [unlabelled[i] for i in sorted(chosen)]
+    return _Images([], unlabelled, val, "unlabelled", val, Path(config.unlabelled), images, None, False)
 
 
 @recorded  # the call is stored in the artifact's manifest (edgexfer reproduce)
 def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool = True, log=print) -> Artifact:
-    """Distill the Keras teacher artifact ``teacher_dir`` into ``config.student`` on ``data_dir``."""
+    """Distill the Keras teacher artifact ``teacher_dir`` into ``config.student`` on ``data_dir``
+    (labelled), plus ``config.unlabelled``; with ``data_dir`` None on the unlabelled images alone,
+    reading no label (e.g. after source-free ``adapt --method shot``)."""
     from edgexfer.data import data_errors, make_dataset
     from edgexfer.tf_env import import_tf
 
@@ -311,30 +382,40 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     teacher_manifest = source.manifest
     teacher_pre = teacher_manifest.preprocessing
     spec, size, weights, student_pre = student_settings(config, teacher_pre)
-    dataset, split = stage_io.scan_data(source, data_dir, strict=config.strict, role="teacher")
-    train = limit_samples(dataset.split("train"), config.max_train_images, config.seed)
-    unlabelled = _unlabelled_samples(config, teacher_manifest.label_names, log)
-    val = dataset.split("val")
-    if not val:
-        raise ConfigError(f"{data_dir}: the validation split is empty; add images to the folder")
-    eval_split, eval_samples = stage_io.evaluation_samples(dataset)
+    if data_dir is None:
+        data = _label_free_images(config, teacher_manifest.label_names, log)
+    else:
+        data = _labelled_images(source, data_dir, config, log)
+    train, unlabelled, labels_read = data.train, data.unlabelled, data.labels_read
     num_classes = teacher_manifest.num_classes
+    # Without DATA the hard-label term has no image: the soft targets are the whole loss.
+    alpha = config.alpha if labels_read else 1.0
 
     tf, keras = import_tf()
     train_common.seed_everything(config.seed, config.deterministic)
     strategy = train_common.make_strategy(config.strategy)
     user_config, cluster = config, distributed.cluster_of(config.strategy, strategy)
     config = distributed.worker_config(config, cluster)
-    checkpoint = stage_checkpoint("distill", out, user_config, source, data_dir, dataset, cluster, strategy, log)
+    checkpoint = stage_checkpoint(
+        "distill", out, user_config, source, data.folder, data.scanned, cluster, strategy, log
+    )
     timings: dict[str, float] = {}
     started = time.perf_counter()
     teacher = load_keras_model(source.model_path)
     hinted = config.feature_weight > 0
     logits_model, logits_source = teacher_logits_model(teacher, with_features=hinted)
     teacher_width = int(logits_model.outputs[1].shape[-1]) if hinted else None
+    eval_split, eval_samples = data.eval_split, data.eval_samples
     x_eval_teacher, y_eval = stage_io.load_uint8(eval_samples, teacher_pre)
-    teacher_accuracy = measure.accuracy(measure.keras_probs(teacher, x_eval_teacher, teacher_pre), y_eval)
+    teacher_eval = measure.keras_probs(teacher, x_eval_teacher, teacher_pre).argmax(1)
     del x_eval_teacher
+    teacher_accuracy = float((teacher_eval == y_eval).mean()) if labels_read else None
+    if not labels_read:  # the teacher's answers are the labels the student's agreement is measured on
+        from edgexfer.data import Sample
+
+        y_eval = teacher_eval
+        eval_samples = data.val = [Sample(s.path, int(a)) for s, a in zip(eval_samples, teacher_eval)]
+    val = data.val
 
     online = config.augment.enabled and config.teacher_view == "augmented"
     labelled_count, train = len(train), train + unlabelled
@@ -359,7 +440,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
         train_ds = _cached_dataset(train, student_pre, (logits, features) if hinted else logits, config)
         labels = np.array([sample.label for sample in train])
         labelled = labels >= 0  # unlabelled images carry -1
-        teacher_errors = int(((logits.argmax(1) != labels) & labelled).sum())
+        teacher_errors = int(((logits.argmax(1) != labels) & labelled).sum()) if labels_read else None
         logits_note = f"cached ({len(logits)} × {logits.shape[1]}, computed once)"
         if config.augment.enabled:
             logits_note += " on the un-augmented images; the student sees augmented views"
@@ -367,16 +448,24 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             features_note = f"cached ({features.shape[0]} × {features.shape[1]}, {features.dtype})"
             logits_note += f", features {features_note}"
             del features
-        logits_note += (
-            f"; it misses the label on {teacher_errors} of {int(labelled.sum())} labelled images"
-            f"{' (their soft targets corrected)' if config.correct_teacher else ''}"
-        )
+        if labels_read:
+            logits_note += (
+                f"; it misses the label on {teacher_errors} of {int(labelled.sum())} labelled images"
+                f"{' (their soft targets corrected)' if config.correct_teacher else ''}"
+            )
     val_ds = make_dataset(val, student_pre, batch_size=config.batch_size, cache=True)
+    if labels_read:
+        images_note = f"{labelled_count} images{f' + {len(unlabelled)} unlabelled' if unlabelled else ''}"
+    else:
+        images_note = (
+            f"{len(unlabelled)} unlabelled images and no label (no DATA: the soft targets are the whole loss; "
+            f"agreement with the teacher measured on {len(val)} of them)"
+        )
     log(
         f"distilling {teacher_manifest.backbone} ({teacher_pre.input_size}px) into {spec.name} at {size}px "
-        f"(weights {weights}, T={config.temperature}, alpha={config.alpha}"
-        f"{f', feature hint β={config.feature_weight}' if hinted else ''}) on {labelled_count} images"
-        f"{f' + {len(unlabelled)} unlabelled' if unlabelled else ''}; teacher logits {logits_note}"
+        f"(weights {weights}, T={config.temperature}, alpha={alpha}"
+        f"{f', feature hint β={config.feature_weight}' if hinted else ''}) on {images_note}; "
+        f"teacher logits {logits_note}"
     )
 
     with train_common.timed(timings, "distill_seconds"):
@@ -390,7 +479,7 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             val_ds,
             steps,
             logits_model if online else None,
-            config.alpha,
+            alpha,
             online,
             f"distill → {spec.name}",
             progress,
@@ -406,9 +495,13 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     if cluster.multi_worker:  # evaluate and save a plain copy: a distributed predict returns a shard
         student = distributed.local_copy(student)
     x_eval, _ = stage_io.load_uint8(eval_samples, student_pre)
-    x_val, y_val = stage_io.load_uint8(val, student_pre)
-    student_accuracy = measure.accuracy(measure.keras_probs(student, x_eval, student_pre), y_eval)
-    student_val = measure.accuracy(measure.keras_probs(student, x_val, student_pre), y_val)
+    student_eval = measure.keras_probs(student, x_eval, student_pre).argmax(1)
+    teacher_agreement = float((student_eval == teacher_eval).mean())
+    student_accuracy = student_val = None  # without DATA no label is read: agreement only
+    if labels_read:
+        student_accuracy = float((student_eval == y_eval).mean())
+        x_val, y_val = stage_io.load_uint8(val, student_pre)
+        student_val = measure.accuracy(measure.keras_probs(student, x_val, student_pre), y_val)
 
     baseline = None
     if config.baseline:
@@ -458,9 +551,13 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             "accuracy_before": teacher_accuracy,
             "accuracy_after": student_accuracy,
             "student_accuracy": student_accuracy,
-            f"{eval_split}_accuracy": student_accuracy,
+            **({f"{eval_split}_accuracy": student_accuracy} if labels_read else {}),
             "val_accuracy": student_val,
-            "accuracy_gap_to_teacher": round(teacher_accuracy - student_accuracy, 6),
+            "accuracy_gap_to_teacher": round(teacher_accuracy - student_accuracy, 6) if labels_read else None,
+            # the share of the evaluation images (without DATA: unlabelled ones it trained on) where
+            # the student's answer is the teacher's
+            "teacher_agreement": round(teacher_agreement, 6),
+            "labels_read": labels_read,
             "params_teacher": teacher_stats["params"],
             "params_before": teacher_stats["params"],
             "params": student_stats["params"],
@@ -478,14 +575,16 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             "teacher_logits": "online" if online else "cached",
             "teacher_logits_source": logits_source,
             "temperature": config.temperature,
-            "alpha": config.alpha,
+            "alpha": alpha,
             "feature_weight": config.feature_weight,
             "correct_teacher": config.correct_teacher,
             # labelled training images (this worker's share) whose cached teacher logits miss the label
             "teacher_errors_on_labelled": teacher_errors,
             "history": history,
             "timings_seconds": timings,
-            "splits": {"train": labelled_count, "val": len(val), eval_split: int(len(y_eval))},
+            "splits": {"train": labelled_count, "val": len(val), eval_split: int(len(y_eval))}
+            if labels_read
+            else {"train": 0, "unlabelled": len(unlabelled), "agreement": len(val)},
             "unlabelled_images": len(unlabelled),
             "distributed": {
                 **distributed.describe(cluster, shard_info, user_config.batch_size),
@@ -517,11 +616,12 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             config=user_config.model_dump(),
             model_file=MODEL_FILE,
             parent=source.parent_ref(),
-            dataset={"path": str(Path(data_dir).resolve()), **dataset.fingerprint()},
+            dataset={"path": str(data.folder.resolve()), **data.scanned.fingerprint()},
             seed=config.seed,
             extra={
                 "width": config.student_width,
-                "split": split,
+                # without DATA no split is recorded: later stages take the teacher's (run_split)
+                **({"split": data.split} if labels_read else {}),
                 "strategy": config.strategy,
                 "workers": cluster.workers,
                 "teacher": {

@@ -33,17 +33,20 @@ class DistillResult:
     teacher_backbone: str
     student_backbone: str
     eval_split: str
-    accuracy: BeforeAfter  # teacher → student
+    accuracy: BeforeAfter  # teacher → student; both None when no label was read (no DATA)
     params: BeforeAfter
     h5_bytes: BeforeAfter
     input_size: BeforeAfter
     params_ratio: float
-    gap_to_teacher: float
+    gap_to_teacher: float | None
     baseline_accuracy: float | None  # the same student without distillation (--baseline)
     distillation_gain: float | None
     teacher_logits: str
     feature_weight: float = 0.0  # β of the feature hint; 0: off
     feature_loss: float | None = None  # the hint's loss in the last epoch
+    teacher_agreement: float | None = None  # the student's answer is the teacher's, on eval_images
+    eval_images: int | None = None
+    labels_read: bool = True  # False: distilled on unlabelled images alone
 
     @classmethod
     def of(cls, artifact: Artifact) -> DistillResult:
@@ -65,6 +68,9 @@ class DistillResult:
             teacher_logits=m["teacher_logits"],
             feature_weight=m.get("feature_weight", 0.0),
             feature_loss=m.get("feature_loss"),
+            teacher_agreement=m.get("teacher_agreement"),
+            eval_images=m.get("eval_images"),
+            labels_read=m.get("labels_read", True),
         )
 
 

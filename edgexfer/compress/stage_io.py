@@ -112,17 +112,25 @@ def pick_calibration(samples: Sequence, count: int, seed: int) -> list:
     return limit_samples(samples, count, seed)
 
 
-def unlabelled_paths(folder, label_names, max_images: int | None, seed: int, *, strict: bool) -> tuple[list, bool]:
-    """The image paths of an unlabelled folder (a seeded random ``max_images`` of them, in folder
-    order) and whether it had class folders (their names are checked, never used as labels)."""
+def unlabelled_images(folder, label_names, max_images: int | None, seed: int, *, strict: bool):
+    """An unlabelled folder's images (``UnlabelledImages``): a seeded random ``max_images`` of
+    them, in folder order; class folders are allowed (their names are checked, never used as labels)."""
+    import dataclasses
+
     from edgexfer.data.class_map import scan_unlabelled
 
     images = scan_unlabelled(folder, label_names, {}, strict=strict)
     paths = images.paths
     if max_images and len(paths) > max_images:
         chosen = np.random.default_rng(seed).choice(len(paths), max_images, replace=False)
-        paths = [paths[i] for i in sorted(chosen)]
-    return paths, images.had_labels
+        images = dataclasses.replace(images, paths=[paths[i] for i in sorted(chosen)])
+    return images
+
+
+def unlabelled_paths(folder, label_names, max_images: int | None, seed: int, *, strict: bool) -> tuple[list, bool]:
+    """``unlabelled_images``' paths and whether the folder had class folders."""
+    images = unlabelled_images(folder, label_names, max_images, seed, strict=strict)
+    return images.paths, images.had_labels
 
 
 # Images predicted per chunk when labelling unlabelled images (bounded memory on large folders).

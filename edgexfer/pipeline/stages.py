@@ -95,7 +95,16 @@ def _distill(refs, options, out, ctx):
     from edgexfer.compress import api as compress
 
     options = _with_unlabelled(refs, options)
-    return compress.distill(refs["teacher"], refs["data"], out, progress=ctx.progress, log=ctx.log, **options)
+    return compress.distill(refs["teacher"], refs.get("data"), out, progress=ctx.progress, log=ctx.log, **options)
+
+
+def _check_distill_data(config, refs: dict) -> None:
+    """Without ``data`` distill learns from ``unlabelled`` alone, and options that need labels are refused."""
+    from edgexfer.compress.distill import label_free_problem
+
+    problem = None if "data" in refs else label_free_problem(config, has_unlabelled="unlabelled" in refs)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _prune(refs, options, out, ctx):
@@ -216,7 +225,8 @@ STAGE_TYPES: dict[str, StageType] = {
             "edgexfer.compress.config.DistillConfig",
             stage_keys=("teacher",),
             data_keys=("data", "unlabelled"),
-            required=("teacher", "data"),
+            required=("teacher",),  # data, or unlabelled alone (_check_distill_data)
+            check=_check_distill_data,
             summary="knowledge distillation into a student",
         ),
         StageType(

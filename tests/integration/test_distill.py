@@ -194,14 +194,68 @@ def test_unlabelled_cap_is_a_seeded_subset(tmp_path):
     from PIL import Image
 
     from edgexfer.compress.config import DistillConfig
-    from edgexfer.compress.distill import _unlabelled_samples
+    from edgexfer.compress.distill import _unlabelled
 
     for index in range(10):
         Image.new("RGB", (8, 8), (index * 20, 0, 0)).save(tmp_path / f"{index}.png")
     config = DistillConfig.build(student="cnn_tiny", unlabelled=str(tmp_path), max_unlabelled_images=4)
-    first = _unlabelled_samples(config, ["a", "b"], log=lambda *_: None)
-    again = _unlabelled_samples(config, ["a", "b"], log=lambda *_: None)
+    first, images = _unlabelled(config, ["a", "b"], log=lambda *_: None)
+    again, _ = _unlabelled(config, ["a", "b"], log=lambda *_: None)
+    assert len(images.paths) == 4 and images.fingerprint()["files"] == 4
     assert len(first) == 4 and first == again and {s.label for s in first} == {-1}
+
+
+def test_without_data_the_student_learns_the_teachers_answers_and_reads_no_label(teacher, tmp_path):
+    """Source-free distillation: no DATA, only an unlabelled folder. Its class folders are swapped
+    (red ↔ green), so a student that read them would be wrong on two classes in three; it must
+    instead agree with the teacher and be right on the true labels."""
+    artifact, data = teacher
+    swapped = make_color_folder(
+        tmp_path / "swapped", per_class=30, size=20, seed=4, names={"red": "green", "green": "red"}
+    )
+    logged = []
+    student = capi.distill(
+        artifact.path, None, tmp_path / "student", unlabelled=str(swapped), log=logged.append, **STUDENT
+    )
+    metrics, manifest = student.metrics, student.manifest
+    assert metrics["labels_read"] is False and metrics["alpha"] == 1.0  # the soft targets are the whole loss
+    assert metrics["student_accuracy"] is None and metrics["teacher_accuracy"] is None
+    assert metrics["splits"] == {"train": 0, "unlabelled": 90, "agreement": 90}  # at least 100, or all
+    assert metrics["teacher_agreement"] >= 0.9
+    assert manifest.dataset["labels_used"] is False and manifest.dataset["path"] == str(swapped.resolve())
+    assert "split" not in manifest.extra  # later stages take the teacher's split
+    assert any("no label" in line for line in logged)
+
+    from edgexfer.data import load_arrays, scan_image_folder
+
+    truth = scan_image_folder(data, class_names=artifact.manifest.label_names, val_fraction=0, test_fraction=0)
+    x, y = load_arrays(truth.all_samples(), student.manifest.preprocessing)
+    predicted = load_keras_model(student.model_path).predict(_normalised(x, student), verbose=0).argmax(1)
+    assert (predicted == y).mean() >= 0.9  # the true labels, never shown to it
+
+
+def test_without_data_options_that_need_labels_are_refused(teacher, tmp_path):
+    from edgexfer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs labelled images .* or unlabelled ones alone"):
+        capi.distill(teacher[0].path, None, tmp_path / "a", **STUDENT)
+    with pytest.raises(ConfigError, match="--baseline .* without DATA there are none"):
+        capi.distill(teacher[0].path, None, tmp_path / "b", unlabelled=str(teacher[1]), baseline=True, **STUDENT)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_distill_without_data_shows_agreement_not_accuracy(teacher, tmp_path):
+    from edgexfer.cli import app
+
+    artifact, data = teacher
+    result = CliRunner().invoke(
+        app,
+        ["distill", str(artifact.path), "--unlabelled", str(data), "--student", "cnn_tiny", "--epochs", "1"]
+        + ["--out", str(tmp_path / "cli"), "--early-stopping", "0"],
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "agreement with the teacher" in result.output and "no label read" in result.output
+    assert "test accuracy" not in result.output and "gap to teacher" not in result.output
 
 
 @pytest.fixture(scope="module")

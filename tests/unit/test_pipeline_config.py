@@ -190,6 +190,27 @@ def test_prune_and_quantize_take_the_target_as_unlabelled_images(tmp_path):
         )
 
 
+def test_distill_may_learn_from_unlabelled_images_alone(tmp_path):
+    """Source-free: a distill stage with ``unlabelled`` and no ``data``; with neither, or with an
+    option that needs labels, the pipeline is refused before anything runs."""
+    (tmp_path / "DATA2").mkdir()
+    text = CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))
+    label_free = text.replace("    teacher: adapt\n    data: source\n", "    teacher: adapt\n")
+    pipeline = load_pipeline(write(tmp_path, label_free))
+    assert "data" not in pipeline.stage("distill").refs
+    assert pipeline.stage("distill").refs["unlabelled"] == {"data": "target"}
+    with pytest.raises(ConfigError, match="distill needs labelled images"):
+        load_pipeline(
+            write(
+                tmp_path, label_free.replace("    unlabelled: target\n    student: cnn_tiny", "    student: cnn_tiny")
+            )
+        )
+    with pytest.raises(ConfigError, match="baseline: in a pipeline"):
+        load_pipeline(
+            write(tmp_path, label_free.replace("    student: cnn_tiny", "    student: cnn_tiny\n    baseline: true", 1))
+        )
+
+
 def test_evaluate_stages_score_trained_on_domains_on_their_held_out_test_split(tmp_path):
     (tmp_path / "DATA2").mkdir()
     pipeline = load_pipeline(write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))))
