@@ -231,3 +231,36 @@ def test_an_interrupted_auto_leaves_no_candidate_checkpoint_behind(model, domain
         adapt(model.path, source, target, tmp_path / "auto", method="auto", train_layers=2, seed=0)
     assert {entry["dir"] for entry in resume.list_checkpoints()} == before
     assert not (tmp_path / "auto").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_source_free_recipe_runs_end_to_end_at_a_tiny_size(domains, tmp_path):
+    """models/digits-source-free.yaml, every stage, on the generated domains with tiny models: the field
+    stages (shot, distill, export) record that they read no source image and no label."""
+    import json
+    from pathlib import Path
+
+    from edgexfer.pipeline import run_pipeline
+
+    recipe = Path(__file__).parents[2] / "models" / "digits-source-free.yaml"
+    tiny = ", ".join(f"{key}: {value}" for key, value in TINY.items() if key != "seed")
+    overrides = [
+        f"data.source={{path: {domains[0]}}}",
+        f"data.target={{path: {domains[1]}}}",
+        f"stages.finetune={{data: source, {tiny}}}",
+        "source_model.epochs=2",
+        *(f"shot.{key}={value}" for key, value in SHOT.items() if key != "seed"),
+        "distill.student=cnn_tiny",
+        "distill.student_img_size=16",
+        "distill.epochs=4",
+        "check_target.min_agreement=0.0",
+        "check_target.max_acc_drop=1.0",
+    ]
+    run_dir = tmp_path / "run"
+    run_pipeline(recipe, run_dir=run_dir, overrides=overrides, log=lambda *_: None)
+    shot = json.loads((run_dir / "shot" / "metrics.json").read_text())
+    assert shot["source_free"] and shot["source_images_used"] == 0 and not shot["target_labels_used"]
+    distilled = json.loads((run_dir / "distill" / "metrics.json").read_text())
+    assert distilled["labels_read"] is False and distilled["splits"]["unlabelled"] == 48
+    assert json.loads((run_dir / "distill" / "manifest.json").read_text())["dataset"]["labels_used"] is False
+    assert (run_dir / "export_tflite" / "model.tflite").is_file()
+    assert (run_dir / "check_target" / "check.json").is_file()

@@ -160,7 +160,10 @@ def test_full_install_from_the_wheel_works_outside_the_source_tree(built, tmp_pa
     listing = run([edgexfer, "run", "--list"], cwd=work).out
     assert all(name in listing for name in ("digits", "digits-fewshot", "fashion-mnist", "template"))
     unknown = run([edgexfer, "run", "nope"], cwd=work, check=False)
-    assert unknown.code == 2 and "shipped recipes: digits, digits-fewshot, fashion-mnist, template" in unknown.err
+    assert (
+        unknown.code == 2
+        and "shipped recipes: digits, digits-fewshot, digits-source-free, fashion-mnist, template" in unknown.err
+    )
     images = sorted(built.data.rglob("*.png"))[:6]
     result = run([edgexfer, "predict", built.tflite.model_path, *images, "--json"], cwd=work)
     assert predictions(result) == [p.parent.name for p in images]

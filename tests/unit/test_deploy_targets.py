@@ -288,7 +288,7 @@ def test_shipped_recipes_resolve_from_anywhere(tmp_path, monkeypatch):
     with pytest.raises(
         ConfigError,
         match=r"'digit' is neither .* \(did you mean 'digits'\?\); shipped recipes: "
-        r"digits, digits-fewshot, fashion-mnist, template",
+        r"digits, digits-fewshot, digits-source-free, fashion-mnist, template",
     ):
         resolve_pipeline("digit")
     with pytest.raises(ConfigError, match="does not exist"):
@@ -302,8 +302,10 @@ def test_run_list_and_unknown_recipe(capsys, tmp_path, monkeypatch):
         name in listing.out for name in ("digits", "digits-fewshot", "fashion-mnist", "template")
     )
     unknown = call_cli(capsys, "run", "no-such-recipe")
-    assert unknown.code == 2 and "shipped recipes: digits, digits-fewshot, fashion-mnist, template" in the_error(
-        unknown.err
+    assert (
+        unknown.code == 2
+        and "shipped recipes: digits, digits-fewshot, digits-source-free, fashion-mnist, template"
+        in the_error(unknown.err)
     )
 
 
