@@ -19,6 +19,15 @@ CLI commands a user would type:
 then ``check`` scores the int8 file and its Keras parent (``q``) on the target images and on the
 source's held-out test split. Target labels are read only by ``check``. Work goes to
 WORK_DIR/students and is reused when the script runs again.
+
+``--source-free``: the road a team without the source data runs, reading neither a source image
+nor a label (WORK_DIR/students-source-free):
+
+    edgexfer distill ADAPTED --unlabelled TARGET --student cnn_small --student-img-size 32 \
+        --epochs 20 --scale 0.5 --low-res 0.125 --teacher-view clean --seed S --out d
+    edgexfer export d --format tflite --quant int8 --calibration-data TARGET --out x
+
+``--epochs N`` changes distill's 20 epochs (work then goes to a folder named after N).
 """
 
 from __future__ import annotations
@@ -41,14 +50,17 @@ def edgexfer(*args: str | Path) -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
-def student_road(adapted: str, source: str, target: str, seed: int, work: Path) -> Path:
-    """distill → prune → QAT → int8 TFLite in ``work`` (each step skipped when its artifact exists)."""
+def student_road(
+    adapted: str, source: str, target: str, seed: int, work: Path, source_free: bool = False, epochs: int = 20
+) -> Path:
+    """distill → prune → QAT → int8 TFLite in ``work`` (each step skipped when its artifact exists);
+    ``source_free``: distill on the target images alone → int8 TFLite calibrated on them."""
     s = str(seed)
     steps = {
         "d": [
             "distill",
             adapted,
-            source,
+            *([] if source_free else [source]),
             "--unlabelled",
             target,
             "--student",
@@ -56,7 +68,7 @@ def student_road(adapted: str, source: str, target: str, seed: int, work: Path) 
             "--student-img-size",
             "32",
             "--epochs",
-            "20",
+            str(epochs),
             *AUGMENT,
             "--teacher-view",
             "clean",
@@ -67,6 +79,9 @@ def student_road(adapted: str, source: str, target: str, seed: int, work: Path) 
         "q": ["quantize", work / "p", source, "--mode", "qat", *AUGMENT, "--unlabelled", target, "--seed", s],
         "x": ["export", work / "q", "--format", "tflite", "--quant", "int8"],
     }
+    if source_free:
+        del steps["p"], steps["q"]
+        steps["x"] = ["export", work / "d", "--format", "tflite", "--quant", "int8", "--calibration-data", target]
     for name, args in steps.items():
         if not (work / name / "manifest.json").is_file():
             print(f"{work}: {args[0]}", file=sys.stderr)
@@ -92,8 +107,14 @@ def main() -> None:
     parser.add_argument("--results", default="crossdomain_shot_refit_all")
     parser.add_argument("--row", default="shot (digits settings)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--name", default="crossdomain_students")
+    parser.add_argument("--name", default=None, help="default: crossdomain_students[_source_free]")
+    parser.add_argument("--source-free", action="store_true", help="distill on the target images alone")
+    parser.add_argument("--epochs", type=int, default=20, help="distill's epochs")
     args = parser.parse_args()
+    road = ("students-source-free" if args.source_free else "students") + (
+        f"-e{args.epochs}" if args.epochs != 20 else ""
+    )
+    args.name = args.name or "crossdomain_" + road.replace("-", "_")
     started = time.perf_counter()
     bench = json.loads((RESULTS / f"{args.results}.json").read_text())
     pairs = {}
@@ -101,8 +122,9 @@ def main() -> None:
         spec, runs = entry["spec"], entry["runs"][args.row]
         seeds = {}
         for seed in args.seeds:
-            work = args.work / "students" / pair.replace(" → ", "_to_") / f"s{seed}"
-            exported = student_road(runs[str(seed)]["artifact"], spec["source"], spec["target"], seed, work)
+            work = args.work / road / pair.replace(" → ", "_to_") / f"s{seed}"
+            adapted = runs[str(seed)]["artifact"]
+            exported = student_road(adapted, spec["source"], spec["target"], seed, work, args.source_free, args.epochs)
             seeds[seed] = {
                 "adapted_target": runs[str(seed)]["accuracy"],
                 "target": scores(exported, spec["target"], "all"),
@@ -130,7 +152,13 @@ def main() -> None:
     save(
         args.name,
         {
-            "settings": {"results": args.results, "row": args.row, "seeds": args.seeds},
+            "settings": {
+                "results": args.results,
+                "row": args.row,
+                "seeds": args.seeds,
+                "road": road,
+                "distill_epochs": args.epochs,
+            },
             "pairs": pairs,
             "markdown": markdown,
             "seconds": round(time.perf_counter() - started, 1),
