@@ -234,6 +234,17 @@ def test_without_data_the_student_learns_the_teachers_answers_and_reads_no_label
     assert (predicted == y).mean() >= 0.9  # the true labels, never shown to it
 
 
+def test_a_distillation_without_data_reproduces_bit_for_bit(teacher, tmp_path):
+    from edgexfer import api
+
+    student = capi.distill(
+        teacher[0].path, None, tmp_path / "student", unlabelled=str(teacher[1]), **{**STUDENT, "epochs": 2}
+    )
+    result = api.reproduce(student.path)
+    (stage,) = result["stages"]
+    assert result["identical"] and stage["comparison"]["model"]["identical"], stage
+
+
 def test_without_data_options_that_need_labels_are_refused(teacher, tmp_path):
     from edgexfer.errors import ConfigError
 
