@@ -111,3 +111,14 @@ def the_error(text: str) -> str:
     lines = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in text, text
     return lines[0]
+
+
+def run_shipped_recipe(name: str, run_dir: Path, overrides: list[str]) -> Path:
+    """``models/NAME.yaml`` run with ``overrides`` (tiny models, generated data) into ``run_dir``; its
+    target check's gate is opened, since tiny models say nothing about int8 parity."""
+    from edgexfer.pipeline import run_pipeline
+
+    recipe = Path(__file__).parents[1] / "models" / f"{name}.yaml"
+    gate = ["check_target.min_agreement=0.0", "check_target.max_acc_drop=1.0"]
+    run_pipeline(recipe, run_dir=run_dir, overrides=[*overrides, *gate], log=lambda *_: None)
+    return run_dir

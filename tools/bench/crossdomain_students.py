@@ -27,13 +27,14 @@ nor a label (WORK_DIR/students-source-free):
         --epochs 20 --scale 0.5 --low-res 0.125 --teacher-view clean --seed S --out d
     edgexfer export d --format tflite --quant int8 --calibration-data TARGET --out x
 
-``--epochs N`` changes distill's 20 epochs (work then goes to a folder named after N).
+``--epochs N`` changes distill's 20 epochs, ``--row`` the teacher; work then goes to a folder named after them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -111,9 +112,12 @@ def main() -> None:
     parser.add_argument("--source-free", action="store_true", help="distill on the target images alone")
     parser.add_argument("--epochs", type=int, default=20, help="distill's epochs")
     args = parser.parse_args()
+    # The work folder (and the default result name) says what differs from the default road.
     road = ("students-source-free" if args.source_free else "students") + (
         f"-e{args.epochs}" if args.epochs != 20 else ""
     )
+    if args.row != parser.get_default("row"):
+        road += "-" + re.sub(r"[^a-z0-9]+", "-", args.row.lower()).strip("-")
     args.name = args.name or "crossdomain_" + road.replace("-", "_")
     started = time.perf_counter()
     bench = json.loads((RESULTS / f"{args.results}.json").read_text())
