@@ -127,12 +127,6 @@ def unlabelled_images(folder, label_names, max_images: int | None, seed: int, *,
     return images
 
 
-def unlabelled_paths(folder, label_names, max_images: int | None, seed: int, *, strict: bool) -> tuple[list, bool]:
-    """``unlabelled_images``' paths and whether the folder had class folders."""
-    images = unlabelled_images(folder, label_names, max_images, seed, strict=strict)
-    return images.paths, images.had_labels
-
-
 # Images predicted per chunk when labelling unlabelled images (bounded memory on large folders).
 _LABEL_CHUNK = 1024
 
@@ -148,9 +142,10 @@ def labelled_by_model(source: Artifact, model, config, log) -> tuple[list, dict]
     from edgexfer.data import Sample
 
     names = source.manifest.label_names
-    paths, had_labels = unlabelled_paths(
+    images = unlabelled_images(
         config.unlabelled, names, config.max_unlabelled_images, config.seed, strict=config.strict
     )
+    paths = images.paths
     preprocessing = source.manifest.preprocessing
     predicted = []
     for start in range(0, len(paths), _LABEL_CHUNK):
@@ -160,7 +155,7 @@ def labelled_by_model(source: Artifact, model, config, log) -> tuple[list, dict]
     counts = np.bincount(labels, minlength=len(names))
     log(
         f"unlabelled {config.unlabelled}: {len(paths)} images join the training data labelled with the input "
-        f"model's predictions{' (their class folders are ignored)' if had_labels else ''}"
+        f"model's predictions{' (their class folders are ignored)' if images.had_labels else ''}"
     )
     info = {
         "path": str(config.unlabelled),
