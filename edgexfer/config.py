@@ -142,6 +142,12 @@ class FinetuneConfig(FrozenConfig):
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     max_train_images: int | None = Field(None, ge=2)
     seed: int = 0
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        description="the seed that carves val/test out of a flat folder; fix it to compare "
+        "several seeds on the same held-out images",
+    )
     deterministic: bool = True
     strategy: Strategy = "default"
     strict: bool = False

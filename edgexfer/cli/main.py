@@ -129,6 +129,9 @@ def finetune(
     val_fraction: Optional[float] = typer.Option(None, help=_default("val_fraction")),
     test_fraction: Optional[float] = typer.Option(None, help=_default("test_fraction")),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: 0)"),
+    split_seed: Optional[int] = typer.Option(
+        None, help=_default("split_seed").replace("(default: None)", "(default: --seed)")
+    ),
     strategy: Optional[str] = typer.Option(
         None, help="default | mirrored | multi-worker (tf.distribute) (default: default)"
     ),
@@ -183,6 +186,7 @@ def finetune(
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         seed=seed,
+        split_seed=split_seed,
         strategy=strategy,
         strict=strict or None,
         init=str(init) if init else None,

@@ -2,8 +2,10 @@
 
 Seed 0 is the plain demo run (``RUN_DIR`` itself, so an existing demo run is reused); seed
 ``s > 0`` runs the same pipeline with every seeded stage's ``seed`` set to ``s`` in
-``RUN_DIR/seeds/seed-s``. The data are the same for every seed: the spread is that of
-training (initialisation, shuffles, augmentation, subsets), not of the data split.
+``RUN_DIR/seeds/seed-s``. The data and their held-out split are the same for every seed: a
+stage that carves the split (``split_seed``) keeps the plain run's, so every seed is scored on
+the same test images and the spread is that of training (initialisation, shuffles,
+augmentation, subsets), not of which images were held out.
 
 ``RUN_DIR/seeds.json``::
 
@@ -33,19 +35,22 @@ ADAPTED_INT8_SOURCE = "deployed adapted teacher: tflite int8 · source accuracy"
 
 
 def seed_overrides(pipeline_file: str | Path, seed: int) -> list[str]:
-    """``STAGE.seed=SEED`` for every stage of the pipeline whose options take a seed (the
-    pipeline's own validation decides: a stage that rejects ``seed`` has none)."""
+    """``STAGE.seed=SEED`` for every stage of the pipeline whose options take a seed, and
+    ``STAGE.split_seed=S`` pinning the plain run's split (``S``: the stage's own ``split_seed``,
+    else its ``seed``, else 0) for every stage that carves one. The pipeline's own validation
+    decides: a stage that rejects the option has none."""
     from edgexfer.errors import ConfigError
     from edgexfer.pipeline import load_pipeline
 
     overrides = []
     for stage in load_pipeline(pipeline_file).stages:
-        candidate = f"{stage.name}.seed={int(seed)}"
-        try:
-            load_pipeline(pipeline_file, overrides=[*overrides, candidate])
-        except ConfigError:
-            continue
-        overrides.append(candidate)
+        plain_split = stage.options.get("split_seed", stage.options.get("seed", 0))
+        for candidate in (f"{stage.name}.seed={int(seed)}", f"{stage.name}.split_seed={int(plain_split)}"):
+            try:
+                load_pipeline(pipeline_file, overrides=[*overrides, candidate])
+            except ConfigError:
+                continue
+            overrides.append(candidate)
     return overrides
 
 

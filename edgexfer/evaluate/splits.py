@@ -42,7 +42,9 @@ def run_split(artifact) -> dict[str, Any]:
             }
         config = manifest.config or {}
         if "val_fraction" in config and "test_fraction" in config:
-            seed = manifest.seed if manifest.seed is not None else config.get("seed", 0)
+            seed = config.get("split_seed")
+            if seed is None:
+                seed = manifest.seed if manifest.seed is not None else config.get("seed", 0)
             return {
                 "seed": int(seed or 0),
                 "val_fraction": float(config["val_fraction"]),

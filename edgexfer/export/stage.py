@@ -137,10 +137,13 @@ def resolve_calibration(
 ) -> tuple[np.ndarray | None, str | None]:
     """uint8 calibration pixels ``N×H×W×3`` and a description of their source; ``(None, None)``
     for a QAT model with nothing to calibrate on (its fake-quant layers carry the ranges)."""
+    from edgexfer.evaluate.splits import run_split
+
     manifest = source.manifest
     quantization = manifest.quantization or {}
+    split = run_split(source)
     if calibration_data is not None:
-        pixels = calibration_from_folder(calibration_data, manifest, max_images, "--calibration-data")
+        pixels = calibration_from_folder(calibration_data, manifest, max_images, "--calibration-data", split=split)
         return pixels, f"--calibration-data {Path(calibration_data).resolve()}"
     stored_name = quantization.get("calibration_file")
     if stored_name or str(quantization.get("mode", "")).lower() == "ptq":
@@ -150,7 +153,7 @@ def resolve_calibration(
             return _evenly(pixels, max_images), f"the calibration set stored in the artifact ({stored.name})"
     dataset_path = (manifest.dataset or {}).get("path")
     if dataset_path and Path(dataset_path).is_dir():
-        pixels = calibration_from_folder(dataset_path, manifest, max_images, "the artifact's dataset")
+        pixels = calibration_from_folder(dataset_path, manifest, max_images, "the artifact's dataset", split=split)
         return pixels, f"the artifact's dataset {dataset_path} (train split)"
     if str(quantization.get("mode", "")).lower() in ("qat", "pqat"):
         return None, None
@@ -181,13 +184,13 @@ def load_stored_calibration(path: Path, manifest: Manifest) -> np.ndarray:
 
 
 def calibration_from_folder(
-    folder: str | os.PathLike[str], manifest: Manifest, max_images: int, what: str
+    folder: str | os.PathLike[str], manifest: Manifest, max_images: int, what: str, *, split: dict
 ) -> np.ndarray:
     """uint8 pixels of up to ``max_images`` images of ``folder``.
 
     Class sub-folders must be exactly the model's classes (``DataError`` otherwise); the
-    training split is sampled, classes in proportion. A folder of loose images is sampled
-    evenly in sorted order.
+    training split (carved as ``split``, the run's, so no held-out image is calibrated on) is
+    sampled, classes in proportion. A folder of loose images is sampled evenly in sorted order.
     """
     from edgexfer.data import load_arrays, scan_image_folder
     from edgexfer.runtime.images import list_image_files, load_images
@@ -203,7 +206,13 @@ def calibration_from_folder(
         files = [files[i] for i in _even_indices(len(files), max_images)]
         return load_images(files, manifest.preprocessing)
     try:
-        dataset = scan_image_folder(folder, class_names=manifest.label_names, seed=manifest.seed or 0)
+        dataset = scan_image_folder(
+            folder,
+            class_names=manifest.label_names,
+            seed=split["seed"],
+            val_fraction=split["val_fraction"],
+            test_fraction=split["test_fraction"],
+        )
     except DataError as exc:
         raise DataError(f"calibration data ({what}): {exc}") from None
     samples = stratified_subset(dataset.split("train"), max_images, seed=manifest.seed or 0)

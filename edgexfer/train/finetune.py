@@ -59,7 +59,7 @@ def finetune(
         data_dir,
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
-        seed=config.seed,
+        seed=config.seed if config.split_seed is None else config.split_seed,
         strict=config.strict,
     )
     target_classes = None

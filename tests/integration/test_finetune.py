@@ -68,6 +68,26 @@ def test_runs_are_reproducible_for_a_seed(color_folder, tiny_artifact, tmp_path)
     assert again.metrics["history"] == tiny_artifact.metrics["history"]
 
 
+def test_split_seed_keeps_the_held_out_images_whatever_the_training_seed(color_folder, tmp_path):
+    from edgexfer.data import scan_image_folder
+    from edgexfer.evaluate.splits import run_split, scan_domain
+
+    def held_out(seed):
+        return {sample.path for sample in scan_image_folder(color_folder, seed=seed).split("test")}
+
+    assert held_out(1) != held_out(2)  # otherwise the test below could not tell them apart
+    pinned = api.finetune(color_folder, tmp_path / "pinned", **{**TINY, "seed": 2, "split_seed": 1})
+    assert pinned.manifest.seed == 2 and run_split(pinned)["seed"] == 1
+    # Every later stage (evaluate, check, distill, adapt) reads the split through run_split.
+    assert {sample.path for sample in scan_domain(pinned, color_folder).split("test")} == held_out(1)
+    scored = api.evaluate(pinned.path, color_folder, split="test")
+    assert scored["n"] == pinned.metrics["splits"]["test"]
+    assert scored["accuracy"] == pytest.approx(pinned.metrics["test_accuracy"], abs=1 / scored["n"])
+    # The training seed still changes the training: same split, other weights.
+    other_seed = api.finetune(color_folder, tmp_path / "seed3", **{**TINY, "seed": 3, "split_seed": 1})
+    assert other_seed.metrics["history"] != pinned.metrics["history"]
+
+
 def test_phase1_without_feature_cache_reaches_the_same_accuracy(color_folder, tiny_artifact, tmp_path):
     uncached = api.finetune(color_folder, tmp_path / "uncached", **{**TINY, "feature_cache": False})
     assert uncached.metrics["test_accuracy"] >= 0.8

@@ -71,11 +71,12 @@ def test_headline_figures_name_model_and_domain():
     }
 
 
-def test_seed_overrides_cover_every_seeded_stage_of_the_demo(tmp_path):
+def test_seed_overrides_cover_every_seeded_stage_of_the_demo_and_pin_the_split(tmp_path):
     from edgexfer.demo import RECIPE
 
     assert seed_overrides(RECIPE, 2) == [
         "finetune.seed=2",
+        "finetune.split_seed=0",  # every seed is scored on the plain run's held-out images
         "fuse.seed=2",
         "adapt.seed=2",
         "refine.seed=2",

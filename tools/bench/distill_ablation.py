@@ -1,7 +1,7 @@
 """The distillation ablation: one change at a time against the reference recipe, same budget, same seeds.
 
     python tools/bench/distill_ablation.py --teacher ARTIFACT --data DIR \\
-        [--arms reference no_teacher features flip epochs_x2 T2 T8 alpha0.9] \\
+        [--arms reference no_teacher features flip flip_clean flip_x2 epochs_x2 T2 T8 alpha0.9] \\
         [--seeds 0 1 2] [--max-train-images 10000] [--name NAME]
 
 The reference is ``distill`` as the recipes run it: Hinton KD (T 4, alpha 0.7), 30 epochs, lr 2e-3,
@@ -34,6 +34,14 @@ ARMS: dict[str, tuple[str, dict]] = {
     "no_teacher": ("hard labels only (alpha 0): the student without its teacher", {"alpha": 0.0}),
     "features": ("+ pooled-feature hint (feature_weight 1)", {"feature_weight": 1.0}),
     "flip": ("random flips on the student side, the teacher's logits under the same flip", {"augment": {"flip": True}}),
+    "flip_clean": (
+        "random flips on the student side, the teacher's logits of the plain image (computed once)",
+        {"augment": {"flip": True}, "teacher_view": "clean"},
+    ),
+    "flip_x2": (
+        "random flips, the teacher under the same flip, twice the schedule: the longer schedule augmentation asks for",
+        {"augment": {"flip": True}, "epochs": "x2"},
+    ),
     "epochs_x2": ("twice the schedule (epochs × 2)", {"epochs": "x2"}),
     "T2": ("temperature 2", {"temperature": 2.0}),
     "T8": ("temperature 8", {"temperature": 8.0}),
