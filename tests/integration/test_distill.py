@@ -361,6 +361,70 @@ def test_correct_teacher_makes_the_soft_targets_agree_with_the_labels(teacher, t
     assert corrected.metrics["student_accuracy"] >= plain.metrics["student_accuracy"] + 0.3
 
 
+def test_labelled_teacher_teaches_the_labelled_images_and_the_teacher_the_unlabelled_ones(teacher, tmp_path):
+    """Two teachers, one per domain: on data the teacher gets wrong (two classes' folders swapped), a
+    second teacher that knows that data gives the labelled images their soft targets; the unlabelled
+    images keep the first teacher's."""
+    from edgexfer import api
+    from edgexfer.compress.distill import _labelled_teacher_logits, teacher_logits_model
+    from edgexfer.data import Sample, make_dataset
+    from kit import TEACHER
+
+    artifact, data = teacher
+    swapped = make_color_folder(tmp_path / "swapped", per_class=30, size=20, names={"red": "green", "green": "red"})
+    knows_swapped = api.finetune(swapped, tmp_path / "knows_swapped", **TEACHER)
+    options = {**STUDENT, "alpha": 0.9, "epochs": 6}
+    plain = capi.distill(artifact.path, swapped, tmp_path / "plain", **options)
+    both = capi.distill(artifact.path, swapped, tmp_path / "both", labelled_teacher=str(knows_swapped.path), **options)
+    labelled = both.metrics["splits"]["train"]
+    assert plain.metrics["teacher_errors_on_labelled"] >= 0.5 * labelled  # two of three classes swapped
+    assert both.metrics["teacher_errors_on_labelled"] <= 0.1 * labelled
+    assert both.metrics["labelled_teacher"] == str(knows_swapped.path.resolve())
+    assert (
+        both.metrics["student_accuracy"] >= 0.8
+        and both.metrics["student_accuracy"] >= plain.metrics["student_accuracy"] + 0.3
+    )
+
+    # Row by row: labelled images get the second teacher's logits, unlabelled ones (label -1) keep the first's.
+    samples = [Sample(path, label) for path, label in zip(sorted((swapped / "red").iterdir())[:4], [0, -1, 1, -1])]
+    first_model, kind = teacher_logits_model(load_keras_model(artifact.model_path))
+    first = first_model.predict(
+        make_dataset(samples, artifact.manifest.preprocessing, batch_size=4, return_labels=False)
+    )
+    mixed = first.copy()
+    _labelled_teacher_logits(knows_swapped, samples, mixed, kind)
+    second_model, _ = teacher_logits_model(load_keras_model(knows_swapped.model_path))
+    second = second_model.predict(
+        make_dataset(samples, knows_swapped.manifest.preprocessing, batch_size=4, return_labels=False)
+    )
+    np.testing.assert_array_equal(mixed[[1, 3]], first[[1, 3]])
+    np.testing.assert_allclose(mixed[[0, 2]], second[[0, 2]], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(first[[0, 2]], second[[0, 2]], atol=0.1)  # the two teachers do differ here
+
+
+def test_labelled_teacher_is_refused_where_it_cannot_apply(teacher, tmp_path):
+    from edgexfer.errors import ConfigError
+
+    artifact, data = teacher
+    other = make_color_folder(tmp_path / "other", per_class=4, names={"blue": "yellow"})
+    other_teacher = tmp_path / "other_teacher"
+    with pytest.raises(ConfigError, match="--labelled-teacher .* without DATA there are none"):
+        capi.distill(
+            artifact.path, None, tmp_path / "a", unlabelled=str(data), labelled_teacher=str(artifact.path), **STUDENT
+        )
+    with pytest.raises(ConfigError, match="teacher-view clean"):
+        capi.distill(
+            artifact.path, data, tmp_path / "b", labelled_teacher=str(artifact.path), augment={"flip": True}, **STUDENT
+        )
+    from edgexfer import api
+    from kit import TEACHER
+
+    api.finetune(other, other_teacher, **{**TEACHER, "epochs": 1, "fine_tune_epochs": 0})
+    with pytest.raises(ConfigError, match="same classes in the same order"):
+        capi.distill(artifact.path, data, tmp_path / "c", labelled_teacher=str(other_teacher), **STUDENT)
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
 def test_knowledge_adjustment_swaps_the_predicted_and_true_logits_of_wrong_labelled_images():
     from edgexfer.compress.distill_losses import knowledge_adjustment
 
