@@ -81,7 +81,6 @@ def distill(
     correct_teacher: Optional[bool] = typer.Option(
         None, "--correct-teacher/--no-correct-teacher", help=_help(DistillConfig, "correct_teacher")
     ),
-    labelled_teacher: Optional[Path] = typer.Option(None, help=_help(DistillConfig, "labelled_teacher")),
     epochs: Optional[int] = typer.Option(None, help=_help(DistillConfig, "epochs")),
     batch_size: Optional[int] = typer.Option(None, help=_help(DistillConfig, "batch_size")),
     learning_rate: Optional[float] = typer.Option(None, help=_help(DistillConfig, "learning_rate")),
@@ -122,7 +121,6 @@ def distill(
             max_unlabelled_images=max_unlabelled_images,
             teacher_view=teacher_view,
             correct_teacher=correct_teacher,
-            labelled_teacher=str(labelled_teacher) if labelled_teacher else None,
             learning_rate=learning_rate,
             warmup_fraction=warmup_fraction,
             early_stopping_patience=early_stopping,

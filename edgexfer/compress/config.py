@@ -84,12 +84,6 @@ class DistillConfig(_StageConfig):
         "the true class (Knowledge Adjustment, Wen et al. 2021), so the soft target agrees with the label: "
         "for a teacher adapted away from the labelled domain",
     )
-    labelled_teacher: str | None = Field(
-        None,
-        description="a second teacher artifact whose soft targets the labelled images get (the teacher's go "
-        "to the unlabelled ones): e.g. the model adapted before a source-free step, which still knows the "
-        "labelled domain",
-    )
     baseline: bool = Field(False, description="also train the same student without distillation")
     unlabelled: str | None = Field(
         None,
@@ -105,22 +99,6 @@ class DistillConfig(_StageConfig):
     # Off by default: a distilled student learns more slowly than its baseline (the soft targets
     # regularise), and stopping on a small validation split cut it short (mnist-5k, cnn_small).
     early_stopping_patience: int = Field(0, ge=0, description="patience on val accuracy, best weights restored; 0: off")
-
-    @model_validator(mode="after")
-    def _labelled_teacher_needs_cached_logits(self):
-        if not self.labelled_teacher:
-            return self
-        if self.augment.enabled and self.teacher_view == "augmented":
-            raise ValueError(
-                "labelled_teacher gives each image one teacher's logits, computed once: add --teacher-view clean "
-                "(teacher_view: clean) or turn the augmentation off"
-            )
-        if self.feature_weight > 0:
-            raise ValueError(
-                "labelled_teacher does not combine with the feature hint (the two teachers' features differ): "
-                "drop --feature-weight or --labelled-teacher"
-            )
-        return self
 
 
 class _KeepsUnlabelled(_StageConfig):

@@ -338,44 +338,6 @@ def _labelled_images(source, data_dir, config: DistillConfig, log) -> _Images:
     return _Images(train, unlabelled, val, eval_split, eval_samples, Path(data_dir), dataset, split, True)
 
 
-def _labelled_teacher(config: DistillConfig, teacher_manifest) -> Artifact | None:
-    """The ``labelled_teacher`` artifact, checked against the teacher before anything runs."""
-    if not config.labelled_teacher:
-        return None
-    second = stage_io.keras_artifact(config.labelled_teacher, "labelled_teacher")
-    if list(second.manifest.label_names) != list(teacher_manifest.label_names):
-        raise ConfigError(
-            f"labelled_teacher {config.labelled_teacher!r} has classes {second.manifest.label_names}, the teacher "
-            f"{teacher_manifest.label_names}: both teachers must answer over the same classes in the same order"
-        )
-    return second
-
-
-def _labelled_teacher_logits(second: Artifact, train, logits: np.ndarray, logits_source: str) -> str:
-    """Overwrite ``logits`` of the labelled images of ``train`` (label ≥ 0) with ``second``'s; a note for the log.
-
-    Both teachers' logits must be of one kind (pre-activations or log-probabilities): the
-    temperature acts on them alike only then."""
-    from edgexfer.data import make_dataset
-
-    second_model, second_source = teacher_logits_model(load_keras_model(second.model_path))
-    if second_source != logits_source:
-        raise ConfigError(
-            f"the teacher's soft targets come from its {logits_source}, labelled_teacher {str(second.path)!r}'s from "
-            f"its {second_source}: give two teachers of one kind (both with or both without a head_dense layer)"
-        )
-    labelled = np.array([sample.label >= 0 for sample in train])
-    images = make_dataset(
-        [s for s, keep in zip(train, labelled) if keep],
-        second.manifest.preprocessing,
-        batch_size=256,
-        cache=False,
-        return_labels=False,
-    )
-    logits[labelled] = second_model.predict(images, verbose=0)
-    return f"the {int(labelled.sum())} labelled images' from labelled_teacher {second.path.name}"
-
-
 def label_free_problem(config: DistillConfig, has_unlabelled: bool) -> str | None:
     """Why ``config`` cannot distill without DATA (on unlabelled images alone), or ``None``."""
     if not has_unlabelled:
@@ -386,7 +348,6 @@ def label_free_problem(config: DistillConfig, has_unlabelled: bool) -> str | Non
     for given, key, why in (
         (config.baseline, "baseline", "trains the same student on DATA's labels"),
         (config.correct_teacher, "correct_teacher", "corrects the teacher with DATA's labels"),
-        (config.labelled_teacher, "labelled_teacher", "teaches DATA's labelled images"),
         (config.max_train_images, "max_train_images", "caps DATA's training images (max_unlabelled_images caps these)"),
     ):
         if given:
@@ -420,7 +381,6 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
     refuse_input_as_out(out, source)
     teacher_manifest = source.manifest
     teacher_pre = teacher_manifest.preprocessing
-    second = _labelled_teacher(config, teacher_manifest)
     spec, size, weights, student_pre = student_settings(config, teacher_pre)
     if data_dir is None:
         data = _label_free_images(config, teacher_manifest.label_names, log)
@@ -477,8 +437,6 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
                 logits, features = _cached_teacher_features(logits_model, images, len(train))
             else:
                 logits = logits_model.predict(images, verbose=0)
-            if second is not None:
-                second_note = _labelled_teacher_logits(second, train, logits, logits_source)
         train_ds = _cached_dataset(train, student_pre, (logits, features) if hinted else logits, config)
         labels = np.array([sample.label for sample in train])
         labelled = labels >= 0  # unlabelled images carry -1
@@ -490,8 +448,6 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             features_note = f"cached ({features.shape[0]} × {features.shape[1]}, {features.dtype})"
             logits_note += f", features {features_note}"
             del features
-        if second is not None:
-            logits_note += f"; {second_note}"
         if labels_read:
             logits_note += (
                 f"; it misses the label on {teacher_errors} of {int(labelled.sum())} labelled images"
@@ -622,7 +578,6 @@ def distill(teacher_dir, data_dir, out, config: DistillConfig, *, progress: bool
             "alpha": alpha,
             "feature_weight": config.feature_weight,
             "correct_teacher": config.correct_teacher,
-            "labelled_teacher": str(second.path.resolve()) if second is not None else None,
             # labelled training images (this worker's share) whose cached teacher logits miss the label
             "teacher_errors_on_labelled": teacher_errors,
             "history": history,

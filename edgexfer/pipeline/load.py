@@ -185,10 +185,8 @@ def _parse_stage(name: str, options: Any, earlier: list[Stage], data: dict, line
     if type_name == "fuse" and "source_model" not in refs and "source_model_spec" not in options:
         raise ConfigError(f"{here}: fuse needs 'source_model': an earlier stage or imagenet:<backbone>")
     # Data references are folders only at run time: a stand-in for each is validated where the
-    # stage's config declares it (fuse's val_data, export's calibration_data); so is a stage
-    # reference the config takes as a path (distill's labelled_teacher).
+    # stage's config declares it (fuse's val_data, export's calibration_data).
     stand_ins: dict[str, Any] = {key: "<folder>" for key in stage_type.data_keys if key in refs}
-    stand_ins.update({key: "<stage>" for key in stage_type.stage_keys if isinstance(refs.get(key), str)})
     stand_ins.update({key: dict.fromkeys(refs[key], "<folder>") for key in stage_type.data_map_keys if key in refs})
     try:
         stage_type.validate(options, stand_ins)

@@ -95,8 +95,6 @@ def _distill(refs, options, out, ctx):
     from edgexfer.compress import api as compress
 
     options = _with_unlabelled(refs, options)
-    if refs.get("labelled_teacher"):
-        options = {**options, "labelled_teacher": str(refs["labelled_teacher"])}
     return compress.distill(refs["teacher"], refs.get("data"), out, progress=ctx.progress, log=ctx.log, **options)
 
 
@@ -225,7 +223,7 @@ STAGE_TYPES: dict[str, StageType] = {
             "distill",
             _distill,
             "edgexfer.compress.config.DistillConfig",
-            stage_keys=("teacher", "labelled_teacher"),
+            stage_keys=("teacher",),
             data_keys=("data", "unlabelled"),
             required=("teacher",),  # data, or unlabelled alone (_check_distill_data)
             check=_check_distill_data,

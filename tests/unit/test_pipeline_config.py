@@ -211,23 +211,6 @@ def test_distill_may_learn_from_unlabelled_images_alone(tmp_path):
         )
 
 
-def test_distill_may_take_a_second_teacher_for_its_labelled_images(tmp_path):
-    (tmp_path / "DATA2").mkdir()
-    text = CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))
-    two = text.replace("    teacher: adapt\n", "    teacher: adapt\n    labelled_teacher: finetune\n")
-    assert load_pipeline(write(tmp_path, two)).stage("distill").refs["labelled_teacher"] == "finetune"
-    with pytest.raises(ConfigError, match="labelled_teacher='student' is not an earlier stage"):
-        load_pipeline(write(tmp_path, two.replace("labelled_teacher: finetune", "labelled_teacher: student")))
-    with pytest.raises(ConfigError, match="--labelled-teacher .* without DATA there are none"):
-        load_pipeline(
-            write(tmp_path, two.replace("    data: source\n    unlabelled: target", "    unlabelled: target"))
-        )
-    with pytest.raises(ConfigError, match="teacher_view: clean"):
-        load_pipeline(
-            write(tmp_path, two.replace("    student: cnn_tiny", "    student: cnn_tiny\n    augment: {flip: true}", 1))
-        )
-
-
 def test_evaluate_stages_score_trained_on_domains_on_their_held_out_test_split(tmp_path):
     (tmp_path / "DATA2").mkdir()
     pipeline = load_pipeline(write(tmp_path, CROSS_DOMAIN.replace("DATA2", str(tmp_path / "DATA2"))))
