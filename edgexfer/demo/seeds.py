@@ -44,7 +44,9 @@ def seed_overrides(pipeline_file: str | Path, seed: int) -> list[str]:
 
     overrides = []
     for stage in load_pipeline(pipeline_file).stages:
-        plain_split = stage.options.get("split_seed", stage.options.get("seed", 0))
+        plain_split = stage.options.get("split_seed")
+        if plain_split is None:
+            plain_split = stage.options.get("seed") or 0
         for candidate in (f"{stage.name}.seed={int(seed)}", f"{stage.name}.split_seed={int(plain_split)}"):
             try:
                 load_pipeline(pipeline_file, overrides=[*overrides, candidate])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,14 @@ def machine() -> dict:
         "load_average": os.getloadavg(),
         **library_versions(),
     }
+
+
+def spread(values: list[float]) -> str:
+    """``mean ± sample std`` in percent (± omitted for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.2%}"
+    return f"{mean:.2%} ± {statistics.stdev(values):.2%}"
 
 
 def save(name: str, result: dict) -> Path:

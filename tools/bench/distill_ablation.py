@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import markdown_table, save
+from _common import markdown_table, save, spread
 
 REFERENCE = {"temperature": 4.0, "alpha": 0.7, "epochs": 30, "learning_rate": 2e-3, "batch_size": 64}
 
@@ -51,14 +51,6 @@ ARMS: dict[str, tuple[str, dict]] = {
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def spread(values: list[float]) -> str:
-    """``mean ± sample std`` in percent (± omitted for one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{mean:.2%}"
-    return f"{mean:.2%} ± {statistics.stdev(values):.2%}"
 
 
 def measured(arm: str, seed: int, metrics: dict) -> dict:

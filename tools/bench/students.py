@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, markdown_table, save
+from _common import RESULTS, markdown_table, save, spread
 
 
 def log(message: str) -> None:
@@ -160,13 +160,6 @@ def train_student(api, args, name: str, width: str, label: str, seed: int, where
         "distill_qat_export_seconds": round(time.perf_counter() - started, 1),
     }
     return row, tflite
-
-
-def spread(values: list[float]) -> str:
-    """``mean ± sample std`` in percent (the value alone for one seed)."""
-    if len(values) < 2:
-        return f"{values[0]:.2%}"
-    return f"{statistics.fmean(values):.2%} ± {statistics.stdev(values):.2%}"
 
 
 def pareto_plot(rows: list[dict], exported: dict, path: Path, domain: str) -> None:
