@@ -88,6 +88,11 @@ def register(app: typer.Typer) -> None:
         shot_weight: Optional[float] = typer.Option(
             None, help="shot: weight β of the centroid pseudo-label loss (default: 0.3)"
         ),
+        restarts: Optional[int] = typer.Option(
+            None,
+            help="shot: train N times from the same start and keep the one with the highest information "
+            "maximisation on the target (label-free; N × the training time) (default: 1)",
+        ),
         threshold: Optional[float] = typer.Option(None, help="pseudo-label: minimum confidence (default: 0.9)"),
         rounds: Optional[int] = typer.Option(None, help="pseudo-label: rounds of re-labelling (default: 3)"),
         class_map: Optional[str] = typer.Option(
@@ -120,6 +125,7 @@ def register(app: typer.Typer) -> None:
             coral_weight=coral_weight,
             dann_weight=dann_weight,
             shot_weight=shot_weight,
+            restarts=restarts,
             threshold=threshold,
             rounds=rounds,
             max_source_images=max_source_images,

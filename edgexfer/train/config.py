@@ -74,6 +74,12 @@ class AdaptConfig(FrozenConfig):
     shot_weight: float = Field(
         0.3, ge=0, description="shot: weight β of the cross-entropy to the centroid pseudo-labels (SHOT's cls_par)"
     )
+    restarts: int = Field(
+        1,
+        ge=1,
+        description="shot: train this many times from the same start (each its own batch order) and keep the "
+        "one with the highest information maximisation on the target (label-free); costs restarts × the training",
+    )
     threshold: float = Field(0.9, gt=0.0, lt=1.0, description="pseudo-label: minimum confidence")
     rounds: int = Field(3, ge=1, description="pseudo-label: rounds of re-labelling")
     pseudo_weight: float = Field(1.0, gt=0, description="pseudo-label: weight of the target loss")
@@ -102,6 +108,8 @@ class AdaptConfig(FrozenConfig):
                 f"after={self.after!r} is for method pseudo-label (self-training after another "
                 f"method); with method {self.method!r} leave it out"
             )
+        if self.restarts > 1 and self.method != "shot":
+            raise ValueError(f"restarts is for method shot; with method {self.method!r} leave it out")
         if self.method == "auto" and (self.bn is not None or self.epochs is not None):
             raise ValueError("method auto runs every method with its own defaults; leave bn and epochs out")
         if self.bn == "frozen" and "adabn" in (self.method, self.after):

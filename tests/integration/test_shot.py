@@ -215,6 +215,59 @@ def test_an_interrupted_shot_resumes_and_matches_an_uninterrupted_run(model, dom
     assert not checkpoint_dir(out).exists() and not checkpoint_dir(tmp_path / "reference").exists()
 
 
+def test_restarts_keep_the_restart_with_the_highest_information_maximisation(model, domains, tmp_path):
+    """restarts=3 trains three times from the same start and keeps the best-scoring one; restart 1
+    is the run without restarts, so the kept model is never worse by the score than that run."""
+    _, target = domains
+    options = {**SHOT, "epochs": 3}
+    single = adapt(model.path, None, target, tmp_path / "single", method="shot", **options)
+    several = adapt(model.path, None, target, tmp_path / "several", method="shot", restarts=3, **options)
+    key = "target_information_maximisation"
+    restarts = several.metrics["history"]["restarts"]
+    assert [r["restart"] for r in restarts] == [1, 2, 3]
+    assert restarts[0][key] == single.metrics["output"][key]  # restart 1 draws what a single run draws
+    assert len({r["agreement_with_input"] for r in restarts} | {r[key] for r in restarts}) > 2  # distinct runs
+    kept = several.metrics["history"]["kept_restart"]
+    assert restarts[kept - 1][key] == max(r[key] for r in restarts) == several.metrics["output"][key]
+    assert "restarts" not in single.metrics["history"]
+    with pytest.raises(ConfigError, match="restarts is for method shot"):
+        adapt(model.path, domains[0], target, tmp_path / "x", method="coral", restarts=2)
+
+
+def test_an_interrupted_restart_resumes_and_matches_an_uninterrupted_run(model, domains, tmp_path, monkeypatch):
+    """Killed in the last of three restarts, the rerun continues that restart (the finished ones'
+    scores and the best one's weights come from the checkpoint: here restart 2 is kept) and writes
+    the uninterrupted run's model."""
+    from edgexfer.train import resume
+
+    _, target = domains
+    options = {**SHOT, "epochs": 2, "restarts": 3}
+    reference = adapt(model.path, None, target, tmp_path / "reference", method="shot", **options)
+    original = resume.LoopCheckpoint.save
+
+    def save_then_stop(self, state, arrays, *, phase, epochs_done, epochs):
+        original(self, state, arrays, phase=phase, epochs_done=epochs_done, epochs=epochs)
+        if phase == "shot restart 3/3" and epochs_done == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume.LoopCheckpoint, "save", save_then_stop)
+    out = tmp_path / "shot"
+    with pytest.raises(KeyboardInterrupt):
+        adapt(model.path, None, target, out, method="shot", **options)
+    monkeypatch.setattr(resume.LoopCheckpoint, "save", original)
+    lines: list[str] = []
+    resumed = adapt(
+        model.path, None, target, out, method="shot", log=lambda *a: lines.append(" ".join(map(str, a))), **options
+    )
+    assert any("shot restart 3/3: resuming from epoch 2 of 2" in line for line in lines), lines
+    assert resumed.metrics["history"]["kept_restart"] == 2
+    for a, b in zip(
+        load_keras_model(resumed.model_path).get_weights(), load_keras_model(reference.model_path).get_weights()
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.metrics["history"] == reference.metrics["history"]
+
+
 def test_an_interrupted_auto_leaves_no_candidate_checkpoint_behind(model, domains, tmp_path, monkeypatch):
     """auto's candidates run under temporary names, which a rerun cannot find again: when auto is
     interrupted, their checkpoints go with them instead of filling the cache."""
