@@ -284,6 +284,15 @@ def run_shot(
     return artifact
 
 
+def _empty_history() -> dict[str, list]:
+    return {"im_loss": [], "pseudo_label_loss": [], "pseudo_label_agreement": []}
+
+
+def _phase(restart: int, restarts: int) -> str:
+    """The name a restart's progress and checkpoint go by ("shot" when there is one)."""
+    return "shot" if restarts == 1 else f"shot restart {restart + 1}/{restarts}"
+
+
 class _RestartState:
     """What the restarts carry between them: the finished restarts' scores, the best one so far
     (its index, history and weights) and the history of the restart in progress."""
@@ -293,7 +302,7 @@ class _RestartState:
         self.best: int | None = None
         self.best_history: dict[str, list] = {}
         self.best_arrays: dict[str, np.ndarray] = {}
-        self.history: dict[str, list] = {"im_loss": [], "pseudo_label_loss": [], "pseudo_label_agreement": []}
+        self.history: dict[str, list] = _empty_history()
 
     def add(self, score: dict[str, Any], history: dict[str, list], arrays: dict[str, np.ndarray]) -> None:
         self.results.append(score)
@@ -322,7 +331,7 @@ class Shot:
         self.tf, self.keras = tf, keras
         self.model, self.config, self.log, self.progress = model, config, log, progress
         self.xt = xt
-        self.rng = np.random.default_rng(config.seed)
+        self.rng: np.random.Generator | None = None  # each restart's batch order (set in run)
         # Interrupted runs resume after the last completed epoch: the trained weights, the trained
         # part's BatchNorm statistics, the optimizer and the position of the random stream are
         # saved, so the resumed run continues the same stream and gives the same model.
@@ -399,14 +408,14 @@ class Shot:
         state = _RestartState()
         first, start = self._resume(variables, statistics, optimizer, state, epochs)
         for restart in range(first, restarts):
-            phase = "shot" if restarts == 1 else f"shot restart {restart + 1}/{restarts}"
+            phase = _phase(restart, restarts)
             if restart > first or start == 0:  # a fresh restart (not one the checkpoint continues)
                 assign_arrays("weights", variables, initial)
                 assign_arrays("statistics", statistics, initial)
                 assign_arrays("optimizer", optimizer.variables, initial)
                 # Restart 0 draws what a run without restarts draws; the others their own streams.
                 self.rng = np.random.default_rng(config.seed if restart == 0 else [config.seed, restart])
-                state.history = {"im_loss": [], "pseudo_label_loss": [], "pseudo_label_agreement": []}
+                state.history = _empty_history()
                 start = 0
             history = state.history
             with common.step_progress(
@@ -497,8 +506,7 @@ class Shot:
         self.rng = np.random.default_rng(self.config.seed)
         self.rng.bit_generator.state = saved_state["rng"]
         state.restore(saved_state, arrays)
-        phase = "shot" if self.config.restarts == 1 else f"shot restart {restart + 1}/{self.config.restarts}"
-        self.checkpoint.note_resume(phase, done, epochs)
+        self.checkpoint.note_resume(_phase(restart, self.config.restarts), done, epochs)
         return restart, done
 
     def finish(self) -> None:
