@@ -238,11 +238,11 @@ def run_shot(
             log=log,
         )
         shot = Shot(model, preprocessing, config, xt, log=log, progress=progress, checkpoint=checkpoint)
-        before = {"source_val_accuracy": None, **shot.summary()}  # no source image to score on
         with common.timed(timings, "adapt_seconds"):
             history = shot.run()
         shot.finish()
-        after = {"source_val_accuracy": None, **shot.summary()}
+        before = {"source_val_accuracy": None, **shot.input_summary}  # no source image to score on
+        after = {"source_val_accuracy": None, **shot.output_summary}
         save_keras_model(model, writer.file(MODEL_FILE))
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
         record = {
@@ -332,6 +332,9 @@ class Shot:
         self.model, self.config, self.log, self.progress = model, config, log, progress
         self.xt = xt
         self.rng: np.random.Generator | None = None  # each restart's batch order (set in run)
+        # The input's and the kept model's prediction statistics on the target (set in run).
+        self.input_summary: dict[str, float] = {}
+        self.output_summary: dict[str, float] = {}
         # Interrupted runs resume after the last completed epoch: the trained weights, the trained
         # part's BatchNorm statistics, the optimizer and the position of the random stream are
         # saved, so the resumed run continues the same stream and gives the same model.
@@ -364,16 +367,14 @@ class Shot:
         if self.target_stats and self.split.top_bns:
             self._top_stats.assign(self._top_stats.estimate(self.runner.batches(self.zt, images=False)))
 
-    def summary(self) -> dict[str, float]:
-        """Label-free statistics of the model's predictions on the target, as it is now."""
-        return prediction_summary(self.runner.top(self.zt)[1])
-
     # -- training -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train ``config.restarts`` times from the same start (each restart its own batch order)
         and keep the restart whose predictions on the target score the highest information
         maximisation (SHOT's own objective, label-free; ties go to the earlier restart). The
-        history is the kept restart's; ``restarts`` lists every restart's score."""
+        history is the kept restart's; ``restarts`` lists every restart's score. Sets
+        ``input_summary`` and ``output_summary``: the label-free statistics of the input model's
+        and the kept model's predictions on the target."""
         tf, keras = self.tf, self.keras
         config = self.config
         epochs = config.epochs_for("shot")
@@ -404,7 +405,9 @@ class Shot:
             **variable_arrays("statistics", statistics),
             **optimizer_arrays(optimizer),
         }
-        input_predictions = self.runner.top(self.zt)[1].argmax(1)
+        input_probs = self.runner.top(self.zt)[1]
+        self.input_summary = prediction_summary(input_probs)
+        input_predictions = input_probs.argmax(1)
         state = _RestartState()
         first, start = self._resume(variables, statistics, optimizer, state, epochs)
         for restart in range(first, restarts):
@@ -480,6 +483,8 @@ class Shot:
                 f"  adapt shot: kept restart {state.best + 1} of {restarts} (the highest information maximisation "
                 "on the target images; no label read)"
             )
+        kept = state.results[state.best]
+        self.output_summary = {key: kept[key] for key in self.input_summary}  # the model as it is now
         history = state.best_history
         if epochs:
             self.log(
